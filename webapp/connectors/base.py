@@ -1,0 +1,132 @@
+"""The connector interface: what one provider integration has to say, and nothing more.
+
+A connector reads one page at a time. The engine owns the loop, so checkpointing,
+cancellation, progress and error handling are the same for every provider: a connector
+turns (stream, request, state) into a Page whose `next_state` is the checkpoint to
+resume from (None once the stream is exhausted).
+"""
+import abc
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .errors import BadRecord, ConfigError
+
+
+@dataclass(frozen=True)
+class Stream:
+    name: str
+    primary_key: str = "id"
+    # Incremental mode asks for records whose cursor is >= the stored cursor (inclusive, so
+    # records sharing the boundary value are re-read and deduplicated by content hash).
+    cursor_field: str | None = None
+
+    def key_of(self, record):
+        if not isinstance(record, dict):
+            raise BadRecord(f"record is a {type(record).__name__}, not an object")
+        value = record.get(self.primary_key)
+        if value is None or value == "":
+            raise BadRecord(f"missing primary key {self.primary_key!r}")
+        if isinstance(value, (dict, list, float)):
+            raise BadRecord(f"primary key {self.primary_key!r} has unusable type {type(value).__name__}")
+        return str(value)
+
+
+@dataclass
+class ReadRequest:
+    mode: str  # full | incremental | range | record
+    params: dict = field(default_factory=dict)  # since, until, record_id, fiscal_year, ...
+    cursor: Any = None  # incremental: the cursor stored by the last successful run
+
+
+@dataclass
+class Page:
+    records: list
+    next_state: dict | None  # None: the stream is finished
+    total: int | None = None  # records in the whole stream, when the API says
+    # Records the connector could not even parse; the engine logs them like invalid ones.
+    bad_records: list = field(default_factory=list)  # list[BadRecord]
+
+
+@dataclass
+class Services:
+    """What shared code hands a connector: the way to build an HTTP client, and config."""
+
+    config: dict
+    redis: Any = None  # a redis.Redis, or None when running without Redis (inline CLI)
+    connection_id: int | None = None
+
+    def http(self, base_url, *, auth=None, rate_limit=None, rate_limit_key=None, **options):
+        from .http import HttpClient
+        from .ratelimit import make_rate_limiter
+
+        limiter = None
+        if rate_limit is not None:
+            key = rate_limit_key or f"connection:{self.connection_id}"
+            limiter = make_rate_limiter(self.redis, key, rate_limit)
+        return HttpClient(
+            base_url,
+            auth=auth,
+            rate_limiter=limiter,
+            timeout=options.pop("timeout", self.config.get("HTTP_TIMEOUT_SECONDS", 30)),
+            max_retries=options.pop("max_retries", self.config.get("HTTP_MAX_RETRIES", 5)),
+            backoff_base=options.pop("backoff_base", self.config.get("HTTP_BACKOFF_BASE_SECONDS", 0.5)),
+            backoff_max=options.pop("backoff_max", self.config.get("HTTP_BACKOFF_MAX_SECONDS", 30)),
+            max_retry_after=options.pop(
+                "max_retry_after", self.config.get("HTTP_MAX_RETRY_AFTER_SECONDS", 300)
+            ),
+            **options,
+        )
+
+
+class Connector(abc.ABC):
+    """Subclass, set `name` and `streams`, implement `read_page`. Register with @register."""
+
+    name: ClassVar[str]
+    title: ClassVar[str] = ""
+    streams: ClassVar[tuple] = ()
+    # Settings keys (non-secret, JSON) and credential keys (secret, encrypted) the UI asks for.
+    settings_fields: ClassVar[tuple] = ()
+    credential_fields: ClassVar[tuple] = ()
+    supported_modes: ClassVar[tuple] = ("full", "incremental", "range", "record")
+
+    def __init__(self, settings, credentials, services):
+        self.settings = settings or {}
+        self.credentials = credentials or {}
+        self.services = services
+
+    def stream(self, name):
+        for s in self.streams:
+            if s.name == name:
+                return s
+        raise ConfigError(
+            f"connector {self.name!r} has no stream {name!r}; known: {', '.join(s.name for s in self.streams)}"
+        )
+
+    def default_streams(self):
+        return [s.name for s in self.streams]
+
+    @abc.abstractmethod
+    def read_page(self, stream, request, state):
+        """Return the Page that follows `state` (None: the first page)."""
+
+    def validate(self, stream, record):
+        """Raise BadRecord for a record that must not be stored. Default: needs its key."""
+        stream.key_of(record)
+
+
+REGISTRY = {}
+
+
+def register(cls):
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def connector_class(name):
+    from . import load_all
+
+    load_all()
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown connector {name!r}; known: {', '.join(sorted(REGISTRY))}") from None

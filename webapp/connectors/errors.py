@@ -1,0 +1,37 @@
+"""Error classes every connector and the shared HTTP client raise.
+
+The engine decides what to do with a run purely from the class (SPEC §4), so a connector
+never needs its own retry logic.
+"""
+
+
+class SyncError(Exception):
+    """Base class. `message` must be safe to show (no secrets)."""
+
+
+class RateLimited(SyncError):
+    """HTTP 429 (or a provider's equivalent). `retry_after` seconds, when the provider said."""
+
+    def __init__(self, message, retry_after=None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TransientError(SyncError):
+    """5xx, timeouts, connection errors: retried with backoff, then the run is retried."""
+
+
+class AuthError(SyncError):
+    """401/403: fail at once and mark the connection needs_reauth. Never retried."""
+
+
+class ConfigError(SyncError):
+    """Settings a person must fix (bad base URL, unknown stream, missing credential)."""
+
+
+class BadRecord(SyncError):
+    """One record is unusable. The engine skips it, logs `key` and the reason, and goes on."""
+
+    def __init__(self, message, key=None):
+        super().__init__(message)
+        self.key = key
