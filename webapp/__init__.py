@@ -1,0 +1,64 @@
+"""synchub: the Flask app and the domain (what runs, connections and records are)."""
+import logging
+import os
+import secrets
+
+from flask import Flask
+
+
+def create_app(config=None):
+    """Build the app. `config` (a dict) overrides settings read from the environment."""
+    app = Flask(__name__, instance_path=os.environ.get("SYNCHUB_INSTANCE_PATH") or None,
+                instance_relative_config=True)
+    os.makedirs(app.instance_path, exist_ok=True)
+
+    from .config import Config
+    from .jsonutil import serialize
+
+    app.config.from_mapping(Config(app.instance_path).as_dict())
+    if config:
+        app.config.from_mapping(config)
+    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {})
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"].setdefault("json_serializer", serialize)
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = _instance_secret(app.instance_path)
+
+    from .extensions import db, migrate, redis_ext, sock
+
+    db.init_app(app)
+    # Batch mode: SQLite cannot ALTER most things in place; Alembic copies the table instead.
+    migrate.init_app(app, db, directory=os.path.join(os.path.dirname(os.path.dirname(__file__)), "migrations"),
+                     render_as_batch=True)
+    sock.init_app(app)
+    redis_ext.init_app(app)
+
+    from . import models  # noqa: F401  (tables must be known to Alembic)
+    from .cli import connections_cli, sync_cli
+
+    app.cli.add_command(sync_cli)
+    app.cli.add_command(connections_cli)
+
+    logging.basicConfig(level=os.environ.get("SYNCHUB_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return app
+
+
+def _instance_secret(instance_path):
+    """A stable SECRET_KEY for a fresh machine, so sessions survive restarts."""
+    path = os.path.join(instance_path, "secret_key")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        import time
+
+        for _ in range(50):  # another process created it a moment ago and is writing it
+            with open(path) as f:
+                key = f.read().strip()
+            if key:
+                return key
+            time.sleep(0.02)
+        raise RuntimeError(f"{path} is empty: delete it and restart")
+    with os.fdopen(fd, "w") as f:
+        key = secrets.token_hex(32)
+        f.write(key)
+    return key

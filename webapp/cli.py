@@ -1,0 +1,239 @@
+"""`flask sync ...` and `flask connections ...`. Credentials are never printed."""
+import json
+import sys
+import time
+
+import click
+from flask.cli import AppGroup
+from sqlalchemy import select
+
+from . import runs
+from .connectors.base import connector_class
+from .connectors.errors import ConfigError
+from .extensions import db, redis_ext
+from .models import ACTIVE_STATUSES, STATUSES, TERMINAL_STATUSES, Connection, Run, RunEvent
+from .progress import read_snapshot
+
+sync_cli = AppGroup("sync", help="Run, list, inspect and cancel syncs.")
+connections_cli = AppGroup("connections", help="Add, list and show connections.")
+
+
+def _params(pairs):
+    params = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise click.BadParameter(f"{pair!r} is not key=value", param_hint="--param")
+        key, value = pair.split("=", 1)
+        params[key] = value
+    return params
+
+
+def _fail(message):
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(1)
+
+
+def _bar(snapshot, width=30):
+    percent = snapshot.get("percent")
+    filled = int(width * (percent or 0) / 100)
+    bar = "#" * filled + "-" * (width - filled)
+    total = snapshot.get("total")
+    eta = snapshot.get("eta_seconds")
+    return (f"\r[{bar}] {percent if percent is not None else '?':>5}% "
+            f"{snapshot.get('processed', 0)}/{total if total is not None else '?'} "
+            f"{snapshot.get('rate', 0):.0f} rec/s" + (f" ETA {eta:.0f}s" if eta is not None else "") + "   ")
+
+
+@sync_cli.command("run")
+@click.argument("connection")
+@click.option("--mode", type=click.Choice(["full", "incremental", "range"]), default="full", show_default=True)
+@click.option("--since", help="range mode: lower bound (inclusive)")
+@click.option("--until", help="range mode: upper bound (exclusive)")
+@click.option("--stream", "streams", multiple=True, help="limit to these streams (default: all)")
+@click.option("--param", "param_pairs", multiple=True, help="connector parameter key=value (repeatable)")
+@click.option("--inline/--queue", default=True, show_default=True,
+              help="run here in this process (no Redis needed) or enqueue for a worker")
+@click.option("--follow/--no-follow", default=True, show_default=True, help="with --queue: follow progress until it ends")
+def run_command(connection, mode, since, until, streams, param_pairs, inline, follow):
+    """Run a sync of CONNECTION (name or id) and show its progress."""
+    params = _params(param_pairs)
+    if since:
+        params["since"] = since
+    if until:
+        params["until"] = until
+    if mode == "range" and not (since or until):
+        _fail("--mode range needs --since and/or --until")
+    try:
+        conn = runs.get_connection(connection)
+        result = runs.trigger(conn, mode=mode, params=params, trigger="cli", requested_by="cli",
+                              streams=streams, enqueue=not inline)
+    except (LookupError, ConfigError) as exc:
+        _fail(str(exc))
+    run = result.run
+    if not result.created:
+        click.echo(f"run {run.id} is already {run.status} for {conn.name}; following it instead")
+        inline = False
+    else:
+        click.echo(f"run {run.id}: {mode} sync of {conn.name}")
+    if inline:
+        from worker.engine import execute_run  # the CLI's inline mode is the one place webapp reaches into worker
+
+        status = execute_run(run.id, redis_client=redis_ext.optional(), worker_name="cli-inline",
+                             on_progress=lambda s: click.echo(_bar(s), nl=False))
+        click.echo()
+    elif follow:
+        status = _follow(run.id)
+    else:
+        click.echo(f"queued; follow with: flask sync status {run.id}")
+        return
+    _print_run(db.session.get(Run, run.id))
+    if status != "completed":
+        sys.exit(1)
+
+
+def _follow(run_id, poll=0.5):
+    client = redis_ext.optional()
+    while True:
+        db.session.expire_all()
+        run = db.session.get(Run, run_id)
+        snapshot = (read_snapshot(client, run_id) if client else None) or {
+            "percent": run.percent, "processed": run.processed, "total": run.total, "rate": 0}
+        click.echo(_bar(snapshot), nl=False)
+        if run.status in TERMINAL_STATUSES:
+            click.echo()
+            return run.status
+        time.sleep(poll)
+
+
+def _print_run(run):
+    c = run.counters
+    click.echo(f"run {run.id} {run.status} ({run.mode}, {run.trigger}, attempt {run.attempt}/{run.max_attempts})")
+    click.echo("  " + ", ".join(f"{k} {v}" for k, v in c.items()))
+    if run.error_message:
+        click.echo(f"  error ({run.error_class}): {run.error_message}")
+
+
+@sync_cli.command("list")
+@click.option("--connection", help="name or id")
+@click.option("--status", type=click.Choice(STATUSES))
+@click.option("--limit", default=20, show_default=True)
+def list_command(connection, status, limit):
+    """Recent runs, newest first."""
+    query = select(Run).order_by(Run.id.desc()).limit(limit)
+    if connection:
+        try:
+            query = query.where(Run.connection_id == runs.get_connection(connection).id)
+        except LookupError as exc:
+            _fail(str(exc))
+    if status:
+        query = query.where(Run.status == status)
+    for run in db.session.execute(query).scalars():
+        c = run.counters
+        click.echo(f"{run.id:>6}  {run.connection.name:<20} {run.mode:<11} {run.trigger:<8} {run.status:<9} "
+                   f"seen {c['seen']:<7} created {c['created']:<7} updated {c['updated']:<7} failed {c['failed']}")
+
+
+@sync_cli.command("status")
+@click.argument("run_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+def status_command(run_id, as_json):
+    """Show one run, with its last activity and record errors."""
+    run = db.session.get(Run, run_id)
+    if run is None:
+        _fail(f"no run {run_id}")
+    if as_json:
+        click.echo(json.dumps(run.to_dict(), indent=2))
+        return
+    _print_run(run)
+    events = db.session.execute(select(RunEvent).where(RunEvent.run_id == run_id)
+                                .order_by(RunEvent.id.desc()).limit(15)).scalars().all()
+    for event in reversed(events):
+        key = f" [{event.record_key}]" if event.record_key else ""
+        click.echo(f"  {event.created_at:%H:%M:%S} {event.level:<7}{key} {event.message}")
+
+
+@sync_cli.command("cancel")
+@click.argument("run_id", type=int)
+def cancel_command(run_id):
+    """Cancel a queued or running run (also one whose worker is gone)."""
+    try:
+        status = runs.cancel(run_id, requested_by="cli")
+    except LookupError as exc:
+        _fail(str(exc))
+    if status in ACTIVE_STATUSES:
+        click.echo(f"run {run_id}: cancel requested; the worker stops at the next page")
+    else:
+        click.echo(f"run {run_id}: {status}")
+
+
+@connections_cli.command("add")
+@click.argument("name")
+@click.option("--connector", required=True)
+@click.option("--setting", "setting_pairs", multiple=True, help="key=value; a JSON value is parsed")
+@click.option("--settings-json", help="all settings as one JSON object")
+@click.option("--credentials-json", help="credentials as JSON; prefer --credentials-stdin")
+@click.option("--credentials-stdin", is_flag=True, help="read credentials JSON from standard input")
+@click.option("--schedule", default="manual", show_default=True, help='manual | every:N | hourly:M | "cron:EXPR"')
+@click.option("--disabled", is_flag=True)
+def add_command(name, connector, setting_pairs, settings_json, credentials_json, credentials_stdin, schedule, disabled):
+    """Add a connection."""
+    try:
+        connector_class(connector)
+    except ConfigError as exc:
+        _fail(str(exc))
+    settings = json.loads(settings_json) if settings_json else {}
+    for key, value in _params(setting_pairs).items():
+        try:
+            settings[key] = json.loads(value)
+        except ValueError:
+            settings[key] = value
+    raw = sys.stdin.read() if credentials_stdin else credentials_json
+    try:
+        credentials = json.loads(raw) if raw else {}
+    except ValueError:
+        _fail("credentials are not valid JSON")  # the text itself is never echoed
+    if db.session.execute(select(Connection).where(Connection.name == name)).scalar_one_or_none():
+        _fail(f"a connection named {name!r} exists")
+    conn = Connection(name=name, connector=connector, settings=settings, schedule=schedule, enabled=not disabled)
+    conn.credentials = credentials
+    db.session.add(conn)
+    db.session.commit()
+    click.echo(f"connection {conn.id} {name!r} ({connector}) added")
+
+
+@connections_cli.command("ensure-demo")
+def ensure_demo_command():
+    """Create the `demo` sandbox connection if it does not exist (used by `make run`)."""
+    if db.session.execute(select(Connection).where(Connection.name == "demo")).scalar_one_or_none():
+        click.echo("connection 'demo' exists")
+        return
+    db.session.add(Connection(name="demo", connector="sandbox",
+                              settings={"records": 5000, "page_size": 250, "latency_ms": 100, "bad_every": 997}))
+    db.session.commit()
+    click.echo("connection 'demo' (sandbox) created")
+
+
+@connections_cli.command("list")
+def list_connections_command():
+    for conn in db.session.execute(select(Connection).order_by(Connection.id)).scalars():
+        click.echo(f"{conn.id:>4}  {conn.name:<24} {conn.connector:<10} {conn.schedule:<16} "
+                   f"{'enabled' if conn.enabled else 'disabled':<9} {conn.health}")
+
+
+@connections_cli.command("show")
+@click.argument("connection")
+def show_command(connection):
+    """Show a connection's settings. Credentials show only which keys are set."""
+    try:
+        conn = runs.get_connection(connection)
+    except LookupError as exc:
+        _fail(str(exc))
+    click.echo(f"id:          {conn.id}\nname:        {conn.name}\nconnector:   {conn.connector}\n"
+               f"schedule:    {conn.schedule}\nenabled:     {conn.enabled}\nhealth:      {conn.health}"
+               + (f" ({conn.health_message})" if conn.health_message else ""))
+    click.echo("settings:    " + json.dumps(conn.settings, sort_keys=True))
+    try:
+        keys = sorted(conn.credentials)
+    except ConfigError as exc:
+        keys = [f"<{exc}>"]
+    click.echo("credentials: " + (", ".join(f"{k}=<set>" for k in keys) if keys else "none"))

@@ -1,0 +1,61 @@
+"""A connector that needs no network: deterministic generated records, so a fresh
+machine has something real to sync, and tests can exercise the engine without HTTP.
+
+Settings: records (count), page_size, latency_ms (per page), seed, version (bump to
+change every record's content), bad_every (every Nth record is malformed).
+"""
+import random
+import time
+from datetime import datetime, timedelta
+
+from .base import Connector, Page, Stream, register
+
+_EPOCH = datetime(2026, 1, 1)
+
+
+@register
+class SandboxConnector(Connector):
+    name = "sandbox"
+    title = "Sandbox (generated data, no network)"
+    streams = (Stream("items", primary_key="id", cursor_field="updated_at"),)
+    settings_fields = ("records", "page_size", "latency_ms", "seed", "version", "bad_every")
+
+    def _setting(self, key, default):
+        return int(self.settings.get(key, default))
+
+    def _record(self, i):
+        version = self._setting("version", 0)
+        bad_every = self._setting("bad_every", 0)
+        if bad_every and (i + 1) % bad_every == 0:
+            return {"name": f"broken item {i}"}  # no id: the engine must skip and log it
+        rng = random.Random(f"{self._setting('seed', 1)}:{i}:{version}")
+        updated = _EPOCH + timedelta(seconds=i + version * 1_000_000)
+        return {
+            "id": f"item-{i:07d}",
+            "name": f"Item {i}",
+            "price": round(rng.uniform(1, 500), 2),
+            "stock": rng.randint(0, 1000),
+            "version": version,
+            "updated_at": updated.isoformat() + "Z",
+        }
+
+    def read_page(self, stream, request, state):
+        count = self._setting("records", 1000)
+        page_size = self._setting("page_size", 100)
+        latency = self._setting("latency_ms", 0)
+        if latency:
+            time.sleep(latency / 1000)
+        if request.mode == "record":
+            i = int(str(request.params["record_id"]).rsplit("-", 1)[-1])
+            return Page([self._record(i)] if i < count else [], None, total=1)
+        offset = (state or {}).get("offset", 0)
+        records = [self._record(i) for i in range(offset, min(offset + page_size, count))]
+        # Records are generated in updated_at order, so cursors and ranges are simple filters.
+        if request.mode == "incremental" and request.cursor:
+            records = [r for r in records if r.get("updated_at", "") >= request.cursor]
+        if request.mode == "range":
+            since, until = request.params.get("since"), request.params.get("until")
+            records = [r for r in records if (not since or r.get("updated_at", "") >= since)
+                       and (not until or r.get("updated_at", "") < until)]
+        next_offset = offset + page_size
+        return Page(records, {"offset": next_offset} if next_offset < count else None, total=count)

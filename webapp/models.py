@@ -1,0 +1,227 @@
+"""Tables. Which state changes are allowed lives in runs.py, not here."""
+from datetime import datetime, timezone
+
+from sqlalchemy import Index, UniqueConstraint, text
+
+from .extensions import db
+
+# The one status vocabulary (SPEC §4): DB, Redis, API, UI and CLI all use these strings.
+QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = "queued", "running", "completed", "failed", "cancelled"
+ACTIVE_STATUSES = (QUEUED, RUNNING)
+TERMINAL_STATUSES = (COMPLETED, FAILED, CANCELLED)
+STATUSES = ACTIVE_STATUSES + TERMINAL_STATUSES
+
+MODES = ("full", "incremental", "range", "record")
+TRIGGERS = ("manual", "schedule", "webhook", "event", "cli", "api")
+HEALTH = ("ok", "failing", "needs_reauth")
+
+# A partial index is what makes "one active run per connection" a database guarantee:
+# two processes racing to insert can't both succeed, whatever machine they run on.
+_ACTIVE_SYNC = "status IN ('queued', 'running') AND mode <> 'record'"
+_QUEUED_RECORD = "status = 'queued' AND mode = 'record'"
+
+
+def utcnow():
+    """Naive UTC: SQLite keeps no zone, so every timestamp in the database is naive UTC."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Connection(db.Model):
+    __tablename__ = "connections"
+
+    id = db.Column(db.Integer, primary_key=True)
+    name = db.Column(db.String(100), nullable=False, unique=True)
+    connector = db.Column(db.String(50), nullable=False)
+    settings = db.Column(db.JSON, nullable=False, default=dict)
+    # Fernet token of the JSON credentials (webapp/credentials.py); never decrypted for display.
+    credentials_encrypted = db.Column(db.Text, nullable=True)
+    # "manual" | "every:<minutes>" | "hourly:<minute>" | "cron:<expression>"
+    schedule = db.Column(db.String(120), nullable=False, default="manual")
+    enabled = db.Column(db.Boolean, nullable=False, default=True)
+    health = db.Column(db.String(20), nullable=False, default="ok")
+    health_message = db.Column(db.Text, nullable=True)
+    next_run_at = db.Column(db.DateTime, nullable=True)
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    updated_at = db.Column(db.DateTime, nullable=False, default=utcnow, onupdate=utcnow)
+
+    @property
+    def credentials(self):
+        from .credentials import decrypt_credentials
+
+        return decrypt_credentials(self.credentials_encrypted)
+
+    @credentials.setter
+    def credentials(self, value):
+        from .credentials import encrypt_credentials
+
+        self.credentials_encrypted = encrypt_credentials(value) if value else None
+
+    @property
+    def manual_only(self):
+        return self.schedule == "manual"
+
+    def __repr__(self):  # never the credentials
+        return f"<Connection {self.id} {self.name!r} {self.connector}>"
+
+
+class Run(db.Model):
+    __tablename__ = "runs"
+
+    id = db.Column(db.Integer, primary_key=True)
+    connection_id = db.Column(db.Integer, db.ForeignKey("connections.id", ondelete="CASCADE"), nullable=False)
+    streams = db.Column(db.JSON, nullable=False, default=list)
+    mode = db.Column(db.String(20), nullable=False, default="full")
+    params = db.Column(db.JSON, nullable=False, default=dict)
+    record_key = db.Column(db.String(255), nullable=True)  # mode=record: "<stream>:<id>"
+    trigger = db.Column(db.String(20), nullable=False, default="manual")
+    requested_by = db.Column(db.String(120), nullable=True)
+    status = db.Column(db.String(20), nullable=False, default=QUEUED)
+    attempt = db.Column(db.Integer, nullable=False, default=0)
+    max_attempts = db.Column(db.Integer, nullable=False, default=3)
+    # Where to resume: {"stream": name, "state": <connector page state>, "done": [names],
+    # "cursors": {stream: max cursor seen so far}}. Committed with each page's records.
+    checkpoint = db.Column(db.JSON, nullable=True)
+    seen = db.Column(db.Integer, nullable=False, default=0)
+    created = db.Column(db.Integer, nullable=False, default=0)
+    updated = db.Column(db.Integer, nullable=False, default=0)
+    unchanged = db.Column(db.Integer, nullable=False, default=0)
+    deleted = db.Column(db.Integer, nullable=False, default=0)
+    failed = db.Column(db.Integer, nullable=False, default=0)
+    phase = db.Column(db.String(50), nullable=True)
+    processed = db.Column(db.Integer, nullable=False, default=0)
+    total = db.Column(db.Integer, nullable=True)
+    heartbeat_at = db.Column(db.DateTime, nullable=True)
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    started_at = db.Column(db.DateTime, nullable=True)
+    finished_at = db.Column(db.DateTime, nullable=True)
+    error_class = db.Column(db.String(50), nullable=True)
+    error_message = db.Column(db.Text, nullable=True)
+    rq_job_id = db.Column(db.String(100), nullable=True)
+    worker_name = db.Column(db.String(200), nullable=True)
+    cancel_requested = db.Column(db.Boolean, nullable=False, default=False)
+
+    connection = db.relationship("Connection", lazy="joined")
+
+    __table_args__ = (
+        Index(
+            "uq_runs_one_active_sync",
+            "connection_id",
+            unique=True,
+            sqlite_where=text(_ACTIVE_SYNC),
+            postgresql_where=text(_ACTIVE_SYNC),
+        ),
+        Index(
+            "uq_runs_one_queued_record",
+            "connection_id",
+            "record_key",
+            unique=True,
+            sqlite_where=text(_QUEUED_RECORD),
+            postgresql_where=text(_QUEUED_RECORD),
+        ),
+        Index("ix_runs_status_heartbeat", "status", "heartbeat_at"),
+        Index("ix_runs_connection_created", "connection_id", "created_at"),
+    )
+
+    @property
+    def counters(self):
+        return {k: getattr(self, k) for k in ("seen", "created", "updated", "unchanged", "deleted", "failed")}
+
+    @property
+    def percent(self):
+        if self.status == COMPLETED:
+            return 100.0
+        if self.total:
+            return min(100.0, round(100.0 * self.processed / self.total, 1))
+        return None
+
+    def to_dict(self):
+        return {
+            "id": self.id,
+            "connection_id": self.connection_id,
+            "connection": self.connection.name if self.connection else None,
+            "streams": self.streams,
+            "mode": self.mode,
+            "params": self.params,
+            "record_key": self.record_key,
+            "trigger": self.trigger,
+            "requested_by": self.requested_by,
+            "status": self.status,
+            "attempt": self.attempt,
+            "max_attempts": self.max_attempts,
+            "counters": self.counters,
+            "phase": self.phase,
+            "processed": self.processed,
+            "total": self.total,
+            "percent": self.percent,
+            "heartbeat_at": _iso(self.heartbeat_at),
+            "created_at": _iso(self.created_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "error_class": self.error_class,
+            "error_message": self.error_message,
+            "cancel_requested": self.cancel_requested,
+        }
+
+
+class RunEvent(db.Model):
+    """A line of a run's activity log, or one record that could not be stored."""
+
+    __tablename__ = "run_events"
+
+    id = db.Column(db.Integer, primary_key=True)
+    run_id = db.Column(db.Integer, db.ForeignKey("runs.id", ondelete="CASCADE"), nullable=False)
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    level = db.Column(db.String(10), nullable=False, default="info")
+    kind = db.Column(db.String(20), nullable=False, default="log")  # log | record_error
+    stream = db.Column(db.String(100), nullable=True)
+    record_key = db.Column(db.String(255), nullable=True)
+    message = db.Column(db.Text, nullable=False)
+
+    __table_args__ = (Index("ix_run_events_run_id_id", "run_id", "id"),)
+
+    def to_dict(self):
+        return {
+            "id": self.id,
+            "at": _iso(self.created_at),
+            "level": self.level,
+            "kind": self.kind,
+            "stream": self.stream,
+            "record_key": self.record_key,
+            "message": self.message,
+        }
+
+
+class Record(db.Model):
+    __tablename__ = "records"
+
+    id = db.Column(db.Integer, primary_key=True)
+    connection_id = db.Column(db.Integer, db.ForeignKey("connections.id", ondelete="CASCADE"), nullable=False)
+    stream = db.Column(db.String(100), nullable=False)
+    external_id = db.Column(db.String(255), nullable=False)
+    data = db.Column(db.JSON, nullable=False)
+    content_hash = db.Column(db.String(64), nullable=False)
+    first_seen_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    last_changed_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    deleted_at = db.Column(db.DateTime, nullable=True)
+    last_run_id = db.Column(db.Integer, nullable=True)  # the run that last changed it
+    # The run that last saw it. A successful full run soft-deletes rows it did not see;
+    # resumed attempts keep the run id, so what an earlier attempt saw still counts.
+    last_seen_run_id = db.Column(db.Integer, nullable=True)
+
+    __table_args__ = (UniqueConstraint("connection_id", "stream", "external_id", name="uq_records_identity"),)
+
+
+class StreamState(db.Model):
+    """The incremental cursor of one stream, advanced only when a run completes."""
+
+    __tablename__ = "stream_states"
+
+    connection_id = db.Column(db.Integer, db.ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True)
+    stream = db.Column(db.String(100), primary_key=True)
+    cursor = db.Column(db.JSON, nullable=True)
+    updated_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    updated_by_run_id = db.Column(db.Integer, nullable=True)
+
+
+def _iso(value):
+    return value.isoformat() + "Z" if value else None

@@ -1,0 +1,64 @@
+"""The live progress channel in Redis (SPEC §6).
+
+Workers SET a JSON snapshot per run (read by pages on connect and by the CLI) and
+PUBLISH the same JSON on one channel per run (relayed to browsers by the websocket).
+Redis is only the live view: the run row holds the persisted progress, so a failure
+here never fails a run.
+"""
+import json
+import logging
+import time
+
+import redis
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_KEY = "synchub:progress:{run_id}"
+CHANNEL = "synchub:progress:{run_id}"
+CHANNEL_PATTERN = "synchub:progress:*"
+MAX_MESSAGES = 20
+
+
+def snapshot_key(run_id):
+    return SNAPSHOT_KEY.format(run_id=run_id)
+
+
+def channel(run_id):
+    return CHANNEL.format(run_id=run_id)
+
+
+class ProgressPublisher:
+    def __init__(self, client, run_id, ttl=24 * 3600):
+        self.client = client
+        self.run_id = run_id
+        self.ttl = ttl
+        self.messages = []
+        self._warned = False
+
+    def add_message(self, text):
+        self.messages.append({"at": time.time(), "message": text})
+        del self.messages[:-MAX_MESSAGES]
+
+    def publish(self, snapshot):
+        snapshot = dict(snapshot, run_id=self.run_id, messages=list(self.messages), updated_at=time.time())
+        if self.client is None:
+            return snapshot
+        payload = json.dumps(snapshot, default=str)
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.set(snapshot_key(self.run_id), payload, ex=self.ttl)
+            pipe.publish(channel(self.run_id), payload)
+            pipe.execute()
+        except redis.RedisError as exc:
+            if not self._warned:
+                log.warning("run %s: progress not published to Redis (%s); the run goes on", self.run_id, type(exc).__name__)
+                self._warned = True
+        return snapshot
+
+
+def read_snapshot(client, run_id):
+    try:
+        raw = client.get(snapshot_key(run_id))
+    except redis.RedisError:
+        return None
+    return json.loads(raw) if raw else None

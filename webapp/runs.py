@@ -1,0 +1,368 @@
+"""The job table's rules. Every state change is a conditional UPDATE on the expected
+status (and, for a worker, on its attempt number), so a late or zombie worker can never
+overwrite a run that finished, was cancelled, or was handed to another worker.
+
+Transitions:
+    queued  --claim-->            running
+    queued  --cancel-->           cancelled
+    running --finish-->           completed | failed | cancelled
+    running --retry / sweep-->    queued     (attempts remain; resumes from its checkpoint)
+    running --sweep-->            failed     (no heartbeat, attempts used up)
+    running --cancel (orphan)-->  cancelled  (no heartbeat: nobody left to notice the flag)
+"""
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from flask import current_app
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from .connectors.errors import ConfigError
+from .extensions import db
+from .models import (
+    ACTIVE_STATUSES,
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    MODES,
+    QUEUED,
+    RUNNING,
+    TERMINAL_STATUSES,
+    TRIGGERS,
+    Connection,
+    Run,
+    RunEvent,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+# Triggers that happen without a person asking. A manual-only connection refuses them all.
+AUTOMATIC_TRIGGERS = ("schedule", "event")
+
+
+class TriggerRefused(ConfigError):
+    """The trigger is not allowed for this connection (disabled, manual-only, bad mode)."""
+
+
+@dataclass
+class TriggerResult:
+    run: Run
+    created: bool  # False: an active run already existed and is returned instead
+
+
+def _job_id(run_id, attempt):
+    # Each queued period gets its own RQ job id, so a requeued run never collides with
+    # the finished RQ job of its previous attempt.
+    return f"run-{run_id}-{attempt + 1}"
+
+
+def trigger(
+    connection,
+    *,
+    mode="full",
+    params=None,
+    trigger="manual",
+    requested_by=None,
+    streams=None,
+    record_key=None,
+    max_attempts=None,
+    enqueue=True,
+):
+    """Insert a queued run, or return the active one. Commits. Enqueues after commit.
+
+    The partial unique index decides races: of many concurrent callers (any process, any
+    machine) exactly one insert succeeds; the rest read back and return that run.
+    """
+    if mode not in MODES:
+        raise TriggerRefused(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    if trigger not in TRIGGERS:
+        raise TriggerRefused(f"unknown trigger {trigger!r}")
+    if mode == "record" and not record_key:
+        raise TriggerRefused("a record run needs a record_key")
+    if trigger in AUTOMATIC_TRIGGERS and connection.manual_only:
+        raise TriggerRefused(f"connection {connection.name!r} is manual-only: {trigger} triggers are refused")
+    if trigger in AUTOMATIC_TRIGGERS + ("webhook",) and not connection.enabled:
+        raise TriggerRefused(f"connection {connection.name!r} is disabled")
+    connection_id = connection.id
+    config = current_app.config
+    for _ in range(20):
+        run = Run(
+            connection_id=connection_id,
+            mode=mode,
+            params=params or {},
+            trigger=trigger,
+            requested_by=requested_by,
+            streams=list(streams or []),
+            record_key=record_key if mode == "record" else None,
+            status=QUEUED,
+            attempt=0,
+            max_attempts=max_attempts or config["RUN_MAX_ATTEMPTS"],
+        )
+        try:
+            db.session.add(run)
+            db.session.flush()
+            run.rq_job_id = _job_id(run.id, 0)
+            db.session.add(RunEvent(run_id=run.id, message=f"queued by {trigger}" + (f" ({requested_by})" if requested_by else "")))
+            db.session.commit()
+        except IntegrityError:
+            db.session.rollback()
+            existing = _active_for(connection_id, mode, record_key)
+            if existing is not None:
+                return TriggerResult(existing, False)
+            continue  # it finished between our insert and our read: try again
+        if enqueue:
+            enqueue_run(run)
+        return TriggerResult(run, True)
+    raise RuntimeError(f"could not insert or find an active run for connection {connection_id}")
+
+
+def _active_for(connection_id, mode, record_key):
+    query = select(Run).where(Run.connection_id == connection_id)
+    if mode == "record":
+        query = query.where(Run.mode == "record", Run.record_key == record_key, Run.status == QUEUED)
+    else:
+        query = query.where(Run.mode != "record", Run.status.in_(ACTIVE_STATUSES))
+    return db.session.execute(query).scalars().first()
+
+
+def active_run(connection_id):
+    return _active_for(connection_id, "full", None)
+
+
+def enqueue_run(run):
+    """Hand a queued run to RQ. If Redis is down the row stays queued and the supervisor's
+    sweep (requeue_lost) enqueues it later: nothing is lost, only delayed."""
+    from .queue import enqueue_execute_run
+
+    try:
+        enqueue_execute_run(run)
+        return True
+    except Exception as exc:  # redis errors of any kind: the row is the source of truth
+        log.warning("run %s stays queued, enqueue failed: %s", run.id, type(exc).__name__)
+        return False
+
+
+def claim(run_id, worker_name=None):
+    """queued -> running for one worker. Returns the attempt number, or None if not ours."""
+    now = utcnow()
+    result = db.session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status == QUEUED, Run.cancel_requested.is_(False))
+        .values(
+            status=RUNNING,
+            attempt=Run.attempt + 1,
+            heartbeat_at=now,
+            started_at=now,
+            finished_at=None,
+            worker_name=worker_name,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        db.session.rollback()
+        # A queued run whose cancel was requested in the same instant: settle it here.
+        _settle_cancel_requested_queued(run_id)
+        return None
+    attempt = db.session.execute(select(Run.attempt).where(Run.id == run_id)).scalar_one()
+    db.session.add(RunEvent(run_id=run_id, message=f"attempt {attempt} started" + (f" on {worker_name}" if worker_name else "")))
+    db.session.commit()
+    return attempt
+
+
+def _settle_cancel_requested_queued(run_id):
+    result = db.session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status == QUEUED, Run.cancel_requested.is_(True))
+        .values(status=CANCELLED, finished_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
+    return result.rowcount == 1
+
+
+def owned(run_id, attempt):
+    """The WHERE clause of every write a worker makes: the run is still running *its* attempt."""
+    return (Run.id == run_id, Run.status == RUNNING, Run.attempt == attempt)
+
+
+def heartbeat(run_id, attempt, session=None):
+    session = session or db.session
+    result = session.execute(
+        update(Run).where(*owned(run_id, attempt)).values(heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def record_page(run_id, attempt, *, checkpoint, counts, processed, total, phase):
+    """Inside the page's transaction (no commit): checkpoint, counters and progress.
+    Returns (still_owned, cancel_requested). If not owned the caller must roll back."""
+    values = {Run.checkpoint: checkpoint, Run.processed: processed, Run.total: total,
+              Run.phase: phase, Run.heartbeat_at: utcnow()}
+    for name, delta in counts.items():
+        if delta:
+            values[getattr(Run, name)] = getattr(Run, name) + delta
+    result = db.session.execute(
+        update(Run).where(*owned(run_id, attempt)).values(values).execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        return False, False
+    cancel = db.session.execute(select(Run.cancel_requested).where(Run.id == run_id)).scalar_one()
+    return True, bool(cancel)
+
+
+def finish(run_id, attempt, status, *, error_class=None, error_message=None, counts=None, commit=True):
+    """running -> completed/failed/cancelled, only if this attempt still owns the run."""
+    assert status in TERMINAL_STATUSES
+    values = {Run.status: status, Run.finished_at: utcnow(), Run.error_class: error_class,
+              Run.error_message: error_message}
+    if status == COMPLETED:
+        values[Run.phase] = "done"
+    for name, delta in (counts or {}).items():
+        if delta:
+            values[getattr(Run, name)] = getattr(Run, name) + delta
+    result = db.session.execute(
+        update(Run).where(*owned(run_id, attempt)).values(values).execution_options(synchronize_session=False)
+    )
+    ok = result.rowcount == 1
+    if ok:
+        db.session.add(RunEvent(run_id=run_id, level="error" if status == FAILED else "info",
+                                message=f"{status}" + (f": {error_message}" if error_message else "")))
+    if commit:
+        if ok:
+            db.session.commit()
+        else:
+            db.session.rollback()
+    return ok
+
+
+def retry_later(run_id, attempt, *, error_class, error_message):
+    """running -> queued for another attempt (resuming from the checkpoint), or -> failed
+    when attempts are used up. Returns the new status, or None if the run wasn't ours."""
+    run = db.session.get(Run, run_id)
+    db.session.expire(run)
+    if run.attempt != attempt or run.status != RUNNING:
+        db.session.rollback()
+        return None
+    if attempt >= run.max_attempts:
+        ok = finish(run_id, attempt, FAILED, error_class=error_class,
+                    error_message=f"{error_message} (gave up after {attempt} attempts)")
+        return FAILED if ok else None
+    result = db.session.execute(
+        update(Run).where(*owned(run_id, attempt))
+        .values(status=QUEUED, error_class=error_class, error_message=error_message,
+                rq_job_id=_job_id(run_id, attempt))
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        db.session.rollback()
+        return None
+    db.session.add(RunEvent(run_id=run_id, level="warning",
+                            message=f"attempt {attempt} failed ({error_class}: {error_message}); will resume from checkpoint"))
+    db.session.commit()
+    enqueue_run(db.session.get(Run, run_id))
+    return QUEUED
+
+
+def cancel(run_id, requested_by=None, now=None):
+    """Cancel a run in any active state. Returns the run's status afterwards.
+
+    queued: cancelled at once (it will never start). running: the flag is set and the
+    worker stops at its next page boundary. running with no heartbeat for longer than
+    the stale threshold: the worker is gone, so the row is cancelled directly.
+    """
+    now = now or utcnow()
+    who = f" by {requested_by}" if requested_by else ""
+    result = db.session.execute(
+        update(Run).where(Run.id == run_id, Run.status == QUEUED)
+        .values(status=CANCELLED, cancel_requested=True, finished_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 1:
+        db.session.add(RunEvent(run_id=run_id, message=f"cancelled while queued{who}"))
+        db.session.commit()
+        return CANCELLED
+    stale_before = now - timedelta(seconds=current_app.config["STALE_AFTER_SECONDS"])
+    result = db.session.execute(
+        update(Run).where(Run.id == run_id, Run.status == RUNNING, Run.heartbeat_at < stale_before)
+        .values(status=CANCELLED, cancel_requested=True, finished_at=now,
+                error_message="cancelled; the worker had stopped sending heartbeats")
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 1:
+        db.session.add(RunEvent(run_id=run_id, message=f"cancelled{who}; its worker was gone"))
+        db.session.commit()
+        return CANCELLED
+    result = db.session.execute(
+        update(Run).where(Run.id == run_id, Run.status == RUNNING, Run.cancel_requested.is_(False))
+        .values(cancel_requested=True).execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 1:
+        db.session.add(RunEvent(run_id=run_id, message=f"cancel requested{who}; stopping at the next page"))
+    db.session.commit()
+    status = db.session.execute(select(Run.status).where(Run.id == run_id)).scalar_one_or_none()
+    if status is None:
+        raise LookupError(f"no run {run_id}")
+    return status
+
+
+def sweep_stale(now=None, stale_after=None):
+    """Settle running runs whose worker stopped sending heartbeats (the supervisor calls
+    this). Requeue to resume from the checkpoint while attempts remain, else fail with the
+    reason. Returns [(run_id, new_status)]. Safe to run from several processes at once:
+    each change is conditional on the exact attempt and heartbeat that was judged stale."""
+    now = now or utcnow()
+    stale_after = current_app.config["STALE_AFTER_SECONDS"] if stale_after is None else stale_after
+    threshold = now - timedelta(seconds=stale_after)
+    stale = db.session.execute(
+        select(Run.id, Run.attempt, Run.max_attempts, Run.heartbeat_at, Run.cancel_requested)
+        .where(Run.status == RUNNING, Run.heartbeat_at < threshold)
+    ).all()
+    db.session.rollback()
+    outcomes = []
+    for run_id, attempt, max_attempts, beat, cancel_requested in stale:
+        where = (*owned(run_id, attempt), Run.heartbeat_at == beat)
+        since = beat.isoformat(timespec="seconds") + "Z"
+        if cancel_requested:
+            values = dict(status=CANCELLED, finished_at=now, error_message=f"cancelled; worker lost (no heartbeat since {since})")
+            new_status, message = CANCELLED, "cancelled: its worker was lost"
+        elif attempt < max_attempts:
+            values = dict(status=QUEUED, rq_job_id=_job_id(run_id, attempt), error_class="worker_lost",
+                          error_message=f"worker lost: no heartbeat since {since}")
+            new_status, message = QUEUED, f"worker lost (no heartbeat since {since}); requeued to resume from checkpoint"
+        else:
+            values = dict(status=FAILED, finished_at=now, error_class="worker_lost",
+                          error_message=f"worker lost: no heartbeat since {since}; no attempts left ({attempt}/{max_attempts})")
+            new_status, message = FAILED, values["error_message"]
+        result = db.session.execute(update(Run).where(*where).values(**values).execution_options(synchronize_session=False))
+        if result.rowcount != 1:
+            db.session.rollback()
+            continue
+        db.session.add(RunEvent(run_id=run_id, level="warning", message=message))
+        db.session.commit()
+        outcomes.append((run_id, new_status))
+        if new_status == QUEUED:
+            enqueue_run(db.session.get(Run, run_id))
+    return outcomes
+
+
+def log_event(run_id, message, *, level="info", kind="log", stream=None, record_key=None, commit=False):
+    db.session.add(RunEvent(run_id=run_id, message=message, level=level, kind=kind, stream=stream, record_key=record_key))
+    if commit:
+        db.session.commit()
+
+
+def get_connection(name_or_id):
+    """Look a connection up by id or by name; a clear error otherwise."""
+    query = select(Connection)
+    if str(name_or_id).isdigit():
+        query = query.where(Connection.id == int(name_or_id))
+    else:
+        query = query.where(Connection.name == str(name_or_id))
+    connection = db.session.execute(query).scalar_one_or_none()
+    if connection is None:
+        raise LookupError(f"no connection {name_or_id!r}")
+    return connection

@@ -1,0 +1,1 @@
+"""Execution: RQ job entry points and the code that carries a run out."""

@@ -1,0 +1,327 @@
+"""The sync loop: claim -> pages -> store -> checkpoint -> progress -> cancel check -> finish.
+
+Every page is one transaction: its records, its record errors, the new checkpoint and the
+counters commit together, and only while this attempt still owns the run. A crash at any
+point therefore resumes from the last committed page: nothing lost, nothing doubled.
+"""
+import logging
+import threading
+import time
+
+import requests
+from flask import current_app
+from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
+
+from webapp import runs
+from webapp.connectors.base import ReadRequest, Services, connector_class
+from webapp.connectors.errors import AuthError, BadRecord, ConfigError, RateLimited, TransientError
+from webapp.extensions import db
+from webapp.models import CANCELLED, COMPLETED, FAILED, Connection, Run, StreamState, utcnow
+from webapp.progress import ProgressPublisher
+
+from . import store
+
+log = logging.getLogger(__name__)
+
+# Parameters that narrow a full listing; a filtered listing says nothing about deletions.
+FILTER_PARAMS = ("since", "until", "record_id")
+
+
+class LostOwnership(Exception):
+    """The run was cancelled, requeued or finished by someone else while we worked."""
+
+
+def execute_run(run_id, *, redis_client=None, worker_name=None, on_progress=None):
+    """Carry out one queued run. Returns its final status for this attempt (a requeued run
+    returns "queued"), or None when the run was not ours to execute."""
+    attempt = runs.claim(run_id, worker_name)
+    if attempt is None:
+        log.info("run %s: not claimable (already taken, finished or cancelled)", run_id)
+        return None
+    execution = RunExecution(run_id, attempt, redis_client=redis_client, on_progress=on_progress)
+    return execution.run()
+
+
+class RunExecution:
+    def __init__(self, run_id, attempt, *, redis_client, on_progress):
+        self.run_id = run_id
+        self.attempt = attempt
+        self.config = current_app.config
+        self.redis = redis_client
+        self.on_progress = on_progress
+        self.progress = ProgressPublisher(redis_client, run_id, ttl=self.config["PROGRESS_TTL_SECONDS"])
+        self.heartbeat = Heartbeat(current_app._get_current_object(), run_id, attempt, self.config["HEARTBEAT_SECONDS"])
+        run = db.session.get(Run, run_id)
+        self.connection_id = run.connection_id
+        self.mode = run.mode
+        self.params = dict(run.params or {})
+        self.requested_streams = list(run.streams or [])
+        self.record_key = run.record_key
+        self.checkpoint = dict(run.checkpoint or {})
+        self.checkpoint.setdefault("done", [])
+        self.checkpoint.setdefault("cursors", {})
+        self.processed = run.processed
+        self.total = run.total
+        self.counters = run.counters
+        self.processed_at_start = run.processed
+        self.started = time.monotonic()
+
+    # -- the straight line -------------------------------------------------------------
+    def run(self):
+        self.heartbeat.start()
+        try:
+            connection = db.session.get(Connection, self.connection_id)
+            connector = self._connector(connection)
+            self._publish("starting", f"attempt {self.attempt} started")
+            if self.mode == "record":
+                deleted = self._sync_one_record(connector)
+            else:
+                for stream_name in self._streams(connector):
+                    if stream_name in self.checkpoint["done"]:
+                        continue
+                    if self._sync_stream(connector, connector.stream(stream_name)) == CANCELLED:
+                        return CANCELLED
+                deleted = 0
+            return self._complete(connector, deleted)
+        except LostOwnership as exc:
+            db.session.rollback()
+            log.warning("run %s attempt %s: stopped, %s", self.run_id, self.attempt, exc)
+            return None
+        except AuthError as exc:
+            return self._fail("auth", exc, health="needs_reauth")
+        except (ConfigError, BadRecord) as exc:
+            return self._fail("config", exc)
+        except RateLimited as exc:
+            return self._retry("rate_limited", exc)
+        except (TransientError, requests.RequestException, OperationalError) as exc:
+            return self._retry("transient", exc)
+        except Exception as exc:  # a bug: fail loudly with the class, never loop on it
+            log.exception("run %s: unexpected error", self.run_id)
+            return self._fail("internal", f"{type(exc).__name__}: {exc}"[:500])
+        finally:
+            self.heartbeat.stop()
+
+    def _streams(self, connector):
+        return self.requested_streams or connector.default_streams()
+
+    def _sync_stream(self, connector, stream):
+        name = stream.name
+        state = self.checkpoint.get("state") if self.checkpoint.get("stream") == name else None
+        cursor = self._stored_cursor(name) if self.mode == "incremental" else None
+        request = ReadRequest(mode=self.mode, params=self.params, cursor=cursor)
+        done_before = self.processed if state is None else None
+        while True:
+            page = connector.read_page(stream, request, state)
+            good, bad = self._sort(connector, stream, page)
+            counts = store.write_page(db.session, connection_id=self.connection_id, stream=name,
+                                      run_id=self.run_id, keyed_records=good)
+            for error in bad:
+                runs.log_event(self.run_id, str(error), level="warning", kind="record_error",
+                               stream=name, record_key=error.key)
+            if stream.cursor_field:
+                self._advance_seen_cursor(name, stream.cursor_field, (r for _, r in good))
+            finished = page.next_state is None
+            self.checkpoint["stream"], self.checkpoint["state"] = (None, None) if finished else (name, page.next_state)
+            if finished:
+                self.checkpoint["done"] = self.checkpoint["done"] + [name]
+            self.processed += len(page.records) + len(page.bad_records)
+            if page.total is not None and done_before is not None:
+                self.total = done_before + page.total
+            delta = {"seen": len(good) + len(bad), "created": counts.created, "updated": counts.updated,
+                     "unchanged": counts.unchanged, "failed": len(bad)}
+            message = (f"{name}: +{len(good)} records ({counts.created} new, {counts.updated} changed, "
+                       f"{counts.unchanged} unchanged" + (f", {len(bad)} skipped)" if bad else ")"))
+            owned, cancel = runs.record_page(
+                self.run_id, self.attempt, checkpoint=dict(self.checkpoint), counts=delta,
+                processed=self.processed, total=self.total, phase=f"fetching {name}")
+            if not owned:
+                raise LostOwnership("the run is no longer running this attempt")
+            db.session.commit()
+            for key, value in delta.items():
+                self.counters[key] += value
+            self._publish(f"fetching {name}", message)
+            if cancel:
+                return self._cancelled()
+            if self.heartbeat.lost:
+                raise LostOwnership("heartbeat found the run taken away")
+            if finished:
+                return None
+            state = page.next_state
+
+    def _sync_one_record(self, connector):
+        stream = connector.stream(self.params.get("stream") or self._streams(connector)[0])
+        record_id = str(self.params.get("record_id") or self.record_key.split(":", 1)[-1])
+        if self.params.get("deleted"):
+            page = None
+        else:
+            page = connector.read_page(stream, ReadRequest(mode="record", params=self.params), None)
+        if page is None or not (page.records or page.bad_records):
+            # The provider says it is gone (a delete webhook, or the lookup found nothing).
+            return store.soft_delete_one(db.session, connection_id=self.connection_id, stream=stream.name,
+                                         external_id=record_id, run_id=self.run_id)
+        good, bad = self._sort(connector, stream, page)
+        counts = store.write_page(db.session, connection_id=self.connection_id, stream=stream.name,
+                                  run_id=self.run_id, keyed_records=good)
+        for error in bad:
+            runs.log_event(self.run_id, str(error), level="warning", kind="record_error",
+                           stream=stream.name, record_key=error.key)
+        self.processed = len(page.records) + len(page.bad_records)
+        self.counters.update(seen=len(good) + len(bad), created=counts.created, updated=counts.updated,
+                             unchanged=counts.unchanged, failed=len(bad))
+        owned, _ = runs.record_page(self.run_id, self.attempt, checkpoint=None, counts=self.counters,
+                                    processed=self.processed, total=self.processed, phase="record")
+        if not owned:
+            raise LostOwnership("the run is no longer running this attempt")
+        return 0
+
+    def _complete(self, connector, deleted):
+        """Deletions and cursor advance commit in the same transaction as `completed`."""
+        self._publish("finalizing", "finalizing")
+        if self.mode == "full" and not any(self.params.get(p) for p in FILTER_PARAMS):
+            for name in self._streams(connector):
+                deleted += store.soft_delete_unseen(db.session, connection_id=self.connection_id,
+                                                    stream=name, run_id=self.run_id)
+        if self.mode in ("full", "incremental"):
+            for name, cursor in self.checkpoint["cursors"].items():
+                self._store_cursor(name, cursor)
+        if deleted:
+            runs.log_event(self.run_id, f"{deleted} records no longer at the provider: marked deleted")
+        if not runs.finish(self.run_id, self.attempt, COMPLETED, counts={"deleted": deleted}):
+            raise LostOwnership("the run was finished by someone else")
+        self._set_health("ok", None)
+        self.counters["deleted"] += deleted
+        self._publish("done", f"completed: {self._summary()}", status=COMPLETED)
+        return COMPLETED
+
+    # -- outcomes ----------------------------------------------------------------------
+    def _cancelled(self):
+        if runs.finish(self.run_id, self.attempt, CANCELLED, error_message="cancelled at a page boundary"):
+            self._publish("cancelled", "cancelled; records written so far are kept", status=CANCELLED)
+            return CANCELLED
+        raise LostOwnership("the run changed state while cancelling")
+
+    def _fail(self, error_class, exc, health="failing"):
+        db.session.rollback()
+        message = str(exc) or type(exc).__name__
+        if runs.finish(self.run_id, self.attempt, FAILED, error_class=error_class, error_message=message):
+            self._set_health(health, message)
+            self._publish("failed", f"failed ({error_class}): {message}", status=FAILED)
+            return FAILED
+        return None
+
+    def _retry(self, error_class, exc):
+        db.session.rollback()
+        message = str(exc) or type(exc).__name__
+        status = runs.retry_later(self.run_id, self.attempt, error_class=error_class, error_message=message)
+        if status == FAILED:
+            self._set_health("failing", message)
+        if status:
+            self._publish("retrying" if status == "queued" else "failed", f"{error_class}: {message}", status=status)
+        return status
+
+    # -- helpers -----------------------------------------------------------------------
+    def _connector(self, connection):
+        services = Services(config=dict(self.config), redis=self.redis, connection_id=connection.id)
+        cls = connector_class(connection.connector)
+        return cls(connection.settings or {}, connection.credentials, services)
+
+    @staticmethod
+    def _sort(connector, stream, page):
+        good, bad = [], list(page.bad_records)
+        for record in page.records:
+            try:
+                connector.validate(stream, record)
+                good.append((stream.key_of(record), record))
+            except BadRecord as exc:
+                if exc.key is None and isinstance(record, dict) and record.get(stream.primary_key) is not None:
+                    exc.key = str(record.get(stream.primary_key))
+                bad.append(exc)
+        return good, bad
+
+    def _advance_seen_cursor(self, name, field, records):
+        best = self.checkpoint["cursors"].get(name)
+        for record in records:
+            value = record.get(field)
+            if value is not None and (best is None or _cursor_gt(value, best)):
+                best = value
+        if best is not None:
+            self.checkpoint["cursors"] = dict(self.checkpoint["cursors"], **{name: best})
+
+    def _stored_cursor(self, name):
+        state = db.session.get(StreamState, (self.connection_id, name))
+        return state.cursor if state else None
+
+    def _store_cursor(self, name, cursor):
+        state = db.session.get(StreamState, (self.connection_id, name))
+        if state is None:
+            db.session.add(StreamState(connection_id=self.connection_id, stream=name, cursor=cursor,
+                                       updated_by_run_id=self.run_id))
+        elif state.cursor is None or _cursor_gt(cursor, state.cursor):
+            state.cursor, state.updated_at, state.updated_by_run_id = cursor, utcnow(), self.run_id
+
+    def _set_health(self, health, message):
+        try:
+            db.session.execute(update(Connection).where(Connection.id == self.connection_id)
+                               .values(health=health, health_message=message))
+            db.session.commit()
+        except OperationalError:
+            db.session.rollback()
+
+    def _summary(self):
+        c = self.counters
+        return (f"{c['seen']} seen, {c['created']} created, {c['updated']} updated, {c['unchanged']} unchanged, "
+                f"{c['deleted']} deleted, {c['failed']} skipped")
+
+    def _publish(self, phase, message, status="running"):
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        rate = (self.processed - self.processed_at_start) / elapsed
+        percent = 100.0 if status == COMPLETED else (
+            round(min(100.0, 100.0 * self.processed / self.total), 1) if self.total else None)
+        eta = (self.total - self.processed) / rate if self.total and rate > 0 and status == "running" else None
+        self.progress.add_message(message)
+        snapshot = self.progress.publish({
+            "status": status, "phase": phase, "attempt": self.attempt, "processed": self.processed,
+            "total": self.total, "percent": percent, "rate": round(rate, 1),
+            "eta_seconds": round(eta, 1) if eta is not None else None, "counters": dict(self.counters),
+        })
+        if self.on_progress:
+            self.on_progress(snapshot)
+
+
+def _cursor_gt(a, b):
+    try:
+        return a > b
+    except TypeError:
+        return str(a) > str(b)
+
+
+class Heartbeat:
+    """Refreshes the run's heartbeat from a thread, so a page stuck in a long provider wait
+    still proves the worker is alive. Stops on its own if the run is no longer ours."""
+
+    def __init__(self, app, run_id, attempt, interval):
+        self.app, self.run_id, self.attempt, self.interval = app, run_id, attempt, interval
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-run-{run_id}", daemon=True)
+
+    def start(self):
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self):
+        with self.app.app_context():
+            while not self._stop.wait(self.interval):
+                try:
+                    with db.engine.begin() as conn:
+                        result = conn.execute(update(Run).where(*runs.owned(self.run_id, self.attempt))
+                                              .values(heartbeat_at=utcnow()))
+                    if result.rowcount != 1:
+                        self.lost = True
+                        return
+                except Exception as exc:  # a database blip must not kill the thread
+                    log.warning("run %s: heartbeat failed (%s)", self.run_id, type(exc).__name__)

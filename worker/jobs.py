@@ -1,0 +1,28 @@
+"""RQ entry points. Each runs inside the Flask app context (pushed by `python -m worker`,
+or created here when the job is run by a bare `rq worker`)."""
+from flask import has_app_context
+from rq import get_current_job
+
+_app = None
+
+
+def _app_context():
+    global _app
+    if _app is None:
+        from webapp import create_app
+
+        _app = create_app()
+    return _app.app_context()
+
+
+def execute_run(run_id):
+    if not has_app_context():
+        with _app_context():
+            return execute_run(run_id)
+    from webapp.extensions import redis_ext
+
+    from .engine import execute_run as run_engine
+
+    job = get_current_job()
+    worker_name = job.worker_name if job is not None else None
+    return run_engine(run_id, redis_client=redis_ext.client, worker_name=worker_name)
