@@ -1,0 +1,34 @@
+# synchub: `make run` starts the whole service, `make test` runs the test suite.
+# Both set up .venv first (only Python 3.11+ and make are needed on the machine).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Recipes find the venv's gunicorn, flask, python and honcho first.
+VENV_PATH := PATH="$(CURDIR)/$(BIN):$$PATH"
+
+# The stamp's name carries a hash of requirements.txt, so editing it reinstalls.
+REQ_HASH := $(shell $(PYTHON) -c "import hashlib; print(hashlib.sha256(open('requirements.txt', 'rb').read()).hexdigest()[:16])" 2>/dev/null)
+STAMP := $(VENV)/.installed-$(REQ_HASH)
+
+# Every Procfile process except the one-shot release step (honcho stops all when one exits).
+PROCESSES = $(shell sed -n 's/^\([A-Za-z0-9_-]*\):.*/\1/p' Procfile | grep -vx release)
+
+.PHONY: setup run test
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "synchub needs Python 3.11 or newer; run: make PYTHON=python3.11 ...")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+run: setup
+	$(VENV_PATH) $(BIN)/flask --app wsgi db upgrade
+	$(VENV_PATH) $(BIN)/flask --app wsgi connections ensure-demo
+	$(VENV_PATH) $(BIN)/honcho start -f Procfile $(PROCESSES)
+
+test: setup
+	$(VENV_PATH) $(BIN)/python -m pytest $(PYTEST_ARGS)
