@@ -1,0 +1,1 @@
+"""Connector tests: shared HTTP client, rate limiting, pagination and the REST connector."""
