@@ -1,0 +1,149 @@
+"""Rate limiters: never more than N admissions in any window, in-process and through Redis."""
+import multiprocessing
+import threading
+import time
+import uuid
+
+import pytest
+import redis as redis_lib
+
+from tests.simulators.harness import RecordsAPI, make_records
+from webapp.connectors.errors import ConfigError, RateLimited
+from webapp.connectors.http import HttpClient
+from webapp.connectors.ratelimit import KEY_PREFIX, LocalRateLimiter, RedisRateLimiter, make_rate_limiter
+
+
+def assert_at_most_n_per_window(times, n, window):
+    """Any window of `window` seconds holds at most n of `times`: the (i+n)-th admission
+    is at least `window` after the i-th."""
+    times = sorted(times)
+    for i in range(len(times) - n):
+        assert times[i + n] - times[i] >= window - 1e-6, f"{n + 1} admissions within {times[i + n] - times[i]:.4f}s"
+
+
+def acquire_in_threads(make_limiter, threads, each):
+    admitted, lock = [], threading.Lock()
+
+    def work():
+        limiter = make_limiter()
+        for _ in range(each):
+            t = limiter.acquire()
+            with lock:
+                admitted.append(t)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return admitted
+
+
+def test_local_limiter_holds_the_bound_across_threads():
+    limiter = LocalRateLimiter(5, 0.3)
+    admitted = acquire_in_threads(lambda: limiter, threads=4, each=5)
+
+    assert len(admitted) == 20
+    assert_at_most_n_per_window(admitted, 5, 0.3)
+    # ...and it does not throttle harder than asked: 20 at 5 per 0.3 s need just over 0.9 s.
+    assert max(admitted) - min(admitted) < 0.9 + 0.2
+
+
+def test_local_limiters_are_shared_per_key_within_a_process():
+    key = f"test:{uuid.uuid4().hex}"
+    first = make_rate_limiter(None, key, (3, 1))
+    assert make_rate_limiter(None, key, [3, 1]) is first
+    assert make_rate_limiter(None, key + "-other", (3, 1)) is not first
+
+
+@pytest.mark.parametrize("bad", [None, (0, 1), (1, 0), ("many", 1), (1, 2, 3), "10/s"])
+def test_invalid_rate_limits_are_config_errors(bad):
+    with pytest.raises(ConfigError):
+        make_rate_limiter(None, "k", bad)
+
+
+def test_redis_limiter_holds_the_bound_across_clients(limiter_redis_url):
+    key = f"test:{uuid.uuid4().hex}"
+
+    def make():  # each thread its own connection, as separate workers would have
+        return make_rate_limiter(redis_lib.Redis.from_url(limiter_redis_url), key, (5, 0.3))
+
+    admitted = acquire_in_threads(make, threads=4, each=5)
+
+    assert len(admitted) == 20
+    assert_at_most_n_per_window(admitted, 5, 0.3)
+    assert max(admitted) - min(admitted) < 0.9 + 0.3
+
+
+def test_redis_limiter_key_is_prefixed_and_expires(limiter_redis_url):
+    client = redis_lib.Redis.from_url(limiter_redis_url)
+    key = f"test:{uuid.uuid4().hex}"
+    limiter = make_rate_limiter(client, key, (2, 1.5))
+    assert isinstance(limiter, RedisRateLimiter)
+
+    limiter.acquire()
+
+    assert client.zcard(KEY_PREFIX + key) == 1
+    assert 0 < client.pttl(KEY_PREFIX + key) <= 1500 + 1000  # idle keys do not pile up
+
+
+def _acquire_in_process(url, key, count, ready, go, queue):
+    limiter = make_rate_limiter(redis_lib.Redis.from_url(url), key, (4, 0.3))
+    ready.put(True)
+    go.wait(30)
+    queue.put([limiter.acquire() for _ in range(count)])
+
+
+def test_redis_limiter_is_shared_by_processes(limiter_redis_url):
+    key = f"test:{uuid.uuid4().hex}"
+    ctx = multiprocessing.get_context("spawn")
+    ready, go, queue = ctx.Queue(), ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_acquire_in_process, args=(limiter_redis_url, key, 8, ready, go, queue))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.get(timeout=30)
+    go.set()  # both compete from the same moment, so the budget really is contended
+    first, second = [queue.get(timeout=30) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+
+    assert len(first) == len(second) == 8
+    assert min(first) < max(second) and min(second) < max(first)  # they overlapped in time
+    assert_at_most_n_per_window(first + second, 4, 0.3)
+
+
+def test_provider_sees_no_violations_from_two_workers_sharing_a_redis_limit(serve, limiter_redis_url):
+    # The simulator counts arrivals over a window a little shorter than the limiter's: the
+    # few ms between admission and arrival vary per request, and a real client keeps a
+    # margin for that too.
+    server = serve(RecordsAPI(make_records(5), rate_limit=(5, 0.45)))
+    key = f"test:{uuid.uuid4().hex}"
+
+    def worker():
+        limiter = make_rate_limiter(redis_lib.Redis.from_url(limiter_redis_url), key, (5, 0.5))
+        client = HttpClient(server.url, rate_limiter=limiter, max_retries=0)
+        for _ in range(10):
+            client.get_json("/items")
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert len(server.log) == 20
+    assert server.app.violations == 0
+
+
+def test_without_a_limiter_the_provider_does_count_violations(serve):
+    # The control for the test above: the simulator's enforcement is real.
+    server = serve(RecordsAPI(make_records(5), rate_limit=(5, 0.45)))
+    client = HttpClient(server.url, max_retry_after=0)
+    for _ in range(8):
+        try:
+            client.get_json("/items")
+        except RateLimited:
+            pass
+    assert server.app.violations >= 3
