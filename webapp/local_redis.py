@@ -89,6 +89,13 @@ def ensure_local_redis(instance_path, timeout=15.0):
     return url
 
 
+def running_local_redis_url(instance_path):
+    """The URL of this instance's bundled Redis if it is already up; never starts one.
+    The inline CLI uses it: publish progress when a server is there, run without when not."""
+    paths = _Paths(instance_path)
+    return _running_url(paths) if os.path.isdir(paths.dir) else None
+
+
 def stop_local_redis(instance_path, timeout=10.0):
     """Stop this instance's bundled Redis (SHUTDOWN NOSAVE, else a signal by pidfile).
 

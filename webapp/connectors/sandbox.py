@@ -2,13 +2,16 @@
 machine has something real to sync, and tests can exercise the engine without HTTP.
 
 Settings: records (count), page_size, latency_ms (per page), seed, version (bump to
-change every record's content), bad_every (every Nth record is malformed).
+change every record's content), bad_every (every Nth record is malformed), and
+injected faults for demos and tests: fail_at_offset (a transient outage when that offset
+is read), auth_fail (the provider rejects our credentials).
 """
 import random
 import time
 from datetime import datetime, timedelta
 
 from .base import Connector, Page, Stream, register
+from .errors import AuthError, TransientError
 
 _EPOCH = datetime(2026, 1, 1)
 
@@ -18,7 +21,7 @@ class SandboxConnector(Connector):
     name = "sandbox"
     title = "Sandbox (generated data, no network)"
     streams = (Stream("items", primary_key="id", cursor_field="updated_at"),)
-    settings_fields = ("records", "page_size", "latency_ms", "seed", "version", "bad_every")
+    settings_fields = ("records", "page_size", "latency_ms", "seed", "version", "bad_every", "fail_at_offset", "auth_fail")
 
     def _setting(self, key, default):
         return int(self.settings.get(key, default))
@@ -49,6 +52,10 @@ class SandboxConnector(Connector):
             i = int(str(request.params["record_id"]).rsplit("-", 1)[-1])
             return Page([self._record(i)] if i < count else [], None, total=1)
         offset = (state or {}).get("offset", 0)
+        if self.settings.get("auth_fail"):
+            raise AuthError("sandbox: the provider rejected the credentials (401)")
+        if self.settings.get("fail_at_offset") is not None and offset == int(self.settings["fail_at_offset"]):
+            raise TransientError(f"sandbox: injected outage at offset {offset} (503)")
         records = [self._record(i) for i in range(offset, min(offset + page_size, count))]
         # Records are generated in updated_at order, so cursors and ranges are simple filters.
         if request.mode == "incremental" and request.cursor:

@@ -1,0 +1,152 @@
+"""The job table's rules: one active run, conditional transitions, cancel, sweep."""
+import multiprocessing
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from webapp import runs
+from webapp.extensions import db
+from webapp.models import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, Run, RunEvent, utcnow
+
+
+def test_second_trigger_returns_active_run(app, make_connection):
+    conn = make_connection()
+    first = runs.trigger(conn, enqueue=False)
+    second = runs.trigger(conn, mode="incremental", trigger="api", enqueue=False)
+    assert first.created and not second.created
+    assert second.run.id == first.run.id
+    assert db.session.scalar(select(func.count()).select_from(Run)) == 1
+
+
+def test_new_run_allowed_after_previous_finished(app, make_connection):
+    conn = make_connection()
+    first = runs.trigger(conn, enqueue=False).run
+    attempt = runs.claim(first.id, "w")
+    assert runs.finish(first.id, attempt, COMPLETED)
+    second = runs.trigger(conn, enqueue=False)
+    assert second.created and second.run.id != first.id
+
+
+def _race_trigger(config, barrier, results):
+    # A forked child builds its own app, engine and session: a separate DB client per caller.
+    from webapp import create_app
+
+    child = create_app(config)
+    with child.app_context():
+        conn = runs.get_connection("racy")
+        barrier.wait()
+        result = runs.trigger(conn, trigger="api", enqueue=False)
+        results.put((result.run.id, int(result.created)))
+
+
+def test_concurrent_triggers_from_separate_processes_create_exactly_one_run(app, make_connection):
+    make_connection(name="racy")
+    callers = 20
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(callers), ctx.Queue()
+    config = {k: app.config[k] for k in ("SQLALCHEMY_DATABASE_URI", "REDIS_URL", "SYNCHUB_ENCRYPTION_KEYS")}
+    db.engine.dispose()  # no pooled sockets may cross the fork
+    procs = [ctx.Process(target=_race_trigger, args=(config, barrier, results)) for _ in range(callers)]
+    for proc in procs:
+        proc.start()
+    outcomes = [results.get(timeout=60) for _ in range(callers)]
+    for proc in procs:
+        proc.join(timeout=30)
+        assert proc.exitcode == 0
+    assert len({run_id for run_id, _ in outcomes}) == 1, outcomes
+    assert sum(created for _, created in outcomes) == 1
+    assert db.session.scalar(select(func.count()).select_from(Run)) == 1
+
+
+def test_manual_only_connection_refuses_automatic_triggers(app, make_connection):
+    conn = make_connection(schedule="manual")
+    for trigger in ("schedule", "event"):
+        with pytest.raises(runs.TriggerRefused, match="manual-only"):
+            runs.trigger(conn, trigger=trigger, enqueue=False)
+    assert runs.trigger(conn, trigger="manual", enqueue=False).created
+
+
+def test_record_runs_run_beside_a_sync_and_are_deduplicated_per_record(app, make_connection):
+    conn = make_connection()
+    full = runs.trigger(conn, enqueue=False).run
+    a1 = runs.trigger(conn, mode="record", record_key="items:item-1", trigger="webhook", enqueue=False)
+    a2 = runs.trigger(conn, mode="record", record_key="items:item-1", trigger="webhook", enqueue=False)
+    b = runs.trigger(conn, mode="record", record_key="items:item-2", trigger="webhook", enqueue=False)
+    assert a1.created and not a2.created and a2.run.id == a1.run.id
+    assert b.created and len({full.id, a1.run.id, b.run.id}) == 3
+
+
+def test_cancel_of_queued_run_means_it_never_starts(app, make_connection):
+    conn = make_connection()
+    run = runs.trigger(conn, enqueue=False).run
+    assert runs.cancel(run.id) == CANCELLED
+    assert runs.claim(run.id, "late-worker") is None
+    db.session.expire_all()
+    assert db.session.get(Run, run.id).status == CANCELLED
+
+
+def test_cancel_of_running_run_sets_flag_and_keeps_it_running(app, make_connection):
+    conn = make_connection()
+    run = runs.trigger(conn, enqueue=False).run
+    runs.claim(run.id, "w")
+    assert runs.cancel(run.id) == RUNNING
+    db.session.expire_all()
+    assert db.session.get(Run, run.id).cancel_requested
+
+
+def test_orphaned_running_run_is_cancelled_directly_and_zombie_cannot_flip_it(app, make_connection):
+    conn = make_connection()
+    run = runs.trigger(conn, enqueue=False).run
+    attempt = runs.claim(run.id, "doomed")
+    later = utcnow() + timedelta(seconds=app.config["STALE_AFTER_SECONDS"] + 1)
+    assert runs.cancel(run.id, now=later) == CANCELLED
+    # The worker was only paused, not dead: it wakes up and tries to finish and to checkpoint.
+    assert not runs.finish(run.id, attempt, COMPLETED)
+    assert not runs.heartbeat(run.id, attempt)
+    db.session.expire_all()
+    assert db.session.get(Run, run.id).status == CANCELLED
+
+
+def test_finished_run_cannot_be_overwritten_by_a_late_failure(app, make_connection):
+    conn = make_connection()
+    run = runs.trigger(conn, enqueue=False).run
+    attempt = runs.claim(run.id, "w")
+    assert runs.finish(run.id, attempt, COMPLETED)
+    assert not runs.finish(run.id, attempt, FAILED, error_message="late")
+    assert runs.retry_later(run.id, attempt, error_class="transient", error_message="late") is None
+    db.session.expire_all()
+    assert db.session.get(Run, run.id).status == COMPLETED
+
+
+def test_sweep_requeues_stale_run_then_fails_it_when_attempts_run_out(app, make_connection):
+    conn = make_connection()
+    run = runs.trigger(conn, max_attempts=2, enqueue=False).run
+    attempt = runs.claim(run.id, "w1")
+    future = utcnow() + timedelta(seconds=app.config["STALE_AFTER_SECONDS"] + 1)
+    assert runs.sweep_stale(now=future) == [(run.id, QUEUED)]
+    assert not runs.heartbeat(run.id, attempt)  # the old attempt lost the run
+    second = runs.claim(run.id, "w2")
+    assert second == attempt + 1
+    future = utcnow() + timedelta(seconds=app.config["STALE_AFTER_SECONDS"] + 1)
+    assert runs.sweep_stale(now=future) == [(run.id, FAILED)]
+    db.session.expire_all()
+    failed = db.session.get(Run, run.id)
+    assert failed.status == FAILED and "no heartbeat since" in failed.error_message
+    assert runs.sweep_stale(now=future + timedelta(hours=1)) == []  # finished runs are never touched
+
+
+def test_sweep_leaves_runs_with_fresh_heartbeats_alone(app, make_connection):
+    conn = make_connection()
+    run = runs.trigger(conn, enqueue=False).run
+    runs.claim(run.id, "w")
+    assert runs.sweep_stale() == []
+    db.session.expire_all()
+    assert db.session.get(Run, run.id).status == RUNNING
+
+
+def test_trigger_writes_an_activity_log_line(app, make_connection):
+    conn = make_connection()
+    run = runs.trigger(conn, trigger="cli", requested_by="ops", enqueue=False).run
+    messages = db.session.scalars(select(RunEvent.message).where(RunEvent.run_id == run.id)).all()
+    assert messages == ["queued by cli (ops)"]
