@@ -14,7 +14,8 @@ BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("SYNCHUB_TEST_POSTGRES
 if os.environ.get("CI") == "true" and "postgresql" not in BACKENDS:
     raise RuntimeError("CI=true but SYNCHUB_TEST_POSTGRES_URL is unset: CI must exercise PostgreSQL")
 
-TABLES = ("run_events", "records", "stream_states", "runs", "connections")
+TABLES = ("run_events", "records", "stream_states", "runs", "webhook_deliveries", "outbox_events",
+          "connections", "users", "api_tokens", "supervisors", "alerts")
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,15 @@
 """synchub: the Flask app and the domain (what runs, connections and records are)."""
+import importlib
 import logging
 import os
 import secrets
 
 from flask import Flask
+
+# Blueprints by area (one line each), besides the API blueprint in webapp/api.
+BLUEPRINT_MODULES = ()
+# Extra CLI groups: (module, AppGroup attribute).
+CLI_GROUPS = ()
 
 
 def create_app(config=None):
@@ -33,10 +39,18 @@ def create_app(config=None):
     redis_ext.init_app(app)
 
     from . import models  # noqa: F401  (tables must be known to Alembic)
+    from .api import bp as api_bp
+    from .api import load_routes
     from .cli import connections_cli, sync_cli
 
-    app.cli.add_command(sync_cli)
-    app.cli.add_command(connections_cli)
+    load_routes()
+    app.register_blueprint(api_bp)
+    for module in BLUEPRINT_MODULES:  # each exposes `bp`
+        app.register_blueprint(importlib.import_module(module).bp)
+    for command in (sync_cli, connections_cli) + tuple(
+        getattr(importlib.import_module(module), name) for module, name in CLI_GROUPS
+    ):
+        app.cli.add_command(command)
 
     logging.basicConfig(level=os.environ.get("SYNCHUB_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

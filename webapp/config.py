@@ -24,6 +24,8 @@ class Config:
         self.REDIS_URL = os.environ.get("REDIS_URL") or None
         # Comma-separated Fernet keys, newest first. When unset a key file in instance/ is used.
         self.SYNCHUB_ENCRYPTION_KEYS = os.environ.get("SYNCHUB_ENCRYPTION_KEYS") or None
+        # Shared secret for cron and trigger endpoints (SPEC §10); unset means they refuse all.
+        self.CRON_SECRET = os.environ.get("SYNCHUB_CRON_SECRET") or None
         self.SYNCHUB_QUEUE_PREFIX = os.environ.get("SYNCHUB_QUEUE_PREFIX", "synchub")
         # A running run refreshes its heartbeat this often, from a background thread, so a
         # slow page (a long Retry-After, say) never looks like a dead worker.

@@ -225,3 +225,124 @@ class StreamState(db.Model):
 
 def _iso(value):
     return value.isoformat() + "Z" if value else None
+
+
+# --- tables used by the admin, the API, webhooks, the outbox and the supervisor ----------
+# Defined with the core so there is one linear migration history; their rules live in
+# the modules of those areas.
+
+OUTBOX_STATUSES = ("pending", "processing", "done", "dead")
+
+
+class User(db.Model):
+    __tablename__ = "users"
+
+    id = db.Column(db.Integer, primary_key=True)
+    email = db.Column(db.String(255), nullable=False, unique=True)
+    password_hash = db.Column(db.String(255), nullable=False)
+    is_admin = db.Column(db.Boolean, nullable=False, default=True)
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    last_login_at = db.Column(db.DateTime, nullable=True)
+    failed_logins = db.Column(db.Integer, nullable=False, default=0)
+    locked_until = db.Column(db.DateTime, nullable=True)
+
+
+class ApiToken(db.Model):
+    """API bearer tokens. Only a SHA-256 of the token is stored; it is shown once."""
+
+    __tablename__ = "api_tokens"
+
+    id = db.Column(db.Integer, primary_key=True)
+    name = db.Column(db.String(100), nullable=False)
+    token_hash = db.Column(db.String(64), nullable=False, unique=True)
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    last_used_at = db.Column(db.DateTime, nullable=True)
+    revoked_at = db.Column(db.DateTime, nullable=True)
+
+
+class WebhookDelivery(db.Model):
+    """An accepted inbound webhook, stored before it is answered. Unique per provider
+    event id, so parallel duplicates produce one delivery."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id = db.Column(db.Integer, primary_key=True)
+    connection_id = db.Column(db.Integer, db.ForeignKey("connections.id", ondelete="CASCADE"), nullable=False)
+    provider_event_id = db.Column(db.String(255), nullable=False)
+    event_type = db.Column(db.String(100), nullable=True)
+    received_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    signature_verdict = db.Column(db.String(20), nullable=False, default="valid")
+    headers = db.Column(db.JSON, nullable=False, default=dict)  # signature headers only, no auth
+    raw_body = db.Column(db.LargeBinary, nullable=False)
+    # received -> enqueued -> processed | ignored | failed
+    outcome = db.Column(db.String(20), nullable=False, default="received")
+    run_ids = db.Column(db.JSON, nullable=False, default=list)
+    error = db.Column(db.Text, nullable=True)
+    duplicates = db.Column(db.Integer, nullable=False, default=0)
+
+    __table_args__ = (
+        UniqueConstraint("connection_id", "provider_event_id", name="uq_webhook_deliveries_event"),
+        Index("ix_webhook_deliveries_outcome", "outcome", "received_at"),
+    )
+
+
+class OutboxEvent(db.Model):
+    __tablename__ = "outbox_events"
+
+    id = db.Column(db.Integer, primary_key=True)
+    connection_id = db.Column(db.Integer, db.ForeignKey("connections.id", ondelete="CASCADE"), nullable=True)
+    type = db.Column(db.String(100), nullable=False)
+    key = db.Column(db.String(255), nullable=False)  # events with one key are delivered in order
+    payload = db.Column(db.JSON, nullable=False, default=dict)
+    idempotency_key = db.Column(db.String(100), nullable=False, unique=True)
+    status = db.Column(db.String(20), nullable=False, default="pending")
+    attempts = db.Column(db.Integer, nullable=False, default=0)
+    max_attempts = db.Column(db.Integer, nullable=False, default=8)
+    next_attempt_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    lease_until = db.Column(db.DateTime, nullable=True)
+    claimed_by = db.Column(db.String(200), nullable=True)
+    last_error = db.Column(db.Text, nullable=True)
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    updated_at = db.Column(db.DateTime, nullable=False, default=utcnow, onupdate=utcnow)
+    delivered_at = db.Column(db.DateTime, nullable=True)
+
+    __table_args__ = (
+        Index("ix_outbox_events_status_next", "status", "next_attempt_at"),
+        Index("ix_outbox_events_key_id", "key", "id"),
+    )
+
+
+class SupervisorState(db.Model):
+    """One row per supervisor process: its last tick and whether it leads. The health page
+    and alerting read it; leadership itself is a Redis lease."""
+
+    __tablename__ = "supervisors"
+
+    name = db.Column(db.String(200), primary_key=True)
+    hostname = db.Column(db.String(200), nullable=True)
+    pid = db.Column(db.Integer, nullable=True)
+    is_leader = db.Column(db.Boolean, nullable=False, default=False)
+    started_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    last_tick_at = db.Column(db.DateTime, nullable=True)
+
+
+_OPEN_ALERT = "cleared_at IS NULL"
+
+
+class Alert(db.Model):
+    """An alert condition (consecutive failures, no recent success, dead outbox events,
+    stale runs, silent scheduler). At most one open alert per (kind, subject)."""
+
+    __tablename__ = "alerts"
+
+    id = db.Column(db.Integer, primary_key=True)
+    kind = db.Column(db.String(50), nullable=False)
+    subject = db.Column(db.String(200), nullable=False, default="")
+    message = db.Column(db.Text, nullable=False)
+    fired_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    cleared_at = db.Column(db.DateTime, nullable=True)
+
+    __table_args__ = (
+        Index("uq_alerts_one_open", "kind", "subject", unique=True,
+              sqlite_where=text(_OPEN_ALERT), postgresql_where=text(_OPEN_ALERT)),
+    )

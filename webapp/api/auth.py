@@ -1,0 +1,75 @@
+"""API tokens and the cron/trigger shared secret (SPEC §10)."""
+import functools
+import hashlib
+import hmac
+import secrets
+
+from flask import current_app, jsonify, request
+from sqlalchemy import select, update
+
+from ..extensions import db
+from ..models import ApiToken, utcnow
+
+
+def hash_token(token):
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_token(name):
+    """Returns the plain token, which is shown once; only its hash is stored."""
+    token = "shk_" + secrets.token_urlsafe(32)
+    db.session.add(ApiToken(name=name, token_hash=hash_token(token)))
+    db.session.commit()
+    return token
+
+
+def _bearer():
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def token_is_valid(token):
+    if not token:
+        return False
+    digest = hash_token(token)
+    row = db.session.execute(select(ApiToken.id).where(ApiToken.token_hash == digest,
+                                                       ApiToken.revoked_at.is_(None))).first()
+    if row is None:
+        return False
+    db.session.execute(update(ApiToken).where(ApiToken.id == row[0]).values(last_used_at=utcnow()))
+    db.session.commit()
+    return True
+
+
+def require_token(view):
+    """Bearer token from `flask tokens create`. 401 JSON otherwise."""
+
+    @functools.wraps(view)
+    def wrapped(*args, **kwargs):
+        if not token_is_valid(_bearer()):
+            return jsonify(error="unauthorized", reason="a valid API token is required: Authorization: Bearer <token>"), 401
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def cron_secret_matches(supplied):
+    expected = current_app.config.get("CRON_SECRET")
+    if not expected or not supplied:
+        return False
+    return hmac.compare_digest(supplied.encode(), expected.encode())
+
+
+def require_cron_secret(view):
+    """Cron and trigger endpoints: X-Cron-Secret header (or a bearer token equal to the secret),
+    compared in constant time. Refused outright when SYNCHUB_CRON_SECRET is unset."""
+
+    @functools.wraps(view)
+    def wrapped(*args, **kwargs):
+        supplied = request.headers.get("X-Cron-Secret") or _bearer()
+        if not cron_secret_matches(supplied):
+            return jsonify(error="unauthorized", reason="missing or wrong cron secret (X-Cron-Secret)"), 401
+        return view(*args, **kwargs)
+
+    return wrapped
