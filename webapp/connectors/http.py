@@ -17,6 +17,7 @@ redacted, and the auth strategy's secrets are scrubbed from provider error texts
 """
 import datetime
 import email.utils
+import logging
 import random
 import re
 import time
@@ -28,6 +29,8 @@ from requests.adapters import HTTPAdapter
 
 from .auth import BasicAuth, BearerAuth, HeaderKeyAuth, OAuth2ClientCredentials  # noqa: F401 (re-export)
 from .errors import AuthError, ConfigError, RateLimited, TransientError
+
+log = logging.getLogger(__name__)
 
 # A worker runs one sync at a time, but a connector may fetch detail pages from a few threads.
 POOL_SIZE = 10
@@ -131,6 +134,7 @@ class HttpClient:
             stop=lambda state: self._stop(call, state),
             wait=lambda state: self._wait(call, state),
             sleep=self._sleep,
+            before_sleep=_log_retry,
             reraise=True,
         )
         try:
@@ -259,6 +263,11 @@ class HttpClient:
         if path.startswith(("http://", "https://")):  # next-page links some APIs return
             return path
         return f"{self.base_url}/{path.lstrip('/')}"
+
+
+def _log_retry(retry_state):
+    # The message was built to be safe (redacted URL, scrubbed reason), so it may be logged.
+    log.info("%s; retry in %.2fs", retry_state.outcome.exception(), retry_state.upcoming_sleep)
 
 
 def parse_json(resp):
