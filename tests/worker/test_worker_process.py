@@ -1,0 +1,60 @@
+"""Real RQ worker processes: crash, resume and cancel, end to end."""
+import signal
+from datetime import timedelta
+
+from sqlalchemy import func, select
+
+from tests.support import wait_for
+from webapp import runs
+from webapp.extensions import db
+from webapp.models import CANCELLED, COMPLETED, QUEUED, Record, Run, utcnow
+
+
+def _run(run_id):
+    db.session.expire_all()
+    return db.session.get(Run, run_id)
+
+
+def test_sigkilled_worker_run_is_resumed_from_checkpoint_without_loss_or_duplicates(app, make_connection, workers):
+    conn = make_connection(settings={"records": 600, "page_size": 30, "latency_ms": 60})
+    run_id = runs.trigger(conn).run.id
+    doomed = workers.start()
+    wait_for(lambda: _run(run_id).processed >= 180, timeout=60, message="the sync to be mid-way")
+    doomed.kill(signal.SIGKILL)  # the worker and its work horse die mid-page
+    crashed = _run(run_id)
+    assert crashed.status == "running" and 0 < crashed.processed < 600
+    # What the supervisor does once the heartbeat is older than the threshold:
+    later = utcnow() + timedelta(seconds=app.config["STALE_AFTER_SECONDS"] + 1)
+    assert runs.sweep_stale(now=later) == [(run_id, QUEUED)]
+    workers.start()
+    done = wait_for(lambda: (r := _run(run_id)).status == COMPLETED and r, timeout=90, message="resume to complete")
+    assert done.attempt == 2
+    ids = db.session.scalars(select(Record.external_id).where(Record.connection_id == conn.id)).all()
+    assert sorted(ids) == [f"item-{i:07d}" for i in range(600)]  # every record, each once
+    # Pages committed before the kill are not fetched again, so nothing is counted twice.
+    assert done.created == 600 and done.seen == 600 and done.deleted == 0
+
+
+def test_cancel_of_a_running_run_stops_the_worker_within_one_page(app, make_connection, workers):
+    conn = make_connection(settings={"records": 2000, "page_size": 20, "latency_ms": 100})
+    run_id = runs.trigger(conn).run.id
+    workers.start()
+    wait_for(lambda: _run(run_id).processed >= 60, timeout=60, message="the sync to be running")
+    assert runs.cancel(run_id, requested_by="test") == "running"
+    at_cancel = _run(run_id).processed
+    stopped = wait_for(lambda: (r := _run(run_id)).status == CANCELLED and r, timeout=10, message="the cancel")
+    assert stopped.processed <= at_cancel + 20  # at most the page in flight
+    kept = db.session.scalar(select(func.count()).select_from(Record).where(Record.connection_id == conn.id))
+    assert kept == stopped.processed and kept < 2000
+    assert not runs.finish(run_id, stopped.attempt, COMPLETED)
+
+
+def test_second_trigger_while_worker_runs_returns_the_same_run(app, make_connection, workers):
+    conn = make_connection(settings={"records": 200, "page_size": 20, "latency_ms": 50})
+    first = runs.trigger(conn, trigger="manual").run.id
+    workers.start()
+    wait_for(lambda: _run(first).status == "running", timeout=30, message="the run to start")
+    again = runs.trigger(conn, trigger="api")
+    assert not again.created and again.run.id == first
+    wait_for(lambda: _run(first).status == COMPLETED, timeout=60, message="completion")
+    assert db.session.scalar(select(func.count()).select_from(Run)) == 1
