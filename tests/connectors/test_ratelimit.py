@@ -1,14 +1,13 @@
 """Rate limiters: never more than N admissions in any window, in-process and through Redis."""
 import multiprocessing
 import threading
-import time
 import uuid
 
 import pytest
 import redis as redis_lib
 
 from tests.simulators.harness import RecordsAPI, make_records
-from webapp.connectors.errors import ConfigError, RateLimited
+from webapp.connectors.errors import ConfigError, RateLimited, TransientError
 from webapp.connectors.http import HttpClient
 from webapp.connectors.ratelimit import KEY_PREFIX, LocalRateLimiter, RedisRateLimiter, make_rate_limiter
 
@@ -85,6 +84,14 @@ def test_redis_limiter_key_is_prefixed_and_expires(limiter_redis_url):
 
     assert client.zcard(KEY_PREFIX + key) == 1
     assert 0 < client.pttl(KEY_PREFIX + key) <= 1500 + 1000  # idle keys do not pile up
+
+
+def test_redis_down_is_a_transient_error():
+    from tests.connectors.conftest import free_port
+
+    client = redis_lib.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
+    with pytest.raises(TransientError, match="rate limiter unavailable"):
+        make_rate_limiter(client, "k", (1, 1)).acquire()
 
 
 def _acquire_in_process(url, key, count, ready, go, queue):

@@ -318,9 +318,7 @@ def redact_url(url):
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable URL>"
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc = f"{netloc}:{parts.port}"
+    netloc = parts.netloc.rpartition("@")[2]  # drop user:password@
     query = [
         (name, "REDACTED" if _SENSITIVE_PARAM.search(name) else value)
         for name, value in parse_qsl(parts.query, keep_blank_values=True)

@@ -15,7 +15,9 @@ import os
 import threading
 import time
 
-from .errors import ConfigError
+import redis
+
+from .errors import ConfigError, TransientError
 
 KEY_PREFIX = "synchub:ratelimit:"
 
@@ -82,7 +84,11 @@ class RedisRateLimiter:
             self._counter += 1
             member = f"{self._prefix}:{self._counter}"
         while True:
-            wait_us, now_us = self._script(keys=[self.key], args=[self.requests, self._window_us, member])
+            try:
+                wait_us, now_us = self._script(keys=[self.key], args=[self.requests, self._window_us, member])
+            except redis.RedisError as exc:
+                # Without the shared log no worker may assume it has budget; the run retries.
+                raise TransientError(f"rate limiter unavailable: Redis error ({type(exc).__name__})") from None
             if wait_us == 0:
                 return now_us / 1_000_000
             self._sleep(wait_us / 1_000_000)
