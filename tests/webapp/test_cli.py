@@ -1,0 +1,70 @@
+"""`flask sync` and `flask connections`, run as a user would: separate processes."""
+import json
+import subprocess
+import sys
+
+from tests.support import ROOT, process_env
+from webapp.extensions import db
+from webapp.models import Connection, Run
+
+
+def flask(app, *args, env_overrides=None, input=None, timeout=120):
+    env = process_env(app, **(env_overrides or {}))
+    return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout, input=input)
+
+
+def test_sync_run_inline_works_with_no_redis_at_all(app, make_connection, tmp_path):
+    make_connection(name="demo", settings={"records": 120, "page_size": 50, "bad_every": 40})
+    instance = tmp_path / "fresh-instance"
+    result = flask(app, "sync", "run", "demo", "--inline",
+                   env_overrides={"REDIS_URL": "", "SYNCHUB_INSTANCE_PATH": str(instance)})
+    assert result.returncode == 0, result.stderr
+    assert "completed" in result.stdout and "100.0%" in result.stdout
+    assert "created 117" in result.stdout and "failed 3" in result.stdout
+    assert not (instance / "redis.sock").exists() and not (instance / "redis.pid").exists()  # no Redis started
+
+
+def test_sync_run_queue_follow_waits_for_a_worker_to_finish(app, make_connection, workers):
+    make_connection(name="demo", settings={"records": 300, "page_size": 50, "latency_ms": 20})
+    workers.start()
+    result = flask(app, "sync", "run", "demo", "--queue", "--follow", "--mode", "incremental")
+    assert result.returncode == 0, result.stderr
+    assert "completed (incremental, cli, attempt 1/3)" in result.stdout
+    db.session.expire_all()
+    run = db.session.get(Run, int(result.stdout.split()[1].rstrip(":")))
+    assert run.status == "completed" and run.trigger == "cli" and run.created == 300
+
+
+def test_sync_run_of_unknown_connection_fails_with_a_clear_message(app):
+    result = flask(app, "sync", "run", "nope", "--inline")
+    assert result.returncode == 1 and "no connection 'nope'" in result.stderr
+
+
+def test_sync_status_list_and_cancel(app, make_connection):
+    make_connection(name="demo", settings={"records": 10})
+    queued = flask(app, "sync", "run", "demo", "--queue", "--no-follow")
+    assert queued.returncode == 0, queued.stderr
+    run_id = int(queued.stdout.split()[1].rstrip(":"))
+    listed = flask(app, "sync", "list")
+    assert f"{run_id:>6}  demo" in listed.stdout and "queued" in listed.stdout
+    cancelled = flask(app, "sync", "cancel", str(run_id))
+    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
+    status = flask(app, "sync", "status", str(run_id), "--json")
+    assert json.loads(status.stdout)["status"] == "cancelled"
+
+
+def test_connections_add_encrypts_credentials_and_never_prints_them(app):
+    added = flask(app, "connections", "add", "api", "--connector", "rest",
+                  "--setting", "base_url=http://127.0.0.1:9", "--setting", 'streams={"items": {"path": "/items"}}',
+                  "--credentials-stdin", input=json.dumps({"token": "very-secret-value"}))
+    assert added.returncode == 0, added.stderr
+    shown = flask(app, "connections", "show", "api")
+    listed = flask(app, "connections", "list")
+    for output in (added, shown, listed):
+        assert "very-secret-value" not in output.stdout + output.stderr
+    assert "token=<set>" in shown.stdout
+    db.session.expire_all()
+    conn = db.session.query(Connection).filter_by(name="api").one()
+    assert "very-secret-value" not in conn.credentials_encrypted
+    assert conn.credentials == {"token": "very-secret-value"}
