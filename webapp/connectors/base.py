@@ -88,6 +88,10 @@ class Connector(abc.ABC):
     settings_fields: ClassVar[tuple] = ()
     credential_fields: ClassVar[tuple] = ()
     supported_modes: ClassVar[tuple] = ("full", "incremental", "range", "record")
+    # Inbound webhooks: the provider's signature scheme, a key of
+    # webapp.webhooks.signatures.SCHEMES ("standard", "zoom", "highlevel", "halopsa");
+    # None means the connector takes no webhooks.
+    webhook_scheme: ClassVar[str | None] = None
 
     def __init__(self, settings, credentials, services):
         self.settings = settings or {}
@@ -112,6 +116,16 @@ class Connector(abc.ABC):
     def validate(self, stream, record):
         """Raise BadRecord for a record that must not be stored. Default: needs its key."""
         stream.key_of(record)
+
+    def webhook_events(self, payload):
+        """The records a verified, parsed webhook body asks to sync, as a list of
+        (stream, record_id, deleted). Each becomes one record run. Empty: nothing to do."""
+        return []
+
+    def webhook_event_id(self, payload, headers):
+        """The provider's id of this delivery (deduplication). None: the scheme's default
+        (webhook-id header, HighLevel's webhookId, else a hash of the body)."""
+        return None
 
 
 REGISTRY = {}

@@ -22,6 +22,10 @@ class SandboxConnector(Connector):
     title = "Sandbox (generated data, no network)"
     streams = (Stream("items", primary_key="id", cursor_field="updated_at"),)
     settings_fields = ("records", "page_size", "latency_ms", "seed", "version", "bad_every", "fail_at_offset", "auth_fail")
+    credential_fields = ("webhook_secret",)
+    # Webhooks in the generic Standard Webhooks scheme: {"type": "item.updated" | "item.created"
+    # | "item.deleted", "data": {"id": "item-0000042"}}.
+    webhook_scheme = "standard"
 
     def _setting(self, key, default):
         return int(self.settings.get(key, default))
@@ -41,6 +45,12 @@ class SandboxConnector(Connector):
             "version": version,
             "updated_at": updated.isoformat() + "Z",
         }
+
+    def webhook_events(self, payload):
+        kind, data = payload.get("type"), payload.get("data") or {}
+        if not (isinstance(kind, str) and kind.startswith("item.") and isinstance(data, dict) and data.get("id")):
+            return []
+        return [("items", str(data["id"]), kind == "item.deleted")]
 
     def read_page(self, stream, request, state):
         count = self._setting("records", 1000)
