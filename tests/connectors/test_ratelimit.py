@@ -87,9 +87,12 @@ def test_redis_limiter_key_is_prefixed_and_expires(limiter_redis_url):
 
 
 def test_redis_down_is_a_transient_error():
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
     from tests.connectors.conftest import free_port
 
-    client = redis_lib.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
+    client = redis_lib.Redis(host="127.0.0.1", port=free_port(), retry=Retry(NoBackoff(), 0))
     with pytest.raises(TransientError, match="rate limiter unavailable"):
         make_rate_limiter(client, "k", (1, 1)).acquire()
 
