@@ -7,7 +7,9 @@ import secrets
 from flask import Flask
 
 # Blueprints by area (one line each), besides the API blueprint in webapp/api.
-BLUEPRINT_MODULES = ()
+BLUEPRINT_MODULES = (
+    "webapp.webhooks.routes",
+)
 # Extra CLI groups: (module, AppGroup attribute).
 CLI_GROUPS = ()
 
