@@ -9,9 +9,13 @@ from flask import Flask
 # Blueprints by area (one line each), besides the API blueprint in webapp/api.
 BLUEPRINT_MODULES = (
     "webapp.webhooks.routes",
+    "webapp.admin", "webapp.live", "webapp.health",
 )
 # Extra CLI groups: (module, AppGroup attribute).
-CLI_GROUPS = ()
+CLI_GROUPS = (
+    ("webapp.admin.cli", "users_cli"), ("webapp.admin.cli", "secrets_cli"),
+    ("scheduler.cli", "supervisor_cli"),
+)
 
 
 def create_app(config=None):

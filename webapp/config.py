@@ -43,6 +43,41 @@ class Config:
         self.HTTP_BACKOFF_MAX_SECONDS = _float("SYNCHUB_HTTP_BACKOFF_MAX_SECONDS", 30)
         # Longest Retry-After we are willing to sleep inside a job before giving the run back.
         self.HTTP_MAX_RETRY_AFTER_SECONDS = _float("SYNCHUB_HTTP_MAX_RETRY_AFTER_SECONDS", 300)
+        # Inbound webhook bodies over this many bytes are refused with 413 before being read.
+        self.WEBHOOK_MAX_BYTES = _int("SYNCHUB_WEBHOOK_MAX_BYTES", 1024 * 1024)
+        # Admin (webapp/admin): session cookie only over https (localhost excepted by browsers),
+        # login brake per account and per client address, websocket ping so dead sockets are noticed.
+        self.SESSION_COOKIE_SECURE = os.environ.get("SYNCHUB_SECURE_COOKIES", "1") not in ("0", "false", "no")
+        self.LOGIN_MAX_FAILURES = _int("SYNCHUB_LOGIN_MAX_FAILURES", 5)
+        self.LOGIN_MAX_FAILURES_PER_IP = _int("SYNCHUB_LOGIN_MAX_FAILURES_PER_IP", 30)
+        self.LOGIN_LOCK_SECONDS = _int("SYNCHUB_LOGIN_LOCK_SECONDS", 900)
+        self.SOCK_SERVER_OPTIONS = {"ping_interval": _float("SYNCHUB_WS_PING_SECONDS", 25)}
+        # Supervisor (scheduler/): each tick renews the leader lease, fires due schedules and
+        # writes the heartbeat. A dead leader is replaced within LEADER_TTL + TICK seconds.
+        self.SUPERVISOR_TICK_SECONDS = _float("SYNCHUB_SUPERVISOR_TICK_SECONDS", 5)
+        self.LEADER_TTL_SECONDS = _float("SYNCHUB_LEADER_TTL_SECONDS", 30)
+        self.SWEEP_INTERVAL_SECONDS = _float("SYNCHUB_SWEEP_INTERVAL_SECONDS", 15)
+        # A queued run whose RQ job is gone (Redis flushed or restarted) is re-enqueued once it
+        # has been queued this long, so a trigger between its commit and its enqueue is left alone.
+        self.LOST_JOB_GRACE_SECONDS = _float("SYNCHUB_LOST_JOB_GRACE_SECONDS", 30)
+        self.ALERT_INTERVAL_SECONDS = _float("SYNCHUB_ALERT_INTERVAL_SECONDS", 60)
+        self.RETENTION_INTERVAL_SECONDS = _float("SYNCHUB_RETENTION_INTERVAL_SECONDS", 3600)
+        # Extra periodic RQ jobs the leader enqueues by dotted name: "pkg.module.func=seconds,...".
+        self.MAINTENANCE_JOBS = os.environ.get("SYNCHUB_MAINTENANCE_JOBS", "")
+        # Alert conditions (webapp/alerts.py), announced to a Slack-compatible webhook when set.
+        self.ALERT_WEBHOOK_URL = os.environ.get("SYNCHUB_ALERT_WEBHOOK_URL") or None
+        self.ALERT_WEBHOOK_TIMEOUT_SECONDS = _float("SYNCHUB_ALERT_WEBHOOK_TIMEOUT_SECONDS", 5)
+        self.ALERT_CONSECUTIVE_FAILURES = _int("SYNCHUB_ALERT_CONSECUTIVE_FAILURES", 3)
+        self.ALERT_NO_SUCCESS_HOURS = _float("SYNCHUB_ALERT_NO_SUCCESS_HOURS", 24)
+        self.ALERT_STALE_WINDOW_SECONDS = _float("SYNCHUB_ALERT_STALE_WINDOW_SECONDS", 3600)
+        self.ALERT_SUPERVISOR_SILENT_SECONDS = _float("SYNCHUB_ALERT_SUPERVISOR_SILENT_SECONDS", 120)
+        # Retention (webapp/retention.py) in days; each kind defaults to SYNCHUB_RETENTION_DAYS.
+        retention_days = _float("SYNCHUB_RETENTION_DAYS", 30)
+        self.RETENTION_RUNS_DAYS = _float("SYNCHUB_RETENTION_RUNS_DAYS", retention_days)
+        self.RETENTION_RUN_EVENTS_DAYS = _float("SYNCHUB_RETENTION_RUN_EVENTS_DAYS", retention_days)
+        self.RETENTION_WEBHOOK_DELIVERIES_DAYS = _float("SYNCHUB_RETENTION_WEBHOOK_DELIVERIES_DAYS", retention_days)
+        self.RETENTION_OUTBOX_EVENTS_DAYS = _float("SYNCHUB_RETENTION_OUTBOX_EVENTS_DAYS", retention_days)
+        self.RETENTION_SUPERVISORS_DAYS = _float("SYNCHUB_RETENTION_SUPERVISORS_DAYS", 7)
 
     def as_dict(self):
         return {k: v for k, v in vars(self).items() if k.isupper()}

@@ -1,0 +1,123 @@
+"""Helpers for admin and live tests: an admin account, logging in through the real form,
+and the app served by gunicorn (gthread, as in the Procfile) in its own process."""
+import contextvars
+import http.cookiejar
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+import requests
+from flask.testing import FlaskClient
+
+from tests.support import ROOT, free_port, process_env, wait_for
+
+PASSWORD = "correct horse battery"
+_CSRF = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
+
+
+def csrf_token(html):
+    match = _CSRF.search(html)
+    assert match, "the page has no CSRF token"
+    return match.group(1)
+
+
+class IsolatedClient(FlaskClient):
+    """Each request in an empty context, so it gets its own app context, `g` and database
+    session, as on a real server. Otherwise the test's app context would carry `g` (and with
+    it the logged-in user and the CSRF token) from one request to the next."""
+
+    def open(self, *args, **kwargs):
+        return contextvars.Context().run(super().open, *args, **kwargs)
+
+
+def new_client(app):
+    return IsolatedClient(app, app.response_class, use_cookies=True)
+
+
+@pytest.fixture
+def admin_user(app):
+    from webapp.admin.auth import create_admin
+
+    create_admin("admin@example.com", PASSWORD)
+    return "admin@example.com"
+
+
+@pytest.fixture
+def client(app, admin_user):
+    """A test client logged in through the login form."""
+    test_client = new_client(app)
+    login(test_client, admin_user)
+    return test_client
+
+
+def login(test_client, email, password=PASSWORD):
+    page = test_client.get("/admin/login")
+    response = test_client.post("/admin/login", data={"email": email, "password": password,
+                                                      "csrf_token": csrf_token(page.get_data(as_text=True))})
+    assert response.status_code == 302, response.get_data(as_text=True)[:500]
+    return response
+
+
+class _LoopbackCookiePolicy(http.cookiejar.DefaultCookiePolicy):
+    # Browsers send Secure cookies to http://127.0.0.1 (a trustworthy origin); requests would not.
+    secure_protocols = ("https", "wss", "http")
+
+
+class Server:
+    """`gunicorn wsgi:app` on 127.0.0.1 with the test's database, Redis and keys."""
+
+    def __init__(self, app, threads=64):
+        self.app = app
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = os.path.join(app.instance_path, f"gunicorn-{self.port}.log")
+        self.threads = threads
+        self.proc = None
+
+    def start(self):
+        args = [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--threads", str(self.threads),
+                "--workers", "1", "--bind", f"127.0.0.1:{self.port}", "--graceful-timeout", "1", "wsgi:app"]
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=process_env(self.app), stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+        def up():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gunicorn exited:\n{self.output()}")
+            try:
+                return requests.get(self.url + "/healthz", timeout=1).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_for(up, timeout=30, message="gunicorn to answer /healthz")
+        return self
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self.log.close()
+
+    def output(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def login(self, email, password=PASSWORD):
+        """A requests.Session logged in through the form, and its Cookie header for websockets."""
+        session = requests.Session()
+        session.cookies.set_policy(_LoopbackCookiePolicy())
+        page = session.get(self.url + "/admin/login", timeout=10)
+        response = session.post(self.url + "/admin/login", allow_redirects=False, timeout=10,
+                                data={"email": email, "password": password, "csrf_token": csrf_token(page.text)})
+        assert response.status_code == 302, response.text[:500]
+        return session, "; ".join(f"{c.name}={c.value}" for c in session.cookies)
+
+
+@pytest.fixture
+def live_server(app):
+    server = Server(app).start()
+    yield server
+    server.stop()

@@ -1,0 +1,65 @@
+"""The admin pages (SPEC §8): server-rendered, behind login, every POST CSRF-checked.
+
+Other areas add pages here: a module in this package that attaches views to `bp`, its name
+in ADMIN_MODULES, and a line in NAV. Login and CSRF are enforced for the whole blueprint
+in `_guard`, so an added page is protected without doing anything.
+"""
+import importlib
+
+from flask import Blueprint, redirect, request, url_for
+
+bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates",
+               static_folder="static", static_url_path="/static")
+
+# The navigation bar, in order: (endpoint, label). Add your page's line here.
+NAV = (
+    ("admin.dashboard", "Dashboard"),
+    ("admin.history", "History"),
+    ("admin.health", "Health"),
+)
+
+# Modules of this package that attach views to bp.
+ADMIN_MODULES = ("auth", "filters", "dashboard", "connections", "runs", "health")
+
+# Endpoints reachable without logging in.
+PUBLIC_ENDPOINTS = ("admin.login", "admin.static")
+
+
+@bp.record_once
+def _setup(state):
+    from . import auth, security
+
+    app = state.app
+    auth.init_app(app)
+    security.init_app(app)
+    if not any(rule.rule == "/" for rule in app.url_map.iter_rules()):
+        app.add_url_rule("/", "index", lambda: redirect(url_for("admin.dashboard")))
+
+
+@bp.before_request
+def _guard():
+    from flask_login import current_user
+
+    from .auth import csrf, login_manager
+
+    if request.endpoint in PUBLIC_ENDPOINTS:
+        if request.method == "POST":
+            csrf.protect()
+        return None
+    if not current_user.is_authenticated:
+        return login_manager.unauthorized()
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        csrf.protect()
+    return None
+
+
+@bp.app_context_processor
+def _nav():
+    from flask import current_app
+
+    # Entries whose page is not installed are left out rather than breaking every page.
+    return {"admin_nav": [(endpoint, label) for endpoint, label in NAV if endpoint in current_app.view_functions]}
+
+
+for _module in ADMIN_MODULES:
+    importlib.import_module(f"{__name__}.{_module}")

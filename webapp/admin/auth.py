@@ -1,0 +1,254 @@
+"""Admin login: argon2 password hashes, sessions through Flask-Login, and a brake on
+guessing (per account in the users table, per client address in Redis).
+
+`login_required` is the decorator other blueprints use for pages that need an admin;
+everything on the admin blueprint is already guarded in webapp/admin/__init__.py.
+"""
+import functools
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+import redis
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from flask import current_app, flash, jsonify, redirect, render_template, request, session, url_for
+from flask_login import LoginManager, current_user, login_user, logout_user
+from flask_wtf import FlaskForm
+from flask_wtf.csrf import CSRFProtect
+from sqlalchemy import func, select, update
+from wtforms import EmailField, PasswordField
+from wtforms.validators import DataRequired, Length
+
+from ..extensions import db, redis_ext
+from ..models import User, utcnow
+from . import bp
+
+log = logging.getLogger(__name__)
+
+login_manager = LoginManager()
+csrf = CSRFProtect()
+_hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
+# Verified against when the email is unknown, so both answers take the same time.
+_DUMMY_HASH = _hasher.hash("synchub-timing-equaliser")
+_IP_WINDOW_KEY = "synchub:login-failures:{ip}"
+
+
+def init_app(app):
+    """Idempotent: the admin and the live blueprints both need it."""
+    if "login_manager" in app.extensions or getattr(app, "login_manager", None):
+        return
+    app.config.setdefault("WTF_CSRF_CHECK_DEFAULT", False)  # only the admin blueprint is a browser surface
+    app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)  # the token lives as long as the session
+    login_manager.init_app(app)
+    login_manager.login_view = "admin.login"
+    login_manager.session_protection = "basic"
+    csrf.init_app(app)
+    app.extensions["login_manager"] = login_manager
+
+
+# -- passwords -------------------------------------------------------------------------
+def hash_password(password):
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash, password):
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+# -- the logged-in user ----------------------------------------------------------------
+@dataclass
+class AdminUser:
+    """What the session knows: the id and a fingerprint of the password hash, so changing
+    a password ends every session made with the old one."""
+
+    id: int
+    email: str
+    fingerprint: str
+    is_authenticated = True
+    is_active = True
+    is_anonymous = False
+
+    def get_id(self):
+        return f"{self.id}.{self.fingerprint}"
+
+
+def _fingerprint(password_hash):
+    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
+
+
+@login_manager.user_loader
+def _load_user(session_id):
+    user_id, _, fingerprint = str(session_id).partition(".")
+    if not user_id.isdigit():
+        return None
+    user = db.session.get(User, int(user_id))
+    if user is None or not user.is_admin or _fingerprint(user.password_hash) != fingerprint:
+        return None
+    return AdminUser(user.id, user.email, fingerprint)
+
+
+@login_manager.unauthorized_handler
+def _unauthorized():
+    if request.accept_mimetypes.best == "application/json" or request.path.endswith(".json") \
+            or request.environ.get("HTTP_UPGRADE", "").lower() == "websocket":
+        return jsonify(error="unauthorized", reason="log in to the admin first"), 401
+    target = request.full_path if request.method == "GET" else None
+    return redirect(url_for("admin.login", next=target.rstrip("?") if target else None))
+
+
+def login_required(view):
+    """For admin pages outside the admin blueprint: redirect to the login page when logged out."""
+
+    @functools.wraps(view)
+    def wrapped(*args, **kwargs):
+        if not current_user.is_authenticated:
+            return login_manager.unauthorized()
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+# -- signing in, with a brake on guessing ----------------------------------------------
+class LoginRefused(Exception):
+    pass
+
+
+def authenticate(email, password, client_ip, now=None):
+    """The User for a correct email and password, else LoginRefused with a message safe to
+    show. An account locks after LOGIN_MAX_FAILURES wrong passwords for LOGIN_LOCK_SECONDS;
+    a client address is refused after LOGIN_MAX_FAILURES_PER_IP failures in that window."""
+    now = now or utcnow()
+    config = current_app.config
+    lock_seconds = config["LOGIN_LOCK_SECONDS"]
+    if _ip_failures(client_ip) >= config["LOGIN_MAX_FAILURES_PER_IP"]:
+        raise LoginRefused("Too many failed sign-in attempts from your address. Try again later.")
+    email = (email or "").strip().lower()
+    user = db.session.execute(select(User).where(func.lower(User.email) == email)).scalar_one_or_none()
+    if user is not None and user.locked_until and user.locked_until > now:
+        minutes = max(1, round((user.locked_until - now).total_seconds() / 60))
+        raise LoginRefused(f"Too many failed sign-in attempts. Try again in {minutes} minute(s).")
+    if user is None or not user.is_admin:
+        verify_password(_DUMMY_HASH, password)
+        _count_ip_failure(client_ip, lock_seconds)
+        raise LoginRefused("Wrong email or password.")
+    if not verify_password(user.password_hash, password):
+        _count_account_failure(user.id, now, config["LOGIN_MAX_FAILURES"], lock_seconds)
+        _count_ip_failure(client_ip, lock_seconds)
+        raise LoginRefused("Wrong email or password.")
+    values = {User.failed_logins: 0, User.locked_until: None, User.last_login_at: now}
+    if _hasher.check_needs_rehash(user.password_hash):
+        values[User.password_hash] = hash_password(password)
+    db.session.execute(update(User).where(User.id == user.id).values(values))
+    db.session.commit()
+    return db.session.get(User, user.id)
+
+
+def _count_account_failure(user_id, now, max_failures, lock_seconds):
+    # Increment in the database, so parallel guesses from many web processes all count.
+    db.session.execute(update(User).where(User.id == user_id).values(failed_logins=User.failed_logins + 1))
+    db.session.execute(
+        update(User).where(User.id == user_id, User.failed_logins >= max_failures)
+        .values(failed_logins=0, locked_until=now + timedelta(seconds=lock_seconds))
+    )
+    db.session.commit()
+
+
+def _ip_failures(client_ip):
+    client = redis_ext.optional()
+    if client is None:
+        return 0
+    try:
+        return int(client.get(_IP_WINDOW_KEY.format(ip=client_ip)) or 0)
+    except redis.RedisError:
+        return 0  # the per-account lock in the database still applies
+
+
+def _count_ip_failure(client_ip, window_seconds):
+    client = redis_ext.optional()
+    if client is None:
+        return
+    key = _IP_WINDOW_KEY.format(ip=client_ip)
+    try:
+        pipe = client.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, int(window_seconds), nx=True)
+        pipe.execute()
+    except redis.RedisError:
+        pass
+
+
+def create_admin(email, password):
+    email = email.strip().lower()
+    if len(password) < 10:
+        raise ValueError("the password must have at least 10 characters")
+    if db.session.execute(select(User.id).where(func.lower(User.email) == email)).first():
+        raise ValueError(f"a user {email} already exists")
+    user = User(email=email, password_hash=hash_password(password), is_admin=True)
+    db.session.add(user)
+    db.session.commit()
+    return user
+
+
+def set_password(email, password):
+    if len(password) < 10:
+        raise ValueError("the password must have at least 10 characters")
+    result = db.session.execute(
+        update(User).where(func.lower(User.email) == email.strip().lower())
+        .values(password_hash=hash_password(password), failed_logins=0, locked_until=None)
+    )
+    db.session.commit()
+    if result.rowcount != 1:
+        raise LookupError(f"no user {email}")
+
+
+# -- views -------------------------------------------------------------------------------
+class LoginForm(FlaskForm):
+    email = EmailField("Email", validators=[DataRequired(), Length(max=255)])
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=1024)])
+
+
+def _safe_next(target):
+    """Only a path on this site: never an open redirect to somewhere else."""
+    if not target:
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return None
+    return target
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    if current_user.is_authenticated:
+        return redirect(url_for("admin.dashboard"))
+    form = LoginForm()
+    error = None
+    status = 200
+    if form.validate_on_submit():
+        try:
+            user = authenticate(form.email.data, form.password.data, request.remote_addr or "unknown")
+        except LoginRefused as exc:
+            error, status = str(exc), 401
+            log.info("admin login refused for a sign-in attempt from %s", request.remote_addr)
+        else:
+            session.clear()  # a fresh session: nothing from before the login carries over
+            login_user(AdminUser(user.id, user.email, _fingerprint(user.password_hash)))
+            session.permanent = True
+            return redirect(_safe_next(request.args.get("next")) or url_for("admin.dashboard"))
+    elif request.method == "POST":
+        error, status = "Enter your email and password.", 400
+    return render_template("admin/login.html", form=form, error=error), status
+
+
+@bp.route("/logout", methods=["POST"])
+def logout():
+    logout_user()
+    session.clear()
+    flash("Signed out.", "info")
+    return redirect(url_for("admin.login"))

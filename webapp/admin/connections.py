@@ -1,0 +1,165 @@
+"""Create and edit connections. Credentials are write-only: the form shows which keys are
+stored, never their values; a blank credential field keeps what is stored."""
+import json
+import re
+
+from croniter import croniter
+from flask import current_app, flash, redirect, render_template, request, url_for
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from werkzeug.routing import BuildError
+
+from ..connectors import load_all
+from ..connectors.base import REGISTRY
+from ..connectors.errors import ConfigError
+from ..extensions import db
+from ..models import Connection
+from . import bp
+
+_EVERY = re.compile(r"^every:(\d+)$")
+_HOURLY = re.compile(r"^hourly:(\d{1,2})$")
+
+
+def validate_schedule(text):
+    """The schedule string as stored, or ValueError saying what is accepted."""
+    text = (text or "").strip() or "manual"
+    if text == "manual":
+        return text
+    match = _EVERY.match(text)
+    if match and int(match.group(1)) >= 1:
+        return text
+    match = _HOURLY.match(text)
+    if match and int(match.group(1)) <= 59:
+        return text
+    if text.startswith("cron:") and croniter.is_valid(text[5:].strip()):
+        return "cron:" + text[5:].strip()
+    raise ValueError("schedule must be 'manual', 'every:<minutes>', 'hourly:<minute 0-59>' or "
+                     "'cron:<5-field cron expression>'")
+
+
+def _value(text):
+    """Settings are JSON: numbers, booleans, lists and objects typed as such, the rest as text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _display(value):
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def connectors():
+    load_all()
+    return dict(sorted(REGISTRY.items()))
+
+
+def parse_form(cls, form, stored_credentials):
+    """(name, settings, credentials, schedule, enabled) from the form, or ValueError."""
+    name = form.get("name", "").strip()
+    if not name or len(name) > 100:
+        raise ValueError("a name of 1 to 100 characters is required")
+    extra_text = form.get("extra_settings", "").strip()
+    try:
+        settings = json.loads(extra_text) if extra_text else {}
+    except ValueError as exc:
+        raise ValueError(f"other settings are not valid JSON: {exc}") from None
+    if not isinstance(settings, dict):
+        raise ValueError("other settings must be a JSON object, like {\"key\": \"value\"}")
+    for field in cls.settings_fields:
+        text = form.get(f"setting.{field}", "").strip()
+        settings.pop(field, None)
+        if text:
+            settings[field] = _value(text)
+    credentials = dict(stored_credentials)
+    for field in cls.credential_fields:
+        if form.get(f"clear.{field}"):
+            credentials.pop(field, None)
+        value = form.get(f"credential.{field}", "")
+        if value.strip():
+            credentials[field] = value.strip()
+    schedule = validate_schedule(form.get("schedule"))
+    return name, settings, credentials, schedule, bool(form.get("enabled"))
+
+
+def webhook_url(connection):
+    """The URL to paste into the provider (by id, so renaming the connection keeps it valid)."""
+    try:
+        return url_for("webhooks.receive", connection_key=connection.id, _external=True)
+    except BuildError:  # the webhooks blueprint is not installed
+        return None
+
+
+def _form_context(cls, connection, form=None):
+    settings = dict(connection.settings or {}) if connection else {}
+    fields = {f: (form.get(f"setting.{f}", "") if form else _display(settings[f]) if f in settings else "")
+              for f in cls.settings_fields}
+    extra = {k: v for k, v in settings.items() if k not in cls.settings_fields}
+    stored = sorted((connection.credentials or {}).keys()) if connection and connection.credentials_encrypted else []
+    return {
+        "cls": cls,
+        "connection": connection,
+        "fields": fields,
+        "extra_settings": form.get("extra_settings", "") if form else (json.dumps(extra, indent=2) if extra else ""),
+        "stored_credentials": stored,
+        "name": form.get("name", "") if form else (connection.name if connection else ""),
+        "schedule": form.get("schedule", "") if form else (connection.schedule if connection else "manual"),
+        "enabled": bool(form.get("enabled")) if form else (connection.enabled if connection else True),
+        "webhook_url": webhook_url(connection) if connection else None,
+    }
+
+
+@bp.route("/connections/new", methods=["GET", "POST"])
+def connection_new():
+    available = connectors()
+    cls = available.get(request.values.get("connector", ""))
+    if cls is None:
+        return render_template("admin/connector_pick.html", connectors=available)
+    if request.method == "POST":
+        connection = Connection(connector=cls.name)
+        return _save(cls, connection, created=True)
+    return render_template("admin/connection_form.html", **_form_context(cls, None))
+
+
+@bp.route("/connections/<int:connection_id>/edit", methods=["GET", "POST"])
+def connection_edit(connection_id):
+    connection = db.get_or_404(Connection, connection_id)
+    cls = connectors().get(connection.connector)
+    if cls is None:
+        flash(f"connector {connection.connector!r} is not installed; this connection cannot be edited here", "error")
+        return redirect(url_for("admin.dashboard"))
+    if request.method == "POST":
+        return _save(cls, connection, created=False)
+    return render_template("admin/connection_form.html", **_form_context(cls, connection))
+
+
+def _save(cls, connection, created):
+    try:
+        stored = connection.credentials if connection.credentials_encrypted else {}
+        name, settings, credentials, schedule, enabled = parse_form(cls, request.form, stored)
+        taken = db.session.execute(select(Connection.id).where(func.lower(Connection.name) == name.lower(),
+                                                               Connection.id != (connection.id or -1))).first()
+        if taken:
+            raise ValueError(f"another connection is already named {name!r}")
+    except (ValueError, ConfigError) as exc:
+        return _invalid(cls, connection if not created else None, str(exc))
+    if connection.schedule != schedule:
+        connection.next_run_at = None  # the supervisor computes it from the new schedule
+    connection.name, connection.settings, connection.schedule, connection.enabled = name, settings, schedule, enabled
+    connection.credentials = credentials
+    if created:
+        db.session.add(connection)
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        return _invalid(cls, None if created else connection, f"another connection is already named {name!r}")
+    current_app.logger.info("connection %s %s", connection.id, "created" if created else "updated")
+    flash(f"Connection {name} {'created' if created else 'saved'}.", "info")
+    return redirect(url_for("admin.dashboard"))
+
+
+def _invalid(cls, connection, message):
+    db.session.rollback()
+    flash(message, "error")
+    return render_template("admin/connection_form.html", **_form_context(cls, connection, request.form)), 400

@@ -1,0 +1,86 @@
+"""The dashboard: every connection with its health, last run and next run, and Sync now."""
+import re
+
+from flask import flash, redirect, render_template, request, url_for
+from flask_login import current_user
+from sqlalchemy import func, select
+
+from .. import runs
+from ..connectors import load_all
+from ..connectors.base import REGISTRY
+from ..connectors.errors import ConfigError
+from ..extensions import db
+from ..models import ACTIVE_STATUSES, Connection, Run
+from . import bp
+
+SYNC_MODES = ("full", "incremental", "range")
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def sync_options(connection):
+    """What the Sync now control offers for this connection."""
+    load_all()
+    cls = REGISTRY.get(connection.connector)
+    modes = [m for m in SYNC_MODES if cls is None or m in cls.supported_modes]
+    streams = [s.name for s in getattr(cls, "streams", ())] if cls else []
+    fiscal_years = [str(y) for y in (connection.settings or {}).get("fiscal_years") or []]
+    return {"modes": modes, "streams": streams if len(streams) > 1 else [],
+            "fiscal_years": sorted(fiscal_years, reverse=True)}
+
+
+def parse_sync_form(connection, form):
+    """(mode, params, streams) from the Sync now form, or ValueError with what to fix."""
+    options = sync_options(connection)
+    mode = form.get("mode", "full")
+    if mode not in options["modes"]:
+        raise ValueError(f"mode must be one of {', '.join(options['modes'])}")
+    params = {}
+    if mode == "range":
+        since, until = form.get("since", "").strip(), form.get("until", "").strip()
+        for label, value in (("from", since), ("to", until)):
+            if value and not _DATE.match(value):
+                raise ValueError(f"the '{label}' date must look like 2026-01-31")
+        if not (since or until):
+            raise ValueError("a date range needs a 'from' or a 'to' date")
+        if since and until and since >= until:
+            raise ValueError("the 'from' date must be before the 'to' date")
+        params.update({k: v for k, v in (("since", since), ("until", until)) if v})
+    if options["fiscal_years"]:
+        year = form.get("fiscal_year", "")
+        if year not in options["fiscal_years"]:
+            raise ValueError(f"fiscal year must be one of {', '.join(options['fiscal_years'])}")
+        params["fiscal_year"] = int(year) if year.isdigit() else year
+    streams = [s for s in form.getlist("streams") if s in options["streams"]]
+    return mode, params, streams
+
+
+def connection_rows():
+    connections = db.session.execute(select(Connection).order_by(Connection.name)).scalars().all()
+    last_ids = select(func.max(Run.id)).where(Run.mode != "record").group_by(Run.connection_id)
+    last_runs = {run.connection_id: run for run in
+                 db.session.execute(select(Run).where(Run.id.in_(last_ids))).scalars()}
+    active = {run.connection_id: run for run in db.session.execute(
+        select(Run).where(Run.status.in_(ACTIVE_STATUSES), Run.mode != "record")).scalars()}
+    return [{"connection": c, "last_run": last_runs.get(c.id), "active_run": active.get(c.id),
+             "options": sync_options(c)} for c in connections]
+
+
+@bp.route("/")
+def dashboard():
+    return render_template("admin/dashboard.html", rows=connection_rows())
+
+
+@bp.route("/connections/<int:connection_id>/sync", methods=["POST"])
+def sync_now(connection_id):
+    connection = db.get_or_404(Connection, connection_id)
+    try:
+        mode, params, streams = parse_sync_form(connection, request.form)
+        result = runs.trigger(connection, mode=mode, params=params, streams=streams, trigger="manual",
+                              requested_by=current_user.email)
+    except (ValueError, ConfigError) as exc:
+        flash(f"{connection.name}: {exc}", "error")
+        return redirect(url_for("admin.dashboard"))
+    if not result.created:
+        flash(f"{connection.name} already has run {result.run.id} {result.run.status}: showing it instead "
+              "of starting another.", "info")
+    return redirect(url_for("admin.run_page", run_id=result.run.id))

@@ -1,0 +1,54 @@
+"""Session cookie settings and security headers for every response.
+
+Pages load scripts and styles only from /admin/static (no inline code), so the content
+security policy can forbid everything else; websockets go back to the same host.
+"""
+from datetime import timedelta
+
+from flask import request
+
+CONTENT_SECURITY_POLICY = "; ".join((
+    "default-src 'self'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "img-src 'self' data:",
+    "connect-src 'self'",
+    "object-src 'none'",
+    "base-uri 'none'",
+    "form-action 'self'",
+    "frame-ancestors 'none'",
+))
+
+HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=()",
+}
+
+
+def init_app(app):
+    def default(key, value):  # ours, unless the deployment configured something else
+        if app.config.get(key) == app.default_config.get(key):
+            app.config[key] = value
+
+    default("SESSION_COOKIE_NAME", "synchub_session")
+    default("SESSION_COOKIE_SAMESITE", "Lax")
+    default("PERMANENT_SESSION_LIFETIME", timedelta(hours=12))
+    app.config["SESSION_COOKIE_HTTPONLY"] = True
+    # SESSION_COOKIE_SECURE comes from SYNCHUB_SECURE_COOKIES (default on): browsers keep
+    # Secure cookies on plain http only for localhost, so elsewhere serve https.
+    app.after_request(_add_headers)
+
+
+def _add_headers(response):
+    for name, value in HEADERS.items():
+        response.headers.setdefault(name, value)
+    if request.is_secure:
+        response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    if request.blueprint in ("admin", "live") and request.endpoint != "admin.static":
+        # Admin pages show live operational data: never cached by the browser or a proxy.
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
