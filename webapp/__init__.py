@@ -15,6 +15,7 @@ BLUEPRINT_MODULES = (
 CLI_GROUPS = (
     ("webapp.admin.cli", "users_cli"), ("webapp.admin.cli", "secrets_cli"),
     ("scheduler.cli", "supervisor_cli"),
+    ("webapp.outbox_cli", "outbox_cli"),
 )
 
 

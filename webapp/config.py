@@ -78,6 +78,21 @@ class Config:
         self.RETENTION_WEBHOOK_DELIVERIES_DAYS = _float("SYNCHUB_RETENTION_WEBHOOK_DELIVERIES_DAYS", retention_days)
         self.RETENTION_OUTBOX_EVENTS_DAYS = _float("SYNCHUB_RETENTION_OUTBOX_EVENTS_DAYS", retention_days)
         self.RETENTION_SUPERVISORS_DAYS = _float("SYNCHUB_RETENTION_SUPERVISORS_DAYS", 7)
+        # Outbox (webapp/outbox.py, docs/OUTBOX.md). A claim's lease must outlast a batch of
+        # requests; a row whose worker died is claimed again once its lease has expired.
+        self.OUTBOX_MAX_ATTEMPTS = _int("SYNCHUB_OUTBOX_MAX_ATTEMPTS", 8)
+        self.OUTBOX_BACKOFF_BASE_SECONDS = _float("SYNCHUB_OUTBOX_BACKOFF_BASE_SECONDS", 10)
+        self.OUTBOX_BACKOFF_MAX_SECONDS = _float("SYNCHUB_OUTBOX_BACKOFF_MAX_SECONDS", 3600)
+        self.OUTBOX_LEASE_SECONDS = _float("SYNCHUB_OUTBOX_LEASE_SECONDS", 120)
+        self.OUTBOX_CLAIM_BATCH = _int("SYNCHUB_OUTBOX_CLAIM_BATCH", 10)
+        self.OUTBOX_DRAIN_BUDGET_SECONDS = _float("SYNCHUB_OUTBOX_DRAIN_BUDGET_SECONDS", 60)
+        self.OUTBOX_HTTP_TIMEOUT_SECONDS = _float("SYNCHUB_OUTBOX_HTTP_TIMEOUT_SECONDS", 10)
+        self.OUTBOX_BREAKER_THRESHOLD = _int("SYNCHUB_OUTBOX_BREAKER_THRESHOLD", 5)
+        self.OUTBOX_BREAKER_COOLDOWN_SECONDS = _float("SYNCHUB_OUTBOX_BREAKER_COOLDOWN_SECONDS", 30)
+        self.OUTBOX_BREAKER_MAX_COOLDOWN_SECONDS = _float("SYNCHUB_OUTBOX_BREAKER_MAX_COOLDOWN_SECONDS", 600)
+        # Fault injection for tests only: seconds to wait after a provider accepted a delivery
+        # and before recording it, so a test can kill the worker inside that window.
+        self.OUTBOX_PAUSE_AFTER_SEND_SECONDS = _float("SYNCHUB_OUTBOX_PAUSE_AFTER_SEND_SECONDS", 0)
 
     def as_dict(self):
         return {k: v for k, v in vars(self).items() if k.isupper()}

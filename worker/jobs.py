@@ -26,3 +26,29 @@ def execute_run(run_id):
     job = get_current_job()
     worker_name = job.worker_name if job is not None else None
     return run_engine(run_id, redis_client=redis_ext.client, worker_name=worker_name)
+
+
+def deliver_event(event_id):
+    """The outbox's real-time attempt for one event, then whatever else is due."""
+    if not has_app_context():
+        with _app_context():
+            return deliver_event(event_id)
+    from webapp.extensions import redis_ext
+
+    from .delivery import run_deliver_job
+
+    job = get_current_job()
+    return run_deliver_job(event_id, redis_client=redis_ext.client, worker_name=job.worker_name if job else None)
+
+
+def drain_outbox():
+    """Deliver every outbox event that is due (the supervisor and the cron endpoint enqueue this)."""
+    if not has_app_context():
+        with _app_context():
+            return drain_outbox()
+    from webapp.extensions import redis_ext
+
+    from .delivery import run_drain_job
+
+    job = get_current_job()
+    return run_drain_job(redis_client=redis_ext.client, worker_name=job.worker_name if job else None)

@@ -27,8 +27,30 @@ def records_api(argv):
                       oauth_clients=clients, rate_limit=rate_limit)
 
 
+def loops_api(argv):
+    from .loops import LoopsAPI
+
+    parser = argparse.ArgumentParser(prog="python -m tests.simulators loops")
+    parser.add_argument("--key", action="append", default=[], metavar="KEY[:TEAM]",
+                        help="a valid API key and its team (repeatable; default loops-test-key)")
+    parser.add_argument("--rate-limit", default="10/1", metavar="N/SECONDS", help="per team; 'none' for no limit")
+    parser.add_argument("--known-property", action="append", default=None, metavar="NAME",
+                        help="only these custom contact properties exist (default: any is accepted)")
+    args = parser.parse_args(argv)
+    keys = {}
+    for item in args.key or ["loops-test-key"]:
+        key, _, team = item.partition(":")
+        keys[key] = team or "Test Team"
+    rate_limit = None
+    if args.rate_limit != "none":
+        n, seconds = args.rate_limit.split("/")
+        rate_limit = (int(n), float(seconds))
+    return LoopsAPI(keys, rate_limit=rate_limit, known_properties=args.known_property)
+
+
 SIMULATORS = {
     "records": records_api,
+    "loops": loops_api,
 }
 
 

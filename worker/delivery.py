@@ -1,0 +1,224 @@
+"""Outbox delivery: claim due rows, send each through its destination's connector, record
+the outcome. The rules (claim, lease, per-key order, backoff, dead letters, breaker) are
+in webapp/outbox.py; this is the loop that applies them.
+
+A drain claims small batches until nothing is due or its time budget is spent; it never
+sleeps waiting for a retry, because the next attempt time is in the row. Each outcome is
+committed on its own right after its request, so a worker that dies mid-batch leaves at
+most one row whose request went out but whose outcome was not written: that row is
+claimed again once its lease expires and sent again with the same idempotency key.
+"""
+import logging
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+
+import requests
+from flask import current_app
+from sqlalchemy import update
+
+from webapp import outbox
+from webapp.connectors.base import Services, connector_class
+from webapp.connectors.errors import AuthError, ConfigError, RateLimited, TransientError
+from webapp.connectors.http import HttpError
+from webapp.connectors.mapping import MappingError
+from webapp.extensions import db
+from webapp.models import Connection, utcnow
+
+log = logging.getLogger(__name__)
+
+# What a destination answers when the request itself is wrong; a connector may widen it.
+PERMANENT_STATUSES = (400, 422)
+
+
+class Undeliverable(Exception):
+    """The row can never be delivered as it is (no such destination, not an action)."""
+
+
+@dataclass
+class DrainResult:
+    claimed: int = 0
+    done: int = 0
+    retrying: int = 0
+    dead: int = 0
+    released: int = 0  # handed back untried (breaker open, lease too short)
+    lost: int = 0  # our claim had been taken over before we could record the outcome
+
+    def as_dict(self):
+        return asdict(self)
+
+
+def run_deliver_job(event_id, *, redis_client, worker_name=None):
+    """RQ job: the real-time attempt for `event_id`, then whatever else is due."""
+    _clear_kick(redis_client, outbox.KICK_KEY)
+    return drain(redis_client=redis_client, worker_name=worker_name, first_event_id=event_id).as_dict()
+
+
+def run_drain_job(*, redis_client, worker_name=None):
+    """RQ job: deliver everything due (the periodic drain)."""
+    _clear_kick(redis_client, outbox.DRAIN_KICK_KEY)
+    return drain(redis_client=redis_client, worker_name=worker_name).as_dict()
+
+
+def _clear_kick(client, key):
+    # From here on this job claims after any commit that found the flag set, so those
+    # events are covered; new ones must enqueue another job.
+    try:
+        client.delete(key)
+    except Exception as exc:
+        log.warning("outbox: could not clear %s (%s)", key, type(exc).__name__)
+
+
+def drain(*, redis_client=None, worker_name=None, first_event_id=None, budget_seconds=None, max_events=None):
+    """Deliver due rows until none is left or the budget (seconds) is spent."""
+    return Delivery(redis_client=redis_client, worker_name=worker_name).drain(
+        first_event_id=first_event_id, budget_seconds=budget_seconds, max_events=max_events)
+
+
+class Delivery:
+    def __init__(self, *, redis_client, worker_name=None):
+        self.config = current_app.config
+        self.session = db.session
+        self.redis = redis_client
+        # Unique per drain, so even a later drain of the same worker is a different claimer.
+        self.claimer = f"{worker_name or 'worker'}/{uuid.uuid4().hex[:8]}"
+        self.breaker = outbox.Breaker.from_config(redis_client, self.config)
+        self.lease_seconds = float(self.config.get("OUTBOX_LEASE_SECONDS", 120))
+        self.batch = int(self.config.get("OUTBOX_CLAIM_BATCH", 10))
+        self.pause_after_send = float(self.config.get("OUTBOX_PAUSE_AFTER_SEND_SECONDS") or 0)
+        self.result = DrainResult()
+        self._destinations = {}  # connection id -> connector, or the exception building it raised
+        self._open = {}  # connection id -> epoch time its breaker reopens (learnt in this drain)
+
+    def drain(self, first_event_id=None, budget_seconds=None, max_events=None):
+        budget = self.config.get("OUTBOX_DRAIN_BUDGET_SECONDS", 60) if budget_seconds is None else budget_seconds
+        deadline = time.monotonic() + budget
+        try:
+            if first_event_id is not None:
+                self._run(outbox.claim(self.session, self.claimer, event_id=first_event_id,
+                                       lease_seconds=self.lease_seconds,
+                                       skip_connections=self.breaker.blocked()))
+            while time.monotonic() < deadline and (max_events is None or self.result.claimed < max_events):
+                limit = self.batch if max_events is None else min(self.batch, max_events - self.result.claimed)
+                self._open = {}
+                batch = outbox.claim(self.session, self.claimer, limit=limit, lease_seconds=self.lease_seconds,
+                                     skip_connections=self.breaker.blocked())
+                if not batch:
+                    break
+                self._run(batch)
+        finally:
+            self.breaker.close()
+            for connector in self._destinations.values():
+                if hasattr(connector, "close"):
+                    connector.close()
+        return self.result
+
+    def _run(self, batch):
+        self.result.claimed += len(batch)
+        for claimed in batch:
+            reopen = self._open.get(claimed.connection_id)
+            if reopen is not None:
+                self._release(claimed, utcnow() + timedelta(seconds=max(0.0, reopen - time.time())))
+            elif time.monotonic() - claimed.claimed_at > self.lease_seconds / 2:
+                # Too little of the lease is left to start a request that another worker
+                # could not also start: give the row back instead.
+                self._release(claimed, None)
+            else:
+                self._deliver(claimed)
+
+    def _release(self, claimed, not_before):
+        if outbox.release(self.session, claimed, not_before):
+            self.result.released += 1
+        else:
+            self.result.lost += 1
+
+    def _deliver(self, claimed):
+        destination = claimed.connection_id
+        connector = None
+        try:
+            connector = self._destination(destination)
+            note = connector.deliver(claimed.payload, claimed.idempotency_key)
+        except Undeliverable as exc:
+            self._failed(claimed, str(exc), permanent=True)
+        except MappingError as exc:
+            self._failed(claimed, str(exc), permanent=True)
+        except HttpError as exc:
+            if exc.status in getattr(connector, "permanent_statuses", PERMANENT_STATUSES):
+                self.breaker.success(destination)  # the provider is up; the request is wrong
+                self._failed(claimed, str(exc), permanent=True)
+            else:
+                self._provider_failed(claimed, exc)
+        except RateLimited as exc:
+            self._failed(claimed, str(exc), retry_after=exc.retry_after)
+        except AuthError as exc:
+            self._needs_reauth(destination, exc)
+            self._provider_failed(claimed, exc)
+        except (TransientError, ConfigError) as exc:
+            self._provider_failed(claimed, exc)
+        except requests.RequestException as exc:
+            self._provider_failed(claimed, f"{type(exc).__name__} talking to the destination")
+        except Exception as exc:  # a bug: count it, keep the reason short and free of data
+            log.exception("outbox event %s: unexpected error", claimed.id)
+            self._provider_failed(claimed, f"unexpected {type(exc).__name__}; see the worker log")
+        else:
+            if self.pause_after_send:
+                # Fault injection for tests: widens the window between the provider's
+                # acceptance and our commit, where a worker can be killed for real.
+                time.sleep(self.pause_after_send)
+            self.breaker.success(destination)
+            if outbox.mark_done(self.session, claimed):
+                self.result.done += 1
+                log.debug("outbox event %s delivered: %s", claimed.id, note)
+            else:
+                self.result.lost += 1
+
+    def _provider_failed(self, claimed, reason):
+        """A failure that says the destination is unwell: counts towards its breaker."""
+        self.breaker.failure(claimed.connection_id)
+        reopen = self.breaker.open_until(claimed.connection_id)
+        if reopen is not None:
+            self._open[claimed.connection_id] = reopen
+        self._failed(claimed, str(reason))
+
+    def _failed(self, claimed, reason, permanent=False, retry_after=None):
+        status = outbox.mark_failed(self.session, claimed, reason, permanent=permanent, retry_after=retry_after)
+        if status is None:
+            self.result.lost += 1
+        elif status == outbox.DEAD:
+            self.result.dead += 1
+            log.warning("outbox event %s is dead: %s", claimed.id, reason)
+        else:
+            self.result.retrying += 1
+
+    def _destination(self, connection_id):
+        cached = self._destinations.get(connection_id)
+        if cached is None:
+            try:
+                cached = self._build(connection_id)
+            except Exception as exc:
+                cached = exc
+            finally:
+                self.session.commit()  # end the read: the outcome's write starts a fresh transaction
+            self._destinations[connection_id] = cached
+        if isinstance(cached, Exception):
+            raise cached
+        return cached
+
+    def _build(self, connection_id):
+        connection = self.session.get(Connection, connection_id)
+        if connection is None:
+            raise Undeliverable(f"connection {connection_id} no longer exists")
+        cls = connector_class(connection.connector)
+        if not hasattr(cls, "deliver"):
+            raise Undeliverable(f"connection {connection.name!r} ({connection.connector}) cannot deliver outbound events")
+        services = Services(config=dict(self.config), redis=self.redis, connection_id=connection_id)
+        return cls(connection.settings or {}, connection.credentials, services)
+
+    def _needs_reauth(self, connection_id, exc):
+        self.session.execute(
+            update(Connection).where(Connection.id == connection_id, Connection.health != "needs_reauth")
+            .values(health="needs_reauth", health_message=str(exc)[:500])
+            .execution_options(synchronize_session=False)
+        )
+        self.session.commit()
