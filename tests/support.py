@@ -130,8 +130,13 @@ class WorkerProcess:
         return self
 
     def kill(self, sig=signal.SIGKILL):
+        """SIGKILL takes down the whole session, work horse included (RQ puts the horse in
+        a process group of its own, so killing the worker's group would leave it running)."""
         if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
+            if sig == signal.SIGKILL:
+                kill_session(self.proc.pid, sig)
+            else:
+                os.kill(self.proc.pid, sig)
             self.proc.wait(timeout=30)
 
     def wait(self, timeout):
@@ -140,6 +145,19 @@ class WorkerProcess:
     def output(self):
         with open(self.log_path, "rb") as f:
             return f.read().decode(errors="replace")
+
+
+def kill_session(session_id, sig=signal.SIGKILL):
+    """Signal every process of a session (all descendants started with start_new_session)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        try:
+            if os.getsid(pid) == session_id:
+                os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            continue
 
 
 def wait_for(predicate, timeout=30, interval=0.05, message="condition"):

@@ -205,13 +205,14 @@ def record_page(run_id, attempt, *, checkpoint, counts, processed, total, phase)
     for name, delta in counts.items():
         if delta:
             values[getattr(Run, name)] = getattr(Run, name) + delta
-    result = db.session.execute(
-        update(Run).where(*owned(run_id, attempt)).values(values).execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:
+    # RETURNING reads the cancel flag in the same statement: one round trip per page.
+    row = db.session.execute(
+        update(Run).where(*owned(run_id, attempt)).values(values).returning(Run.cancel_requested)
+        .execution_options(synchronize_session=False)
+    ).first()
+    if row is None:
         return False, False
-    cancel = db.session.execute(select(Run.cancel_requested).where(Run.id == run_id)).scalar_one()
-    return True, bool(cancel)
+    return True, bool(row[0])
 
 
 def finish(run_id, attempt, status, *, error_class=None, error_message=None, counts=None, commit=True):

@@ -7,6 +7,7 @@ point therefore resumes from the last committed page: nothing lost, nothing doub
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import requests
 from flask import current_app
@@ -72,7 +73,7 @@ class RunExecution:
         self.heartbeat.start()
         try:
             connection = db.session.get(Connection, self.connection_id)
-            connector = self._connector(connection)
+            connector = self.connector = self._connector(connection)
             self._publish("starting", f"attempt {self.attempt} started")
             if self.mode == "record":
                 deleted = self._sync_one_record(connector)
@@ -111,43 +112,54 @@ class RunExecution:
         cursor = self._stored_cursor(name) if self.mode == "incremental" else None
         request = ReadRequest(mode=self.mode, params=self.params, cursor=cursor)
         done_before = self.processed if state is None else None
-        while True:
-            page = connector.read_page(stream, request, state)
-            good, bad = self._sort(connector, stream, page)
-            counts = store.write_page(db.session, connection_id=self.connection_id, stream=name,
-                                      run_id=self.run_id, keyed_records=good)
-            for error in bad:
-                runs.log_event(self.run_id, str(error), level="warning", kind="record_error",
-                               stream=name, record_key=error.key)
-            if stream.cursor_field:
-                self._advance_seen_cursor(name, stream.cursor_field, (r for _, r in good))
-            finished = page.next_state is None
-            self.checkpoint["stream"], self.checkpoint["state"] = (None, None) if finished else (name, page.next_state)
-            if finished:
-                self.checkpoint["done"] = self.checkpoint["done"] + [name]
-            self.processed += len(page.records) + len(page.bad_records)
-            if page.total is not None and done_before is not None:
-                self.total = done_before + page.total
-            delta = {"seen": len(good) + len(bad), "created": counts.created, "updated": counts.updated,
-                     "unchanged": counts.unchanged, "failed": len(bad)}
-            message = (f"{name}: +{len(good)} records ({counts.created} new, {counts.updated} changed, "
-                       f"{counts.unchanged} unchanged" + (f", {len(bad)} skipped)" if bad else ")"))
-            owned, cancel = runs.record_page(
-                self.run_id, self.attempt, checkpoint=dict(self.checkpoint), counts=delta,
-                processed=self.processed, total=self.total, phase=f"fetching {name}")
-            if not owned:
-                raise LostOwnership("the run is no longer running this attempt")
-            db.session.commit()
-            for key, value in delta.items():
-                self.counters[key] += value
-            self._publish(f"fetching {name}", message)
-            if cancel:
-                return self._cancelled()
-            if self.heartbeat.lost:
-                raise LostOwnership("heartbeat found the run taken away")
-            if finished:
-                return None
-            state = page.next_state
+        with PageFetcher(current_app._get_current_object(), connector, stream, request) as fetcher:
+            fetcher.fetch(state)
+            while True:
+                page = fetcher.result()
+                if page.next_state is not None:
+                    fetcher.fetch(page.next_state)  # the next page downloads while this one is written
+                if self._write_page(stream, page, done_before):
+                    return CANCELLED
+                if page.next_state is None:
+                    return None
+
+    def _write_page(self, stream, page, done_before):
+        """One transaction: records, record errors, checkpoint, counters. True if cancelled."""
+        name = stream.name
+        good, bad = self._sort(stream, page)
+        counts = store.write_page(db.session, connection_id=self.connection_id, stream=name,
+                                  run_id=self.run_id, keyed_records=good)
+        for error in bad:
+            runs.log_event(self.run_id, str(error), level="warning", kind="record_error",
+                           stream=name, record_key=error.key)
+        if stream.cursor_field:
+            self._advance_seen_cursor(name, stream.cursor_field, (r for _, r in good))
+        finished = page.next_state is None
+        self.checkpoint["stream"], self.checkpoint["state"] = (None, None) if finished else (name, page.next_state)
+        if finished:
+            self.checkpoint["done"] = self.checkpoint["done"] + [name]
+        self.processed += len(page.records) + len(page.bad_records)
+        if page.total is not None and done_before is not None:
+            self.total = done_before + page.total
+        delta = {"seen": len(good) + len(bad), "created": counts.created, "updated": counts.updated,
+                 "unchanged": counts.unchanged, "failed": len(bad)}
+        message = (f"{name}: +{len(good)} records ({counts.created} new, {counts.updated} changed, "
+                   f"{counts.unchanged} unchanged" + (f", {len(bad)} skipped)" if bad else ")"))
+        owned, cancel = runs.record_page(
+            self.run_id, self.attempt, checkpoint=dict(self.checkpoint), counts=delta,
+            processed=self.processed, total=self.total, phase=f"fetching {name}")
+        if not owned:
+            raise LostOwnership("the run is no longer running this attempt")
+        db.session.commit()
+        for key, value in delta.items():
+            self.counters[key] += value
+        self._publish(f"fetching {name}", message)
+        if cancel:
+            self._cancelled()
+            return True
+        if self.heartbeat.lost:
+            raise LostOwnership("heartbeat found the run taken away")
+        return False
 
     def _sync_one_record(self, connector):
         stream = connector.stream(self.params.get("stream") or self._streams(connector)[0])
@@ -160,7 +172,7 @@ class RunExecution:
             # The provider says it is gone (a delete webhook, or the lookup found nothing).
             return store.soft_delete_one(db.session, connection_id=self.connection_id, stream=stream.name,
                                          external_id=record_id, run_id=self.run_id)
-        good, bad = self._sort(connector, stream, page)
+        good, bad = self._sort(stream, page)
         counts = store.write_page(db.session, connection_id=self.connection_id, stream=stream.name,
                                   run_id=self.run_id, keyed_records=good)
         for error in bad:
@@ -226,13 +238,13 @@ class RunExecution:
         cls = connector_class(connection.connector)
         return cls(connection.settings or {}, connection.credentials, services)
 
-    @staticmethod
-    def _sort(connector, stream, page):
+    def _sort(self, stream, page):
         good, bad = [], list(page.bad_records)
         for record in page.records:
             try:
-                connector.validate(stream, record)
-                good.append((stream.key_of(record), record))
+                key = stream.key_of(record)
+                self.connector.validate(stream, record)
+                good.append((key, record))
             except BadRecord as exc:
                 if exc.key is None and isinstance(record, dict) and record.get(stream.primary_key) is not None:
                     exc.key = str(record.get(stream.primary_key))
@@ -294,6 +306,34 @@ def _cursor_gt(a, b):
         return a > b
     except TypeError:
         return str(a) > str(b)
+
+
+class PageFetcher:
+    """Reads the next page in a background thread while the engine writes the current one,
+    so the provider's latency and the database's overlap. Never more than one page ahead:
+    memory stays bounded by the page size, and the checkpoint only ever names written pages."""
+
+    def __init__(self, app, connector, stream, request):
+        self.app, self.connector, self.stream, self.request = app, connector, stream, request
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="page-fetch")
+        self._future = None
+
+    def _read(self, state):
+        with self.app.app_context():  # connectors may store rotated tokens through the DB
+            return self.connector.read_page(self.stream, self.request, state)
+
+    def fetch(self, state):
+        self._future = self._pool.submit(self._read, state)
+
+    def result(self):
+        return self._future.result()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        # On cancel or error a fetch may still be in flight: don't wait for it.
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class Heartbeat:

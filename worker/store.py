@@ -1,17 +1,39 @@
 """Batched record writes with change detection by content hash, and soft deletes.
 
 One page is written with at most three statements, whatever its size: one SELECT of
-the hashes already stored, one multi-row upsert of new and changed records, and one
-UPDATE marking the unchanged ones as seen by this run.
+the hashes already stored, one upsert of the new and changed records, and one UPDATE
+marking the unchanged ones as seen by this run. The upsert is the hot path, so it goes
+straight to the driver: on PostgreSQL as a single INSERT ... SELECT FROM unnest(arrays),
+on SQLite as one executemany (sqlite3 loops in C). SQLAlchemy's per-row parameter
+processing would otherwise cost more than the database work itself.
 """
+import json
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import bindparam, update
 
-from webapp.extensions import db
-from webapp.jsonutil import RawJSON, canonical, content_hash
+from webapp.jsonutil import canonical, content_hash
 from webapp.models import Record, utcnow
+
+_T = Record.__table__  # Core, not ORM: no identity map or unit of work on the hot path
+
+# ON CONFLICT, not a plain INSERT: a webhook's record run may have stored the same record
+# since our SELECT. first_seen_at is kept from the original row.
+_ON_CONFLICT = """
+ON CONFLICT (connection_id, stream, external_id) DO UPDATE SET
+    data = excluded.data, content_hash = excluded.content_hash, last_changed_at = excluded.last_changed_at,
+    deleted_at = NULL, last_run_id = excluded.last_run_id, last_seen_run_id = excluded.last_seen_run_id"""
+
+_UPSERT_POSTGRESQL = """
+INSERT INTO records (connection_id, stream, external_id, data, content_hash, first_seen_at, last_changed_at,
+                     deleted_at, last_run_id, last_seen_run_id)
+SELECT %s, %s, e->>0, e->1, e->>2, %s, %s, NULL, %s, %s
+FROM json_array_elements(%s::json) AS e""" + _ON_CONFLICT
+
+_UPSERT_SQLITE = """
+INSERT INTO records (connection_id, stream, external_id, data, content_hash, first_seen_at, last_changed_at,
+                     deleted_at, last_run_id, last_seen_run_id)
+VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)""" + _ON_CONFLICT
 
 
 @dataclass
@@ -19,14 +41,6 @@ class PageCounts:
     created: int = 0
     updated: int = 0
     unchanged: int = 0
-
-
-def _insert(dialect_name):
-    if dialect_name == "postgresql":
-        return postgresql.insert(Record.__table__)
-    if dialect_name == "sqlite":
-        return sqlite.insert(Record.__table__)
-    raise RuntimeError(f"unsupported database dialect {dialect_name!r}")
 
 
 def write_page(session, *, connection_id, stream, run_id, keyed_records):
@@ -38,84 +52,82 @@ def write_page(session, *, connection_id, stream, run_id, keyed_records):
     rows = {}
     for key, record in keyed_records:  # a key repeated within a page: the last copy wins
         text = canonical(record)
-        rows[key] = (RawJSON(text), content_hash(text))
-    existing = {
-        ext_id: (row_id, stored_hash, deleted_at)
-        for ext_id, row_id, stored_hash, deleted_at in session.execute(
-            select(Record.external_id, Record.id, Record.content_hash, Record.deleted_at).where(
-                Record.connection_id == connection_id,
-                Record.stream == stream,
-                Record.external_id.in_(list(rows)),
-            )
-        )
-    }
-    now = utcnow()
-    upserts, unchanged_ids = [], []
+        rows[key] = (text, content_hash(text))
+    existing = _existing(session, connection_id, stream, list(rows))
+    changed, unchanged_ids = [], []
     for key, (data, digest) in rows.items():
         found = existing.get(key)
-        if found is not None and found[1] == digest and found[2] is None:
+        if found is not None and found[1] == digest and not found[2]:
             unchanged_ids.append(found[0])
             continue
         if found is None:
             counts.created += 1
         else:
             counts.updated += 1  # changed content, or a soft-deleted record that came back
-        upserts.append(
-            {
-                "connection_id": connection_id,
-                "stream": stream,
-                "external_id": key,
-                "data": data,
-                "content_hash": digest,
-                "first_seen_at": now,
-                "last_changed_at": now,
-                "deleted_at": None,
-                "last_run_id": run_id,
-                "last_seen_run_id": run_id,
-            }
-        )
+        changed.append((key, data, digest))
     counts.unchanged = len(unchanged_ids)
-    if upserts:
-        # ON CONFLICT, not a plain INSERT: a webhook's record run may have stored the same
-        # record since our SELECT. first_seen_at is kept from the original row.
-        stmt = _insert(session.get_bind().dialect.name)
-        excluded = stmt.excluded
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["connection_id", "stream", "external_id"],
-            set_={
-                "data": excluded.data,
-                "content_hash": excluded.content_hash,
-                "last_changed_at": excluded.last_changed_at,
-                "deleted_at": None,
-                "last_run_id": excluded.last_run_id,
-                "last_seen_run_id": excluded.last_seen_run_id,
-            },
-        )
-        session.execute(stmt, upserts)
+    if changed:
+        _upsert(session, connection_id, stream, run_id, changed)
     if unchanged_ids:
         session.execute(
-            update(Record)
-            .where(Record.id.in_(bindparam("ids", expanding=True)))
-            .values(last_seen_run_id=run_id)
-            .execution_options(synchronize_session=False),
+            update(_T).where(_T.c.id.in_(bindparam("ids", expanding=True))).values(last_seen_run_id=run_id),
             {"ids": unchanged_ids},
         )
     return counts
+
+
+_EXISTING_POSTGRESQL = """
+SELECT r.external_id, r.id, r.content_hash, r.deleted_at IS NOT NULL
+FROM json_array_elements_text(%s::json) AS k(external_id)
+JOIN records r ON r.connection_id = %s AND r.stream = %s AND r.external_id = k.external_id"""
+
+
+def _existing(session, connection_id, stream, keys):
+    """{external_id: (id, content_hash, is_deleted)} for the keys already stored."""
+    if session.get_bind().dialect.name == "postgresql":
+        # A join on unnest, not `IN (...)`: while a big first sync outruns autovacuum's
+        # statistics, PostgreSQL plans an IN list as a filter over every row of the stream
+        # (quadratic); the join stays linear whatever the statistics say.
+        rows = session.connection().exec_driver_sql(_EXISTING_POSTGRESQL, (json.dumps(keys), connection_id, stream))
+    else:
+        placeholders = ",".join("?" * len(keys))
+        rows = session.connection().exec_driver_sql(
+            "SELECT external_id, id, content_hash, deleted_at IS NOT NULL FROM records "
+            f"WHERE connection_id = ? AND stream = ? AND external_id IN ({placeholders})",
+            (connection_id, stream, *keys))
+    return {ext_id: (row_id, digest, bool(deleted)) for ext_id, row_id, digest, deleted in rows}
+
+
+def _upsert(session, connection_id, stream, run_id, changed):
+    connection = session.connection()
+    now = utcnow()
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        # The page travels as one JSON array of [key, record, hash] triples: the records are
+        # already JSON text, so this is string joining, with no per-value escaping by the driver.
+        page = "[" + ",".join(f"[{json.dumps(key)},{data},\"{digest}\"]" for key, data, digest in changed) + "]"
+        connection.exec_driver_sql(_UPSERT_POSTGRESQL, (connection_id, stream, now, now, run_id, run_id, page))
+    elif dialect == "sqlite":
+        # The text form SQLAlchemy's SQLite DateTime type writes and reads back.
+        stamp = now.isoformat(sep=" ", timespec="microseconds")
+        connection.exec_driver_sql(_UPSERT_SQLITE, [(connection_id, stream, key, data, digest, stamp, stamp, run_id, run_id)
+                                                    for key, data, digest in changed])
+    else:
+        raise RuntimeError(f"unsupported database dialect {dialect!r}")
 
 
 def soft_delete_unseen(session, *, connection_id, stream, run_id):
     """After a successful full sync: records of the stream this run did not see are gone
     at the provider. Returns how many were marked deleted. Does not commit."""
     result = session.execute(
-        update(Record)
+        update(_T)
         .where(
-            Record.connection_id == connection_id,
-            Record.stream == stream,
-            Record.deleted_at.is_(None),
-            (Record.last_seen_run_id != run_id) | Record.last_seen_run_id.is_(None),
+            _T.c.connection_id == connection_id,
+            _T.c.stream == stream,
+            _T.c.deleted_at.is_(None),
+            (_T.c.last_seen_run_id != run_id) | _T.c.last_seen_run_id.is_(None),
         )
         .values(deleted_at=utcnow(), last_run_id=run_id)
-        .execution_options(synchronize_session=False)
     )
     return result.rowcount
 
@@ -123,10 +135,9 @@ def soft_delete_unseen(session, *, connection_id, stream, run_id):
 def soft_delete_one(session, *, connection_id, stream, external_id, run_id):
     """A provider told us one record is gone (a delete webhook). Does not commit."""
     result = session.execute(
-        update(Record)
-        .where(Record.connection_id == connection_id, Record.stream == stream,
-               Record.external_id == external_id, Record.deleted_at.is_(None))
+        update(_T)
+        .where(_T.c.connection_id == connection_id, _T.c.stream == stream,
+               _T.c.external_id == external_id, _T.c.deleted_at.is_(None))
         .values(deleted_at=utcnow(), last_run_id=run_id)
-        .execution_options(synchronize_session=False)
     )
     return result.rowcount

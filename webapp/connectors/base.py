@@ -114,8 +114,8 @@ class Connector(abc.ABC):
         """Return the Page that follows `state` (None: the first page)."""
 
     def validate(self, stream, record):
-        """Raise BadRecord for a record that must not be stored. Default: needs its key."""
-        stream.key_of(record)
+        """Raise BadRecord for a record that must not be stored. The engine has already
+        checked the primary key; override to check required fields and types."""
 
     def webhook_events(self, payload):
         """The records a verified, parsed webhook body asks to sync, as a list of
