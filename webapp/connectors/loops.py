@@ -22,7 +22,11 @@ from .http import HttpError, parse_json
 from .mapping import MappingError, context_for, render, rules_for
 
 DEFAULT_BASE_URL = "https://app.loops.so/api"
-DEFAULT_RATE_LIMIT = (10, 1.0)
+# Loops allows 10 requests/s per team. Our limiter admits by its own clock and the request
+# reaches Loops a little later, by a varying amount (the first of a window may also pay a
+# TCP/TLS handshake), so an exact (10, 1.0) now and then lands 11 in one of Loops' seconds.
+# A 5% longer window keeps every second at 10 and still uses 95% of the budget.
+DEFAULT_RATE_LIMIT = (10, 1.05)
 ACTIONS = ("upsert_contact", "send_event")
 _RULE_FIELDS = {
     "upsert_contact": {"action", "email", "user_id", "properties", "key"},
