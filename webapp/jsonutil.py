@@ -2,14 +2,25 @@
 import hashlib
 import json
 
+import orjson
+
 
 class RawJSON(str):
     """A value that is already JSON text. The store serialises each record once (it needs the
     canonical text for the content hash anyway) and hands it to the database as-is."""
 
 
+_CANONICAL = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+
+
 def canonical(value):
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    """Sorted-key compact JSON: the same content always gives the same text (and hash),
+    whatever order the provider sent the keys in. orjson, because this runs per record;
+    the standard library for what orjson refuses (integers beyond 64 bits), never lossy."""
+    try:
+        return orjson.dumps(value, option=_CANONICAL, default=str).decode()
+    except TypeError:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def content_hash(text):
