@@ -162,6 +162,7 @@ class LiveHub:
     def _run(self):
         backoff = 0.5
         next_check = 0.0
+        reconnecting = False
         while not self._stop.is_set():
             pubsub = None
             try:
@@ -171,8 +172,9 @@ class LiveHub:
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
                 pubsub.psubscribe(CHANNEL_PATTERN)
                 self.subscribed.set()
-                self._resync()  # anything published while we were not subscribed
-                backoff = 0.5
+                if reconnecting:
+                    self._resync()  # whatever was published while we were not subscribed
+                reconnecting, backoff = True, 0.5
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=0.5)
                     if message is not None:
@@ -225,7 +227,8 @@ class LiveHub:
                 for run in rows:
                     with self._lock:
                         watchers = list(self._watches.get(run.id, ()))
-                    stale = [w for w in watchers if w.last_status != run.status]
+                    # A watcher with no status yet is still reading its own first state.
+                    stale = [w for w in watchers if w.last_status not in (None, run.status)]
                     if not stale:
                         continue
                     if run.status in TERMINAL_STATUSES and run.finished_at and \
@@ -279,8 +282,9 @@ def _guard():
     if not current_user.is_authenticated:
         return jsonify(error="unauthorized", reason="log in to the admin first"), 401
     origin = request.headers.get("Origin")
-    # A page on another site must not open a socket with our user's cookie.
-    if origin and urlsplit(origin).netloc != request.host:
+    # A page on another site must not open a socket with our user's cookie. Host names only:
+    # a proxy in front may change the port in the Host header.
+    if origin and urlsplit(origin).hostname != urlsplit("//" + request.host).hostname:
         return jsonify(error="forbidden", reason="cross-origin request refused"), 403
     return None
 

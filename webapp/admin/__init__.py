@@ -53,6 +53,19 @@ def _guard():
     return None
 
 
+@bp.errorhandler(400)
+def _bad_request(error):
+    from flask import render_template
+    from flask_wtf.csrf import CSRFError
+
+    if isinstance(error, CSRFError):
+        message = ("This form has expired or did not come from this site. "
+                   "Go back, reload the page and try again.")
+    else:
+        message = error.description
+    return render_template("admin/error.html", title="Bad request", message=message), 400
+
+
 @bp.app_context_processor
 def _nav():
     from flask import current_app

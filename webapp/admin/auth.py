@@ -175,10 +175,8 @@ def _count_ip_failure(client_ip, window_seconds):
         return
     key = _IP_WINDOW_KEY.format(ip=client_ip)
     try:
-        pipe = client.pipeline()
-        pipe.incr(key)
-        pipe.expire(key, int(window_seconds), nx=True)
-        pipe.execute()
+        if client.incr(key) == 1:  # the window starts at the first failure
+            client.expire(key, int(window_seconds))
     except redis.RedisError:
         pass
 

@@ -1,7 +1,6 @@
 """Helpers for admin and live tests: an admin account, logging in through the real form,
 and the app served by gunicorn (gthread, as in the Procfile) in its own process."""
 import contextvars
-import http.cookiejar
 import os
 import re
 import signal
@@ -61,11 +60,6 @@ def login(test_client, email, password=PASSWORD):
     return response
 
 
-class _LoopbackCookiePolicy(http.cookiejar.DefaultCookiePolicy):
-    # Browsers send Secure cookies to http://127.0.0.1 (a trustworthy origin); requests would not.
-    secure_protocols = ("https", "wss", "http")
-
-
 class Server:
     """`gunicorn wsgi:app` on 127.0.0.1 with the test's database, Redis and keys."""
 
@@ -88,8 +82,8 @@ class Server:
             if self.proc.poll() is not None:
                 raise AssertionError(f"gunicorn exited:\n{self.output()}")
             try:
-                return requests.get(self.url + "/healthz", timeout=1).status_code == 200
-            except requests.ConnectionError:
+                return requests.get(self.url + "/healthz", timeout=5).status_code == 200
+            except requests.RequestException:  # not listening yet, or still importing the app
                 return False
 
         wait_for(up, timeout=30, message="gunicorn to answer /healthz")
@@ -106,14 +100,21 @@ class Server:
             return f.read().decode(errors="replace")
 
     def login(self, email, password=PASSWORD):
-        """A requests.Session logged in through the form, and its Cookie header for websockets."""
+        """A requests.Session logged in through the form, and its Cookie header for websockets.
+        The cookie is carried by hand: it is Secure, which browsers send to http://127.0.0.1
+        (a trustworthy origin) but requests only sends over https."""
         session = requests.Session()
-        session.cookies.set_policy(_LoopbackCookiePolicy())
         page = session.get(self.url + "/admin/login", timeout=10)
+        session.headers["Cookie"] = _cookie(page)
         response = session.post(self.url + "/admin/login", allow_redirects=False, timeout=10,
                                 data={"email": email, "password": password, "csrf_token": csrf_token(page.text)})
         assert response.status_code == 302, response.text[:500]
-        return session, "; ".join(f"{c.name}={c.value}" for c in session.cookies)
+        session.headers["Cookie"] = _cookie(response)
+        return session, session.headers["Cookie"]
+
+
+def _cookie(response):
+    return "; ".join(f"{c.name}={c.value}" for c in response.cookies)
 
 
 @pytest.fixture

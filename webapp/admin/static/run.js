@@ -39,6 +39,7 @@
     text("rate", fmt(state.rate, 1));
     text("eta", duration(state.eta_seconds));
     text("phase", state.phase || "—");
+    if (state.attempt) text("attempt", state.attempt);
     var counters = state.counters || {};
     ["seen", "created", "updated", "unchanged", "deleted", "failed"].forEach(function (k) {
       if (k in counters) text("c-" + k, counters[k]);
@@ -118,9 +119,11 @@
 
   function connect() {
     if (!("WebSocket" in window)) { startPolling(); return; }
-    var scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    // Flask builds websocket URLs absolute (ws:// or wss://); a path is completed here.
+    var url = root.dataset.wsUrl;
+    if (url.indexOf("ws") !== 0) url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + url;
     var ws;
-    try { ws = new WebSocket(scheme + location.host + root.dataset.wsUrl); } catch (e) { startPolling(); return; }
+    try { ws = new WebSocket(url); } catch (e) { startPolling(); return; }
     ws.onopen = function () { root.dataset.transport = "websocket"; };
     ws.onmessage = function (event) {
       try { render(JSON.parse(event.data)); } catch (e) { /* ignore a malformed frame */ }

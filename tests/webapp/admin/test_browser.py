@@ -1,0 +1,115 @@
+"""The admin as a person uses it: Debian's Chromium driven by Playwright against gunicorn,
+with a real worker process syncing a sandbox connection slow enough to watch.
+
+Screenshots of the dashboard and the run page go to test-output/ (kept by CI as artifacts).
+"""
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from tests.support import ROOT, wait_for
+from tests.webapp.admin.support import PASSWORD
+
+CHROMIUM = "/usr/bin/chromium"
+OUTPUT = os.path.join(ROOT, "test-output")
+
+
+def _ensure_chromium():
+    """The test command installs Debian's Chromium when it is missing (CI runs as root)."""
+    if os.path.exists(CHROMIUM):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium)")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env, stdout=subprocess.DEVNULL)
+    assert os.path.exists(CHROMIUM), "apt-get install chromium did not provide /usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    _ensure_chromium()
+    os.makedirs(OUTPUT, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        yield browser
+        browser.close()
+
+
+def _card(page, name):
+    return page.locator(f'article.connection[data-name="{name}"]')
+
+
+def test_sync_from_the_dashboard_shows_live_progress_and_cancel_works(app, browser, live_server, admin_user,
+                                                                      make_connection, workers):
+    from webapp.extensions import db
+    from webapp.models import Run
+
+    backend = app.config["SQLALCHEMY_DATABASE_URI"].split(":", 1)[0].split("+")[0]
+    make_connection(name="sandbox-demo", settings={"records": 300, "page_size": 15, "latency_ms": 100})
+    make_connection(name="slow", settings={"records": 5000, "page_size": 10, "latency_ms": 150})
+    workers.start()
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    console_errors = []
+    page.on("console", lambda msg: console_errors.append(msg.text) if msg.type == "error" else None)
+
+    # Log in.
+    page.goto(live_server.url + "/admin/")
+    assert "/admin/login" in page.url
+    page.fill('input[name="email"]', admin_user)
+    page.fill('input[name="password"]', PASSWORD)
+    page.click('button:has-text("Sign in")')
+    page.wait_for_url(live_server.url + "/admin/")
+    assert _card(page, "sandbox-demo").is_visible()
+    page.screenshot(path=os.path.join(OUTPUT, f"dashboard-{backend}.png"), full_page=True)
+
+    # Sync now, and watch the bar reach 100% through the websocket, without a reload.
+    card = _card(page, "sandbox-demo")
+    card.locator('select[name="mode"]').select_option("full")
+    card.locator('button:has-text("Sync now")').click()
+    page.wait_for_url("**/admin/runs/*")
+    page.evaluate("""() => {
+        window.__sameDocument = true;
+        window.__percents = [];
+        new MutationObserver(() => window.__percents.push(document.getElementById('bar').value))
+            .observe(document.getElementById('bar'), {attributes: true});
+    }""")
+    page.wait_for_function("() => document.getElementById('run').dataset.transport === 'websocket'")
+    page.wait_for_function("() => document.getElementById('bar').value >= 100")
+    page.wait_for_function("() => document.getElementById('run').dataset.status === 'completed'")
+    assert page.evaluate("window.__sameDocument") is True, "the page was reloaded"
+    percents = page.evaluate("window.__percents")
+    assert any(0 < p < 100 for p in percents), f"no intermediate progress seen: {percents}"
+    assert page.text_content("#percent") == "100.0%"
+    assert page.text_content("#processed") == "300" and page.text_content("#c-created") == "300"
+    log = page.locator("#log li").all_text_contents()
+    assert any("items: +15 records" in line for line in log) and any("completed" in line for line in log)
+    assert page.locator("#cancel").is_hidden()
+    page.screenshot(path=os.path.join(OUTPUT, f"run-{backend}.png"), full_page=True)
+
+    # A second run, cancelled from its page while it runs.
+    page.goto(live_server.url + "/admin/")
+    _card(page, "slow").locator('button:has-text("Sync now")').click()
+    page.wait_for_url("**/admin/runs/*")
+    run_id = int(page.url.rsplit("/", 1)[-1])
+    page.wait_for_function("() => Number(document.getElementById('processed').textContent) > 0")
+    page.click('button:has-text("Cancel run")')
+    page.wait_for_function("() => document.getElementById('run').dataset.status === 'cancelled'")
+    assert page.locator("#run-status").text_content().strip() == "cancelled"
+    page.screenshot(path=os.path.join(OUTPUT, f"run-cancelled-{backend}.png"), full_page=True)
+
+    def settled():
+        db.session.expire_all()
+        return db.session.get(Run, run_id).status == "cancelled"
+
+    wait_for(settled, timeout=10, message="the cancelled row")
+    assert 0 < db.session.get(Run, run_id).processed < 5000
+    assert not console_errors, console_errors
+    context.close()
