@@ -1,5 +1,4 @@
 import logging
-from logging.config import fileConfig
 
 from flask import current_app
 
@@ -9,9 +8,8 @@ from alembic import context
 # access to the values within the .ini file in use.
 config = context.config
 
-# Interpret the config file for Python logging.
-# This line sets up loggers basically.
-fileConfig(config.config_file_name)
+# Logging is already set up by create_app() (webapp/logs.py: redaction, JSON option);
+# alembic.ini's fileConfig would add a second, unredacted root handler.
 logger = logging.getLogger('alembic.env')
 
 

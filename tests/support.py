@@ -115,8 +115,9 @@ class WorkerProcess:
     """A real `python -m worker` process in its own process group, so SIGKILL takes the
     work horse down with it, as when a machine dies."""
 
-    def __init__(self, app, name=None, burst=False, log_path=None):
+    def __init__(self, app, name=None, burst=False, log_path=None, env=None):
         self.app = app
+        self.env = env or {}
         self.name = name or f"test-worker-{uuid.uuid4().hex[:6]}"
         self.burst = burst
         self.log_path = log_path or os.path.join(app.instance_path, f"{self.name}.log")
@@ -125,7 +126,7 @@ class WorkerProcess:
     def start(self):
         args = [sys.executable, "-m", "worker", "--name", self.name] + (["--burst"] if self.burst else [])
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=process_env(self.app), stdout=self.log,
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=process_env(self.app, **self.env), stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         return self
 

@@ -1,6 +1,5 @@
 """synchub: the Flask app and the domain (what runs, connections and records are)."""
 import importlib
-import logging
 import os
 import secrets
 
@@ -16,6 +15,7 @@ CLI_GROUPS = (
     ("webapp.admin.cli", "users_cli"), ("webapp.admin.cli", "secrets_cli"),
     ("scheduler.cli", "supervisor_cli"),
     ("webapp.outbox_cli", "outbox_cli"),
+    ("webapp.api.cli", "tokens_cli"),
 )
 
 
@@ -59,8 +59,9 @@ def create_app(config=None):
     ):
         app.cli.add_command(command)
 
-    logging.basicConfig(level=os.environ.get("SYNCHUB_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from . import logs
+
+    logs.configure(level=app.config["LOG_LEVEL"], fmt=app.config["LOG_FORMAT"])
     return app
 
 

@@ -26,6 +26,9 @@ class Config:
         self.SYNCHUB_ENCRYPTION_KEYS = os.environ.get("SYNCHUB_ENCRYPTION_KEYS") or None
         # Shared secret for cron and trigger endpoints (SPEC §10); unset means they refuse all.
         self.CRON_SECRET = os.environ.get("SYNCHUB_CRON_SECRET") or None
+        # "json" for one JSON object per line (run id, connection, attempt... as fields).
+        self.LOG_FORMAT = os.environ.get("SYNCHUB_LOG_FORMAT", "text")
+        self.LOG_LEVEL = os.environ.get("SYNCHUB_LOG_LEVEL", "INFO")
         self.SYNCHUB_QUEUE_PREFIX = os.environ.get("SYNCHUB_QUEUE_PREFIX", "synchub")
         # A running run refreshes its heartbeat this often, from a background thread, so a
         # slow page (a long Retry-After, say) never looks like a dead worker.
@@ -64,6 +67,8 @@ class Config:
         self.RETENTION_INTERVAL_SECONDS = _float("SYNCHUB_RETENTION_INTERVAL_SECONDS", 3600)
         # Extra periodic RQ jobs the leader enqueues by dotted name: "pkg.module.func=seconds,...".
         self.MAINTENANCE_JOBS = os.environ.get("SYNCHUB_MAINTENANCE_JOBS", "")
+        # How often the leader enqueues the outbox drain (worker.jobs.drain_outbox); 0 turns it off.
+        self.OUTBOX_DRAIN_INTERVAL_SECONDS = _float("SYNCHUB_OUTBOX_DRAIN_INTERVAL_SECONDS", 30)
         # Alert conditions (webapp/alerts.py), announced to a Slack-compatible webhook when set.
         self.ALERT_WEBHOOK_URL = os.environ.get("SYNCHUB_ALERT_WEBHOOK_URL") or None
         self.ALERT_WEBHOOK_TIMEOUT_SECONDS = _float("SYNCHUB_ALERT_WEBHOOK_TIMEOUT_SECONDS", 5)
@@ -85,6 +90,8 @@ class Config:
         self.OUTBOX_BACKOFF_MAX_SECONDS = _float("SYNCHUB_OUTBOX_BACKOFF_MAX_SECONDS", 3600)
         self.OUTBOX_LEASE_SECONDS = _float("SYNCHUB_OUTBOX_LEASE_SECONDS", 120)
         self.OUTBOX_CLAIM_BATCH = _int("SYNCHUB_OUTBOX_CLAIM_BATCH", 10)
+        # Real-time delivery jobs running at once; past this, new events wait for a running one.
+        self.OUTBOX_PARALLEL_DRAINS = _int("SYNCHUB_OUTBOX_PARALLEL_DRAINS", 4)
         self.OUTBOX_DRAIN_BUDGET_SECONDS = _float("SYNCHUB_OUTBOX_DRAIN_BUDGET_SECONDS", 60)
         self.OUTBOX_HTTP_TIMEOUT_SECONDS = _float("SYNCHUB_OUTBOX_HTTP_TIMEOUT_SECONDS", 10)
         self.OUTBOX_BREAKER_THRESHOLD = _int("SYNCHUB_OUTBOX_BREAKER_THRESHOLD", 5)

@@ -12,6 +12,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from flask import current_app
 
 from .connectors.errors import ConfigError
+from .logs import register_secrets
 
 log = logging.getLogger(__name__)
 _KEY_FILE = "encryption.key"
@@ -65,12 +66,14 @@ def decrypt_credentials(token):
     if not token:
         return {}
     try:
-        return json.loads(_fernet().decrypt(token.encode()))
+        value = json.loads(_fernet().decrypt(token.encode()))
     except InvalidToken:
         raise ConfigError(
             "stored credentials cannot be decrypted with the configured keys: "
             "add the old key to SYNCHUB_ENCRYPTION_KEYS (after the new one)"
         ) from None
+    register_secrets(value)  # from now on this process masks them in every log line
+    return value
 
 
 def rotate_token(token):

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .connectors.errors import ConfigError
 from .extensions import db
+from .logs import log_context
 from .models import (
     ACTIVE_STATUSES,
     CANCELLED,
@@ -112,8 +113,10 @@ def trigger(
             if existing is not None:
                 return TriggerResult(existing, False)
             continue  # it finished between our insert and our read: try again
-        if enqueue:
-            enqueue_run(run)
+        with log_context(run_id=run.id, connection=connection.name, trigger=trigger, mode=mode):
+            log.info("run %s queued (%s %s)", run.id, mode, trigger)
+            if enqueue:
+                enqueue_run(run)
         return TriggerResult(run, True)
     raise RuntimeError(f"could not insert or find an active run for connection {connection_id}")
 
@@ -344,6 +347,8 @@ def sweep_stale(now=None, stale_after=None):
             continue
         db.session.add(RunEvent(run_id=run_id, level="warning", message=message))
         db.session.commit()
+        with log_context(run_id=run_id, attempt=attempt):
+            log.warning("run %s: %s", run_id, message)
         outcomes.append((run_id, new_status))
         if new_status == QUEUED:
             enqueue_run(db.session.get(Run, run_id))

@@ -4,6 +4,7 @@ Every page is one transaction: its records, its record errors, the new checkpoin
 counters commit together, and only while this attempt still owns the run. A crash at any
 point therefore resumes from the last committed page: nothing lost, nothing doubled.
 """
+import contextvars
 import logging
 import threading
 import time
@@ -18,16 +19,13 @@ from webapp import runs
 from webapp.connectors.base import ReadRequest, Services, connector_class
 from webapp.connectors.errors import AuthError, BadRecord, ConfigError, RateLimited, TransientError
 from webapp.extensions import db
+from webapp.logs import log_context
 from webapp.models import CANCELLED, COMPLETED, FAILED, Connection, Run, StreamState, utcnow
 from webapp.progress import ProgressPublisher
 
 from . import store
 
 log = logging.getLogger(__name__)
-
-# Parameters that narrow a full listing; a filtered listing says nothing about deletions.
-FILTER_PARAMS = ("since", "until", "record_id")
-
 
 class LostOwnership(Exception):
     """The run was cancelled, requeued or finished by someone else while we worked."""
@@ -40,8 +38,14 @@ def execute_run(run_id, *, redis_client=None, worker_name=None, on_progress=None
     if attempt is None:
         log.info("run %s: not claimable (already taken, finished or cancelled)", run_id)
         return None
-    execution = RunExecution(run_id, attempt, redis_client=redis_client, on_progress=on_progress)
-    return execution.run()
+    run = db.session.get(Run, run_id)
+    with log_context(run_id=run_id, connection=run.connection.name, trigger=run.trigger, mode=run.mode,
+                     attempt=attempt):
+        log.info("run %s attempt %s started", run_id, attempt)
+        execution = RunExecution(run_id, attempt, redis_client=redis_client, on_progress=on_progress)
+        status = execution.run()
+        log.info("run %s attempt %s ended: %s", run_id, attempt, status)
+        return status
 
 
 class RunExecution:
@@ -78,7 +82,7 @@ class RunExecution:
             if self.mode == "record":
                 deleted = self._sync_one_record(connector)
             else:
-                for stream_name in self._streams(connector):
+                for stream_name in self._read_streams(connector):
                     if stream_name in self.checkpoint["done"]:
                         continue
                     if self._sync_stream(connector, connector.stream(stream_name)) == CANCELLED:
@@ -106,6 +110,19 @@ class RunExecution:
     def _streams(self, connector):
         return self.requested_streams or connector.default_streams()
 
+    def _read_streams(self, connector):
+        """The streams to read from the provider, in order. A derived stream is not read:
+        asking for it reads its parent, whose pages produce it."""
+        names = []
+        for name in self._streams(connector):
+            name = connector.stream(name).derived_from or name
+            if name not in names:
+                names.append(name)
+        return names
+
+    def _derived_of(self, name):
+        return [s for s in self.connector.streams if s.derived_from == name]
+
     def _sync_stream(self, connector, stream):
         name = stream.name
         state = self.checkpoint.get("state") if self.checkpoint.get("stream") == name else None
@@ -132,6 +149,7 @@ class RunExecution:
         for error in bad:
             runs.log_event(self.run_id, str(error), level="warning", kind="record_error",
                            stream=name, record_key=error.key)
+        derived, derived_message = self._write_derived(stream, good)
         if stream.cursor_field:
             self._advance_seen_cursor(name, stream.cursor_field, (r for _, r in good))
         finished = page.next_state is None
@@ -143,8 +161,9 @@ class RunExecution:
             self.total = done_before + page.total
         delta = {"seen": len(good) + len(bad), "created": counts.created, "updated": counts.updated,
                  "unchanged": counts.unchanged, "failed": len(bad)}
+        _add(delta, derived)
         message = (f"{name}: +{len(good)} records ({counts.created} new, {counts.updated} changed, "
-                   f"{counts.unchanged} unchanged" + (f", {len(bad)} skipped)" if bad else ")"))
+                   f"{counts.unchanged} unchanged" + (f", {len(bad)} skipped)" if bad else ")") + derived_message)
         owned, cancel = runs.record_page(
             self.run_id, self.attempt, checkpoint=dict(self.checkpoint), counts=delta,
             processed=self.processed, total=self.total, phase=f"fetching {name}")
@@ -163,24 +182,35 @@ class RunExecution:
 
     def _sync_one_record(self, connector):
         stream = connector.stream(self.params.get("stream") or self._streams(connector)[0])
+        if stream.derived_from:
+            raise ConfigError(f"stream {stream.name!r} is derived from {stream.derived_from!r}: "
+                              f"sync a {stream.derived_from} record instead")
         record_id = str(self.params.get("record_id") or self.record_key.split(":", 1)[-1])
         if self.params.get("deleted"):
             page = None
         else:
             page = connector.read_page(stream, ReadRequest(mode="record", params=self.params), None)
         if page is None or not (page.records or page.bad_records):
-            # The provider says it is gone (a delete webhook, or the lookup found nothing).
-            return store.soft_delete_one(db.session, connection_id=self.connection_id, stream=stream.name,
-                                         external_id=record_id, run_id=self.run_id)
+            # The provider says it is gone (a delete webhook, or the lookup found nothing):
+            # so are the records derived from it.
+            deleted = store.soft_delete_one(db.session, connection_id=self.connection_id, stream=stream.name,
+                                            external_id=record_id, run_id=self.run_id)
+            for child in self._derived_of(stream.name):
+                deleted += store.soft_delete_derived(db.session, connection_id=self.connection_id,
+                                                     stream=child.name, run_id=self.run_id,
+                                                     parent_keys=[record_id], keep_keys=[])
+            return deleted
         good, bad = self._sort(stream, page)
         counts = store.write_page(db.session, connection_id=self.connection_id, stream=stream.name,
                                   run_id=self.run_id, keyed_records=good)
         for error in bad:
             runs.log_event(self.run_id, str(error), level="warning", kind="record_error",
                            stream=stream.name, record_key=error.key)
+        derived, _ = self._write_derived(stream, good)
         self.processed = len(page.records) + len(page.bad_records)
         self.counters.update(seen=len(good) + len(bad), created=counts.created, updated=counts.updated,
                              unchanged=counts.unchanged, failed=len(bad))
+        _add(self.counters, derived)
         owned, _ = runs.record_page(self.run_id, self.attempt, checkpoint=None, counts=self.counters,
                                     processed=self.processed, total=self.processed, phase="record")
         if not owned:
@@ -190,10 +220,15 @@ class RunExecution:
     def _complete(self, connector, deleted):
         """Deletions and cursor advance commit in the same transaction as `completed`."""
         self._publish("finalizing", "finalizing")
-        if self.mode == "full" and not any(self.params.get(p) for p in FILTER_PARAMS):
-            for name in self._streams(connector):
-                deleted += store.soft_delete_unseen(db.session, connection_id=self.connection_id,
-                                                    stream=name, run_id=self.run_id)
+        if self.mode != "record":
+            request = ReadRequest(mode=self.mode, params=self.params)
+            for name in self._read_streams(connector):
+                stream = connector.stream(name)
+                if not connector.lists_all(stream, request):
+                    continue  # a narrowed listing says nothing about deletions
+                for listed in [stream] + self._derived_of(name):
+                    deleted += store.soft_delete_unseen(db.session, connection_id=self.connection_id,
+                                                        stream=listed.name, run_id=self.run_id)
         if self.mode in ("full", "incremental"):
             for name, cursor in self.checkpoint["cursors"].items():
                 self._store_cursor(name, cursor)
@@ -237,6 +272,37 @@ class RunExecution:
         services = Services(config=dict(self.config), redis=self.redis, connection_id=connection.id)
         cls = connector_class(connection.connector)
         return cls(connection.settings or {}, connection.credentials, services)
+
+    def _write_derived(self, stream, good):
+        """Write the derived streams of `stream` for this page's parents (same transaction):
+        each parent's derived set is replaced, surplus records soft-deleted. Returns counter
+        deltas and a log fragment."""
+        delta, message = {}, ""
+        for child in self._derived_of(stream.name):
+            keyed, bad = [], []
+            for parent_key, parent in good:
+                for record in self.connector.derive(child, parent_key, parent):
+                    try:
+                        key = child.key_of(record)
+                        if not key.startswith(parent_key + ":"):
+                            raise BadRecord(f"derived key {key!r} does not start with {parent_key + ':'!r}", key=key)
+                        self.connector.validate(child, record)
+                        keyed.append((key, record))
+                    except BadRecord as exc:
+                        bad.append(exc)
+            counts = store.write_page(db.session, connection_id=self.connection_id, stream=child.name,
+                                      run_id=self.run_id, keyed_records=keyed)
+            removed = store.soft_delete_derived(db.session, connection_id=self.connection_id, stream=child.name,
+                                                run_id=self.run_id, parent_keys=[k for k, _ in good],
+                                                keep_keys=[k for k, _ in keyed])
+            for error in bad:
+                runs.log_event(self.run_id, str(error), level="warning", kind="record_error",
+                               stream=child.name, record_key=error.key)
+            _add(delta, {"seen": len(keyed) + len(bad), "created": counts.created, "updated": counts.updated,
+                         "unchanged": counts.unchanged, "failed": len(bad), "deleted": removed})
+            message += (f"; {child.name}: {len(keyed)} derived ({counts.created} new, {counts.updated} changed, "
+                        f"{removed} removed" + (f", {len(bad)} skipped)" if bad else ")"))
+        return delta, message
 
     def _sort(self, stream, page):
         good, bad = [], list(page.bad_records)
@@ -301,6 +367,11 @@ class RunExecution:
             self.on_progress(snapshot)
 
 
+def _add(counters, delta):
+    for key, value in delta.items():
+        counters[key] = counters.get(key, 0) + value
+
+
 def _cursor_gt(a, b):
     try:
         return a > b
@@ -323,7 +394,8 @@ class PageFetcher:
             return self.connector.read_page(self.stream, self.request, state)
 
     def fetch(self, state):
-        self._future = self._pool.submit(self._read, state)
+        # The thread logs (retries, waits) under the run's log context too.
+        self._future = self._pool.submit(contextvars.copy_context().run, self._read, state)
 
     def result(self):
         return self._future.result()

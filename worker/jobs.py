@@ -20,12 +20,14 @@ def execute_run(run_id):
         with _app_context():
             return execute_run(run_id)
     from webapp.extensions import redis_ext
+    from webapp.logs import log_context
 
     from .engine import execute_run as run_engine
 
     job = get_current_job()
     worker_name = job.worker_name if job is not None else None
-    return run_engine(run_id, redis_client=redis_ext.client, worker_name=worker_name)
+    with log_context(rq_job_id=job.id if job is not None else None, worker=worker_name):
+        return run_engine(run_id, redis_client=redis_ext.client, worker_name=worker_name)
 
 
 def deliver_event(event_id):

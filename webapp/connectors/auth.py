@@ -11,6 +11,7 @@ import time
 
 import requests
 
+from ..logs import register_secret
 from .errors import AuthError, ConfigError, RateLimited, TransientError
 
 
@@ -159,6 +160,7 @@ class OAuth2ClientCredentials:
         if not isinstance(token, str) or not token:
             raise ConfigError("OAuth2 token endpoint answered an empty access_token")
         self._token = token
+        register_secret(token)  # masked in every log line of this process from now on
         self._expires_at = None
         expires_in = body.get("expires_in")
         try:
