@@ -8,7 +8,7 @@ from flask import Flask
 # Blueprints by area (one line each), besides the API blueprint in webapp/api.
 BLUEPRINT_MODULES = (
     "webapp.webhooks.routes",
-    "webapp.admin", "webapp.live", "webapp.health",
+    "webapp.admin", "webapp.live", "webapp.health", "webapp.metrics",
 )
 # Extra CLI groups: (module, AppGroup attribute).
 CLI_GROUPS = (
@@ -44,6 +44,9 @@ def create_app(config=None):
                      render_as_batch=True)
     sock.init_app(app)
     redis_ext.init_app(app)
+    from . import metrics
+
+    metrics.init_app(app)
 
     from . import models  # noqa: F401  (tables must be known to Alembic)
     from .api import bp as api_bp

@@ -26,6 +26,8 @@ class Config:
         self.SYNCHUB_ENCRYPTION_KEYS = os.environ.get("SYNCHUB_ENCRYPTION_KEYS") or None
         # Shared secret for cron and trigger endpoints (SPEC §10); unset means they refuse all.
         self.CRON_SECRET = os.environ.get("SYNCHUB_CRON_SECRET") or None
+        # When set, /metrics wants "Authorization: Bearer <token>" (else it is open, like most exporters).
+        self.METRICS_TOKEN = os.environ.get("SYNCHUB_METRICS_TOKEN") or None
         # "json" for one JSON object per line (run id, connection, attempt... as fields).
         self.LOG_FORMAT = os.environ.get("SYNCHUB_LOG_FORMAT", "text")
         self.LOG_LEVEL = os.environ.get("SYNCHUB_LOG_LEVEL", "INFO")

@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from .connectors.errors import ConfigError
+from . import metrics
 from .extensions import db
 from .logs import log_context
 from .models import (
@@ -113,6 +114,7 @@ def trigger(
             if existing is not None:
                 return TriggerResult(existing, False)
             continue  # it finished between our insert and our read: try again
+        metrics.inc("runs_started", connection=connection.name, trigger=trigger)
         with log_context(run_id=run.id, connection=connection.name, trigger=trigger, mode=mode):
             log.info("run %s queued (%s %s)", run.id, mode, trigger)
             if enqueue:
@@ -240,7 +242,21 @@ def finish(run_id, attempt, status, *, error_class=None, error_message=None, cou
             db.session.commit()
         else:
             db.session.rollback()
+    if ok:
+        count_finished(run_id, status)
     return ok
+
+
+def count_finished(run_id, status):
+    """Metrics for a run that just reached a terminal status (any path: worker, sweep, cancel)."""
+    row = db.session.execute(select(Connection.name, Run.trigger, Run.started_at, Run.finished_at)
+                             .join(Connection, Run.connection_id == Connection.id).where(Run.id == run_id)).first()
+    if row is None:
+        return
+    name, trigger, started_at, finished_at = row
+    metrics.inc("runs_finished", connection=name, status=status, trigger=trigger)
+    if started_at and finished_at:
+        metrics.observe("run_duration_seconds", (finished_at - started_at).total_seconds(), connection=name, status=status)
 
 
 def retry_later(run_id, attempt, *, error_class, error_message):
@@ -288,6 +304,7 @@ def cancel(run_id, requested_by=None, now=None):
     if result.rowcount == 1:
         db.session.add(RunEvent(run_id=run_id, message=f"cancelled while queued{who}"))
         db.session.commit()
+        count_finished(run_id, CANCELLED)
         return CANCELLED
     stale_before = now - timedelta(seconds=current_app.config["STALE_AFTER_SECONDS"])
     result = db.session.execute(
@@ -299,6 +316,7 @@ def cancel(run_id, requested_by=None, now=None):
     if result.rowcount == 1:
         db.session.add(RunEvent(run_id=run_id, message=f"cancelled{who}; its worker was gone"))
         db.session.commit()
+        count_finished(run_id, CANCELLED)
         return CANCELLED
     result = db.session.execute(
         update(Run).where(Run.id == run_id, Run.status == RUNNING, Run.cancel_requested.is_(False))
@@ -347,6 +365,9 @@ def sweep_stale(now=None, stale_after=None):
             continue
         db.session.add(RunEvent(run_id=run_id, level="warning", message=message))
         db.session.commit()
+        metrics.inc("stale_runs_swept", action=new_status)
+        if new_status != QUEUED:
+            count_finished(run_id, new_status)
         with log_context(run_id=run_id, attempt=attempt):
             log.warning("run %s: %s", run_id, message)
         outcomes.append((run_id, new_status))

@@ -15,7 +15,7 @@ from flask import current_app
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
-from webapp import runs
+from webapp import metrics, runs
 from webapp.connectors.base import ReadRequest, Services, connector_class
 from webapp.connectors.errors import AuthError, BadRecord, ConfigError, RateLimited, TransientError
 from webapp.extensions import db
@@ -59,6 +59,7 @@ class RunExecution:
         self.heartbeat = Heartbeat(current_app._get_current_object(), run_id, attempt, self.config["HEARTBEAT_SECONDS"])
         run = db.session.get(Run, run_id)
         self.connection_id = run.connection_id
+        self.connection_name = run.connection.name
         self.mode = run.mode
         self.params = dict(run.params or {})
         self.requested_streams = list(run.streams or [])
@@ -172,6 +173,8 @@ class RunExecution:
         db.session.commit()
         for key, value in delta.items():
             self.counters[key] += value
+            if key != "seen" and value:
+                metrics.inc("records", value, connection=self.connection_name, stream=name, outcome=key)
         self._publish(f"fetching {name}", message)
         if cancel:
             self._cancelled()
@@ -238,6 +241,8 @@ class RunExecution:
             raise LostOwnership("the run was finished by someone else")
         self._set_health("ok", None)
         self.counters["deleted"] += deleted
+        if deleted:
+            metrics.inc("records", deleted, connection=self.connection_name, stream="*", outcome="deleted")
         self._publish("done", f"completed: {self._summary()}", status=COMPLETED)
         return COMPLETED
 

@@ -26,8 +26,13 @@ def execute_run(run_id):
 
     job = get_current_job()
     worker_name = job.worker_name if job is not None else None
-    with log_context(rq_job_id=job.id if job is not None else None, worker=worker_name):
-        return run_engine(run_id, redis_client=redis_ext.client, worker_name=worker_name)
+    from webapp import metrics
+
+    try:
+        with log_context(rq_job_id=job.id if job is not None else None, worker=worker_name):
+            return run_engine(run_id, redis_client=redis_ext.client, worker_name=worker_name)
+    finally:
+        metrics.flush()  # a work horse ends with os._exit: atexit hooks never run
 
 
 def deliver_event(event_id):

@@ -17,6 +17,7 @@ redacted, and the auth strategy's secrets are scrubbed from provider error texts
 """
 import datetime
 import email.utils
+import functools
 import logging
 import random
 import re
@@ -25,6 +26,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
 import tenacity
+
+from .. import metrics
 from requests.adapters import HTTPAdapter
 
 from .auth import BasicAuth, BearerAuth, HeaderKeyAuth, OAuth2ClientCredentials  # noqa: F401 (re-export)
@@ -94,6 +97,7 @@ class HttpClient:
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ConfigError("base URL must start with http:// or https://")
         self.base_url = base_url.rstrip("/")
+        self._host = urlsplit(self.base_url).netloc.rsplit("@", 1)[-1]  # metrics label, no userinfo
         self.auth = auth
         self.rate_limiter = rate_limiter
         self.timeout = timeout
@@ -134,7 +138,7 @@ class HttpClient:
             stop=lambda state: self._stop(call, state),
             wait=lambda state: self._wait(call, state),
             sleep=self._sleep,
-            before_sleep=_log_retry,
+            before_sleep=functools.partial(_log_retry, self._host),
             reraise=True,
         )
         try:
@@ -192,7 +196,11 @@ class HttpClient:
     def _send(self, call, method, url, params, json, data, extra_headers):
         where = f"{method} {redact_url(url)}"
         if self.rate_limiter is not None:
+            waited = time.monotonic()
             self.rate_limiter.acquire()
+            waited = time.monotonic() - waited
+            if waited > 0.001:
+                metrics.inc("rate_limit_wait_seconds", waited, key=self._host)
         headers = {**self._headers, **(extra_headers or {})}
         if self.auth is not None:
             try:
@@ -201,14 +209,18 @@ class HttpClient:
                 call.failures += 1
                 raise _TransientRetry(f"{where}: {exc}") from None
         try:
-            return self._session.request(
+            resp = self._session.request(
                 method, url, params=params, json=json, data=data, headers=headers, timeout=self.timeout
             )
+            metrics.inc("provider_requests", host=self._host, status=resp.status_code)
+            return resp
         except requests.Timeout as exc:
+            metrics.inc("provider_requests", host=self._host, status="timeout")
             call.failures += 1
             raise _TransientRetry(f"{where}: timed out after {self.timeout}s ({type(exc).__name__})") from None
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
                 requests.exceptions.ContentDecodingError) as exc:
+            metrics.inc("provider_requests", host=self._host, status="connection_error")
             call.failures += 1
             raise _TransientRetry(f"{where}: connection failed ({type(exc).__name__})") from None
         except requests.RequestException as exc:
@@ -265,9 +277,14 @@ class HttpClient:
         return f"{self.base_url}/{path.lstrip('/')}"
 
 
-def _log_retry(retry_state):
+def _log_retry(host, retry_state):
     # The message was built to be safe (redacted URL, scrubbed reason), so it may be logged.
-    log.info("%s; retry in %.2fs", retry_state.outcome.exception(), retry_state.upcoming_sleep)
+    exc = retry_state.outcome.exception()
+    log.info("%s; retry in %.2fs", exc, retry_state.upcoming_sleep)
+    reason = "rate_limited" if isinstance(exc, _RateLimitedRetry) else "transient"
+    metrics.inc("provider_retries", host=host, reason=reason)
+    if reason == "rate_limited" and retry_state.upcoming_sleep:
+        metrics.inc("rate_limit_wait_seconds", retry_state.upcoming_sleep, key=host)
 
 
 def parse_json(resp):
