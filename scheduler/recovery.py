@@ -33,6 +33,7 @@ RUN_JOB_ID = re.compile(r"^run-(\d+)-(\d+)$")
 # RQ states from which a job will never execute again.
 DEAD_JOB_STATUSES = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
 QUEUE_SCAN_LIMIT = 10000
+WORKER_LOST = "worker_lost"  # the error_class runs.sweep_stale gives a run whose worker vanished
 
 
 def parse_run_job_id(job_id):
@@ -125,12 +126,12 @@ def _execution_is_over(job_attempt, run, now, grace):
         return True  # deleted, or a later attempt has started
     if run.attempt < job_attempt:
         return False  # dequeued, not claimed yet
+    swept = run.error_class == WORKER_LOST  # the sweep already judged this attempt's worker dead
     if run.status == QUEUED:
-        # Swept: the supervisor already judged the worker dead and queued a new attempt.
-        return run.error_class == "worker_lost" and run.rq_job_id != f"run-{run.id}-{job_attempt}"
+        return swept and run.rq_job_id != f"run-{run.id}-{job_attempt}"
     if run.status in TERMINAL_STATUSES:
-        # Give a live worker time to finish its own RQ bookkeeping after finishing the row.
-        return run.finished_at is not None and run.finished_at < now - grace
+        # Otherwise give a live worker time to finish its own RQ bookkeeping after the row.
+        return swept or (run.finished_at is not None and run.finished_at < now - grace)
     return False  # running this attempt
 
 

@@ -41,11 +41,13 @@ from .leader import Lease
 
 log = logging.getLogger("scheduler")
 
-# Periodic maintenance jobs: (dotted function name, interval in seconds), enqueued by the
-# leader on the default queue and executed by the RQ workers. This is where the outbox
-# drain plugs in once it exists, e.g. ("worker.jobs.drain_outbox", 30). More can be added
-# without code through SYNCHUB_MAINTENANCE_JOBS="pkg.module.func=seconds,...".
-MAINTENANCE_JOBS = ()
+# Periodic maintenance jobs: (dotted function name, interval in seconds or the config key
+# holding it; 0 turns a job off), enqueued by the leader on the default queue and executed
+# by the RQ workers. Add new ones here; operators can add more without code through
+# SYNCHUB_MAINTENANCE_JOBS="pkg.module.func=seconds,...".
+MAINTENANCE_JOBS = (
+    ("worker.jobs.drain_outbox", "OUTBOX_DRAIN_INTERVAL_SECONDS"),  # SPEC §7: the periodic outbox drain
+)
 
 HEARTBEAT_KEY = "synchub:supervisors:heartbeat:{name}"
 # RQ states in which a maintenance job is still pending: don't pile another on top.
@@ -98,9 +100,17 @@ class Supervisor:
         self.pid = os.getpid()
         self.clock = clock or system_clock
         self.leading = False
-        self.maintenance_jobs = MAINTENANCE_JOBS + parse_maintenance_jobs(self.config.get("MAINTENANCE_JOBS"))
+        self.maintenance_jobs = self._maintenance_jobs()
         self._stop = threading.Event()
         self._lease = None
+
+    def _maintenance_jobs(self):
+        jobs = []
+        for name, interval in MAINTENANCE_JOBS:
+            seconds = float(self.config.get(interval) or 0) if isinstance(interval, str) else interval
+            if seconds > 0:
+                jobs.append((name, seconds))
+        return tuple(jobs) + parse_maintenance_jobs(self.config.get("MAINTENANCE_JOBS"))
 
     @property
     def redis(self):
@@ -215,7 +225,7 @@ class Supervisor:
 
     def enqueue_maintenance(self, func_name):
         """Enqueue `func_name` unless its previous job is still pending. Returns True if enqueued."""
-        job_id = f"maintenance-{func_name}"
+        job_id = "maintenance-" + func_name.replace(".", "_")  # RQ ids: letters, digits, _ and -
         try:
             job = Job.fetch(job_id, connection=self.redis)
         except NoSuchJobError:

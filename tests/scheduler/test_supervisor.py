@@ -1,0 +1,131 @@
+"""The supervisor's steps, called in-process with an injected clock."""
+import json
+import logging
+from datetime import datetime, timedelta
+
+import pytest
+from rq.job import Job
+from sqlalchemy import select
+
+from scheduler.clock import FileClock
+from scheduler.leader import LEADER_KEY, holder
+from scheduler.supervisor import HEARTBEAT_KEY, Step, Supervisor, parse_maintenance_jobs
+from webapp.extensions import db
+from webapp.models import Run, SupervisorState, utcnow
+from webapp.queue import DEFAULT, queue
+
+T0 = datetime(2030, 1, 1, 0, 0)
+
+
+def _state(name):
+    db.session.expire_all()
+    return db.session.get(SupervisorState, name)
+
+
+def test_tick_writes_the_heartbeat_to_redis_and_the_database(app, redis):
+    supervisor = Supervisor(app, name="s1", clock=lambda: T0)
+    supervisor.tick()
+    row = _state("s1")
+    assert row.last_tick_at == T0 and row.is_leader and row.pid == supervisor.pid
+    beat = json.loads(redis.get(HEARTBEAT_KEY.format(name="s1")))
+    assert beat["at"] == "2030-01-01T00:00:00Z" and beat["leader"] is True
+    assert redis.ttl(HEARTBEAT_KEY.format(name="s1")) > 0
+    supervisor.tick(T0 + timedelta(minutes=1))
+    assert _state("s1").last_tick_at == T0 + timedelta(minutes=1)
+
+
+def test_only_the_leader_fires_schedules(app, redis, make_connection):
+    make_connection(name="five", schedule="every:5")
+    leader, follower = Supervisor(app, name="a"), Supervisor(app, name="b")
+    leader.tick(T0)
+    follower.tick(T0)
+    assert follower.tick(T0 + timedelta(minutes=5)) == []
+    assert db.session.execute(select(Run)).first() is None
+    assert [o.action for o in leader.tick(T0 + timedelta(minutes=5))] == ["enqueued"]
+    assert (_state("a").is_leader, _state("b").is_leader) == (True, False)
+    assert holder(redis) == "a"
+
+
+def test_leader_only_steps_do_nothing_on_a_follower(app, redis):
+    leader, follower = Supervisor(app, name="a"), Supervisor(app, name="b")
+    leader.tick(T0)
+    follower.tick(T0)
+    calls = []
+    step = Step("probe", 1, lambda now: calls.append(now) or "ran")
+    assert follower.run_step(step) is None and calls == []
+    assert leader.run_step(step) == "ran"
+
+
+def test_new_leader_takes_over_and_clears_the_dead_leaders_flag(app, redis):
+    dead, survivor = Supervisor(app, name="dead"), Supervisor(app, name="survivor")
+    dead.tick(T0)
+    survivor.tick(T0)
+    redis.delete(LEADER_KEY)  # the dead leader's lease expired
+    survivor.tick(T0 + timedelta(seconds=5))
+    assert survivor.leading and _state("survivor").is_leader
+    assert not _state("dead").is_leader  # it could not clear its own flag
+
+
+def test_shutdown_releases_leadership_at_once(app, redis):
+    supervisor = Supervisor(app, name="s1")
+    supervisor.tick(T0)
+    supervisor.request_stop()
+    supervisor.shutdown()
+    assert holder(redis) is None and not _state("s1").is_leader
+    assert supervisor.run_step(Step("after-stop", 1, lambda now: "ran", leader_only=False)) is None
+
+
+def test_failing_step_is_logged_and_the_supervisor_goes_on(app, redis, caplog):
+    supervisor = Supervisor(app, name="s1", clock=lambda: T0)
+    supervisor.tick()
+
+    def broken(now):
+        raise RuntimeError("boom")
+
+    with caplog.at_level(logging.ERROR, logger="scheduler"):
+        assert supervisor.run_step(Step("broken", 1, broken)) is None
+    assert "step broken failed" in caplog.text
+    assert supervisor.run_step(Step("tick", 1, supervisor.tick, leader_only=False)) == []
+
+
+def test_outbox_drain_is_a_maintenance_job_enqueued_by_name_once_while_pending(app, redis):
+    supervisor = Supervisor(app, name="s1")
+    assert "maintenance:worker.jobs.drain_outbox" in [s.name for s in supervisor.steps()]
+    assert supervisor.enqueue_maintenance("worker.jobs.drain_outbox")
+    assert not supervisor.enqueue_maintenance("worker.jobs.drain_outbox")  # the first still waits
+    [job_id] = queue(DEFAULT).get_job_ids()
+    assert Job.fetch(job_id, connection=redis).func_name == "worker.jobs.drain_outbox"
+    Job.fetch(job_id, connection=redis).delete()  # done (or lost): the next turn enqueues again
+    assert supervisor.enqueue_maintenance("worker.jobs.drain_outbox")
+
+
+def test_maintenance_jobs_are_configurable_and_can_be_turned_off(app, redis):
+    app.config["MAINTENANCE_JOBS"] = "pkg.jobs.compact=600, pkg.jobs.report=3600"
+    app.config["OUTBOX_DRAIN_INTERVAL_SECONDS"] = 0
+    supervisor = Supervisor(app, name="s1")
+    assert supervisor.maintenance_jobs == (("pkg.jobs.compact", 600.0), ("pkg.jobs.report", 3600.0))
+
+
+@pytest.mark.parametrize("value, hint", [
+    ("pkg.jobs.compact", "dotted.function=seconds"),
+    ("compact=60", "dotted function name"),
+    ("pkg.jobs.compact=soon", "not a number"),
+    ("pkg.jobs.compact=0", "must be positive"),
+])
+def test_bad_maintenance_job_settings_are_refused_with_the_fix(value, hint):
+    with pytest.raises(ValueError, match=hint):
+        parse_maintenance_jobs(value)
+
+
+def test_file_clock_is_either_an_instant_or_an_offset_from_real_time(tmp_path):
+    path = tmp_path / "clock"
+    clock = FileClock(str(path))
+    path.write_text("2030-01-01T10:00:00Z\n")
+    assert clock() == datetime(2030, 1, 1, 10, 0)
+    path.write_text("2030-01-01T12:00:00+02:00")
+    assert clock() == datetime(2030, 1, 1, 10, 0)
+    path.write_text("+3600")
+    assert abs((clock() - utcnow()) - timedelta(hours=1)) < timedelta(seconds=5)
+    path.write_text("yesterday")
+    with pytest.raises(ValueError, match="neither an ISO timestamp"):
+        clock()
