@@ -166,6 +166,21 @@ def cancel_command(run_id):
         click.echo(f"run {run_id}: {status}")
 
 
+@sync_cli.command("doctor")
+def doctor_command():
+    """Check configuration, database, Redis, workers, supervisor, keys and clocks."""
+    from .doctor import run_checks
+
+    results = run_checks()
+    for name, ok, message in results:
+        click.echo(f"{'ok  ' if ok else 'FAIL'}  {name:<14} {message}")
+    failed = [name for name, ok, _ in results if not ok]
+    if failed:
+        click.echo(f"\n{len(failed)} problem(s): {', '.join(failed)}")
+        sys.exit(1)
+    click.echo("\nall checks passed")
+
+
 @connections_cli.command("add")
 @click.argument("name")
 @click.option("--connector", required=True)

@@ -1,0 +1,141 @@
+"""`flask sync doctor`: checks a deployment and says what to fix (SPEC §9).
+
+Each check returns (ok, message); a failing message names the fix. Checks never print
+secrets: they say which credential failed, never what it holds.
+"""
+import time
+from datetime import timedelta
+
+import redis
+from flask import current_app
+from sqlalchemy import select, text
+
+from .extensions import db, redis_ext
+from .models import Connection, SupervisorState, utcnow
+
+CLOCK_SKEW_LIMIT = 5.0  # seconds between this machine and the database or Redis
+
+
+def check_configuration():
+    problems = []
+    config = current_app.config
+    if not config.get("SYNCHUB_ENCRYPTION_KEYS"):
+        problems.append("SYNCHUB_ENCRYPTION_KEYS is unset (a key file in instance/ is used): "
+                        "set it in production so every machine shares the key")
+    if config["STALE_AFTER_SECONDS"] <= 2 * config["HEARTBEAT_SECONDS"]:
+        problems.append(f"SYNCHUB_STALE_AFTER_SECONDS ({config['STALE_AFTER_SECONDS']}) must be well above "
+                        f"SYNCHUB_HEARTBEAT_SECONDS ({config['HEARTBEAT_SECONDS']}), or live runs are swept: "
+                        "make it at least 3x")
+    if problems:
+        return False, "; ".join(problems)
+    return True, "settings are consistent"
+
+
+def check_database():
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    try:
+        with db.engine.connect() as conn:
+            current = set(MigrationContext.configure(conn).get_current_heads())
+    except Exception as exc:
+        return False, (f"database unreachable ({type(exc).__name__}): check DATABASE_URL "
+                       f"({db.engine.url.render_as_string(hide_password=True)})")
+    script = ScriptDirectory(current_app.extensions["migrate"].directory)
+    heads = set(script.get_heads())
+    if current != heads:
+        return False, (f"database schema is at {', '.join(sorted(current)) or 'nothing'}, code expects "
+                       f"{', '.join(sorted(heads))}: run `flask --app wsgi db upgrade`")
+    return True, f"database reachable, migrations current ({', '.join(sorted(heads))})"
+
+
+def check_redis():
+    try:
+        client = redis_ext.optional() if current_app.config.get("REDIS_URL") is None else redis_ext.client
+        if client is None:
+            return False, "REDIS_URL is unset and the bundled Redis is not running: start the service (`make run`) or set REDIS_URL"
+        client.ping()
+    except redis.RedisError as exc:
+        return False, f"Redis unreachable ({type(exc).__name__}): check REDIS_URL and that redis-server runs"
+    return True, "Redis reachable"
+
+
+def check_workers():
+    from rq import Worker
+
+    try:
+        workers = Worker.all(connection=redis_ext.client)
+    except redis.RedisError:
+        return False, "cannot list workers: Redis is unreachable"
+    if not workers:
+        return False, "no RQ worker is alive: start one with `python -m worker` (the Procfile's worker process)"
+    return True, f"{len(workers)} worker(s) alive: {', '.join(sorted(w.name for w in workers))}"
+
+
+def check_supervisor():
+    bound = max(60.0, 3 * current_app.config.get("SUPERVISOR_TICK_SECONDS", 5))
+    recent = utcnow() - timedelta(seconds=bound)
+    leaders = db.session.execute(select(SupervisorState).where(SupervisorState.is_leader.is_(True),
+                                                               SupervisorState.last_tick_at >= recent)).scalars().all()
+    if not leaders:
+        return False, (f"no supervisor has led in the last {bound:.0f}s: start one with `python -m scheduler` "
+                       "(the Procfile's scheduler process); schedules and stale-run recovery are stopped")
+    return True, f"supervisor {leaders[0].name} leads"
+
+
+def check_credentials():
+    from .connectors.errors import ConfigError
+
+    bad = []
+    connections = db.session.execute(select(Connection).where(Connection.credentials_encrypted.is_not(None))).scalars()
+    count = 0
+    for connection in connections:
+        count += 1
+        try:
+            connection.credentials
+        except ConfigError:
+            bad.append(connection.name)
+    if bad:
+        return False, (f"credentials of {', '.join(bad)} cannot be decrypted with SYNCHUB_ENCRYPTION_KEYS: add the key "
+                       "they were written with (after the newest), or re-enter them in the admin")
+    return True, f"encryption key decrypts all {count} stored credential(s)"
+
+
+def check_clocks():
+    skews = []
+    if db.engine.dialect.name == "postgresql":
+        with db.engine.connect() as conn:
+            db_now = conn.execute(text("SELECT EXTRACT(EPOCH FROM clock_timestamp())")).scalar()
+        skews.append(("database", float(db_now) - time.time()))
+    try:
+        seconds, micros = redis_ext.client.time()
+        skews.append(("Redis", seconds + micros / 1e6 - time.time()))
+    except redis.RedisError:
+        pass
+    off = [f"{name} {skew:+.1f}s" for name, skew in skews if abs(skew) > CLOCK_SKEW_LIMIT]
+    if off:
+        return False, f"clock differs from this machine's: {', '.join(off)}; run NTP (chrony/systemd-timesyncd) everywhere"
+    return True, "clocks agree" + (f" ({', '.join(f'{n} {s:+.2f}s' for n, s in skews)})" if skews else "")
+
+
+CHECKS = (
+    ("configuration", check_configuration),
+    ("database", check_database),
+    ("redis", check_redis),
+    ("workers", check_workers),
+    ("supervisor", check_supervisor),
+    ("credentials", check_credentials),
+    ("clocks", check_clocks),
+)
+
+
+def run_checks():
+    results = []
+    for name, check in CHECKS:
+        try:
+            ok, message = check()
+        except Exception as exc:  # a check that crashes is itself a finding, not a crash of doctor
+            ok, message = False, f"check crashed ({type(exc).__name__}); this usually follows a failure above"
+            db.session.rollback()
+        results.append((name, ok, message))
+    return results
