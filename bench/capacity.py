@@ -1,0 +1,114 @@
+"""Capacity: how runs/s and records/s grow with worker processes, and what synchub's
+bookkeeping costs per run compared with a bare RQ job that does nothing.
+
+    .venv/bin/python -m bench.capacity [--runs 200] [--records 2000] [--workers 1,2,4]
+
+Everything runs against PostgreSQL (SYNCHUB_BENCH_POSTGRES_URL, default the local one) and
+a private redis-server, with real `python -m worker --burst` processes. Timing starts when
+every job is queued and the workers are started, and ends when the last one exits.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from bench.common import ROOT, ThrowawayDatabase
+
+
+def noop():
+    """The bare RQ job: the baseline for per-run overhead."""
+
+
+def _env(db_url, redis_url, instance):
+    return dict(os.environ, DATABASE_URL=db_url, REDIS_URL=redis_url, SYNCHUB_INSTANCE_PATH=instance,
+                SYNCHUB_LOG_LEVEL="WARNING", PYTHONPATH=ROOT)
+
+
+def _drain(workers, env, queues="high,default,low"):
+    procs = [subprocess.Popen([sys.executable, "-m", "worker", "--burst", "--queues", queues, "--name", f"bench-{i}"],
+                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for i in range(workers)]
+    started = time.perf_counter()
+    for proc in procs:
+        proc.wait()
+    return time.perf_counter() - started
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--records", type=int, default=2000, help="records per run in the scaling test")
+    parser.add_argument("--scaling-runs", type=int, default=16)
+    parser.add_argument("--workers", default="1,2,4")
+    args = parser.parse_args()
+
+    from tests.support import RedisServer
+
+    redis_server = RedisServer().start()
+    instance = tempfile.mkdtemp(prefix="bench-capacity-")
+    database = ThrowawayDatabase("postgresql", instance)
+    env = _env(database.url, redis_server.url, instance)
+    os.environ.update({k: env[k] for k in ("DATABASE_URL", "REDIS_URL", "SYNCHUB_INSTANCE_PATH")})
+    try:
+        subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"], cwd=ROOT, env=env,
+                       check=True, capture_output=True)
+        from rq import Queue
+        from sqlalchemy import func, select, text
+
+        from webapp import create_app, runs
+        from webapp.extensions import db, redis_ext
+        from webapp.models import Connection, Run
+
+        app = create_app()
+        with app.app_context():
+            def reset():
+                for table in ("run_events", "records", "stream_states", "runs", "connections"):
+                    db.session.execute(text(f"DELETE FROM {table}"))
+                db.session.commit()
+                redis_ext.client.flushdb()
+
+            def make_runs(count, records):
+                reset()
+                conns = [Connection(name=f"c{i}", connector="sandbox", settings={"records": records, "page_size": 500})
+                         for i in range(count)]
+                db.session.add_all(conns)
+                db.session.commit()
+                for conn in conns:
+                    runs.trigger(conn, trigger="api")
+
+            def completed():
+                return db.session.scalar(select(func.count()).select_from(Run).where(Run.status == "completed"))
+
+            # 1. per-run overhead: a no-op sync run (zero records) against a bare RQ job
+            reset()
+            queue = Queue("default", connection=redis_ext.client)
+            for _ in range(args.runs):
+                queue.enqueue_call("bench.capacity.noop")
+            bare = _drain(1, env)
+            make_runs(args.runs, 0)
+            sync = _drain(1, env)
+            assert completed() == args.runs, completed()
+            print(f"per-run cost, 1 worker, {args.runs} jobs: bare RQ job {1000 * bare / args.runs:.1f} ms, "
+                  f"no-op sync run {1000 * sync / args.runs:.1f} ms, ratio {sync / bare:.2f} (target <= 3.00)")
+
+            # 2. scaling with worker processes
+            print(f"\n{'workers':>7}{'runs/s':>9}{'records/s':>11}{'vs 1 worker':>13}")
+            base = None
+            for workers in (int(w) for w in args.workers.split(",")):
+                make_runs(args.scaling_runs, args.records)
+                seconds = _drain(workers, env)
+                assert completed() == args.scaling_runs
+                rate = args.scaling_runs * args.records / seconds
+                base = base or rate
+                print(f"{workers:>7}{args.scaling_runs / seconds:>9.2f}{rate:>11,.0f}{rate / base:>13.2f}")
+            db.session.remove()
+            db.engine.dispose()
+    finally:
+        database.drop()
+        redis_server.stop()
+
+
+if __name__ == "__main__":
+    main()
