@@ -56,6 +56,8 @@ class Config:
         self.LOGIN_MAX_FAILURES = _int("SYNCHUB_LOGIN_MAX_FAILURES", 5)
         self.LOGIN_MAX_FAILURES_PER_IP = _int("SYNCHUB_LOGIN_MAX_FAILURES_PER_IP", 30)
         self.LOGIN_LOCK_SECONDS = _int("SYNCHUB_LOGIN_LOCK_SECONDS", 900)
+        # Password hash cost, a profile of argon2.profiles (tests use CHEAPEST to stay fast).
+        self.ARGON2_PROFILE = os.environ.get("SYNCHUB_ARGON2_PROFILE", "RFC_9106_LOW_MEMORY")
         self.SOCK_SERVER_OPTIONS = {"ping_interval": _float("SYNCHUB_WS_PING_SECONDS", 25)}
         # Supervisor (scheduler/): each tick renews the leader lease, fires due schedules and
         # writes the heartbeat. A dead leader is replaced within LEADER_TTL + TICK seconds.

@@ -7,7 +7,7 @@ import time
 import simple_websocket
 
 from tests.support import wait_for
-from tests.webapp.admin.support import admin_user, client, live_server  # noqa: F401  (fixtures)
+from tests.webapp.admin.support import _servers, admin_user, client, live_server, one_backend  # noqa: F401  (fixtures)
 
 
 class Watcher(threading.Thread):
@@ -58,6 +58,7 @@ def _start_watchers(server, cookie, run_id, count):
     return watchers
 
 
+@one_backend
 def test_fifty_watchers_on_one_run_all_receive_the_final_state(app, live_server, admin_user, make_connection,
                                                                workers, redis):
     from webapp import runs
@@ -90,6 +91,7 @@ def test_fifty_watchers_on_one_run_all_receive_the_final_state(app, live_server,
     assert any(0 < p < 100 for p in percents)
 
 
+@one_backend
 def test_socket_ends_with_the_row_state_when_no_worker_publishes(app, live_server, admin_user, make_connection):
     """Nobody publishes when a queued run is cancelled: the hub's check of the rows sees it.
     A socket opened on a run that has already ended gets its state and is closed at once."""
@@ -109,6 +111,7 @@ def test_socket_ends_with_the_row_state_when_no_worker_publishes(app, live_serve
     assert late.closed_by_server and [m["status"] for m in late.messages] == ["cancelled"]
 
 
+@one_backend
 def test_socket_refuses_logged_out_and_cross_site_clients(app, live_server, admin_user, make_connection):
     from webapp import runs
 

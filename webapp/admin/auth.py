@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlsplit
 
+import argon2.profiles
 import redis
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -30,9 +31,7 @@ log = logging.getLogger(__name__)
 
 login_manager = LoginManager()
 csrf = CSRFProtect()
-_hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
-# Verified against when the email is unknown, so both answers take the same time.
-_DUMMY_HASH = _hasher.hash("synchub-timing-equaliser")
+_hashers = {}  # profile name -> (PasswordHasher, a hash to verify against for unknown emails)
 _IP_WINDOW_KEY = "synchub:login-failures:{ip}"
 
 
@@ -50,13 +49,27 @@ def init_app(app):
 
 
 # -- passwords -------------------------------------------------------------------------
+def _hasher():
+    """argon2id with the configured profile (default RFC 9106's low-memory choice). Built on
+    first use, not at import, so processes that never check a password never pay for it."""
+    name = current_app.config.get("ARGON2_PROFILE") or "RFC_9106_LOW_MEMORY"
+    if name not in _hashers:
+        try:
+            hasher = PasswordHasher.from_parameters(getattr(argon2.profiles, name))
+        except AttributeError:
+            raise ValueError(f"ARGON2_PROFILE {name!r} is not one of argon2.profiles") from None
+        # Verified against when the email is unknown, so both answers take the same time.
+        _hashers[name] = (hasher, hasher.hash("synchub-timing-equaliser"))
+    return _hashers[name]
+
+
 def hash_password(password):
-    return _hasher.hash(password)
+    return _hasher()[0].hash(password)
 
 
 def verify_password(password_hash, password):
     try:
-        return _hasher.verify(password_hash, password)
+        return _hasher()[0].verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
 
@@ -134,7 +147,7 @@ def authenticate(email, password, client_ip, now=None):
         minutes = max(1, round((user.locked_until - now).total_seconds() / 60))
         raise LoginRefused(f"Too many failed sign-in attempts. Try again in {minutes} minute(s).")
     if user is None or not user.is_admin:
-        verify_password(_DUMMY_HASH, password)
+        verify_password(_hasher()[1], password)
         _count_ip_failure(client_ip, lock_seconds)
         raise LoginRefused("Wrong email or password.")
     if not verify_password(user.password_hash, password):
@@ -142,7 +155,7 @@ def authenticate(email, password, client_ip, now=None):
         _count_ip_failure(client_ip, lock_seconds)
         raise LoginRefused("Wrong email or password.")
     values = {User.failed_logins: 0, User.locked_until: None, User.last_login_at: now}
-    if _hasher.check_needs_rehash(user.password_hash):
+    if _hasher()[0].check_needs_rehash(user.password_hash):
         values[User.password_hash] = hash_password(password)
     db.session.execute(update(User).where(User.id == user.id).values(values))
     db.session.commit()

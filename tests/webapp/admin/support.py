@@ -11,6 +11,7 @@ import pytest
 import requests
 from flask.testing import FlaskClient
 
+from tests.conftest import BACKENDS
 from tests.support import ROOT, free_port, process_env, wait_for
 
 PASSWORD = "correct horse battery"
@@ -36,10 +37,19 @@ def new_client(app):
     return IsolatedClient(app, app.response_class, use_cookies=True)
 
 
+# Tests that start a web server (and a browser) run on one backend, PostgreSQL when the run
+# has it: what they check is the web side; the cheap tests cover both databases.
+one_backend = pytest.mark.parametrize("app", BACKENDS[-1:], indirect=True)
+
+# Real argon2id at its cheapest cost: tests hash and check many passwords.
+FAST_HASHES = "CHEAPEST"
+
+
 @pytest.fixture
 def admin_user(app):
     from webapp.admin.auth import create_admin
 
+    app.config["ARGON2_PROFILE"] = FAST_HASHES
     create_admin("admin@example.com", PASSWORD)
     return "admin@example.com"
 
@@ -75,7 +85,8 @@ class Server:
         args = [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--threads", str(self.threads),
                 "--workers", "1", "--bind", f"127.0.0.1:{self.port}", "--graceful-timeout", "1", "wsgi:app"]
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=process_env(self.app), stdout=self.log,
+        env = process_env(self.app, SYNCHUB_ARGON2_PROFILE=self.app.config.get("ARGON2_PROFILE"))
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
         def up():
@@ -93,7 +104,8 @@ class Server:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
-        self.log.close()
+        if not self.log.closed:
+            self.log.close()
 
     def output(self):
         with open(self.log_path, "rb") as f:
@@ -117,8 +129,23 @@ def _cookie(response):
     return "; ".join(f"{c.name}={c.value}" for c in response.cookies)
 
 
+_STARTED = {}  # database URL -> Server; module-level, as modules in two folders share it
+
+
+@pytest.fixture(scope="session")
+def _servers():
+    yield _STARTED
+    for server in list(_STARTED.values()):
+        server.stop()
+    _STARTED.clear()
+
+
 @pytest.fixture
-def live_server(app):
-    server = Server(app).start()
-    yield server
-    server.stop()
+def live_server(app, _servers):
+    """One server per database for the whole session: every test empties the database and
+    Redis, so what a test sees is its own, and the server start is paid once."""
+    key = app.config["SQLALCHEMY_DATABASE_URI"]
+    server = _servers.get(key)
+    if server is None or server.proc.poll() is not None:
+        server = _servers[key] = Server(app).start()
+    return server

@@ -53,7 +53,7 @@ def test_login_never_redirects_off_site(app, admin_user):
 
 
 def test_password_is_stored_as_argon2id(app, admin_user):
-    from webapp.admin.auth import verify_password
+    from webapp.admin.auth import hash_password, verify_password
     from webapp.extensions import db
     from webapp.models import User
 
@@ -62,6 +62,19 @@ def test_password_is_stored_as_argon2id(app, admin_user):
     assert PASSWORD not in user.password_hash
     assert verify_password(user.password_hash, PASSWORD)
     assert not verify_password(user.password_hash, PASSWORD + "x")
+    # Outside tests the cost is RFC 9106's low-memory recommendation.
+    app.config["ARGON2_PROFILE"] = "RFC_9106_LOW_MEMORY"
+    assert hash_password(PASSWORD).startswith("$argon2id$v=19$m=65536,t=3,p=4$")
+
+
+def test_login_upgrades_a_hash_made_with_weaker_parameters(app, admin_user):
+    from webapp.extensions import db
+    from webapp.models import User
+
+    app.config["ARGON2_PROFILE"] = "RFC_9106_LOW_MEMORY"
+    login(new_client(app), admin_user)
+    db.session.expire_all()
+    assert db.session.query(User).one().password_hash.startswith("$argon2id$v=19$m=65536,t=3,p=4$")
 
 
 def test_wrong_password_is_refused(app, admin_user):

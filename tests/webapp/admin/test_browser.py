@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from tests.support import ROOT, wait_for
-from tests.webapp.admin.support import PASSWORD
+from tests.webapp.admin.support import PASSWORD, one_backend
 
 CHROMIUM = "/usr/bin/chromium"
 OUTPUT = os.path.join(ROOT, "test-output")
@@ -45,6 +45,7 @@ def _card(page, name):
     return page.locator(f'article.connection[data-name="{name}"]')
 
 
+@one_backend
 def test_sync_from_the_dashboard_shows_live_progress_and_cancel_works(app, browser, live_server, admin_user,
                                                                       make_connection, workers):
     from webapp.extensions import db
