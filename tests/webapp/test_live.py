@@ -6,7 +6,7 @@ import time
 
 import simple_websocket
 
-from tests.support import wait_for
+from tests.support import RedisServer, wait_for
 from tests.webapp.admin.support import _servers, admin_user, client, live_server, one_backend  # noqa: F401  (fixtures)
 
 
@@ -150,3 +150,39 @@ def test_polling_endpoint_merges_the_snapshot_with_the_row(client, make_connecti
     state = client.get(f"/admin/runs/{run.id}/progress.json").get_json()["state"]
     assert (state["status"], state["processed"], state["eta_seconds"]) == ("cancelled", 0, None)
     assert client.get("/admin/runs/999999/progress.json").status_code == 404
+
+
+def test_hub_resubscribes_after_redis_restarts_and_resends_the_state(app, make_connection):
+    """One subscriber thread per process; when Redis goes away it reconnects, and watchers get
+    the current state (whatever was published meanwhile is summed up in it)."""
+    import redis as redis_lib
+
+    from webapp import runs
+    from webapp.live import LiveHub
+    from webapp.progress import ProgressPublisher
+
+    run = runs.trigger(make_connection(name="demo"), enqueue=False).run
+    server = RedisServer().start()
+    app.extensions["synchub_redis"] = {"client": None, "url": server.url}  # this app's own Redis
+    hub = LiveHub(app)
+    try:
+        watch = hub.watch(run.id)
+        assert hub.subscribed.wait(10)
+        client = redis_lib.Redis.from_url(server.url)
+        ProgressPublisher(client, run.id).publish({"status": "running", "processed": 5})
+        state, raw = watch.inbox.get(timeout=5)
+        assert state["processed"] == 5 and json.loads(raw) == state
+        assert client.pubsub_numpat() == 1
+
+        server.stop()
+        wait_for(lambda: not hub.subscribed.is_set(), timeout=10, message="the hub to notice Redis is gone")
+        server.start()
+        assert hub.subscribed.wait(20), "the hub did not resubscribe"
+        resent, _ = watch.inbox.get(timeout=5)
+        assert resent["run_id"] == run.id and resent["status"] == "queued"
+        ProgressPublisher(redis_lib.Redis.from_url(server.url), run.id).publish({"status": "running", "processed": 9})
+        state, _ = watch.inbox.get(timeout=5)
+        assert state["processed"] == 9
+    finally:
+        hub.stop()
+        server.stop()
