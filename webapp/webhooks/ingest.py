@@ -107,7 +107,7 @@ def receive(connection_key, raw_body, headers, content_type, now=None):
 
 def _receive(connection_key, raw_body, headers, content_type, now):
     try:
-        connection = runs.get_connection(connection_key)
+        connection = _lookup(connection_key)
     except LookupError:
         return reject(404, "unknown_connection", f"no connection {connection_key!r}", connection_key)
     try:
@@ -145,6 +145,14 @@ def _receive(connection_key, raw_body, headers, content_type, now):
     run_ids = dispatch(delivery, connection, connector, payload)
     return Answer(200, {"status": "accepted", "delivery_id": delivery.id, "event_id": event_id,
                         "outcome": delivery.outcome, "run_ids": run_ids})
+
+
+def _lookup(key):
+    text = str(key)
+    # get_connection reads any isdigit() text as an id: "²" or 2**40 must not reach int() or SQL.
+    if "\x00" in text or len(text) > 100 or (text.isdigit() and (not text.isascii() or int(text) > 2**31 - 1)):
+        raise LookupError(key)
+    return runs.get_connection(text)
 
 
 def store(connection_id, event_id, event_type, headers, raw_body):

@@ -14,7 +14,7 @@ from webapp.models import Run, WebhookDelivery
 
 from . import signing
 
-TOO_OLD, TOO_NEW = -301, +301  # seconds beyond the ±5 minute tolerance
+TOO_OLD, TOO_NEW = -310, +310  # beyond the ±5 minute tolerance, with room for whole-second stamps
 
 
 def _counts():

@@ -1,0 +1,76 @@
+"""POST /api/events: configured syncs are queued and the caller gets 202 at once."""
+import time
+
+from webapp.extensions import db
+from webapp.models import COMPLETED, Run
+from tests.support import wait_for
+
+FISCAL = {"fiscal_year.created": {"mode": "full", "params": {"fiscal_year": "{data.fiscal_year}",
+                                                             "label": "FY{data.fiscal_year}"}}}
+
+
+def _post(client, auth, body):
+    return client.post("/api/events", json=body, headers=auth)
+
+
+def test_event_returns_at_once_while_the_sync_it_starts_takes_longer(client, auth, make_connection, workers):
+    # 6 pages of 250 ms: the sync needs about 1.5 s; the caller must not wait for it.
+    make_connection(name="halo", schedule="hourly:0",
+                    settings={"records": 30, "page_size": 5, "latency_ms": 250, "event_triggers": FISCAL})
+    workers.start()
+    started = time.monotonic()
+    response = _post(client, auth, {"type": "fiscal_year.created", "data": {"fiscal_year": 2027}})
+    answered = time.monotonic() - started
+    assert response.status_code == 202 and answered < 0.5, answered
+    [queued] = response.get_json()["runs"]
+    assert queued["created"] is True and queued["status"] == "queued"
+
+    def finished():
+        db.session.expire_all()
+        run = db.session.get(Run, queued["run_id"])
+        return run if run.status == COMPLETED else None
+
+    run = wait_for(finished, timeout=60, message="the event's sync to complete")
+    assert time.monotonic() - started > 1.0 > answered
+    assert (run.finished_at - run.started_at).total_seconds() >= 1.0
+    assert run.trigger == "event" and run.requested_by == "event:fiscal_year.created"
+    assert run.params == {"fiscal_year": 2027, "label": "FY2027"}
+    assert run.seen == 30
+
+
+def test_event_queues_only_connections_configured_for_its_type(client, auth, make_connection):
+    make_connection(name="halo", schedule="hourly:0", settings={"event_triggers": FISCAL})
+    make_connection(name="other", schedule="hourly:0", settings={"event_triggers": {"user.created": {"mode": "full"}}})
+    body = _post(client, auth, {"type": "fiscal_year.created", "data": {"fiscal_year": 2028}}).get_json()
+    assert [r["connection"] for r in body["runs"]] == ["halo"] and body["refused"] == []
+    assert body["runs"][0]["params"]["fiscal_year"] == 2028
+    nothing = _post(client, auth, {"type": "invoice.paid", "data": {}})
+    assert nothing.status_code == 202 and nothing.get_json()["runs"] == []
+
+
+def test_event_refusals_are_reported_per_connection(client, auth, make_connection):
+    make_connection(name="manual", schedule="manual", settings={"event_triggers": FISCAL})
+    make_connection(name="halo", schedule="hourly:0", settings={"event_triggers": FISCAL})
+    body = _post(client, auth, {"type": "fiscal_year.created", "data": {"fiscal_year": 2027}}).get_json()
+    assert [r["connection"] for r in body["runs"]] == ["halo"]
+    assert [r["connection"] for r in body["refused"]] == ["manual"] and "manual-only" in body["refused"][0]["reason"]
+    db.session.query(Run).delete()
+    db.session.commit()
+    missing = _post(client, auth, {"type": "fiscal_year.created", "data": {}}).get_json()
+    assert missing["runs"] == [] and {r["connection"] for r in missing["refused"]} == {"manual", "halo"}
+    assert "no fiscal_year" in {r["connection"]: r["reason"] for r in missing["refused"]}["halo"]
+    assert db.session.query(Run).count() == 0
+
+
+def test_second_event_while_the_sync_is_queued_returns_the_same_run(client, auth, make_connection):
+    make_connection(name="halo", schedule="hourly:0", settings={"event_triggers": FISCAL})
+    first = _post(client, auth, {"type": "fiscal_year.created", "data": {"fiscal_year": 2027}}).get_json()["runs"][0]
+    second = _post(client, auth, {"type": "fiscal_year.created", "data": {"fiscal_year": 2027}}).get_json()["runs"][0]
+    assert second["run_id"] == first["run_id"] and second["created"] is False
+
+
+def test_malformed_events_are_400(client, auth):
+    for body in ({}, {"type": ""}, {"type": "has space"}, {"type": "ok.type", "data": [1]}):
+        response = _post(client, auth, body)
+        assert response.status_code == 400 and response.get_json()["error"] == "bad_request", body
+    assert client.post("/api/events", json={"type": "x.y"}).status_code == 401

@@ -1,0 +1,50 @@
+"""`flask tokens create|list|revoke`: API tokens. A token is printed once, at creation;
+only its SHA-256 is stored, so a lost token is revoked and replaced, never recovered."""
+import sys
+
+import click
+from flask.cli import AppGroup
+from sqlalchemy import select, update
+
+from ..extensions import db
+from ..models import ApiToken, utcnow
+from .auth import create_token
+
+tokens_cli = AppGroup("tokens", help="Create, list and revoke API tokens.")
+
+
+@tokens_cli.command("create")
+@click.argument("name")
+def create_command(name):
+    """Create a token called NAME and print it (this is the only time it is shown)."""
+    if not name.strip() or len(name) > 100:
+        click.secho("error: NAME must be 1 to 100 characters", fg="red", err=True)
+        sys.exit(1)
+    token = create_token(name.strip())
+    click.echo(token)
+    click.echo("Keep it now: only its hash is stored. Use it as 'Authorization: Bearer <token>'.", err=True)
+
+
+@tokens_cli.command("list")
+def list_command():
+    """Tokens with their use; never the tokens themselves."""
+    rows = db.session.execute(select(ApiToken).order_by(ApiToken.id)).scalars().all()
+    if not rows:
+        click.echo("no API tokens")
+    for t in rows:
+        state = f"revoked {t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "active"
+        used = f"{t.last_used_at:%Y-%m-%d %H:%M}" if t.last_used_at else "never"
+        click.echo(f"{t.id:>4}  {t.name:<30} {state:<24} created {t.created_at:%Y-%m-%d}  last used {used}")
+
+
+@tokens_cli.command("revoke")
+@click.argument("token_id", type=int)
+def revoke_command(token_id):
+    """Revoke token TOKEN_ID (see `flask tokens list`); it stops working at once."""
+    result = db.session.execute(update(ApiToken).where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None))
+                                .values(revoked_at=utcnow()))
+    db.session.commit()
+    if result.rowcount != 1:
+        click.secho(f"error: no active token {token_id}", fg="red", err=True)
+        sys.exit(1)
+    click.echo(f"token {token_id} revoked")

@@ -1,0 +1,181 @@
+"""GET /api/openapi.json: the API described from the same modules that implement it.
+
+Each module in API_MODULES may define OPENAPI_PATHS ({path: {method: operation}}) beside its
+routes; this module merges them. tests/webapp/api/test_openapi.py fails when a route under
+/api has no description, and schemathesis checks responses against it.
+"""
+import importlib
+
+from flask import jsonify
+
+from . import API_MODULES, bp
+
+_NULLABLE_STRING = {"type": "string", "nullable": True}
+_NULLABLE_TIME = {"type": "string", "format": "date-time", "nullable": True}
+
+COMPONENTS = {
+    "securitySchemes": {
+        "bearerToken": {"type": "http", "scheme": "bearer", "description": "an API token from `flask tokens create NAME`"},
+        "cronSecret": {"type": "apiKey", "in": "header", "name": "X-Cron-Secret",
+                       "description": "the shared secret SYNCHUB_CRON_SECRET"},
+        "cronBearer": {"type": "http", "scheme": "bearer", "description": "the shared secret SYNCHUB_CRON_SECRET"},
+    },
+    "schemas": {
+        "Error": {"type": "object", "required": ["error", "reason"], "properties": {
+            "error": {"type": "string", "description": "a stable code, e.g. not_found"},
+            "reason": {"type": "string", "description": "what went wrong, for a person"}}},
+        "Counters": {"type": "object", "required": ["seen", "created", "updated", "unchanged", "deleted", "failed"],
+                     "properties": {k: {"type": "integer"} for k in ("seen", "created", "updated", "unchanged", "deleted", "failed")}},
+        "Run": {"type": "object", "required": ["id", "connection_id", "status", "mode", "trigger", "counters", "created_at"],
+                "properties": {
+                    "id": {"type": "integer"},
+                    "connection_id": {"type": "integer"},
+                    "connection": _NULLABLE_STRING,
+                    "streams": {"type": "array", "items": {"type": "string"}},
+                    "mode": {"type": "string", "enum": ["full", "incremental", "range", "record"]},
+                    "params": {"type": "object"},
+                    "record_key": _NULLABLE_STRING,
+                    "trigger": {"type": "string", "enum": ["manual", "schedule", "webhook", "event", "cli", "api"]},
+                    "requested_by": _NULLABLE_STRING,
+                    "status": {"type": "string", "enum": ["queued", "running", "completed", "failed", "cancelled"]},
+                    "attempt": {"type": "integer"},
+                    "max_attempts": {"type": "integer"},
+                    "counters": {"$ref": "#/components/schemas/Counters"},
+                    "phase": _NULLABLE_STRING,
+                    "processed": {"type": "integer"},
+                    "total": {"type": "integer", "nullable": True},
+                    "percent": {"type": "number", "nullable": True},
+                    "heartbeat_at": _NULLABLE_TIME,
+                    "created_at": {"type": "string", "format": "date-time"},
+                    "started_at": _NULLABLE_TIME,
+                    "finished_at": _NULLABLE_TIME,
+                    "error_class": _NULLABLE_STRING,
+                    "error_message": _NULLABLE_STRING,
+                    "cancel_requested": {"type": "boolean"}}},
+        "TriggeredRun": {"type": "object", "required": ["run", "created"], "properties": {
+            "run": {"$ref": "#/components/schemas/Run"},
+            "created": {"type": "boolean", "description": "false: the already active run is returned"}}},
+        "RunEvent": {"type": "object", "required": ["id", "at", "level", "kind", "message"], "properties": {
+            "id": {"type": "integer"}, "at": {"type": "string", "format": "date-time"},
+            "level": {"type": "string"}, "kind": {"type": "string", "enum": ["log", "record_error"]},
+            "stream": _NULLABLE_STRING, "record_key": _NULLABLE_STRING, "message": {"type": "string"}}},
+        "Connection": {"type": "object", "required": ["id", "name", "connector", "schedule", "enabled", "health"],
+                       "properties": {
+                           "id": {"type": "integer"}, "name": {"type": "string"}, "connector": {"type": "string"},
+                           "schedule": {"type": "string"}, "enabled": {"type": "boolean"},
+                           "health": {"type": "string", "enum": ["ok", "failing", "needs_reauth"]},
+                           "health_message": _NULLABLE_STRING, "next_run_at": _NULLABLE_TIME,
+                           "has_credentials": {"type": "boolean"}, "webhook_url": {"type": "string"}}},
+    },
+}
+
+OPENAPI_PATHS = {
+    "/api/openapi.json": {"get": {
+        "summary": "This document", "tags": ["meta"], "security": [],
+        "responses": {"200": {"description": "OpenAPI 3.0 document",
+                              "content": {"application/json": {"schema": {"type": "object"}}}}},
+    }},
+}
+
+
+_TOKEN = [{"bearerToken": []}]
+_CRON = [{"cronSecret": []}, {"cronBearer": []}]
+
+
+def _json(schema, description):
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description):
+    return _json({"$ref": "#/components/schemas/Error"}, description)
+
+
+_OUTBOX_EVENT = {"type": "object", "required": ["id", "type", "key", "status", "attempts"], "properties": {
+    "id": {"type": "integer"}, "connection_id": {"type": "integer", "nullable": True},
+    "type": {"type": "string"}, "key": {"type": "string"}, "payload": {"type": "object"},
+    "idempotency_key": {"type": "string"}, "status": {"type": "string", "enum": ["pending", "processing", "done", "dead"]},
+    "attempts": {"type": "integer"}, "max_attempts": {"type": "integer"},
+    "next_attempt_at": _NULLABLE_TIME, "last_error": _NULLABLE_STRING,
+    "created_at": _NULLABLE_TIME, "delivered_at": _NULLABLE_TIME}}
+_PUBLISH_ONE = {"type": "object", "required": ["type", "key"], "properties": {
+    "type": {"type": "string", "maxLength": 100}, "key": {"type": "string", "maxLength": 255},
+    "payload": {"type": "object"}, "idempotency_key": {"type": "string", "maxLength": 80},
+    "connection": {"description": "connection id or name (default: every destination mapping the type)"}}}
+
+# Descriptions of routes whose module does not (yet) carry its own OPENAPI_PATHS; a module
+# that defines OPENAPI_PATHS replaces its entry here.
+ELSEWHERE = {
+    "outbox": {
+        "/api/outbox": {
+            "post": {
+                "summary": "Publish an app event (or {\"events\": [...]}, at most 100) into the outbox",
+                "security": _TOKEN, "tags": ["outbox"],
+                "parameters": [{"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 80}}],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
+                    _PUBLISH_ONE,
+                    {"type": "object", "required": ["events"], "properties": {
+                        "events": {"type": "array", "minItems": 1, "maxItems": 100, "items": _PUBLISH_ONE}}}]}}}},
+                "responses": {
+                    "202": _json({"type": "object", "properties": {
+                        "event_ids": {"type": "array", "items": {"type": "integer"}}, "duplicate": {"type": "boolean"},
+                        "events": {"type": "array", "items": {"type": "object"}}}}, "stored; delivery follows"),
+                    "400": _error("the body is not a JSON object, or events is not a list of 1 to 100"),
+                    "401": _error("missing or invalid API token"),
+                    "422": _error("an event was refused (bad fields, no destination maps its type)")},
+            },
+            "get": {
+                "summary": "Recent outbox events, newest first, with counts per status",
+                "security": _TOKEN, "tags": ["outbox"],
+                "parameters": [
+                    {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["pending", "processing", "done", "dead"]}},
+                    {"name": "type", "in": "query", "schema": {"type": "string", "maxLength": 100}},
+                    {"name": "key", "in": "query", "schema": {"type": "string", "maxLength": 255}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}}],
+                "responses": {
+                    "200": _json({"type": "object", "required": ["counts", "events"], "properties": {
+                        "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+                        "events": {"type": "array", "items": _OUTBOX_EVENT}}}, "OK"),
+                    "400": _error("bad filter"), "401": _error("missing or invalid API token")},
+            },
+        },
+        "/api/outbox/{event_id}": {"get": {
+            "summary": "One outbox event", "security": _TOKEN, "tags": ["outbox"],
+            "parameters": [{"name": "event_id", "in": "path", "required": True,
+                            "schema": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}}],
+            "responses": {"200": _json(_OUTBOX_EVENT, "OK"), "401": _error("missing or invalid API token"),
+                          "404": _error("no such event")},
+        }},
+        "/api/cron/outbox/drain": {"post": {
+            "summary": "Queue a drain of the outbox (at most one drain job waits at a time)",
+            "security": _CRON, "tags": ["cron"],
+            "responses": {
+                "202": _json({"type": "object", "required": ["enqueued", "job_id"], "properties": {
+                    "enqueued": {"type": "boolean"}, "job_id": _NULLABLE_STRING, "pending": {"type": "integer"},
+                    "note": _NULLABLE_STRING}}, "a drain job is queued (or one already was)"),
+                "401": _error("missing or wrong cron secret"), "503": _error("Redis is unavailable")},
+        }},
+    },
+}
+
+
+def document():
+    paths = {}
+    for name in API_MODULES:
+        module = importlib.import_module(f"{__package__}.{name}")
+        described = getattr(module, "OPENAPI_PATHS", None)
+        for path, operations in (described if described is not None else ELSEWHERE.get(name, {})).items():
+            paths.setdefault(path, {}).update(operations)
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "synchub API", "version": "1",
+                 "description": "Runs, connections, app events and cron jobs. Errors are "
+                                "{\"error\": <stable code>, \"reason\": <text>}."},
+        "servers": [{"url": "/"}],
+        "paths": dict(sorted(paths.items())),
+        "components": COMPONENTS,
+    }
+
+
+@bp.get("/openapi.json")
+def openapi_json():
+    return jsonify(document())
