@@ -78,12 +78,15 @@ def loops_connection(make_connection, sim, *, name="loops", mappings=None, **set
 class ConfiguredWorker(WorkerProcess):
     """A real `python -m worker` process with extra environment (outbox settings)."""
 
-    def __init__(self, app, env=None, **kwargs):
+    def __init__(self, app, env=None, queues=None, **kwargs):
         super().__init__(app, **kwargs)
         self.env = env or {}
+        self.queues = queues
 
     def start(self):
         args = [sys.executable, "-m", "worker", "--name", self.name] + (["--burst"] if self.burst else [])
+        if self.queues:
+            args += ["--queues", self.queues]
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(args, cwd=ROOT, env=process_env(self.app, **self.env), stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
@@ -124,6 +127,14 @@ def drain_until(predicate, timeout=60, interval=0.3, message="the outbox to drai
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}; outbox {status_counts()}")
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}; outbox {status_counts()}; "
+                                 f"dead: {_dead_reasons()}")
         outbox.enqueue_drain()
         time.sleep(interval)
+
+
+def _dead_reasons():
+    from webapp import outbox
+    from webapp.extensions import db
+
+    return [(row.id, row.attempts, row.last_error) for row in outbox.list_events(db.session, status=outbox.DEAD)]

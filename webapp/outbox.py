@@ -50,12 +50,15 @@ DRAIN_OUTBOX = "worker.jobs.drain_outbox"
 # because that job claims after our commit and so will see it.
 KICK_KEY = "synchub:outbox:kick"
 DRAIN_KICK_KEY = "synchub:outbox:drain-queued"
+# Drains at work: member = claimer, score = when its announcement lapses (epoch seconds).
+DRAINING_KEY = "synchub:outbox:draining"
 
 MAX_TYPE = 100
 MAX_KEY = 255
 # Row keys are "<app key>.<n>" and Loops takes at most 100 characters.
 MAX_IDEMPOTENCY_KEY = 80
 _SESSION_KEY = "synchub_outbox_new_event_ids"
+_DESTINATIONS_KEY = "synchub_outbox_destinations"
 
 
 class PublishError(ValueError):
@@ -84,7 +87,7 @@ def publish(session, type, key, payload, idempotency_key=None, connection=None):
     _check(type, key, payload, idempotency_key)
     base = idempotency_key or uuid.uuid4().hex
     rows = []
-    for destination_id, connector, settings in _destinations(session, type, connection):
+    for destination_id, connector, settings in _cached_destinations(session, type, connection):
         try:
             actions = connector.plan(settings, type, key, payload)
         except ConfigError as exc:
@@ -101,14 +104,15 @@ def publish(session, type, key, payload, idempotency_key=None, connection=None):
          "max_attempts": max_attempts, "next_attempt_at": now, "created_at": now, "updated_at": now}
         for n, row in enumerate(rows)
     ]
-    inserted = session.execute(_insert_ignoring_duplicates(session, values).returning(OutboxEvent.id)).scalars().all()
+    inserted = session.execute(_insert_ignoring_duplicates(session, values)
+                               .returning(OutboxEvent.id, OutboxEvent.connection_id)).all()
     if not inserted:
         pattern = _like_escape(base) + ".%"
         existing = session.execute(select(OutboxEvent.id).where(OutboxEvent.idempotency_key.like(pattern, escape="\\"))
                                    .order_by(OutboxEvent.id)).scalars().all()
         return Published(existing, duplicate=True)
-    session.info.setdefault(_SESSION_KEY, []).extend(inserted)
-    return Published(sorted(inserted))
+    session.info.setdefault(_SESSION_KEY, {}).update(dict(inserted))
+    return Published(sorted(event_id for event_id, _ in inserted))
 
 
 def _check(type, key, payload, idempotency_key):
@@ -121,6 +125,15 @@ def _check(type, key, payload, idempotency_key):
     if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key.strip()
                                         or len(idempotency_key) > MAX_IDEMPOTENCY_KEY):
         raise PublishError(f"idempotency_key must be a non-empty string of at most {MAX_IDEMPOTENCY_KEY} characters")
+
+
+def _cached_destinations(session, type, connection):
+    # An app publishing many events in one transaction looks its destinations up once.
+    cache = session.info.setdefault(_DESTINATIONS_KEY, {})
+    key = (type, connection.id if isinstance(connection, Connection) else connection)
+    if key not in cache:
+        cache[key] = _destinations(session, type, connection)
+    return cache[key]
 
 
 def _destinations(session, type, connection):
@@ -177,32 +190,43 @@ def _like_escape(text):
 
 @event.listens_for(Session, "after_commit")
 def _after_commit(session):
-    ids = session.info.pop(_SESSION_KEY, None)
-    if ids:
-        request_delivery(min(ids))
+    session.info.pop(_DESTINATIONS_KEY, None)
+    new = session.info.pop(_SESSION_KEY, None)
+    if new:
+        request_delivery(min(new), destinations=set(new.values()))
 
 
 @event.listens_for(Session, "after_rollback")
 def _after_rollback(session):
     session.info.pop(_SESSION_KEY, None)  # rolled back: those rows never existed
+    session.info.pop(_DESTINATIONS_KEY, None)
 
 
 # -- enqueueing --------------------------------------------------------------------------
 
 
-def request_delivery(event_id):
-    """Enqueue the real-time delivery attempt, unless a delivery job is already queued and
-    not yet started (it will see this event). Never raises: when Redis is down the event
-    simply waits for the periodic drain."""
-    if not has_app_context():
+def request_delivery(event_id=None, destinations=(), client=None):
+    """Enqueue the real-time delivery attempt for a commit's new events, unless that is
+    pointless: a delivery job is queued and has not started yet (it claims after this
+    commit, so it will see the events), as many drains as we allow are running (each
+    claims once more after it stops announcing itself, see worker/delivery.py), or every
+    destination involved has its breaker open (the periodic drain probes it later).
+    Never raises: when Redis is down the events simply wait for the periodic drain."""
+    if client is None and not has_app_context():
         log.warning("outbox event %s: no app context after commit; left for the periodic drain", event_id)
         return False
     try:
-        client = redis_ext.client
-        if not client.set(KICK_KEY, event_id, nx=True, ex=120):
+        client = client or redis_ext.client
+        now = time.time()
+        if destinations and all(Breaker(client).open_until(d) for d in destinations):
+            return False
+        if client.zcount(DRAINING_KEY, now, "+inf") >= _config("OUTBOX_PARALLEL_DRAINS", 4):
+            return False
+        if not client.set(KICK_KEY, event_id or 0, nx=True, ex=120):
             return False
         try:
-            _enqueue(DELIVER_EVENT, "high", args=(event_id,), description=f"deliver outbox event {event_id}")
+            _enqueue(DELIVER_EVENT, "high", args=(event_id,), client=client,
+                     description=f"deliver outbox event {event_id}" if event_id else "deliver outbox events")
         except Exception:
             client.delete(KICK_KEY)
             raise
@@ -225,10 +249,10 @@ def enqueue_drain():
         raise
 
 
-def _enqueue(function, queue_name, args, description):
+def _enqueue(function, queue_name, args, description, client=None):
     from .queue import queue
 
-    return queue(queue_name).enqueue_call(
+    return queue(queue_name, connection=client).enqueue_call(
         function, args=args, description=description, result_ttl=600, failure_ttl=7 * 24 * 3600,
         timeout=int(_config("OUTBOX_DRAIN_BUDGET_SECONDS", 60) + _config("OUTBOX_LEASE_SECONDS", 120) + 60),
     )
@@ -340,12 +364,14 @@ def mark_failed(session, c, reason, *, permanent=False, retry_after=None, now=No
     return values["status"] if _settle(session, c, values) else None
 
 
-def release(session, c, not_before=None, now=None):
-    """Give a claimed row back untried: its attempt is not counted (breaker open, or the
-    lease is too short to start it safely)."""
+def release(session, c, not_before=None, reason=None, now=None):
+    """Give a claimed row back without counting its attempt: the breaker is open, the
+    lease is too short to start it safely, or it was the breaker's probe and failed."""
     now = now or utcnow()
     values = {"status": PENDING, "attempts": OutboxEvent.attempts - 1, "lease_until": None, "updated_at": now,
               "next_attempt_at": max(now, not_before) if not_before else now}
+    if reason:
+        values["last_error"] = reason[:2000]
     return _settle(session, c, values)
 
 
@@ -479,6 +505,9 @@ class Breaker:
         self.clock = clock
         self._script = client.register_script(_FAILURE) if client is not None else None
         self._probes = set()  # destinations whose probe this instance holds
+        # Destinations with breaker state at the last look (or failures of our own since):
+        # only those need a reset on success, which spares a Redis call per delivery.
+        self._troubled = set()
 
     @classmethod
     def from_config(cls, client, config):
@@ -494,6 +523,7 @@ class Breaker:
             return {}
         try:
             members = self.client.smembers(self.REGISTRY)
+            self._troubled = {int(m) for m in members}
             blocked = {}
             now = self.clock()
             for member in members:
@@ -518,6 +548,7 @@ class Breaker:
         """Count a failure; True when this one opened the breaker."""
         if self._script is None:
             return False
+        self._troubled.add(destination)
         try:
             opened = self._script(keys=[self.PREFIX + str(destination), self.REGISTRY],
                                   args=[self.threshold, self.clock(), self.cooldown, self.max_cooldown, destination])
@@ -532,9 +563,10 @@ class Breaker:
             return False
 
     def success(self, destination):
-        if self.client is None:
+        if self.client is None or destination not in self._troubled:
             return
         self._probes.discard(destination)
+        self._troubled.discard(destination)
         try:
             pipe = self.client.pipeline(transaction=False)
             pipe.delete(self.PREFIX + str(destination), f"{self.PREFIX}{destination}:probe")
@@ -542,6 +574,10 @@ class Breaker:
             pipe.execute()
         except Exception as exc:
             log.warning("outbox breaker unavailable (%s)", type(exc).__name__)
+
+    def probing(self, destination):
+        """True while this instance holds the destination's probe (half-open)."""
+        return destination in self._probes
 
     def close(self):
         """Hand back probe locks this instance won but did not use (its drain found nothing

@@ -87,6 +87,9 @@ class Delivery:
         self.lease_seconds = float(self.config.get("OUTBOX_LEASE_SECONDS", 120))
         self.batch = int(self.config.get("OUTBOX_CLAIM_BATCH", 10))
         self.pause_after_send = float(self.config.get("OUTBOX_PAUSE_AFTER_SEND_SECONDS") or 0)
+        # An announcement outlives the slowest request, refreshed before each one.
+        self.announce_seconds = 2 * float(self.config.get("OUTBOX_HTTP_TIMEOUT_SECONDS", 10)) + 10
+        self._announced_until = 0.0
         self.result = DrainResult()
         self._destinations = {}  # connection id -> connector, or the exception building it raised
         self._open = {}  # connection id -> epoch time its breaker reopens (learnt in this drain)
@@ -94,25 +97,67 @@ class Delivery:
     def drain(self, first_event_id=None, budget_seconds=None, max_events=None):
         budget = self.config.get("OUTBOX_DRAIN_BUDGET_SECONDS", 60) if budget_seconds is None else budget_seconds
         deadline = time.monotonic() + budget
+
+        def budget_left():
+            return time.monotonic() < deadline and (max_events is None or self.result.claimed < max_events)
+
         try:
+            self._announce()
             if first_event_id is not None:
-                self._run(outbox.claim(self.session, self.claimer, event_id=first_event_id,
-                                       lease_seconds=self.lease_seconds,
-                                       skip_connections=self.breaker.blocked()))
-            while time.monotonic() < deadline and (max_events is None or self.result.claimed < max_events):
-                limit = self.batch if max_events is None else min(self.batch, max_events - self.result.claimed)
-                self._open = {}
-                batch = outbox.claim(self.session, self.claimer, limit=limit, lease_seconds=self.lease_seconds,
-                                     skip_connections=self.breaker.blocked())
+                self._run(self._claim(event_id=first_event_id))
+            while budget_left():
+                batch = self._claim(limit=self.batch if max_events is None
+                                    else min(self.batch, max_events - self.result.claimed))
                 if not batch:
-                    break
+                    # Stop announcing, then look once more: a publisher that saw us announced
+                    # skipped its own job, and its commit came before this claim.
+                    self._retire()
+                    batch = self._claim(limit=self.batch)
+                    if not batch:
+                        break
+                    self._announce()
                 self._run(batch)
+            else:
+                if max_events is None:
+                    # Out of time with work perhaps left: a fresh job carries on.
+                    self._retire()
+                    outbox.request_delivery(client=self.redis)
         finally:
+            self._retire()
             self.breaker.close()
             for connector in self._destinations.values():
                 if hasattr(connector, "close"):
                     connector.close()
         return self.result
+
+    def _claim(self, limit=1, event_id=None):
+        self._open = {}
+        return outbox.claim(self.session, self.claimer, limit=limit, event_id=event_id,
+                            lease_seconds=self.lease_seconds, skip_connections=self.breaker.blocked())
+
+    def _announce(self, refresh=False):
+        """Tell publishers a drain is at work (so they need not enqueue one), for a while.
+        `refresh`: only when half of the last announcement has run out."""
+        if self.redis is None:
+            return
+        now = time.time()
+        if refresh and now < self._announced_until - self.announce_seconds / 2:
+            return
+        try:
+            self.redis.zadd(outbox.DRAINING_KEY, {self.claimer: now + self.announce_seconds})
+            self._announced_until = now + self.announce_seconds
+        except Exception as exc:
+            log.warning("outbox: could not announce the drain (%s)", type(exc).__name__)
+
+    def _retire(self):
+        if self.redis is None:
+            return
+        self._announced_until = 0.0
+        try:
+            self.redis.zrem(outbox.DRAINING_KEY, self.claimer)
+            self.redis.zremrangebyscore(outbox.DRAINING_KEY, "-inf", time.time())  # lapsed, e.g. killed workers
+        except Exception as exc:
+            log.warning("outbox: could not retire the drain (%s)", type(exc).__name__)
 
     def _run(self, batch):
         self.result.claimed += len(batch)
@@ -125,10 +170,11 @@ class Delivery:
                 # could not also start: give the row back instead.
                 self._release(claimed, None)
             else:
+                self._announce(refresh=True)
                 self._deliver(claimed)
 
-    def _release(self, claimed, not_before):
-        if outbox.release(self.session, claimed, not_before):
+    def _release(self, claimed, not_before, reason=None):
+        if outbox.release(self.session, claimed, not_before, reason):
             self.result.released += 1
         else:
             self.result.lost += 1
@@ -174,12 +220,20 @@ class Delivery:
                 self.result.lost += 1
 
     def _provider_failed(self, claimed, reason):
-        """A failure that says the destination is unwell: counts towards its breaker."""
-        self.breaker.failure(claimed.connection_id)
-        reopen = self.breaker.open_until(claimed.connection_id)
+        """A failure that says the destination is unwell: counts towards its breaker. The
+        breaker's probe does not count against the event: a long outage would otherwise
+        kill the oldest events one probe at a time."""
+        destination = claimed.connection_id
+        probe = self.breaker.probing(destination)
+        self.breaker.failure(destination)
+        reopen = self.breaker.open_until(destination)
         if reopen is not None:
-            self._open[claimed.connection_id] = reopen
-        self._failed(claimed, str(reason))
+            self._open[destination] = reopen
+        if probe:
+            not_before = utcnow() + timedelta(seconds=max(0.0, (reopen or time.time()) - time.time()))
+            self._release(claimed, not_before, f"{reason} (breaker probe: attempt not counted)")
+        else:
+            self._failed(claimed, str(reason))
 
     def _failed(self, claimed, reason, permanent=False, retry_after=None):
         status = outbox.mark_failed(self.session, claimed, reason, permanent=permanent, retry_after=retry_after)

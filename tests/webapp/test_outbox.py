@@ -302,14 +302,17 @@ def test_breaker_stops_hammering_a_failing_destination_without_burning_attempts_
     assert drain(redis_client=redis).claimed == 0 and loops.api.requests == 3
     time.sleep(0.35)
     probe = drain(redis_client=redis)
-    assert loops.api.requests == 4 and probe.retrying == 1  # one probe, failed: open again (0.6 s)
+    assert loops.api.requests == 4  # one probe, failed: open again, for 0.6 s
+    assert (probe.retrying, probe.released) == (0, probe.claimed)  # a probe costs no attempt either
+    assert sorted(r.attempts for r in _rows()) == [0] * 9 + [1] * 3
+    assert sum("breaker probe: attempt not counted" in (r.last_error or "") for r in _rows()) == 1
     loops.api.outage = None
     time.sleep(0.2)
     assert drain(redis_client=redis).claimed == 0
     time.sleep(0.5)
     assert drain(redis_client=redis).done == 12
     assert loops.api.requests == 4 + 12
-    assert max(r.attempts for r in _rows()) <= 3
+    assert sorted(r.attempts for r in _rows()) == [1] * 9 + [2] * 3
 
 
 def test_breaker_never_blocks_deliveries_when_redis_is_gone(app, fast, make_connection, loops):

@@ -1,0 +1,124 @@
+"""Outbox delivery through real worker processes (RQ, forked work horses) against the Loops
+simulator on a real socket: the S1 flows, a destination outage during a burst, and a
+worker killed between the provider's acceptance and the database's record of it."""
+import signal
+
+from sqlalchemy import select
+
+from tests.outbox_support import (  # noqa: F401  (fixtures)
+    API_KEY,
+    drain_until,
+    loops,
+    loops_connection,
+    outbox_workers,
+    status_counts,
+    worker_env,
+)
+from tests.support import wait_for
+from webapp import outbox
+from webapp.api.auth import create_token
+from webapp.extensions import db
+from webapp.models import OutboxEvent
+
+ALICE, BOB, CAROL, DAVE, ERIN = (f"{n}@example.com" for n in ("alice", "bob", "carol", "dave", "erin"))
+
+
+def _all_done(total):
+    return lambda: status_counts()["done"] == total
+
+
+def test_s1_flows_end_to_end_through_workers_leave_contacts_exactly_as_mapped(app, make_connection, loops,
+                                                                              outbox_workers):
+    loops_connection(make_connection, loops)
+    outbox_workers.start()
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {create_token('awards-site')}"}
+    published = [
+        ("nomination_submitted", "nom-1", {"nominator": {"email": ALICE, "first_name": "Alice"},
+                                           "nominee": {"email": BOB, "name": "Bob Stone"}}),
+        ("vote_cast", "vote-1", {"voter": {"email": CAROL}}),
+        ("nomination_submitted", "nom-2", {"nominator": {"email": DAVE}, "nominee": {"email": ERIN, "name": "Erin"}}),
+        ("nomination_approved", "nom-1", {"nominator": {"email": ALICE}, "live_url": "https://awards.example/bob",
+                                          "nominee": {"email": BOB, "name": "Bob Stone", "first_name": "Bob"}}),
+        ("vote_cast", "vote-2", {"voter": {"email": DAVE}}),
+    ]
+    for type_, key, payload in published:
+        response = client.post("/api/outbox", headers=headers, json={
+            "type": type_, "key": key, "payload": payload, "idempotency_key": f"{key}-{type_}"})
+        assert response.status_code == 202, response.get_json()
+    # No drain is enqueued here: the real-time attempts after each commit do it all.
+    wait_for(_all_done(6), timeout=30, message="the real-time deliveries")
+
+    contacts = {c["email"]: c for c in loops.api.contacts()}
+    assert set(contacts) == {ALICE, BOB, CAROL, DAVE}  # erin is not approved yet: not pushed
+    assert (contacts[ALICE]["userGroup"], contacts[ALICE]["firstName"], contacts[ALICE]["nomineeName"],
+            contacts[ALICE]["liveUrl"]) == ("Nominator Live", "Alice", "Bob Stone", "https://awards.example/bob")
+    assert (contacts[BOB]["userGroup"], contacts[BOB]["firstName"], contacts[BOB]["liveUrl"]) == (
+        "Nominees", "Bob", "https://awards.example/bob")
+    assert "nomineeName" not in contacts[BOB]
+    assert contacts[CAROL]["userGroup"] == "Voters"
+    assert contacts[DAVE]["userGroup"] == "Voters"  # voted after nominating: one group per contact
+    assert loops.api.sequence(ALICE) == ["nom-1-nomination_submitted.0", "nom-1-nomination_approved.1"]
+    assert loops.api.sequence(DAVE) == ["nom-2-nomination_submitted.0", "vote-2-vote_cast.0"]
+    assert loops.api.duplicate_effects() == [] and loops.api.violations == 0
+
+
+def test_destination_down_during_a_burst_of_1000_events_loses_nothing_and_keeps_per_key_order(
+        app, make_connection, loops, outbox_workers):
+    loops.api.rate_limit = None  # this test is about outages; the rate limit has its own
+    loops_connection(make_connection, loops, rate_limit=[100000, 1],
+                     mappings={"score_changed": [{"action": "upsert_contact", "email": "{email}",
+                                                  "properties": {"score": "{score}"}}]})
+    env = worker_env(OUTBOX_MAX_ATTEMPTS=20)
+    for _ in range(4):
+        outbox_workers.start(env=env)
+    keys, per_key = 50, 20
+    expected = {f"player{k}@example.com": [] for k in range(keys)}
+    for n in range(keys * per_key):
+        email, score = f"player{n % keys}@example.com", n // keys
+        outbox.publish(db.session, "score_changed", f"score-{n}", {"email": email, "score": score},
+                       idempotency_key=f"score-{n}")
+        expected[email].append(f"score-{n}.0")
+        if n % 20 == 19:  # the app commits every 20 events
+            db.session.commit()
+        if n == 259:
+            wait_for(lambda: loops.api.requests > 0, timeout=30, message="the first deliveries")
+            loops.stop()  # connection refused from here on
+    wait_for(lambda: status_counts()["pending"] > 500, timeout=10, message="events to pile up")
+    loops.start()
+    drain_until(_all_done(1000), timeout=90, message="all 1000 events to be delivered")
+
+    for email, sequence in expected.items():
+        assert loops.api.sequence(email) == sequence, email
+        assert loops.api.contact(email)["score"] == per_key - 1
+    assert loops.api.duplicate_effects() == []
+    attempts = db.session.execute(select(OutboxEvent.attempts)).scalars().all()
+    assert max(attempts) < 20  # the breaker kept most events from burning attempts
+
+
+def test_worker_killed_after_sending_before_recording_is_redelivered_once_after_its_lease(
+        app, make_connection, loops, outbox_workers):
+    loops_connection(make_connection, loops, mappings={
+        "award_won": [{"action": "send_event", "email": "{email}", "event": "award_won",
+                       "event_properties": {"award": "{award}"}}]})
+    doomed = outbox_workers.start(env=worker_env(OUTBOX_PAUSE_AFTER_SEND_SECONDS=60), name="doomed")
+    # The survivor takes only drains (queue "default"), so the real-time job goes to the doomed one.
+    outbox_workers.start(name="survivor", queues="default,low")
+    published = outbox.publish(db.session, "award_won", "award-1", {"email": ALICE, "award": "Best Site"},
+                               idempotency_key="award-1")
+    db.session.commit()
+    wait_for(lambda: loops.api.events(), timeout=30, message="the doomed worker's request to reach Loops")
+    doomed.kill(signal.SIGKILL)  # Loops has the event; our row does not know it yet
+    [event_id] = published.ids
+    row = db.session.get(OutboxEvent, event_id)
+    assert (row.status, row.attempts, row.claimed_by.split("/")[0]) == ("processing", 1, "doomed")
+
+    drain_until(_all_done(1), timeout=30, message="the event to be claimed again after its lease")
+
+    db.session.expire_all()
+    row = db.session.get(OutboxEvent, event_id)
+    assert (row.status, row.attempts, row.claimed_by.split("/")[0]) == ("done", 2, "survivor")
+    sends = [e for e in loops.log.entries("/api/v1/events/send") if e.status is not None]
+    assert [(e.headers.get("Idempotency-Key"), e.status) for e in sends] == [("award-1.0", 200), ("award-1.0", 409)]
+    assert loops.api.events() == [(ALICE, "award_won", {"award": "Best Site"}, "award-1.0")]
+    assert loops.api.duplicate_effects() == []
