@@ -112,5 +112,12 @@ def test_sync_from_the_dashboard_shows_live_progress_and_cancel_works(app, brows
 
     wait_for(settled, timeout=10, message="the cancelled row")
     assert 0 < db.session.get(Run, run_id).processed < 5000
+
+    # On a phone: nothing wider than the screen.
+    page.set_viewport_size({"width": 390, "height": 844})
+    for path, name in (("/admin/", "dashboard-phone"), (f"/admin/runs/{run_id}", "run-phone")):
+        page.goto(live_server.url + path)
+        assert page.evaluate("() => document.scrollingElement.scrollWidth") <= 390, path
+        page.screenshot(path=os.path.join(OUTPUT, f"{name}-{backend}.png"), full_page=True)
     assert not console_errors, console_errors
     context.close()

@@ -112,6 +112,7 @@ def test_blank_credential_keeps_the_stored_one_and_clear_removes_it(client, make
     edit = f"/admin/connections/{connection.id}/edit"
     html = client.get(edit).get_data(as_text=True)
     assert SECRET not in html and "tok-1" not in html and "stored · leave blank to keep" in html
+    assert f"http://localhost/webhooks/{connection.id}</code>" in html  # the URL to paste into the provider
     _post(client, edit, {"name": "crm", "setting.base_url": "https://api.example.com", "credential.api_key": "",
                          "credential.token": "tok-2", "schedule": "manual"}, page=edit)
     db.session.expire_all()
