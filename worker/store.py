@@ -8,9 +8,10 @@ on SQLite as one executemany (sqlite3 loops in C). SQLAlchemy's per-row paramete
 processing would otherwise cost more than the database work itself.
 """
 import json
+from collections import defaultdict
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, func, or_, update
 
 from webapp.jsonutil import canonical, content_hash
 from webapp.models import Record, utcnow
@@ -141,3 +142,23 @@ def soft_delete_one(session, *, connection_id, stream, external_id, run_id):
         .values(deleted_at=utcnow(), last_run_id=run_id)
     )
     return result.rowcount
+
+
+def soft_delete_derived(session, *, connection_id, stream, run_id, parent_keys, keep_keys):
+    """Records of derived `stream` belong to the parent their key starts with ("<parent>:").
+    Soft-delete those of `parent_keys` not in `keep_keys` (a lowered quantity leaves surplus
+    tickets; a deleted order leaves none). Returns how many. Does not commit."""
+    if not parent_keys:
+        return 0
+    # substr() = prefix, not LIKE: exact and case-sensitive on both databases, whatever the
+    # key contains. Grouped by prefix length, so each group is one IN list.
+    prefixes = defaultdict(set)
+    for key in parent_keys:
+        prefixes[len(key) + 1].add(f"{key}:")
+    owned = or_(*(func.substr(_T.c.external_id, 1, length).in_(sorted(group))
+                  for length, group in prefixes.items()))
+    query = update(_T).where(_T.c.connection_id == connection_id, _T.c.stream == stream,
+                             _T.c.deleted_at.is_(None), owned)
+    if keep_keys:
+        query = query.where(_T.c.external_id.not_in(list(keep_keys)))
+    return session.execute(query.values(deleted_at=utcnow(), last_run_id=run_id)).rowcount

@@ -48,9 +48,85 @@ def loops_api(argv):
     return LoopsAPI(keys, rate_limit=rate_limit, known_properties=args.known_property)
 
 
+def _rate(text):
+    if text in (None, "none"):
+        return None
+    n, seconds = text.split("/")
+    return int(n), float(seconds)
+
+
+def zoom_api(argv):
+    from .zoom import ZoomAPI
+
+    parser = argparse.ArgumentParser(prog="python -m tests.simulators zoom")
+    parser.add_argument("--webinars", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--account-id", default="zoom-account")
+    parser.add_argument("--client", default="zoom-client:zoom-client-secret", metavar="ID:SECRET")
+    parser.add_argument("--webhook-secret", default="zoom-webhook-secret")
+    parser.add_argument("--malformed-every", type=int, default=0)
+    parser.add_argument("--registrants", type=int, default=3, help="at most this many per webinar")
+    parser.add_argument("--participants", type=int, default=3, help="at most this many per past webinar")
+    parser.add_argument("--rate-limit", default=None, metavar="N/SECONDS",
+                        help="one limit for every category (default: light 30/1, medium 20/1, heavy 10/1)")
+    args = parser.parse_args(argv)
+    client_id, _, secret = args.client.partition(":")
+    rate = _rate(args.rate_limit)
+    return ZoomAPI(args.webinars, seed=args.seed, account_id=args.account_id, client_id=client_id,
+                   client_secret=secret, webhook_secret=args.webhook_secret, malformed_every=args.malformed_every,
+                   registrants=(0, args.registrants), participants=(0, args.participants),
+                   rate_limits={c: rate for c in ("light", "medium", "heavy")} if rate else None)
+
+
+def highlevel_api(argv):
+    from .highlevel import HighLevelAPI
+
+    parser = argparse.ArgumentParser(prog="python -m tests.simulators highlevel")
+    parser.add_argument("--orders", type=int, default=150)
+    parser.add_argument("--products", type=int, default=5)
+    parser.add_argument("--inactive-products", type=int, default=1)
+    parser.add_argument("--tickets-per-order", type=int, default=None, help="fix each order's total quantity")
+    parser.add_argument("--invalid-every", type=int, default=0, help="every Nth order has only inactive products")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--location-id", default="loc-sim-1")
+    parser.add_argument("--token", default="pit-sim-token", help="the private integration token")
+    parser.add_argument("--rate-limit", default="100/10", metavar="N/SECONDS", help="per location")
+    args = parser.parse_args(argv)
+    api = HighLevelAPI(args.orders, args.products, seed=args.seed, location_id=args.location_id,
+                       private_token=args.token, rate_limit=_rate(args.rate_limit) or (10**9, 1.0),
+                       inactive_products=args.inactive_products, tickets_per_order=args.tickets_per_order,
+                       invalid_every=args.invalid_every)
+    print(f"webhook public key:\n{api.public_key_pem}", flush=True)
+    return api
+
+
+def halopsa_api(argv):
+    from .halopsa import HaloAPI
+
+    parser = argparse.ArgumentParser(prog="python -m tests.simulators halopsa")
+    parser.add_argument("--tickets", type=int, default=1000)
+    parser.add_argument("--agents", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--client", default="halo-client:halo-client-secret", metavar="ID:SECRET")
+    parser.add_argument("--tenant", default=None)
+    parser.add_argument("--first-date", default="2023-07-01")
+    parser.add_argument("--days", type=int, default=1096, help="tickets are spread over this many days")
+    parser.add_argument("--agent-envelope", choices=("list", "object"), default="list")
+    parser.add_argument("--malformed-every", type=int, default=0)
+    parser.add_argument("--rate-limit", default="500/180", metavar="N/SECONDS")
+    args = parser.parse_args(argv)
+    client_id, _, secret = args.client.partition(":")
+    return HaloAPI(args.tickets, args.agents, seed=args.seed, client_id=client_id, client_secret=secret,
+                   tenant=args.tenant, first_date=args.first_date, days=args.days, agent_envelope=args.agent_envelope,
+                   malformed_every=args.malformed_every, rate_limit=_rate(args.rate_limit) or (10**9, 1.0))
+
+
 SIMULATORS = {
     "records": records_api,
     "loops": loops_api,
+    "zoom": zoom_api,
+    "highlevel": highlevel_api,
+    "halopsa": halopsa_api,
 }
 
 
@@ -63,7 +139,10 @@ def main(argv=None):
     args, rest = parser.parse_known_args(argv)
     app = SIMULATORS[args.simulator](rest)
     server = SimulatorServer(app, host=args.host, port=args.port)
-    server.faults.latency = args.latency
+    if hasattr(app, "latency"):  # provider simulators add it after admission (tests/simulators/common.py)
+        app.latency = args.latency
+    else:
+        server.faults.latency = args.latency
     print(f"{args.simulator} simulator on {server.url} (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()

@@ -3,7 +3,7 @@ live in http.py, pagination.py and ratelimit.py."""
 import importlib
 
 # Modules that define connectors; imported lazily so the web process pays only when needed.
-CONNECTOR_MODULES = ("sandbox", "rest", "loops")
+CONNECTOR_MODULES = ("sandbox", "rest", "loops", "zoom", "highlevel", "halopsa")
 
 
 def load_all():

@@ -183,3 +183,108 @@ def _oauth_error(resp):
     if isinstance(code, str) and len(code) <= 40 and code.replace("_", "").isalnum():
         return f", {code}"
     return ""
+
+
+class OAuth2RefreshToken:
+    """OAuth2 with a refresh token the provider rotates on every use (HighLevel).
+
+    The access token, its expiry (epoch seconds) and the refresh token live in the
+    connection's encrypted credentials. A renewal happens inside `update_credentials`
+    (Services.update_credentials): the connection row is locked, the stored credentials are
+    read again, and only if nobody renewed meanwhile is the refresh token spent; the new pair
+    is committed before the lock is released. So two workers never spend the same refresh
+    token, and a new refresh token is never only in memory.
+    """
+
+    def __init__(self, token_url, client_id, client_secret, *, credentials, update_credentials, form=None,
+                 expiry_margin=300, session=None, timeout=30, clock=time.time):
+        if not token_url or not client_id or not client_secret:
+            raise ConfigError("OAuth2 refresh needs token_url, client_id and client_secret")
+        if not token_url.startswith(("http://", "https://")):
+            raise ConfigError("OAuth2 token_url must start with http:// or https://")
+        self.token_url = token_url
+        self.client_id = client_id
+        self._client_secret = client_secret
+        self.form = dict(form or {})
+        self.expiry_margin = expiry_margin
+        self.timeout = timeout
+        self._update = update_credentials
+        self._session = session or requests.Session()
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._access = credentials.get("access_token")
+        self._expires_at = credentials.get("access_token_expires_at")
+        self._refresh = credentials.get("refresh_token")  # only for secrets(): the store is the truth
+        if not self._access and not self._refresh:
+            raise ConfigError("OAuth2 refresh needs a refresh_token credential (connect the app first)")
+
+    def apply(self, headers):
+        with self._lock:
+            if not self._fresh(self._access, self._expires_at):
+                self._renew(rejected=None)
+            headers["Authorization"] = f"Bearer {self._access}"
+
+    def renew(self):
+        with self._lock:
+            self._renew(rejected=self._access)
+        return True
+
+    def secrets(self):
+        return [s for s in (self._client_secret, self._access, self._refresh) if s]
+
+    def _fresh(self, access, expires_at):
+        if not access:
+            return False
+        try:
+            return expires_at is None or self._clock() < float(expires_at) - self.expiry_margin
+        except (TypeError, ValueError):
+            return False
+
+    def _renew(self, rejected):
+        def mutate(stored):
+            access, expires_at = stored.get("access_token"), stored.get("access_token_expires_at")
+            if access and access != rejected and access != self._access and self._fresh(access, expires_at):
+                return None  # another worker renewed meanwhile: use its token, spend nothing
+            refresh = stored.get("refresh_token")
+            if not refresh:
+                raise AuthError("no refresh token is stored for this connection; connect the app again")
+            return self._exchange(refresh)
+
+        stored = self._update(mutate)
+        self._access, self._expires_at = stored.get("access_token"), stored.get("access_token_expires_at")
+        self._refresh = stored.get("refresh_token")
+        if not self._access:
+            raise AuthError("the token endpoint gave no access token")
+
+    def _exchange(self, refresh):
+        data = {"grant_type": "refresh_token", "refresh_token": refresh, "client_id": self.client_id,
+                "client_secret": self._client_secret, **self.form}
+        try:
+            resp = self._session.post(self.token_url, data=data, timeout=self.timeout,
+                                      headers={"Accept": "application/json"})
+        except requests.Timeout:
+            raise TransientError("OAuth2 token endpoint timed out") from None
+        except requests.RequestException as exc:
+            raise TransientError(f"OAuth2 token endpoint unreachable ({type(exc).__name__})") from None
+        status = resp.status_code
+        if status in (400, 401, 403):
+            raise AuthError(f"OAuth2 token endpoint refused the refresh token (HTTP {status}{_oauth_error(resp)}); "
+                            "connect the app again")
+        if status == 429:
+            raise RateLimited("OAuth2 token endpoint rate limited (HTTP 429)")
+        if status >= 500:
+            raise TransientError(f"OAuth2 token endpoint failed (HTTP {status})")
+        if status >= 300:
+            raise ConfigError(f"OAuth2 token endpoint answered HTTP {status}; check token_url")
+        try:
+            body = resp.json()
+            access = body["access_token"]
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError("OAuth2 token endpoint answered without an access_token; check token_url") from None
+        changes = {"access_token": access, "refresh_token": body.get("refresh_token") or refresh,
+                   "access_token_expires_at": None}
+        try:
+            changes["access_token_expires_at"] = self._clock() + float(body["expires_in"])
+        except (KeyError, TypeError, ValueError):
+            pass
+        return changes

@@ -19,6 +19,11 @@ class Stream:
     # Incremental mode asks for records whose cursor is >= the stored cursor (inclusive, so
     # records sharing the boundary value are re-read and deduplicated by content hash).
     cursor_field: str | None = None
+    # A derived stream is never read from the provider: the engine computes it with
+    # Connector.derive() from each record of the `derived_from` stream it writes, in the same
+    # transaction. Derived keys must start with "<parent key>:", so a parent's derived set is
+    # replaced as a whole: keys no longer derived are soft-deleted (HighLevel order -> tickets).
+    derived_from: str | None = None
 
     def key_of(self, record):
         if not isinstance(record, dict):
@@ -47,13 +52,56 @@ class Page:
     bad_records: list = field(default_factory=list)  # list[BadRecord]
 
 
+@dataclass(frozen=True)
+class Param:
+    """A run parameter a connector understands, so forms and the CLI can offer it
+    (S5's fiscal-year selector). `choices_setting` names the connection setting that lists
+    the allowed values."""
+
+    name: str
+    label: str
+    kind: str = "text"  # text | date | integer | choice
+    choices_setting: str | None = None
+    help: str = ""
+
+    def choices(self, settings):
+        if not self.choices_setting:
+            return None
+        values = (settings or {}).get(self.choices_setting) or []
+        return list(values) if isinstance(values, (list, tuple)) else []
+
+
 @dataclass
 class Services:
-    """What shared code hands a connector: the way to build an HTTP client, and config."""
+    """What shared code hands a connector: the way to build an HTTP client, config, and a
+    way to persist what a provider changes under us (rotated tokens)."""
 
     config: dict
     redis: Any = None  # a redis.Redis, or None when running without Redis (inline CLI)
     connection_id: int | None = None
+    app: Any = None  # the Flask app, so threads a connector starts can reach the database
+
+    def __post_init__(self):
+        if self.app is None:
+            from flask import current_app, has_app_context
+
+            if has_app_context():
+                self.app = current_app._get_current_object()
+
+    def update_credentials(self, mutate):
+        """Read-modify-write the connection's encrypted credentials in a transaction of its
+        own, committed before returning, with the connection row locked meanwhile (so two
+        workers never both spend one rotating refresh token). `mutate(current)` returns the
+        changes to merge, or None for none. Returns the credentials as stored afterwards."""
+        from .state import update_connection
+
+        return update_connection(self, "credentials", mutate)
+
+    def update_settings(self, mutate):
+        """The same for the connection's (non-secret) settings."""
+        from .state import update_connection
+
+        return update_connection(self, "settings", mutate)
 
     def http(self, base_url, *, auth=None, rate_limit=None, rate_limit_key=None, **options):
         from .http import HttpClient
@@ -88,6 +136,8 @@ class Connector(abc.ABC):
     settings_fields: ClassVar[tuple] = ()
     credential_fields: ClassVar[tuple] = ()
     supported_modes: ClassVar[tuple] = ("full", "incremental", "range", "record")
+    # Run parameters beyond mode and streams (list of Param), for the Sync now form and the CLI.
+    run_params: ClassVar[tuple] = ()
     # Inbound webhooks: the provider's signature scheme, a key of
     # webapp.webhooks.signatures.SCHEMES ("standard", "zoom", "highlevel", "halopsa");
     # None means the connector takes no webhooks.
@@ -112,6 +162,19 @@ class Connector(abc.ABC):
     @abc.abstractmethod
     def read_page(self, stream, request, state):
         """Return the Page that follows `state` (None: the first page)."""
+
+    def derive(self, stream, parent_key, parent):
+        """The complete list of records of derived `stream` for one parent record, each
+        keyed "<parent_key>:...". No requests of its own: it works from the parent and what
+        read_page learned in this run. The engine stores them with the parent and
+        soft-deletes the parent's earlier derived records that are no longer in the list."""
+        raise ConfigError(f"connector {self.name!r} does not derive stream {stream.name!r}")
+
+    def lists_all(self, stream, request):
+        """Whether this run lists `stream` completely, so that after a successful run the
+        records it did not see are gone at the provider (soft-deleted). Default: a full run
+        not narrowed by since/until. Override when a mode or parameter narrows or widens it."""
+        return request.mode == "full" and not any(request.params.get(p) for p in ("since", "until", "record_id"))
 
     def validate(self, stream, record):
         """Raise BadRecord for a record that must not be stored. The engine has already

@@ -1,0 +1,189 @@
+"""A HaloPSA API simulator (PROVIDERS.md, HaloPSA), faithful where ticket syncs break:
+
+- token: `POST /auth/token` (optional `?tenant=`), form grant_type=client_credentials,
+  client_id, client_secret, scope=all -> {access_token, token_type: "Bearer", expires_in};
+  no refresh token. `expire_tokens()` ends every token now, `revoke()` disables the client.
+- `GET /api/Tickets?pageinate=true&page_size=<=100&page_no=N` -> {record_count, tickets};
+  page_size and page_no are IGNORED without pageinate=true (everything comes back at once);
+  `datesearch=dateoccurred&startdate=&enddate=` filter (both bounds inclusive), `order`
+  (id or dateoccurred) with `orderdesc`.
+- `GET /api/Agent` -> a bare array, or {record_count, agents} with agent_envelope="object".
+- Throttling: more than `rate_limit` requests (500 per 180 s by default) -> 429 with
+  Retry-After (seconds until a slot frees), counted in `violations`.
+
+Tickets are generated from `seed`, `tickets` of them spread evenly over `days` days from
+`first_date`, assigned round-robin-ish to `agents` agents; every `malformed_every`-th one
+is broken (no id, or an unparseable dateoccurred). `add_tickets`, `change`, `delete`
+mutate the data thread-safely.
+"""
+import random
+import secrets
+import time
+from datetime import datetime, timedelta
+
+from .common import ProviderAPI, Tokens, Window, answer, bearer, retry_after_seconds
+
+STATUSES = ((1, "New"), (2, "In Progress"), (3, "Waiting on Customer"), (9, "Closed"))
+TEAMS = ("Service Desk", "Projects", "Field")
+
+
+def _stamp(moment):
+    return moment.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _bound(text, end):
+    """A startdate/enddate value as a comparable 19-character timestamp."""
+    text = (text or "").strip().replace(" ", "T").rstrip("Z")
+    if len(text) == 10:
+        return text + ("T23:59:59" if end else "T00:00:00")
+    return text[:19]
+
+
+class HaloAPI(ProviderAPI):
+    def __init__(self, tickets=300, agents=5, *, seed=1, client_id="halo-client", client_secret="halo-client-secret",
+                 tenant=None, token_ttl=3600, rate_limit=(500, 180.0), agent_envelope="list",
+                 first_date="2023-07-01", days=1096, malformed_every=0, page_size_max=100):
+        super().__init__()
+        self.client_id, self.client_secret, self.tenant = client_id, client_secret, tenant
+        self.client_enabled = True
+        self.tokens = Tokens(token_ttl, prefix="halo")
+        self.token_requests = 0
+        self.window = Window(*rate_limit)
+        self.agent_envelope = agent_envelope
+        self.page_size_max = page_size_max
+        self.malformed_every = malformed_every
+        self.rng = random.Random(seed)
+        self.agents = [{"id": n + 1, "name": f"Agent {n + 1}", "email": f"agent{n + 1}@halo.example",
+                        "team": TEAMS[n % len(TEAMS)], "isdisabled": False} for n in range(agents)]
+        self.tickets = {}  # id -> ticket, in id order
+        self._next_id = 1
+        start = datetime.fromisoformat(first_date)
+        step = timedelta(days=days) / max(1, tickets)
+        self.add_tickets(tickets, start=start, step=step)
+
+    # -- dataset ----------------------------------------------------------------------------
+
+    def add_tickets(self, n, start, step=timedelta(hours=3)):
+        """n tickets occurring from `start` (a datetime or ISO date), `step` apart. Returns ids."""
+        if isinstance(start, str):
+            start = datetime.fromisoformat(start)
+        ids = []
+        with self.lock:
+            for k in range(n):
+                ticket_id = self._next_id
+                self._next_id += 1
+                occurred = start + step * k + timedelta(minutes=self.rng.randrange(0, 120))
+                agent = self.agents[self.rng.randrange(len(self.agents))] if self.agents else None
+                status_id, status_name = STATUSES[self.rng.randrange(len(STATUSES))]
+                ticket = {"id": ticket_id, "dateoccurred": _stamp(occurred), "summary": f"Ticket {ticket_id}",
+                          "status_id": status_id, "status_name": status_name,
+                          "client_id": 100 + ticket_id % 7, "client_name": f"Client {ticket_id % 7}",
+                          "agent_id": agent["id"] if agent else None, "agent_name": agent["name"] if agent else None,
+                          "team": agent["team"] if agent else None, "priority_id": 1 + ticket_id % 4,
+                          "lastactiondate": _stamp(occurred + timedelta(hours=2)),
+                          "last_update": _stamp(occurred + timedelta(hours=2)),
+                          "dateclosed": _stamp(occurred + timedelta(days=1)) if status_id == 9 else None}
+                if self.malformed_every and ticket_id % self.malformed_every == 0:
+                    if (ticket_id // self.malformed_every) % 2:
+                        ticket["id"] = None
+                    else:
+                        ticket["dateoccurred"] = "yesterday-ish"
+                self.tickets[ticket_id] = ticket
+                ids.append(ticket_id)
+        return ids
+
+    def change(self, ids, note="edited"):
+        with self.lock:
+            for ticket_id in ids:
+                ticket = self.tickets[ticket_id]
+                ticket["summary"] = f"{ticket['summary']} ({note})"
+                ticket["last_update"] = _stamp(datetime.now())
+
+    def delete(self, ids):
+        with self.lock:
+            for ticket_id in ids:
+                del self.tickets[ticket_id]
+
+    def between(self, start, end):
+        """Ids of well-formed tickets with start <= dateoccurred <= end (ISO strings)."""
+        low, high = _bound(start, False), _bound(end, True)
+        with self.lock:
+            return [t["id"] for t in self.tickets.values()
+                    if t["id"] is not None and len(t["dateoccurred"]) == 19 and low <= t["dateoccurred"] <= high]
+
+    def expire_tokens(self):
+        self.tokens.expire_all()
+
+    def revoke(self):
+        self.client_enabled = False
+        self.tokens.revoke_all()
+
+    @property
+    def violations(self):
+        return self.window.violations
+
+    def stats(self):
+        out = super().stats()
+        out.update(violations=self.violations, busiest=self.window.busiest, token_requests=self.token_requests)
+        return out
+
+    # -- HTTP -------------------------------------------------------------------------------
+
+    def handle(self, request):
+        path = request.path.rstrip("/")
+        if path == "/auth/token" and request.method == "POST":
+            return "POST /auth/token", self._token(request)
+        routes = {"/api/tickets": "GET /api/Tickets", "/api/agent": "GET /api/Agent"}
+        route = routes.get(path.lower())
+        if route is None or request.method != "GET":
+            return None, answer({"message": "Not found"}, 404)
+        with self.lock:
+            admitted, _, wait = self.window.admit(time.monotonic())
+        if not admitted:
+            return route, answer({"message": "Too many requests"}, 429, {"Retry-After": retry_after_seconds(wait)})
+        token = bearer(request)
+        if not (token and self.tokens.valid(token)):
+            return route, answer({"message": "Unauthorized: the access token is invalid or has expired"}, 401)
+        if route == "GET /api/Agent":
+            with self.lock:
+                agents = [dict(a) for a in self.agents]
+            return route, answer(agents if self.agent_envelope == "list" else
+                                 {"record_count": len(agents), "agents": agents})
+        return route, self._tickets(request)
+
+    def _token(self, request):
+        with self.lock:
+            self.token_requests += 1
+        form = request.form
+        if self.tenant is not None and request.args.get("tenant") != self.tenant:
+            return answer({"error": "invalid_request", "error_description": "unknown tenant"}, 400)
+        if not self.client_enabled or form.get("client_id") != self.client_id or not secrets.compare_digest(
+                form.get("client_secret") or "", self.client_secret):
+            return answer({"error": "invalid_client", "error_description": "Invalid client credentials"}, 401)
+        if form.get("grant_type") != "client_credentials":
+            return answer({"error": "unsupported_grant_type"}, 400)
+        return answer({"access_token": self.tokens.issue(), "token_type": "Bearer",
+                       "expires_in": int(self.tokens.ttl), "scope": form.get("scope") or "all"})
+
+    def _tickets(self, request):
+        args = request.args
+        with self.lock:
+            tickets = [dict(t) for t in self.tickets.values()]
+        if args.get("datesearch", "dateoccurred") == "dateoccurred" and (args.get("startdate") or args.get("enddate")):
+            low = _bound(args.get("startdate"), False) if args.get("startdate") else ""
+            high = _bound(args.get("enddate"), True) if args.get("enddate") else "\uffff"
+            # Malformed dates pass the filter, as a loose provider-side comparison would let them.
+            tickets = [t for t in tickets if len(t["dateoccurred"]) != 19 or low <= t["dateoccurred"] <= high]
+        order = (args.get("order") or "id").lower()
+        if order in ("id", "dateoccurred"):
+            tickets.sort(key=lambda t: (str(t.get(order) or ""), t.get("id") or 0) if order == "dateoccurred"
+                         else (t.get("id") or 0), reverse=args.get("orderdesc", "").lower() == "true")
+        total = len(tickets)
+        if args.get("pageinate", "").lower() == "true":
+            try:
+                size = max(1, min(int(args.get("page_size") or 50), self.page_size_max))
+                page = max(1, int(args.get("page_no") or 1))
+            except ValueError:
+                return answer({"message": "page_size and page_no must be integers"}, 400)
+            tickets = tickets[(page - 1) * size:page * size]
+        return answer({"record_count": total, "tickets": tickets})
