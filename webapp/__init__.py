@@ -9,6 +9,7 @@ from flask import Flask
 BLUEPRINT_MODULES = (
     "webapp.webhooks.routes",
     "webapp.admin", "webapp.live", "webapp.health", "webapp.metrics",
+    "webapp.webhooks.views",
 )
 # Extra CLI groups: (module, AppGroup attribute).
 CLI_GROUPS = (

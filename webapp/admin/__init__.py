@@ -15,6 +15,7 @@ bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="template
 NAV = (
     ("admin.dashboard", "Dashboard"),
     ("admin.history", "History"),
+    ("webhook_admin.deliveries", "Webhooks"),
     ("admin.health", "Health"),
 )
 
