@@ -126,6 +126,7 @@ class LiveHub:
         self._started = False
         self._stop = threading.Event()
         self.subscribed = threading.Event()
+        self._last_db_warning = -1e9
 
     # watchers
     def watch(self, run_id):
@@ -173,7 +174,7 @@ class LiveHub:
                 pubsub.psubscribe(CHANNEL_PATTERN)
                 self.subscribed.set()
                 if reconnecting:
-                    self._resync()  # whatever was published while we were not subscribed
+                    self._database_step(self._resync)  # whatever was published while we were away
                 reconnecting, backoff = True, 0.5
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=0.5)
@@ -181,7 +182,7 @@ class LiveHub:
                         self._relay(message)
                     if time.monotonic() >= next_check:
                         next_check = time.monotonic() + DB_CHECK_SECONDS
-                        self._check_rows()
+                        self._database_step(self._check_rows)
             except redis.RedisError as exc:
                 self.subscribed.clear()
                 log.warning("live progress: Redis subscription lost (%s); retrying in %.1fs",
@@ -195,8 +196,19 @@ class LiveHub:
                 if pubsub is not None:
                     try:
                         pubsub.close()
+                        client.close()
                     except redis.RedisError:
                         pass
+
+    def _database_step(self, step):
+        """A database outage must not stop the relay of Redis messages: log it and go on."""
+        try:
+            step()
+        except Exception as exc:  # any driver error; the next check tries again
+            now = time.monotonic()
+            if now - self._last_db_warning > 60:
+                self._last_db_warning = now
+                log.warning("live progress: cannot read runs from the database (%s)", type(exc).__name__)
 
     def _relay(self, message):
         channel = message["channel"].decode() if isinstance(message["channel"], bytes) else message["channel"]
@@ -234,7 +246,9 @@ class LiveHub:
                     if run.status in TERMINAL_STATUSES and run.finished_at and \
                             now - _epoch(run.finished_at) < FINAL_PUBLISH_GRACE_SECONDS:
                         continue  # the worker's own final message is probably on its way
-                    state = dict(run_state(run), updated_at=now)
+                    # updated_at stays the worker's (from the snapshot): stamping it with this
+                    # machine's clock would make a skewed worker's next updates look old.
+                    state = run_state(run)
                     item = (state, json.dumps(state, default=str))
                     for watch in stale:
                         watch.deliver(item)
