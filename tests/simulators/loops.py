@@ -134,10 +134,11 @@ class LoopsAPI:
                     if key is None:
                         last = None
                         continue
-                    if key in seen and (last != key or seen[key] != (effect.kind, effect.fields)
-                                        or effect.kind == "event"):
+                    # The first delivery may have created the contact and the repeat updated
+                    # it: the same fields set again is the same effect.
+                    if key in seen and (last != key or seen[key] != effect.fields or effect.kind == "event"):
                         found.append((email, key))
-                    seen[key] = (effect.kind, effect.fields)
+                    seen[key] = effect.fields
                     last = key
         return found
 
