@@ -62,9 +62,20 @@ def _bad_request(error):
     if isinstance(error, CSRFError):
         message = ("This form has expired or did not come from this site. "
                    "Go back, reload the page and try again.")
+        if _secure_cookie_over_plain_http():
+            message += (" (The session cookie is Secure, and browsers drop it on plain http except for "
+                        "localhost: serve the admin over https, or set SYNCHUB_SECURE_COOKIES=0 on a trusted network.)")
     else:
         message = error.description
     return render_template("admin/error.html", title="Bad request", message=message), 400
+
+
+def _secure_cookie_over_plain_http():
+    from flask import current_app
+
+    host = request.host.rsplit(":", 1)[0].strip("[]")
+    return (current_app.config.get("SESSION_COOKIE_SECURE") and not request.is_secure
+            and host not in ("localhost", "127.0.0.1", "::1"))
 
 
 @bp.app_context_processor

@@ -198,3 +198,13 @@ def test_create_admin_cli(app):
     result = runner.invoke(args=["users", "create-admin", "b@example.com", "--password", "short"])
     assert result.exit_code == 1 and "at least 10 characters" in result.output
     login(new_client(app), "ops@example.com", "a long password")
+
+
+def test_form_error_explains_secure_cookies_on_plain_http_to_a_remote_host(app, admin_user):
+    client = new_client(app)
+    response = client.post("/admin/login", base_url="http://192.0.2.10:5000",
+                           data={"email": admin_user, "password": PASSWORD})
+    assert response.status_code == 400
+    assert "SYNCHUB_SECURE_COOKIES=0" in response.get_data(as_text=True)
+    local = client.post("/admin/login", data={"email": admin_user, "password": PASSWORD})
+    assert "SYNCHUB_SECURE_COOKIES" not in local.get_data(as_text=True)
