@@ -186,3 +186,37 @@ def test_hub_resubscribes_after_redis_restarts_and_resends_the_state(app, make_c
     finally:
         hub.stop()
         server.stop()
+
+
+def test_a_client_that_stops_answering_pings_is_dropped(app, client, make_connection):
+    """The server pings every SOCK_SERVER_OPTIONS["ping_interval"]; a socket whose other end
+    has gone silent is closed and its watcher released, instead of living forever."""
+    import base64
+    import os
+    import socket
+
+    from werkzeug.serving import make_server
+
+    from webapp import runs
+    from webapp.live import hub
+
+    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 0.3}
+    run = runs.trigger(make_connection(name="demo"), enqueue=False).run
+    cookie = client.get_cookie("synchub_session").value
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        raw = socket.create_connection(("127.0.0.1", server.server_port), timeout=5)
+        key = base64.b64encode(os.urandom(16)).decode()
+        raw.sendall((f"GET /admin/runs/{run.id}/live HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                     f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                     f"Cookie: synchub_session={cookie}\r\n\r\n").encode())
+        assert raw.recv(4096).startswith(b"HTTP/1.1 101")
+        the_hub = hub()
+        wait_for(lambda: the_hub.watcher_count() == 1, timeout=5, message="the watcher to register")
+        # From here on this client reads nothing and answers no ping.
+        wait_for(lambda: the_hub.watcher_count() == 0, timeout=10, message="the silent socket to be dropped")
+        raw.close()
+    finally:
+        server.shutdown()
+        hub().stop()
