@@ -15,6 +15,7 @@ import re
 from datetime import timedelta
 
 import redis
+from flask import current_app
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.job_lifecycle import record_job_failure
@@ -51,8 +52,6 @@ def _fetch(job_id, connection):
 def requeue_lost(now=None, grace_seconds=None, connection=None):
     """Re-enqueue queued runs whose RQ job no longer exists or will never run.
     Returns the ids of the runs enqueued again."""
-    from flask import current_app
-
     now = now or utcnow()
     grace = current_app.config["LOST_JOB_GRACE_SECONDS"] if grace_seconds is None else grace_seconds
     connection = connection or redis_ext.client
@@ -60,39 +59,55 @@ def requeue_lost(now=None, grace_seconds=None, connection=None):
         select(Run.id, Run.rq_job_id, Run.created_at, Run.heartbeat_at).where(Run.status == QUEUED).order_by(Run.id)
     ).all()
     db.session.rollback()
+    # Queued at least since the later of these; a swept run's last heartbeat is older.
+    candidates = [(run_id, job_id) for run_id, job_id, created_at, heartbeat_at in rows
+                  if max(created_at, heartbeat_at or created_at) <= now - timedelta(seconds=grace)]
+    try:
+        statuses = _job_statuses([job_id for _, job_id in candidates], connection)
+    except redis.RedisError as exc:
+        log.warning("requeue_lost: Redis unavailable (%s); queued runs wait for it", type(exc).__name__)
+        return []
     requeued = []
-    for run_id, job_id, created_at, heartbeat_at in rows:
-        # Queued since at least the later of these; a requeued run's last heartbeat is older.
-        if max(created_at, heartbeat_at or created_at) > now - timedelta(seconds=grace):
-            continue
-        try:
-            job = _fetch(job_id, connection)
-            status = job.get_status(refresh=False) if job is not None else None
-            if status is not None and status not in DEAD_JOB_STATUSES:
-                continue
-            if job is not None:
-                job.delete()  # out of the failed/finished registry, so the new job starts clean
-        except redis.RedisError as exc:
-            log.warning("requeue_lost: Redis unavailable (%s); queued runs wait for it", type(exc).__name__)
-            return requeued
+    for (run_id, job_id), status in zip(candidates, statuses):
+        if status is not None and status not in DEAD_JOB_STATUSES:
+            continue  # waiting in its queue, or being picked up right now
         run = db.session.get(Run, run_id)
         if run is None or run.status != QUEUED or run.rq_job_id != job_id:
             db.session.rollback()
             continue  # claimed, cancelled or requeued since we looked
+        try:
+            job = _fetch(job_id, connection)
+            if job is not None:
+                job.delete()  # out of the failed/finished registry, so the new job starts clean
+        except redis.RedisError:
+            db.session.rollback()
+            continue
         if runs.enqueue_run(run):
             requeued.append(run_id)
-            runs.log_event(run_id, f"re-enqueued: its queue entry was lost ({'job missing' if status is None else 'job ' + str(status.value)})",
-                           level="warning", commit=True)
-            log.warning("requeue_lost: run=%s job=%s re-enqueued (was %s)", run_id, job_id,
-                        "missing" if status is None else status.value)
+            why = "job missing" if status is None else f"job {status.value}"
+            runs.log_event(run_id, f"re-enqueued: its queue entry was lost ({why})", level="warning", commit=True)
+            log.warning("requeue_lost: run=%s job=%s re-enqueued (%s)", run_id, job_id, why)
         db.session.rollback()
     return requeued
 
 
+def _job_statuses(job_ids, connection):
+    """RQ status of each job (None: no such job), in one round trip."""
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hget(Job.key_for(job_id), "status")
+        raw = pipe.execute()
+    statuses = []
+    for value in raw:
+        try:
+            statuses.append(JobStatus(value.decode()) if value else None)
+        except ValueError:
+            statuses.append(JobStatus.QUEUED)  # a status this RQ doesn't know: leave the job alone
+    return statuses
+
+
 def reconcile_registries(now=None, grace_seconds=None, connection=None):
     """Settle RQ entries the job table says are over. Returns {"started": n, "queued": n}."""
-    from flask import current_app
-
     now = now or utcnow()
     grace = timedelta(seconds=current_app.config["LOST_JOB_GRACE_SECONDS"] if grace_seconds is None else grace_seconds)
     connection = connection or redis_ext.client

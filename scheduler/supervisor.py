@@ -144,8 +144,17 @@ class Supervisor:
         written last, so a row's last_tick_at=T says this tick's work for time T is done."""
         now = now or self.clock()
         self.lead()
-        outcomes = self.enqueue_due(now) if self.leading else []
-        self.heartbeat(now)
+        try:
+            outcomes = self.enqueue_due(now) if self.leading else []
+            self.heartbeat(now)
+        except Exception:
+            # This supervisor can't do its job (its database is unreachable, say): hand the
+            # lease to one that can instead of holding it while failing.
+            if self.leading:
+                self.lease.release()
+                self.leading = False
+                log.warning("leader: supervisor=%s gave up leadership after a failed tick", self.name)
+            raise
         return outcomes
 
     def lead(self):

@@ -279,10 +279,13 @@ def _fire_slot(connection_id, name, text, schedule, due_at, now, requested_by):
         db.session.commit()  # the slot is used up; the refusal is logged, not retried every tick
         outcome.action, outcome.reason = "refused", str(exc)
         return outcome
-    # When trigger() hit the unique index it rolled our UPDATE back with its insert attempt;
-    # take the slot again (a no-op when it was committed with the run).
-    _take_slot(connection_id, text, due_at, next_at)
-    db.session.commit()
+    # When trigger() hit the unique index it rolled our UPDATE back with its insert attempt
+    # (and, rarely, inserted on a second try): then take the slot again.
+    still_due = db.session.scalar(select(Connection.next_run_at).where(Connection.id == connection_id)) == due_at
+    if still_due and _take_slot(connection_id, text, due_at, next_at):
+        db.session.commit()
+    else:
+        db.session.rollback()
     outcome.run_id = result.run.id
     outcome.action = "enqueued" if result.created else "skipped_active"
     return outcome

@@ -87,12 +87,3 @@ def supervisors(app):
         if process.proc:
             process.proc.wait(timeout=30)
 
-
-@pytest.fixture(autouse=True)
-def _supervisor_loggers_enabled():
-    # Alembic's fileConfig() in migrations/env.py disables every logger that existed before
-    # the first migration of the test process; the supervisor's decisions must be visible.
-    import logging
-
-    for name in ("scheduler", "webapp.schedules", "webapp.alerts", "webapp.retention", "webapp.runs"):
-        logging.getLogger(name).disabled = False

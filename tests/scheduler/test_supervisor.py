@@ -129,3 +129,20 @@ def test_file_clock_is_either_an_instant_or_an_offset_from_real_time(tmp_path):
     path.write_text("yesterday")
     with pytest.raises(ValueError, match="neither an ISO timestamp"):
         clock()
+
+
+def test_leader_that_cannot_reach_its_database_hands_the_lease_over(app, redis, tmp_path):
+    from sqlalchemy.exc import OperationalError
+
+    from tests.conftest import make_app
+
+    cut_off = make_app("postgresql+psycopg://postgres@127.0.0.1:1/unreachable", app.config["REDIS_URL"], str(tmp_path))
+    with cut_off.app_context():
+        stranded = Supervisor(cut_off, name="stranded")
+        with pytest.raises(OperationalError):
+            stranded.tick(T0)
+        assert not stranded.leading
+    assert holder(redis) is None
+    healthy = Supervisor(app, name="healthy")
+    healthy.tick(T0)
+    assert holder(redis) == "healthy"

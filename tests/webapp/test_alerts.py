@@ -149,7 +149,6 @@ def test_failed_notification_is_logged_without_the_webhook_url(app, make_connect
     conn = make_connection(name="loops")
     for _ in range(3):
         _finished_run(conn, FAILED)
-    logging.getLogger("webapp.alerts").disabled = False  # see test_schedules: alembic's fileConfig
     with caplog.at_level(logging.WARNING, logger="webapp.alerts"):
         alerts.sync_alerts()
     assert "HTTP 500" in caplog.text

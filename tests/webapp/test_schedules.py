@@ -161,9 +161,6 @@ def test_disabled_connection_gets_no_run_and_no_next_run_time(app, make_connecti
 
 
 def test_unusable_schedule_is_never_triggered_and_logged_once(app, make_connection, redis, caplog):
-    # Alembic's fileConfig() in migrations/env.py disables loggers that existed before the
-    # first migration of this test process; production runs migrations in their own process.
-    logging.getLogger("webapp.schedules").disabled = False
     make_connection(name="typo", schedule="every:0")
     with caplog.at_level(logging.ERROR, logger="webapp.schedules"):
         _simulate(0, 10)
