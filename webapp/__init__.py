@@ -10,6 +10,7 @@ BLUEPRINT_MODULES = (
     "webapp.webhooks.routes",
     "webapp.admin", "webapp.live", "webapp.health", "webapp.metrics",
     "webapp.webhooks.views",
+    "webapp.outbox_admin",
 )
 # Extra CLI groups: (module, AppGroup attribute).
 CLI_GROUPS = (

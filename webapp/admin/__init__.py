@@ -16,6 +16,7 @@ NAV = (
     ("admin.dashboard", "Dashboard"),
     ("admin.history", "History"),
     ("webhook_admin.deliveries", "Webhooks"),
+    ("outbox_admin.index", "Outbox"),
     ("admin.health", "Health"),
 )
 
