@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from webapp import runs, schedules
 from webapp.extensions import db
-from webapp.models import Connection, Run, utcnow
+from webapp.models import Connection, Run
 from webapp.queue import LOW, queue
 
 T0 = datetime(2030, 1, 1, 0, 0)
