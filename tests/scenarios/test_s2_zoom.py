@@ -1,0 +1,99 @@
+"""S2: Zoom webinars into the database, manual-only, through real RQ workers.
+
+Delta is Zoom's complete listing with only changed records written (Zoom has no
+changed-since filter), so a successful delta also soft-deletes the webinars Zoom no longer
+lists — which is what S2 asks of it ("deleted ones soft-deleted")."""
+import signal
+from datetime import timedelta
+
+import pytest
+
+from tests.scenarios.conftest import finished, one_backend, records
+from tests.simulators.zoom import ZoomAPI
+from tests.support import wait_for
+from webapp import runs
+from webapp.extensions import db
+from webapp.models import COMPLETED, QUEUED, Run, RunEvent, utcnow
+
+CREDENTIALS = {"account_id": "zoom-account", "client_id": "zoom-client", "client_secret": "zoom-client-secret"}
+
+
+def _connection(make_connection, server, **settings):
+    return make_connection(name="zoom-s2", connector="zoom", schedule="manual", credentials=CREDENTIALS,
+                           settings={"base_url": server.url + "/v2", "token_url": server.url + "/oauth/token",
+                                     **settings})
+
+
+def _assert_stored_exactly(conn, api):
+    stored = records(conn.id, "webinars")
+    valid = {str(i): api.webinars[i] for i in api.valid_ids()}
+    assert set(stored) == set(valid)
+    for key, record in stored.items():  # record by record, field by field
+        assert record.data == valid[key]
+    return stored
+
+
+@one_backend
+def test_full_then_delta_updates_changed_and_soft_deletes_deleted_webinars(app, make_connection, workers, serve):
+    api = ZoomAPI(webinars=100, seed=21, malformed_every=25)
+    conn = _connection(make_connection, serve(api), page_size=30)
+    with pytest.raises(runs.TriggerRefused):  # manual-only: no schedule or event may start it
+        runs.trigger(conn, trigger="schedule", streams=["webinars"])
+    workers.start()
+
+    full = finished(runs.trigger(conn, trigger="manual", streams=["webinars"]).run.id)
+    assert full.status == COMPLETED and (full.created, full.failed) == (96, 4)
+    logged = db.session.scalars(db.select(RunEvent).where(RunEvent.run_id == full.id,
+                                                          RunEvent.kind == "record_error")).all()
+    assert len(logged) == 4 and all(e.message.startswith("invalid webinar") and e.stream == "webinars" for e in logged)
+    before = {k: (r.content_hash, r.last_changed_at) for k, r in _assert_stored_exactly(conn, api).items()}
+
+    changed = {str(i) for i in api.change(fraction=0.05, seed=5)}
+    deleted = {str(i) for i in api.delete(fraction=0.01, seed=6)}
+    assert (len(changed), len(deleted)) == (5, 1) and not changed & deleted
+
+    delta = finished(runs.trigger(conn, mode="incremental", trigger="manual", streams=["webinars"]).run.id)
+    assert delta.status == COMPLETED
+    assert (delta.created, delta.updated, delta.unchanged, delta.deleted, delta.failed) == (0, 5, 90, 1, 4)
+    stored = _assert_stored_exactly(conn, api)
+    for key, record in stored.items():
+        if key in changed:
+            assert record.content_hash != before[key][0] and record.data["topic"].endswith("(updated)")
+        else:  # the rest untouched: same content, not rewritten
+            assert (record.content_hash, record.last_changed_at) == before[key]
+    gone = records(conn.id, "webinars", deleted=True)
+    assert set(gone) == deleted and all(r.last_run_id == delta.id for r in gone.values())
+
+
+@one_backend
+def test_resume_after_sigkill_restarts_an_expired_listing_without_duplicates(app, make_connection, workers, serve):
+    api = ZoomAPI(webinars=200, seed=22)
+    api.latency = 0.06
+    api.server = serve(api)
+    conn = _connection(make_connection, api.server, page_size=10)
+    pool = [workers.start(), workers.start()]  # the survivor is ready when the other dies
+    run_id = runs.trigger(conn, trigger="manual", streams=["webinars"]).run.id
+
+    def mid_listing():
+        db.session.commit()
+        run = db.session.get(Run, run_id)
+        db.session.refresh(run)
+        return run if run.processed >= 50 else None
+
+    owner = wait_for(mid_listing, timeout=60, message="the listing to be under way").worker_name
+    next(w for w in pool if w.name == owner).kill(signal.SIGKILL)  # worker and work horse die mid-listing
+    crashed = db.session.get(Run, run_id)
+    db.session.refresh(crashed)
+    assert crashed.status == "running" and crashed.checkpoint["state"]["token"]
+    api.expire_page_tokens()  # the restart comes more than 15 minutes later
+    later = utcnow() + timedelta(seconds=app.config["STALE_AFTER_SECONDS"] + 1)
+    assert runs.sweep_stale(now=later) == [(run_id, QUEUED)]  # what the supervisor does
+
+    done = finished(run_id, timeout=90)
+    assert done.status == COMPLETED and done.attempt == 2 and done.worker_name != owner
+    assert done.created == 200 and done.deleted == 0  # every webinar created once
+    assert done.unchanged > 0  # the pages read again after the restart came back unchanged
+    _assert_stored_exactly(conn, api)
+    listing = api.server.log.entries("/v2/users")
+    refused = [i for i, e in enumerate(listing) if e.status == 400]
+    assert len(refused) == 1 and "next_page_token" not in listing[refused[0] + 1].args  # back to page one

@@ -1,0 +1,92 @@
+"""S5: HaloPSA tickets and agents, through a real RQ worker: the supervisor's hourly slot
+syncs the latest fiscal year (with the access token expiring mid-sync), the app's
+`fiscal_year.created` event (POST /api/events) syncs the new year and makes it the latest,
+and agent mappings from the connection's settings are applied to every synced ticket."""
+from datetime import date, datetime, timedelta
+
+from scheduler.supervisor import Supervisor
+from tests.scenarios.conftest import finished, one_backend, records
+from tests.simulators.halopsa import HaloAPI
+from webapp.api.auth import create_token
+from webapp.connectors.halopsa import FiscalCalendar
+from webapp.extensions import db
+from webapp.models import COMPLETED, Connection, Run, utcnow
+
+MAPPINGS = {"1": "alice@app.example", "2": "bob@app.example"}
+
+
+def _assert_tickets(conn, api, ids):
+    stored = records(conn.id, "tickets")
+    assert set(stored) == {str(i) for i in ids}
+    for key, record in stored.items():  # the provider's ticket plus the mapped app user
+        ticket = api.tickets[int(key)]
+        assert record.data == dict(ticket, app_user=MAPPINGS.get(str(ticket["agent_id"])))
+    return stored
+
+
+def _hourly_run(supervisor, conn):
+    """Fire the connection's next hourly slot the way the running supervisor would."""
+    db.session.commit()
+    connection = db.session.get(Connection, conn.id)
+    db.session.refresh(connection)
+    slot = connection.next_run_at
+    assert slot is not None and slot.minute == 0
+    outcomes = supervisor.tick(slot)
+    assert [o.action for o in outcomes] == ["enqueued"]
+    return outcomes[0].run_id
+
+
+@one_backend
+def test_hourly_sync_of_the_latest_fiscal_year_and_an_event_for_a_new_one(app, make_connection, workers, serve):
+    calendar = FiscalCalendar(7, 1)
+    current = calendar.year_of(date.today())
+    first_day = date.fromisoformat(calendar.range(current - 2)[0])
+    api = HaloAPI(tickets=240, agents=3, first_date=first_day.isoformat(), days=(date.today() - first_day).days)
+    api.server = serve(api)
+    conn = make_connection(name="halo-s5", connector="halopsa", schedule="hourly:0", credentials={
+        "client_id": "halo-client", "client_secret": "halo-client-secret"}, settings={
+        "base_url": api.server.url, "fiscal_year_start_month": 7, "fiscal_years": [current - 2, current - 1, current],
+        "schedule_mode": "incremental", "agent_mappings": MAPPINGS, "page_size": 10,
+        "event_triggers": {"fiscal_year.created": {"mode": "range", "params": {"fiscal_year": "{data.fiscal_year}"},
+                                                   "streams": ["tickets"]}}})
+    workers.start()
+    supervisor = Supervisor(app, name="s5-supervisor")
+    supervisor.tick(utcnow())  # plans the next slot: the top of the next hour
+
+    api.after(2, api.expire_tokens, path="/api/Tickets")  # the token dies mid-sync
+    hourly = finished(_hourly_run(supervisor, conn))
+    assert hourly.status == COMPLETED and (hourly.trigger, hourly.mode) == ("schedule", "incremental")
+    start, end = calendar.range(current)
+    last_day = (date.fromisoformat(end) - timedelta(days=1)).isoformat()
+    _assert_tickets(conn, api, api.between(start, last_day))
+    assert 0 < len(records(conn.id, "tickets")) < len(api.tickets)  # only the latest year
+    # Renewed, not failed (pages fetched at once may each renew on their 401: harmless here).
+    assert api.token_requests >= 2 and hourly.attempt == 1
+    assert [e.status for e in api.server.log.entries("/api/Tickets")].count(401) >= 1
+    agents = records(conn.id, "agents")
+    assert {k: r.data["app_user"] for k, r in agents.items()} == {"1": MAPPINGS["1"], "2": MAPPINGS["2"], "3": None}
+
+    # The app creates the next fiscal year and says so; its tickets already exist in Halo.
+    new_year = current + 1
+    new_start = date.fromisoformat(calendar.range(new_year)[0])
+    created = api.add_tickets(15, start=datetime.combine(new_start, datetime.min.time()), step=timedelta(days=3))
+    token = create_token("s5-app")
+    answer = app.test_client().post("/api/events", json={"type": "fiscal_year.created", "data": {"fiscal_year": new_year}},
+                                    headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 202 and len(answer.json["runs"]) == 1
+    event_run = finished(answer.json["runs"][0]["run_id"])
+    assert event_run.status == COMPLETED and (event_run.trigger, event_run.params) == ("event", {"fiscal_year": new_year})
+    stored = records(conn.id, "tickets")
+    assert {str(i) for i in created} <= set(stored)
+    db.session.refresh(db.session.get(Connection, conn.id))
+    assert new_year in db.session.get(Connection, conn.id).settings["fiscal_years"]
+
+    # The next hourly slot now syncs the new year: it is the latest.
+    api.server.log.clear()
+    next_hourly = finished(_hourly_run(supervisor, conn))
+    assert next_hourly.status == COMPLETED and next_hourly.unchanged == len(created) + len(agents)
+    asked = api.server.log.entries("/api/Tickets")[0].args
+    assert asked["startdate"] == f"{new_start}T00:00:00"
+    _assert_tickets(conn, api, set(api.between(start, last_day)) | set(created))
+    assert db.session.query(Run).filter(Run.trigger == "schedule").count() == 2
+    assert api.violations == 0
