@@ -1,0 +1,319 @@
+"""Sustained webhook ingest (signature verified, delivery stored, record run inserted and
+enqueued on RQ's high queue) next to a bare Flask endpoint that returns 200, measured in
+the same run under the same gunicorn configuration (the Procfile's: gthread, 2 processes).
+
+    .venv/bin/python -m bench.webhook_ingest [--backend postgresql|sqlite] [--seconds 10]
+                                             [--connections 32] [--half-seconds 10]
+
+1. Saturation: Debian's `wrk` (a separate process; `apt-get install wrk`) sends distinct
+   Standard-Webhooks-signed deliveries (a Lua script cycles through pre-signed requests,
+   each a new event id and a new record) → sustained rate, p50/p99.
+2. Half the sustained rate: an open-loop load generator in its own process sends at a fixed
+   rate; latency is measured from each request's scheduled time (no coordinated omission).
+Both steps run against the bare endpoint too. Afterwards the database and the queue are
+checked: every 200 is a stored delivery with one queued record run and one RQ job.
+"""
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import os
+import queue
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.client import HTTPConnection
+
+import requests
+from flask import Flask
+
+from bench.common import ROOT, ThrowawayDatabase, free_port
+from tests.support import TEST_KEY, RedisServer
+
+# The baseline: what gunicorn + Flask cost with no work at all.
+bare_app = Flask("bare")
+
+
+@bare_app.post("/ok")
+def _ok():
+    return "", 200
+
+
+LUA = r"""
+local lines, n, i = {}, 0, 0
+function setup(thread)
+  thread:set("tid", __tid or 0); __tid = (__tid or 0) + 1
+end
+function init(args)
+  local threads, path = tonumber(args[1]), args[2]
+  local k = 0
+  for line in io.lines(path) do
+    if k % threads == tid then
+      local id, ts, sig, body = line:match("^([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$")
+      n = n + 1
+      lines[n] = wrk.format("POST", wrk.path, {["Content-Type"]="application/json", ["webhook-id"]=id,
+        ["webhook-timestamp"]=ts, ["webhook-signature"]=sig}, body)
+    end
+    k = k + 1
+  end
+end
+function request()
+  i = i % n + 1
+  return lines[i]
+end
+"""
+
+
+def signed_requests(secret, count, start):
+    """count distinct deliveries: each a new event id and a new record (so a new run)."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    ts = str(int(time.time()))
+    out = []
+    for n in range(start, start + count):
+        body = json.dumps({"type": "item.updated", "data": {"id": f"item-{n:07d}"}}, separators=(",", ":"))
+        msg_id = f"msg_{n}"
+        digest = hmac.new(key, f"{msg_id}.{ts}.{body}".encode(), hashlib.sha256).digest()
+        out.append((msg_id, ts, "v1," + base64.b64encode(digest).decode(), body))
+    return out
+
+
+def write_requests(path, rows):
+    with open(path, "w") as f:
+        for row in rows:
+            f.write("\t".join(row) + "\n")
+
+
+def prepare(workdir, database_url, redis_url):
+    os.environ["SYNCHUB_INSTANCE_PATH"] = workdir
+    from webapp import create_app
+
+    app = create_app({"SQLALCHEMY_DATABASE_URI": database_url, "REDIS_URL": redis_url, "SYNCHUB_ENCRYPTION_KEYS": TEST_KEY})
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    with app.app_context():
+        from flask_migrate import upgrade
+
+        from webapp.extensions import db
+        from webapp.models import Connection
+
+        upgrade()
+        connection = Connection(name="shop", connector="sandbox", settings={})
+        connection.credentials = {"webhook_secret": secret}
+        db.session.add(connection)
+        db.session.commit()
+    return app, secret
+
+
+def serve(target, workdir, database_url, redis_url, workers, threads):
+    port = free_port()
+    env = dict(os.environ, DATABASE_URL=database_url, REDIS_URL=redis_url, SYNCHUB_INSTANCE_PATH=workdir,
+               SYNCHUB_ENCRYPTION_KEYS=TEST_KEY, SYNCHUB_LOG_LEVEL="WARNING", PYTHONPATH=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--threads", str(threads),
+                             "--workers", str(workers), "--bind", f"127.0.0.1:{port}", target],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            requests.get(url + "/", timeout=5)
+            return proc, url
+        except requests.RequestException:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"gunicorn {target} did not start")
+            time.sleep(0.2)
+
+
+def stop(proc):
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def _ms(text):
+    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(url, seconds, connections, lua_path=None, lua_args=()):
+    threads = 2
+    args = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency", "--timeout", "10s"]
+    if lua_path:
+        args += ["-s", lua_path]
+    args.append(url)
+    if lua_path:
+        args += ["--", str(threads), *lua_args]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    if "Requests/sec" not in out or "Latency Distribution" not in out:
+        raise RuntimeError(f"unexpected wrk output:\n{out}")
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {"rate": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "requests": total,
+            "p50": _ms(re.search(r"50%\s+(\S+)", out).group(1)), "p99": _ms(re.search(r"99%\s+(\S+)", out).group(1)),
+            "non_2xx": int(non_2xx.group(1)) if non_2xx else 0, "socket_errors": errors.group(1) if errors else None}
+
+
+# -- fixed-rate client (run as a separate process: `python -m bench.webhook_ingest --client`) --
+
+
+def fixed_rate_client(url, rate, seconds, request_file, senders=16):
+    """Open loop: request i is due at t0 + i/rate; latency = answer time - due time."""
+    rows = []
+    if request_file:
+        with open(request_file) as f:
+            rows = [line.rstrip("\n").split("\t", 3) for line in f]
+    host, port, path = re.match(r"http://([^:/]+):(\d+)(/.*)", url).groups()
+    total = int(rate * seconds)
+    due = queue.Queue()
+    latencies, statuses, lock = [], {}, threading.Lock()
+
+    def sender():
+        conn = HTTPConnection(host, int(port), timeout=30)
+        while True:
+            item = due.get()
+            if item is None:
+                return
+            at, n = item
+            delay = at - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            headers, body = {"Content-Type": "application/json"}, b"{}"
+            if rows:
+                msg_id, ts, sig, text = rows[n]
+                headers.update({"webhook-id": msg_id, "webhook-timestamp": ts, "webhook-signature": sig})
+                body = text.encode()
+            try:
+                conn.request("POST", path, body=body, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                status = response.status
+            except OSError:
+                conn.close()
+                conn = HTTPConnection(host, int(port), timeout=30)
+                status = "error"
+            with lock:
+                latencies.append((time.perf_counter() - at) * 1000)
+                statuses[status] = statuses.get(status, 0) + 1
+
+    threads = [threading.Thread(target=sender, daemon=True) for _ in range(senders)]
+    for t in threads:
+        t.start()
+    t0 = time.perf_counter() + 0.2
+    for n in range(total):
+        due.put((t0 + n / rate, n))
+    for _ in threads:
+        due.put(None)
+    for t in threads:
+        t.join()
+    ordered = sorted(latencies)
+    pick = lambda p: ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]  # noqa: E731
+    print(json.dumps({"sent": total, "statuses": statuses, "p50": pick(50), "p99": pick(99), "max": ordered[-1]}))
+
+
+def fixed_rate(url, rate, seconds, request_file=None):
+    args = [sys.executable, "-m", "bench.webhook_ingest", "--client", url, "--rate", str(rate),
+            "--half-seconds", str(seconds)]
+    if request_file:
+        args += ["--requests", request_file]
+    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+def verify(app, expected):
+    """Every accepted request is a stored delivery with one queued record run and an RQ job."""
+    from sqlalchemy import func, select
+
+    from webapp.extensions import db, redis_ext
+    from webapp.models import Run, WebhookDelivery
+    from webapp.queue import queue as rq_queue
+
+    with app.app_context():
+        deliveries = db.session.scalar(select(func.count()).select_from(WebhookDelivery))
+        enqueued = db.session.scalar(select(func.count()).select_from(WebhookDelivery).where(WebhookDelivery.outcome == "enqueued"))
+        record_runs = db.session.scalar(select(func.count()).select_from(Run).where(Run.mode == "record", Run.status == "queued"))
+        jobs = rq_queue("high", redis_ext.client).count
+    return {"expected": expected, "deliveries": deliveries, "enqueued": enqueued, "runs": record_runs, "rq_jobs": jobs}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=("postgresql", "sqlite"), default="postgresql")
+    parser.add_argument("--seconds", type=int, default=10, help="saturation phase length")
+    parser.add_argument("--half-seconds", type=float, default=10, help="fixed-rate phase length")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--client", help=argparse.SUPPRESS)
+    parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--requests", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client:
+        return fixed_rate_client(args.client, args.rate, args.half_seconds, args.requests)
+    if not shutil.which("wrk"):
+        sys.exit("wrk is missing: apt-get install wrk")
+
+    workdir = tempfile.mkdtemp(prefix="synchub-bench-webhooks-")
+    database = ThrowawayDatabase(args.backend, workdir)
+    redis_server = RedisServer().start()
+    servers = []
+    try:
+        app, secret = prepare(workdir, database.url, redis_server.url)
+        # Enough distinct deliveries for the saturation phase at up to ~3000/s, then for the half-rate phase.
+        saturation_file = os.path.join(workdir, "saturation.tsv")
+        half_file = os.path.join(workdir, "half.tsv")
+        write_requests(saturation_file, signed_requests(secret, 3000 * args.seconds, 0))
+        lua_path = os.path.join(workdir, "signed.lua")
+        with open(lua_path, "w") as f:
+            f.write(LUA)
+
+        bare_proc, bare_url = serve("bench.webhook_ingest:bare_app", workdir, database.url, redis_server.url,
+                                    args.workers, args.threads)
+        servers.append(bare_proc)
+        hub_proc, hub_url = serve("wsgi:app", workdir, database.url, redis_server.url, args.workers, args.threads)
+        servers.append(hub_proc)
+
+        # The baseline receives the very same signed requests (it ignores them).
+        wrk(bare_url + "/ok", 2, args.connections, lua_path, (saturation_file,))  # warm-up
+        bare = wrk(bare_url + "/ok", args.seconds, args.connections, lua_path, (saturation_file,))
+        hub = wrk(hub_url + "/webhooks/shop", args.seconds, args.connections, lua_path, (saturation_file,))
+        saturated = verify(app, hub["requests"])
+
+        half_rate = hub["rate"] / 2
+        write_requests(half_file, signed_requests(secret, int(half_rate * args.half_seconds) + 10, 10_000_000))
+        hub_half = fixed_rate(hub_url + "/webhooks/shop", half_rate, args.half_seconds, half_file)
+        bare_half = fixed_rate(bare_url + "/ok", half_rate, args.half_seconds, half_file)
+        final = verify(app, saturated["deliveries"] + hub_half["sent"])
+    finally:
+        for proc in servers:
+            stop(proc)
+        redis_server.stop()
+        database.drop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    load = os.getloadavg()[0]
+    print(f"webhook ingest benchmark ({args.backend}, gunicorn gthread {args.workers}x{args.threads}, "
+          f"wrk -c{args.connections} {args.seconds}s, load avg at end {load:.1f})")
+    print(f"  saturation  ingest {hub['rate']:8.0f}/s  p50 {hub['p50']:6.1f} ms  p99 {hub['p99']:6.1f} ms"
+          f"  (non-2xx {hub['non_2xx']}, socket errors {hub['socket_errors']})")
+    print(f"              bare   {bare['rate']:8.0f}/s  p50 {bare['p50']:6.1f} ms  p99 {bare['p99']:6.1f} ms")
+    print(f"              ratio  {hub['rate'] / bare['rate']:.2f}x the bare endpoint's rate (target >= 0.3x)")
+    print(f"  half rate   {half_rate:.0f}/s for {args.half_seconds:.0f}s, latency from scheduled send time:")
+    print(f"              ingest p50 {hub_half['p50']:6.1f} ms  p99 {hub_half['p99']:6.1f} ms  max {hub_half['max']:6.1f} ms"
+          f"  statuses {hub_half['statuses']}  (target p99 < 50 ms)")
+    print(f"              bare   p50 {bare_half['p50']:6.1f} ms  p99 {bare_half['p99']:6.1f} ms  max {bare_half['max']:6.1f} ms"
+          f"  statuses {bare_half['statuses']}")
+    print(f"  checked     saturation: {saturated}")
+    print(f"              total:      {final}")
+
+
+if __name__ == "__main__":
+    main()
