@@ -209,6 +209,12 @@ def add_command(name, connector, setting_pairs, settings_json, credentials_json,
         _fail("credentials are not valid JSON")  # the text itself is never echoed
     if db.session.execute(select(Connection).where(Connection.name == name)).scalar_one_or_none():
         _fail(f"a connection named {name!r} exists")
+    from .schedules import ScheduleError, normalize
+
+    try:
+        schedule = normalize(schedule)
+    except ScheduleError as exc:
+        _fail(str(exc))
     conn = Connection(name=name, connector=connector, settings=settings, schedule=schedule, enabled=not disabled)
     conn.credentials = credentials
     db.session.add(conn)

@@ -58,7 +58,14 @@ class Connection(db.Model):
 
     @property
     def manual_only(self):
-        return self.schedule == "manual"
+        """Never triggered automatically. An unreadable schedule counts as manual: a
+        connection must not start running by itself because of a typo."""
+        from .schedules import ScheduleError, parse
+
+        try:
+            return parse(self.schedule).manual
+        except ScheduleError:
+            return True
 
     def __repr__(self):  # never the credentials
         return f"<Connection {self.id} {self.name!r} {self.connector}>"

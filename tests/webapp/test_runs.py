@@ -150,3 +150,10 @@ def test_trigger_writes_an_activity_log_line(app, make_connection):
     run = runs.trigger(conn, trigger="cli", requested_by="ops", enqueue=False).run
     messages = db.session.scalars(select(RunEvent.message).where(RunEvent.run_id == run.id)).all()
     assert messages == ["queued by cli (ops)"]
+
+
+def test_unreadable_or_oddly_cased_manual_schedule_still_refuses_automatic_triggers(app, make_connection):
+    for schedule in ("Manual", "every:banana"):
+        conn = make_connection(name=f"c-{schedule}", schedule=schedule)
+        with pytest.raises(runs.TriggerRefused, match="manual-only"):
+            runs.trigger(conn, trigger="event", enqueue=False)
