@@ -26,7 +26,7 @@ from .. import runs
 from ..connectors.base import Services, connector_class
 from ..connectors.errors import ConfigError
 from ..extensions import db, redis_ext
-from ..models import QUEUED, Connection, WebhookDelivery, utcnow
+from ..models import QUEUED, Connection, Run, WebhookDelivery, utcnow
 from . import signatures
 
 log = logging.getLogger(__name__)
@@ -254,12 +254,23 @@ def process_pending_deliveries(limit=500, min_age_seconds=5.0, now=None):
     done = 0
     for delivery in pending:
         try:
-            _redeliver(delivery)
+            if delivery.run_ids:
+                _enqueue_waiting(delivery)
+            else:  # stored, but its runs were never created (the handler died in between)
+                _redeliver(delivery)
         except (ConfigError, ValueError) as exc:
             _settle(delivery, [], FAILED, f"{type(exc).__name__}: {exc}"[:500])
             continue
         done += delivery.outcome == ENQUEUED
     return done
+
+
+def _enqueue_waiting(delivery):
+    """Its runs exist: enqueue those still queued. Runs that already ran (the supervisor's
+    requeue_lost may have got there first) are not created again."""
+    waiting = db.session.execute(select(Run).where(Run.id.in_(delivery.run_ids), Run.status == QUEUED)).scalars().all()
+    enqueued = [runs.enqueue_run(run) for run in waiting]
+    _settle(delivery, [], ENQUEUED if all(enqueued) else RECEIVED, None)
 
 
 def replay(delivery_id, requested_by=None):

@@ -148,3 +148,27 @@ def test_database_unavailable_is_never_2xx_and_highlevel_gets_429(redis_url, tmp
     assert ghl.get_json()["error"] == "unavailable"
     std = client.post("/webhooks/shop", data=body, headers=signing.standard_headers(body, signing.whsec()))
     assert std.status_code == 503 and std.headers["Retry-After"] and std.get_json()["error"] == "unavailable"
+
+
+def test_pending_delivery_whose_handler_died_before_its_runs_gets_them(app, secret):
+    body = signing.dumps({"type": "item.updated", "data": {"id": "item-0000005"}})
+    delivery, duplicate = ingest.store(get_connection("shop").id, "msg_orphan", "item.updated", {}, body)
+    assert not duplicate and delivery.outcome == "received"
+    assert ingest.process_pending_deliveries(min_age_seconds=0) == 1
+    db.session.expire_all()
+    delivery = db.session.get(WebhookDelivery, delivery.id)
+    run = db.session.get(Run, delivery.run_ids[0])
+    assert delivery.outcome == "enqueued" and run.record_key == "items:item-0000005"
+
+
+def test_pending_delivery_does_not_recreate_runs_that_already_ran(app, secret):
+    response = _post(client=app.test_client(), secret=secret).get_json()
+    delivery_id, run_id = response["delivery_id"], response["run_ids"][0]
+    # As if Redis had been down: the delivery waits, and meanwhile its run was requeued and ran.
+    db.session.execute(WebhookDelivery.__table__.update().values(outcome="received"))
+    db.session.execute(Run.__table__.update().values(status="completed"))
+    db.session.commit()
+    assert ingest.process_pending_deliveries(min_age_seconds=0) == 1
+    db.session.expire_all()
+    assert db.session.get(WebhookDelivery, delivery_id).run_ids == [run_id]
+    assert db.session.get(WebhookDelivery, delivery_id).outcome == "enqueued" and _run_count() == 1
