@@ -52,3 +52,27 @@ def test_cron_jobs_run_and_report(client, cron):
     assert client.post("/api/cron/webhooks", headers=cron).get_json()["result"] == {"deliveries_enqueued": 0}
     unknown = client.post("/api/cron/reboot", headers=cron)
     assert unknown.status_code == 404 and "sweep" in unknown.get_json()["reason"]
+
+
+def test_concurrent_cron_ticks_queue_one_run_per_due_slot(app, cron, make_connection):
+    from datetime import timedelta
+
+    from webapp.models import utcnow
+
+    connection = make_connection(name="halo", schedule="every:5")
+    connection.next_run_at = utcnow() - timedelta(minutes=1)
+    db.session.commit()
+    with SimulatorServer(app) as server, ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(lambda _: requests.post(f"{server.url}/api/cron/tick", headers=cron, timeout=30),
+                                  range(6)))
+    assert [r.status_code for r in responses] == [200] * 6
+    run = db.session.query(Run).one()
+    assert run.trigger == "schedule" and run.requested_by.startswith("cron")
+    db.session.expire_all()
+    assert db.session.get(type(connection), connection.id).next_run_at > utcnow()
+
+
+def test_cron_cleanup_reports_what_it_deleted(client, cron):
+    response = client.post("/api/cron/cleanup", headers=cron)
+    assert response.status_code == 200
+    assert set(response.get_json()["result"]) >= {"runs", "run_events", "webhook_deliveries"}
