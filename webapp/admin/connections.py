@@ -1,41 +1,19 @@
 """Create and edit connections. Credentials are write-only: the form shows which keys are
 stored, never their values; a blank credential field keeps what is stored."""
 import json
-import re
 
-from croniter import croniter
 from flask import current_app, flash, redirect, render_template, request, url_for
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from werkzeug.routing import BuildError
 
+from .. import schedules
 from ..connectors import load_all
 from ..connectors.base import REGISTRY
 from ..connectors.errors import ConfigError
 from ..extensions import db
 from ..models import Connection
 from . import bp
-
-_EVERY = re.compile(r"^every:(\d+)$")
-_HOURLY = re.compile(r"^hourly:(\d{1,2})$")
-
-
-def validate_schedule(text):
-    """The schedule string as stored, or ValueError saying what is accepted."""
-    text = (text or "").strip() or "manual"
-    if text == "manual":
-        return text
-    match = _EVERY.match(text)
-    if match and int(match.group(1)) >= 1:
-        return text
-    match = _HOURLY.match(text)
-    if match and int(match.group(1)) <= 59:
-        return text
-    if text.startswith("cron:") and croniter.is_valid(text[5:].strip()):
-        return "cron:" + text[5:].strip()
-    raise ValueError("schedule must be 'manual', 'every:<minutes>', 'hourly:<minute 0-59>' or "
-                     "'cron:<5-field cron expression>'")
-
 
 def _value(text):
     """Settings are JSON: numbers, booleans, lists and objects typed as such, the rest as text."""
@@ -78,7 +56,7 @@ def parse_form(cls, form, stored_credentials):
         value = form.get(f"credential.{field}", "")
         if value.strip():
             credentials[field] = value.strip()
-    schedule = validate_schedule(form.get("schedule"))
+    schedule = schedules.parse(form.get("schedule", "").strip() or "manual").text
     return name, settings, credentials, schedule, bool(form.get("enabled"))
 
 
@@ -143,10 +121,11 @@ def _save(cls, connection, created):
             raise ValueError(f"another connection is already named {name!r}")
     except (ValueError, ConfigError) as exc:
         return _invalid(cls, connection if not created else None, str(exc))
-    if connection.schedule != schedule:
-        connection.next_run_at = None  # the supervisor computes it from the new schedule
+    timing_changed = created or (connection.schedule, connection.enabled) != (schedule, enabled)
     connection.name, connection.settings, connection.schedule, connection.enabled = name, settings, schedule, enabled
     connection.credentials = credentials
+    if timing_changed:
+        schedules.reschedule(connection)  # a new schedule takes effect from its next slot
     if created:
         db.session.add(connection)
     try:

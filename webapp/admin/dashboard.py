@@ -5,7 +5,7 @@ from flask import flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import func, select
 
-from .. import runs
+from .. import runs, schedules
 from ..connectors import load_all
 from ..connectors.base import REGISTRY
 from ..connectors.errors import ConfigError
@@ -62,7 +62,14 @@ def connection_rows():
     active = {run.connection_id: run for run in db.session.execute(
         select(Run).where(Run.status.in_(ACTIVE_STATUSES), Run.mode != "record")).scalars()}
     return [{"connection": c, "last_run": last_runs.get(c.id), "active_run": active.get(c.id),
-             "options": sync_options(c)} for c in connections]
+             "options": sync_options(c), "schedule": _describe(c.schedule)} for c in connections]
+
+
+def _describe(text):
+    try:
+        return schedules.parse(text).describe()
+    except schedules.ScheduleError as exc:
+        return f"unreadable ({exc}); treated as manual"
 
 
 @bp.route("/")

@@ -35,7 +35,7 @@ def test_dashboard_shows_each_connection_with_health_last_run_and_next_run(clien
     html = client.get("/admin/").get_data(as_text=True)
     quiet_card = html[html.index('id="connection-%d"' % quiet.id):]
     quiet_card = quiet_card[:quiet_card.index("</article>")]
-    assert "never" in quiet_card and "every:30" in quiet_card and "in 20 min" in quiet_card
+    assert "never" in quiet_card and "every 30 minutes" in quiet_card and "in 20 min" in quiet_card
     busy_card = html[html.index('id="connection-%d"' % busy.id):]
     busy_card = busy_card[:busy_card.index("</article>")]
     assert "needs reauth" in busy_card and "rejected the credentials" in busy_card
@@ -102,6 +102,7 @@ def test_connection_is_created_from_the_connector_fields(client):
     assert connection.credentials == {"api_key": SECRET}
     assert SECRET not in connection.credentials_encrypted
     assert (connection.schedule, connection.enabled) == ("hourly:15", True)
+    assert connection.next_run_at is not None and connection.next_run_at.minute == 15
 
 
 def test_blank_credential_keeps_the_stored_one_and_clear_removes_it(client, make_connection):
@@ -130,8 +131,8 @@ def test_invalid_connection_form_says_what_to_fix_and_saves_nothing(client, make
     connection = make_connection(name="demo", settings={"records": 5})
     edit = f"/admin/connections/{connection.id}/edit"
     for data, message in (
-        ({"name": "demo", "schedule": "every:0"}, "schedule must be"),
-        ({"name": "demo", "schedule": "cron:99 * * * *"}, "schedule must be"),
+        ({"name": "demo", "schedule": "every:0"}, "minutes must be between 1 and"),
+        ({"name": "demo", "schedule": "weekly"}, "unknown schedule"),
         ({"name": "", "schedule": "manual"}, "a name of 1 to 100 characters"),
         ({"name": "demo", "extra_settings": "[1, 2"}, "not valid JSON"),
     ):
