@@ -16,8 +16,8 @@ from .queue import queue_lengths
 
 bp = Blueprint("health", __name__)
 
-# A supervisor that has not ticked for this long is reported silent.
-SUPERVISOR_SILENT_SECONDS = 120
+# A supervisor that has not ticked for this long is reported silent (the alerting threshold).
+DEFAULT_SUPERVISOR_SILENT_SECONDS = 120
 
 
 @bp.route("/healthz")
@@ -92,7 +92,8 @@ def health_report(now=None):
     report["queued"] = queued[0]
     report["oldest_queued_at"] = queued[1]
     supervisors = db.session.execute(select(SupervisorState).order_by(SupervisorState.name)).scalars().all()
-    silent_before = now - timedelta(seconds=SUPERVISOR_SILENT_SECONDS)
+    silent_seconds = config.get("ALERT_SUPERVISOR_SILENT_SECONDS", DEFAULT_SUPERVISOR_SILENT_SECONDS)
+    silent_before = now - timedelta(seconds=silent_seconds)
     report["supervisors"] = [{"row": s, "silent": not s.last_tick_at or s.last_tick_at < silent_before}
                              for s in supervisors]
     report["leader"] = next((s.name for s in supervisors if s.is_leader and s.last_tick_at
@@ -100,5 +101,5 @@ def health_report(now=None):
     report["alerts"] = db.session.execute(
         select(Alert).where(Alert.cleared_at.is_(None)).order_by(Alert.fired_at.desc())).scalars().all()
     report["stale_after_seconds"] = config["STALE_AFTER_SECONDS"]
-    report["supervisor_silent_seconds"] = SUPERVISOR_SILENT_SECONDS
+    report["supervisor_silent_seconds"] = silent_seconds
     return report
