@@ -51,8 +51,11 @@ class Answer:
 
 def reject(status, code, reason, connection_key=None, headers=None):
     log.info("webhook for %s rejected: %s %s (%s)", connection_key, status, code, reason)
+    # Counted per connection only for connections that exist: anyone can POST to any URL,
+    # and the counter must not grow with every name they make up.
+    label = str(connection_key) if str(connection_key) in _scheme_cache else "(unknown)"
     try:
-        redis_ext.client.hincrby(REJECTED_COUNTER, f"{connection_key}:{code}", 1)
+        redis_ext.client.hincrby(REJECTED_COUNTER, f"{label}:{code}", 1)
     except (redis.RedisError, OSError):
         pass  # a counter is not worth failing (or slowing) a rejection for
     return Answer(status, {"error": code, "reason": reason}, headers or {})

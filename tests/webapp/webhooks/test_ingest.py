@@ -73,10 +73,13 @@ def test_connection_addressed_by_id_works_too(client, secret):
 
 
 def test_rejections_are_counted_not_stored(client, secret, redis):
+    _post(client, secret, body=b"{}", **{"webhook-signature": "v1,AAAA"})
+    _post(client, secret, body=b"{}", **{"webhook-signature": "v1,AAAA"})
     _post(client, secret, **{"Content-Type": "text/plain"})
-    _post(client, secret, body=b"{}", **{"webhook-signature": "v1,AAAA"})
-    _post(client, secret, body=b"{}", **{"webhook-signature": "v1,AAAA"})
-    assert ingest.rejected_counts() == {"shop:unsupported_media_type": 1, "shop:bad_signature": 2}
+    for made_up in ("nope-1", "nope-2", "nope-3"):  # names anyone can invent share one counter
+        client.post(f"/webhooks/{made_up}", data=b"{}", headers={"Content-Type": "application/json"})
+    assert ingest.rejected_counts() == {"shop:bad_signature": 2, "shop:unsupported_media_type": 1,
+                                        "(unknown):unknown_connection": 3}
     assert _deliveries() == []
 
 
