@@ -126,9 +126,9 @@ def test_redis_limiter_is_shared_by_processes(limiter_redis_url):
 
 def test_provider_sees_no_violations_from_two_workers_sharing_a_redis_limit(serve, limiter_redis_url):
     # The simulator counts arrivals over a window a little shorter than the limiter's: the
-    # few ms between admission and arrival vary per request, and a real client keeps a
-    # margin for that too.
-    server = serve(RecordsAPI(make_records(5), rate_limit=(5, 0.45)))
+    # time between admission and arrival varies per request (more on a loaded machine), and
+    # a real client keeps a margin for that too.
+    server = serve(RecordsAPI(make_records(5), rate_limit=(5, 0.4)))
     key = f"test:{uuid.uuid4().hex}"
 
     def worker():
