@@ -1,7 +1,7 @@
 """GET /api/openapi.json: the API described from the same modules that implement it.
 
-Each module in API_MODULES may define OPENAPI_PATHS ({path: {method: operation}}) beside its
-routes; this module merges them. tests/webapp/api/test_openapi.py fails when a route under
+Each module in API_MODULES may define OPENAPI_PATHS ({path: {method: operation}}) and
+OPENAPI_SCHEMAS ({name: schema}) beside its routes; this module merges them. tests/webapp/api/test_openapi.py fails when a route under
 /api has no description, and schemathesis checks responses against it.
 """
 import importlib
@@ -159,12 +159,13 @@ ELSEWHERE = {
 
 
 def document():
-    paths = {}
+    paths, schemas = {}, dict(COMPONENTS["schemas"])
     for name in API_MODULES:
         module = importlib.import_module(f"{__package__}.{name}")
         described = getattr(module, "OPENAPI_PATHS", None)
         for path, operations in (described if described is not None else ELSEWHERE.get(name, {})).items():
             paths.setdefault(path, {}).update(operations)
+        schemas.update(getattr(module, "OPENAPI_SCHEMAS", {}))
     return {
         "openapi": "3.0.3",
         "info": {"title": "synchub API", "version": "1",
@@ -172,7 +173,7 @@ def document():
                                 "{\"error\": <stable code>, \"reason\": <text>}."},
         "servers": [{"url": "/"}],
         "paths": dict(sorted(paths.items())),
-        "components": COMPONENTS,
+        "components": dict(COMPONENTS, schemas=schemas),
     }
 
 

@@ -112,3 +112,35 @@ def test_connections_are_listed_without_their_credentials(client, auth, make_con
         assert "very-secret-value" not in text and "whsec_" not in text and "credentials_encrypted" not in text
     assert shown.get_json()["connection"]["has_credentials"] is True
     assert shown.get_json()["active_run"] is None
+
+
+def test_stats_are_computed_from_the_job_table(client, auth, make_connection):
+    from datetime import timedelta
+
+    a, b = make_connection(name="a"), make_connection(name="b")
+    done = runs.trigger(a, enqueue=False).run
+    attempt = runs.claim(done.id, "w")
+    runs.finish(done.id, attempt, "completed", counts={"seen": 40, "created": 40})
+    broken = runs.trigger(b, enqueue=False).run
+    runs.finish(broken.id, runs.claim(broken.id, "w"), "failed", error_class="auth", error_message="401")
+    runs.trigger(a, enqueue=False)  # queued
+    db.session.execute(update(Run).where(Run.id == done.id).values(
+        started_at=utcnow() - timedelta(seconds=30), finished_at=utcnow() - timedelta(seconds=10)))
+    db.session.commit()
+    stats = client.get("/api/stats?days=1", headers=auth).get_json()
+    assert stats["runs"] == 3 and stats["by_status"]["completed"] == 1 and stats["by_status"]["failed"] == 1
+    assert stats["by_status"]["queued"] == 1 and stats["success_rate"] == 0.5
+    assert 19 <= stats["duration_seconds"]["p95"] <= 21
+    only_a = client.get("/api/stats?connection=a", headers=auth).get_json()
+    assert only_a["runs"] == 2 and only_a["success_rate"] == 1.0 and only_a["records_per_run"] == 40.0
+    assert client.get("/api/stats?days=0", headers=auth).status_code == 400
+
+
+def test_health_reports_database_redis_and_queues(client, auth, make_connection):
+    runs.trigger(make_connection(), enqueue=True)
+    body = client.get("/api/health", headers=auth)
+    assert body.status_code == 200
+    health = body.get_json()
+    assert health["checks"] == {"database": "ok", "redis": "ok"} and health["status"] == "ok"
+    assert health["queued"] == 1 and health["queues"]["default"] == 1
+    assert client.get("/api/health").status_code == 401

@@ -1,0 +1,127 @@
+"""Health and statistics over JSON (token): what the admin's health page shows, and run
+outcomes over a window, computed from the job table (never made up)."""
+from datetime import timedelta
+
+from flask import jsonify, request
+from sqlalchemy import select
+
+from ..extensions import db
+from ..health import health_report, readiness
+from ..models import STATUSES, TERMINAL_STATUSES, Run, utcnow
+from . import bp
+from .auth import require_token
+from .common import BAD_REQUEST, NOT_FOUND, TOKEN, UNAUTHORIZED, ApiError, find_connection, responses
+
+MAX_DAYS = 365
+MAX_RUNS = 50_000  # a window this large is summarised from its most recent runs
+
+
+def _iso(value):
+    return value.isoformat() + "Z" if value else None
+
+
+@bp.get("/health")
+@require_token
+def api_health():
+    """200 when the database and Redis answer, 503 otherwise; the body says what is wrong."""
+    checks = readiness()
+    ok = all(value == "ok" for value in checks.values())
+    body = {"status": "ok" if ok else "unavailable", "checks": checks}
+    if checks["database"] == "ok":
+        report = health_report()
+        body.update({
+            "queues": report["queues"],
+            "workers": len(report["workers"]),
+            "running": report["running"],
+            "queued": report["queued"],
+            "oldest_queued_at": _iso(report["oldest_queued_at"]),
+            "stale_runs": [run.id for run in report["stale_runs"]],
+            "leader": report["leader"],
+            "open_alerts": [{"kind": a.kind, "subject": a.subject, "message": a.message, "fired_at": _iso(a.fired_at)}
+                            for a in report["alerts"]],
+        })
+    return jsonify(body), 200 if ok else 503
+
+
+def _percentile(values, p):
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))], 3)
+
+
+@bp.get("/stats")
+@require_token
+def api_stats():
+    """Runs created in the last ?days=N (default 7), optionally of one ?connection=."""
+    days = request.args.get("days", "7")
+    if not (days.isascii() and days.isdigit()) or not 1 <= int(days) <= MAX_DAYS:
+        raise ApiError(400, "bad_request", f"days must be an integer from 1 to {MAX_DAYS}")
+    since = utcnow() - timedelta(days=int(days))
+    query = select(Run.status, Run.started_at, Run.finished_at, Run.seen, Run.failed).where(Run.created_at >= since)
+    connection = None
+    if request.args.get("connection") is not None:
+        connection = find_connection(request.args["connection"])
+        query = query.where(Run.connection_id == connection.id)
+    rows = db.session.execute(query.order_by(Run.id.desc()).limit(MAX_RUNS)).all()
+    by_status = {status: 0 for status in STATUSES}
+    durations, seen, skipped = [], [], 0
+    for status, started, finished, seen_count, failed in rows:
+        by_status[status] += 1
+        if status in TERMINAL_STATUSES and started and finished:
+            durations.append((finished - started).total_seconds())
+            seen.append(seen_count)
+        skipped += failed or 0
+    finished_count = by_status["completed"] + by_status["failed"]
+    return jsonify(
+        since=_iso(since), connection=connection.name if connection else None, runs=len(rows), by_status=by_status,
+        success_rate=round(by_status["completed"] / finished_count, 4) if finished_count else None,
+        duration_seconds={"p50": _percentile(durations, 50), "p95": _percentile(durations, 95),
+                          "mean": round(sum(durations) / len(durations), 3) if durations else None},
+        records_per_run=round(sum(seen) / len(seen), 1) if seen else None, records_skipped=skipped,
+    )
+
+
+_NULLABLE_NUMBER = {"type": "number", "nullable": True}
+
+OPENAPI_PATHS = {
+    "/api/health": {"get": {
+        "summary": "Database and Redis readiness, queues, workers, stale runs, leader, open alerts",
+        "security": TOKEN, "tags": ["meta"],
+        "responses": dict(
+            responses(200, {"$ref": "#/components/schemas/Health"}, UNAUTHORIZED),
+            **{"503": {"description": "the database or Redis does not answer",
+                       "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}}}}),
+    }},
+    "/api/stats": {"get": {
+        "summary": "Run outcomes over the last N days: counts per status, success rate, durations, records",
+        "security": TOKEN, "tags": ["meta"],
+        "parameters": [
+            {"name": "days", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_DAYS, "default": 7}},
+            {"name": "connection", "in": "query", "description": "connection id or name",
+             "schema": {"type": "string", "maxLength": 100}}],
+        "responses": responses(200, {"type": "object", "required": ["since", "runs", "by_status", "success_rate"], "properties": {
+            "since": {"type": "string", "format": "date-time"},
+            "connection": {"type": "string", "nullable": True},
+            "runs": {"type": "integer"},
+            "by_status": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "success_rate": {"type": "number", "nullable": True,
+                             "description": "completed / (completed + failed); null when none finished"},
+            "duration_seconds": {"type": "object", "properties": {
+                "p50": _NULLABLE_NUMBER, "p95": _NULLABLE_NUMBER, "mean": _NULLABLE_NUMBER}},
+            "records_per_run": _NULLABLE_NUMBER,
+            "records_skipped": {"type": "integer"}}}, BAD_REQUEST, UNAUTHORIZED, NOT_FOUND),
+    }},
+}
+
+OPENAPI_SCHEMAS = {"Health": {"type": "object", "required": ["status", "checks"], "properties": {
+    "status": {"type": "string", "enum": ["ok", "unavailable"]},
+    "checks": {"type": "object", "additionalProperties": {"type": "string"}},
+    "queues": {"type": "object", "additionalProperties": {"type": "integer"}},
+    "workers": {"type": "integer"},
+    "running": {"type": "integer"},
+    "queued": {"type": "integer"},
+    "oldest_queued_at": {"type": "string", "nullable": True},
+    "stale_runs": {"type": "array", "items": {"type": "integer"}},
+    "leader": {"type": "string", "nullable": True},
+    "open_alerts": {"type": "array", "items": {"type": "object"}}}}}
