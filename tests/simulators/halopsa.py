@@ -57,6 +57,8 @@ class HaloAPI(ProviderAPI):
                         "team": TEAMS[n % len(TEAMS)], "isdisabled": False} for n in range(agents)]
         self.tickets = {}  # id -> ticket, in id order
         self._next_id = 1
+        self._version = 0  # bumped by every change, so cached listings stay true
+        self._views = {}
         start = datetime.fromisoformat(first_date)
         step = timedelta(days=days) / max(1, tickets)
         self.add_tickets(tickets, start=start, step=step)
@@ -90,6 +92,7 @@ class HaloAPI(ProviderAPI):
                         ticket["dateoccurred"] = "yesterday-ish"
                 self.tickets[ticket_id] = ticket
                 ids.append(ticket_id)
+            self._version += 1
         return ids
 
     def change(self, ids, note="edited"):
@@ -98,11 +101,13 @@ class HaloAPI(ProviderAPI):
                 ticket = self.tickets[ticket_id]
                 ticket["summary"] = f"{ticket['summary']} ({note})"
                 ticket["last_update"] = _stamp(datetime.now())
+            self._version += 1
 
     def delete(self, ids):
         with self.lock:
             for ticket_id in ids:
                 del self.tickets[ticket_id]
+            self._version += 1
 
     def between(self, start, end):
         """Ids of well-formed tickets with start <= dateoccurred <= end (ISO strings)."""
@@ -165,19 +170,33 @@ class HaloAPI(ProviderAPI):
         return answer({"access_token": self.tokens.issue(), "token_type": "Bearer",
                        "expires_in": int(self.tokens.ttl), "scope": form.get("scope") or "all"})
 
-    def _tickets(self, request):
-        args = request.args
+    def _listing(self, args):
+        """The filtered, ordered tickets for these arguments; cached until the data changes."""
+        key = (args.get("datesearch", "dateoccurred"), args.get("startdate"), args.get("enddate"),
+               (args.get("order") or "id").lower(), args.get("orderdesc", "").lower() == "true")
         with self.lock:
+            cached = self._views.get(key)
+            if cached is not None and cached[0] == self._version:
+                return cached[1]
             tickets = [dict(t) for t in self.tickets.values()]
-        if args.get("datesearch", "dateoccurred") == "dateoccurred" and (args.get("startdate") or args.get("enddate")):
-            low = _bound(args.get("startdate"), False) if args.get("startdate") else ""
-            high = _bound(args.get("enddate"), True) if args.get("enddate") else "\uffff"
+            version = self._version
+        if key[0] == "dateoccurred" and (key[1] or key[2]):
+            low = _bound(key[1], False) if key[1] else ""
+            high = _bound(key[2], True) if key[2] else "\uffff"
             # Malformed dates pass the filter, as a loose provider-side comparison would let them.
             tickets = [t for t in tickets if len(t["dateoccurred"]) != 19 or low <= t["dateoccurred"] <= high]
-        order = (args.get("order") or "id").lower()
-        if order in ("id", "dateoccurred"):
-            tickets.sort(key=lambda t: (str(t.get(order) or ""), t.get("id") or 0) if order == "dateoccurred"
-                         else (t.get("id") or 0), reverse=args.get("orderdesc", "").lower() == "true")
+        if key[3] in ("id", "dateoccurred"):
+            tickets.sort(key=lambda t: (str(t.get(key[3]) or ""), t.get("id") or 0) if key[3] == "dateoccurred"
+                         else (t.get("id") or 0), reverse=key[4])
+        with self.lock:
+            if len(self._views) > 16:
+                self._views.clear()
+            self._views[key] = (version, tickets)
+        return tickets
+
+    def _tickets(self, request):
+        args = request.args
+        tickets = self._listing(args)
         total = len(tickets)
         if args.get("pageinate", "").lower() == "true":
             try:

@@ -4,7 +4,7 @@ from flask import Blueprint
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
-API_MODULES = ("outbox", "common", "runs", "events", "cron", "stats", "openapi")  # modules of this package that add routes to bp, e.g. ("runs", "events")
+API_MODULES = ("outbox", "common", "runs", "events", "cron", "stats", "records", "openapi")  # modules of this package that add routes to bp, e.g. ("runs", "events")
 
 
 def load_routes():

@@ -39,7 +39,7 @@ from .base import Connector, Page, Param, Stream, register
 from .errors import BadRecord, ConfigError
 
 PAGE_SIZE = 100
-PAGE_CONCURRENCY = 4
+PAGE_CONCURRENCY = 8
 # Throttling is unconfirmed (PROVIDERS.md): assume ~500 requests / 3 min, with a 2 s margin
 # for the gap between our admission and Halo's count. 429s are waited out (Retry-After).
 RATE_LIMIT = (500, 182)

@@ -28,6 +28,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
+import requests
+from requests.adapters import HTTPAdapter
+
 from . import pagination
 from .auth import BearerAuth, OAuth2RefreshToken
 from .base import Connector, Page, Param, Stream, register
@@ -40,7 +43,9 @@ API_VERSION = "2021-07-28"
 # admission here and arrival there differ by a varying few milliseconds.
 RATE_LIMIT = (100, 10.25)
 PAGE_LIMIT = 100
-DETAIL_CONCURRENCY = 10  # also the HTTP client's connection pool size
+# Details are rate-bound: the sooner a window's 100 requests have left, the sooner the next
+# window opens. The client's connection pool is sized to match.
+DETAIL_CONCURRENCY = 32
 ORDER_EVENTS = ("OrderCreate", "OrderStatusUpdate")
 
 
@@ -70,7 +75,8 @@ class HighLevelConnector(Connector):
             raise ConfigError("setting 'location_id' (the HighLevel sub-account) is required")
         self._client = None
         self._valid = None
-        self._valid_lock = threading.Lock()
+        self._valid_lock = threading.RLock()  # valid_products() may read the products listing
+        self._listed = None  # products read by the products stream in this run, from its first page
 
     # -- HTTP -------------------------------------------------------------------------------
 
@@ -78,8 +84,12 @@ class HighLevelConnector(Connector):
     def client(self):
         if self._client is None:
             base_url = self.settings.get("base_url") or DEFAULT_BASE_URL
+            session = requests.Session()
+            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=DETAIL_CONCURRENCY, max_retries=0)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
             self._client = self.services.http(
-                base_url, auth=self._auth(base_url), headers={"Version": API_VERSION},
+                base_url, auth=self._auth(base_url), headers={"Version": API_VERSION}, session=session,
                 rate_limit=tuple(self.settings.get("rate_limit") or RATE_LIMIT),
                 rate_limit_key=self.settings.get("rate_limit_key") or f"highlevel:{self.location_id}")
         return self._client
@@ -114,6 +124,13 @@ class HighLevelConnector(Connector):
                                         extra={"locationId": self.location_id})
         body = self.client.get_json("/products/", params=paging.params(state))
         records, next_state, total = paging.parse(body, state)
+        # The orders stream needs the valid set: a complete products listing gives it for free.
+        self._listed = [] if state is None else self._listed
+        if self._listed is not None:
+            self._listed.extend(records)
+            if next_state is None and self.settings.get("valid_product_ids") is None:
+                with self._valid_lock:
+                    self._valid = self._valid if self._valid is not None else self._active(self._listed)
         return Page(records, next_state, total=total)
 
     def _orders_page(self, request, state):
@@ -166,8 +183,7 @@ class HighLevelConnector(Connector):
                         raise ConfigError("setting 'valid_product_ids' must be a list of product ids")
                     self._valid = {str(p) for p in configured}
                 else:
-                    self._valid = {p["_id"] for p in self._all_products()
-                                   if isinstance(p, dict) and p.get("_id") and p.get("availableInStore") is not False}
+                    self._valid = self._active(self._all_products())
             return self._valid
 
     def _all_products(self):
@@ -178,6 +194,10 @@ class HighLevelConnector(Connector):
             state = page.next_state
             if state is None:
                 return products
+
+    @staticmethod
+    def _active(products):
+        return {p["_id"] for p in products if isinstance(p, dict) and p.get("_id") and p.get("availableInStore") is not False}
 
     @staticmethod
     def _is_valid(order, valid):
