@@ -92,7 +92,7 @@ def child_engine(db_url, backend, sim_url, page_size):
         db.session.commit()
         run_id = runs.trigger(conn, trigger="cli", enqueue=False).run.id
         client = redis_ext.client if os.environ.get("BENCH_REDIS_URL") else None
-            started = time.perf_counter()
+        started = time.perf_counter()
         status = execute_run(run_id, redis_client=client, worker_name="bench")
         elapsed = time.perf_counter() - started
         run = db.session.get(Run, run_id)
