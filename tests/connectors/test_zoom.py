@@ -15,6 +15,7 @@ from webapp.connectors.errors import BadRecord
 from webapp.connectors.zoom import ZoomConnector, validate_webinar_data
 from webapp.extensions import db
 from webapp.models import COMPLETED, FAILED, Connection, Record, Run, RunEvent
+from webapp.webhooks.signatures import SignatureError, verify_zoom
 from worker.engine import execute_run
 
 FAST = {"HTTP_BACKOFF_BASE_SECONDS": 0.05, "HTTP_BACKOFF_MAX_SECONDS": 0.2, "HTTP_MAX_RETRIES": 3}
@@ -161,6 +162,10 @@ def test_webinar_webhooks_map_to_record_runs(zoom):
         payload = json.loads(zoom.webhook_body(event, webinar_id))
         assert connector.webhook_events(payload) == [("webinars", str(webinar_id), deleted)]
     assert connector.webhook_events(json.loads(zoom.webhook_body("meeting.created", webinar_id))) == []
+    body = zoom.webhook_body("webinar.updated", webinar_id)
+    verify_zoom(body, zoom.sign(body), "zoom-webhook-secret")  # the hub accepts what the simulator signs
+    with pytest.raises(SignatureError):
+        verify_zoom(body + b" ", zoom.sign(body), "zoom-webhook-secret")
     foreign = json.loads(zoom.webhook_body("webinar.updated", webinar_id))
     foreign["payload"]["account_id"] = "someone-else"
     assert connector.webhook_events(foreign) == []
