@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed-$(REQ_HASH)
 # Every Procfile process except the one-shot release step (honcho stops all when one exits).
 PROCESSES = $(shell sed -n 's/^\([A-Za-z0-9_-]*\):.*/\1/p' Procfile | grep -vx release)
 
-.PHONY: setup run test
+.PHONY: setup run test chaos bench
 
 setup: $(STAMP)
 
@@ -32,3 +32,11 @@ run: setup
 
 test: setup
 	$(VENV_PATH) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The long fault-injection run (docs/RELIABILITY.md); needs SYNCHUB_TEST_POSTGRES_URL.
+chaos: setup
+	$(VENV_PATH) $(BIN)/python -m tests.chaos $(CHAOS_ARGS)
+
+# Every benchmark in bench/, one table, JSON in test-output/bench.json (BENCH_ARGS=--full for defaults).
+bench: setup
+	$(VENV_PATH) $(BIN)/python -m bench.run_all $(BENCH_ARGS)

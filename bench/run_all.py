@@ -1,0 +1,184 @@
+"""Run every benchmark in bench/ and print one table: figure, our value, the baseline
+measured in the same run, ratio, target. Also written as JSON to test-output/bench.json.
+
+    .venv/bin/python -m bench.run_all            # shortened arguments (a few minutes)
+    .venv/bin/python -m bench.run_all --full     # each benchmark's own defaults (long)
+    .venv/bin/python -m bench.run_all --only supervisor,capacity
+
+Each benchmark runs as its own process with its own command line; its printed report is
+parsed here (the figures, their baselines and the targets they print), so a benchmark
+stays a plain script someone can run and read on its own.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM = r"([\d,]+(?:\.\d+)?)"
+
+
+def _n(text):
+    return float(text.replace(",", ""))
+
+
+def _row(figure, ours, baseline, unit, target="", ratio=None):
+    if ratio is None and baseline:
+        ratio = ours / baseline
+    return {"figure": figure, "ours": ours, "baseline": baseline, "unit": unit,
+            "ratio": round(ratio, 3) if ratio is not None else None, "target": target}
+
+
+def parse_sync_throughput(out):
+    pattern = rf"^(sqlite|postgresql)\s+(\d+)\s+{NUM}\s+{NUM}\s+{NUM}"
+    return [_row(f"full sync, {b}, {int(n):,} records", _n(e), _n(base), "records/s")
+            for b, n, base, e, _ in re.findall(pattern, out, re.M)]
+
+
+def parse_capacity(out):
+    rows = []
+    m = re.search(rf"bare RQ job {NUM} ms, no-op sync run {NUM} ms, ratio {NUM} \(target <= {NUM}\)", out)
+    if m:
+        rows.append(_row("per-run overhead (no-op sync run vs bare RQ job)", _n(m[2]), _n(m[1]), "ms",
+                         f"ratio <= {m[4]}"))
+    scaling = re.findall(rf"^\s*(\d+)\s+{NUM}\s+{NUM}\s+{NUM}$", out, re.M)
+    base = _n(scaling[0][2]) if scaling else None
+    for workers, _, rate, _ in scaling[1:]:
+        rows.append(_row(f"sync records/s with {workers} workers vs 1", _n(rate), base, "records/s"))
+    return rows
+
+
+def parse_websocket_latency(out):
+    rows = [_row(f"websocket progress latency p{p}", _n(ws), _n(base), "ms", "p99 < 100 ms" if p == "99" else "")
+            for p, ws, base, _ in re.findall(rf"p(\d+): websocket\s+{NUM} ms \| baseline[^|]*?{NUM} ms \| ratio\s+{NUM}x",
+                                             out)]
+    return rows
+
+
+def parse_webhook_ingest(out):
+    rows = []
+    hub = re.search(rf"saturation\s+ingest\s+{NUM}/s", out)
+    bare = re.search(rf"^\s+bare\s+{NUM}/s", out, re.M)
+    if hub and bare:
+        rows.append(_row("webhook ingest at saturation", _n(hub[1]), _n(bare[1]), "requests/s", "ratio >= 0.3"))
+    half = re.search(rf"ingest p50\s+{NUM} ms\s+p99\s+{NUM} ms", out)
+    if half:
+        rows.append(_row("webhook ingest p99 at half rate", _n(half[2]), None, "ms", "p99 < 50 ms"))
+    return rows
+
+
+def parse_outbox_delivery(out):
+    rows = []
+    bare = re.search(rf"bare requests loop \(1 thread\): {NUM} requests/s", out)
+    for backend, workers, _, rate, _, _ in re.findall(rf"^(sqlite|postgresql)\s+(\d+)\s+{NUM}\s+{NUM}\s+{NUM}\s+(\d+)$",
+                                                       out, re.M):
+        rows.append(_row(f"outbox delivery, {backend}, {workers} workers", _n(rate), _n(bare[1]) if bare else None,
+                         "events/s"))
+    steady = re.search(rf"steady drain rate {NUM} events/s = {NUM} of the limit \(target >= {NUM}\)", out)
+    if steady:
+        rows.append(_row("outbox drain under a 10/s provider limit", _n(steady[1]), 10.0, "events/s",
+                         f"ratio >= {steady[3]}"))
+    return rows
+
+
+def parse_providers(out):
+    rows, section, engine = [], None, None
+    for line in out.splitlines():
+        if line and not line.startswith(" "):
+            section, engine = line.split(":")[0], None
+            continue
+        m = re.match(rf"^\s{{2}}(\S.*?)\s+{NUM} s\s*(.*)$", line)
+        if not m or section is None:
+            continue
+        label, seconds, note = m[1], _n(m[2]), m[3]
+        if label.startswith("engine"):
+            engine = seconds
+        elif engine is not None:
+            target = re.search(r"\(target ([^)]*)\)", note)
+            rows.append(_row(f"{section}: engine vs {label}", engine, seconds, "s", target[1] if target else ""))
+    return rows
+
+
+def parse_supervisor(out):
+    rows = [_row(f"supervisor slots fired, {b}", _n(ours), _n(base), "slots/s")
+            for b, base, ours, _ in re.findall(rf"^(sqlite|postgresql)\s+{NUM}\s+{NUM}\s+{NUM}$", out, re.M)]
+    bound = re.search(rf"bound TTL \+ tick = {NUM} s", out)
+    for label, floor, takeover, _ in re.findall(rf"^(best|worst)\s+{NUM}\s+{NUM}\s+{NUM}$", out, re.M):
+        rows.append(_row(f"leader failover ({label})", _n(takeover), _n(floor), "s",
+                         f"<= {bound[1]} s" if bound else ""))
+    return rows
+
+
+# module, shortened arguments, parser
+BENCHES = [
+    ("sync_throughput", ["--records", "20000", "--rounds", "1"], parse_sync_throughput),
+    ("capacity", ["--runs", "50", "--scaling-runs", "4", "--records", "500", "--workers", "1,2"], parse_capacity),
+    ("websocket_latency", ["--watchers", "20", "--messages", "100"], parse_websocket_latency),
+    ("webhook_ingest", ["--backend", "postgresql", "--seconds", "5", "--half-seconds", "5"], parse_webhook_ingest),
+    ("outbox_delivery", ["--events", "500", "--limited-events", "60"], parse_outbox_delivery),
+    ("providers", ["--only", "s4,zoom"], parse_providers),
+    ("supervisor", ["--connections", "100", "--rounds", "1", "--failovers", "2"], parse_supervisor),
+]
+
+
+def run_one(module, args, parse, timeout):
+    started = time.monotonic()
+    try:
+        proc = subprocess.run([sys.executable, "-m", f"bench.{module}", *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=timeout)
+        out, error = proc.stdout, (None if proc.returncode == 0 else f"exit {proc.returncode}: {proc.stderr[-500:]}")
+    except subprocess.TimeoutExpired as exc:
+        out, error = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or ""), "timeout"
+    rows = parse(out)
+    if not rows and error is None:
+        error = "no figures recognised in its output"
+    return {"module": module, "args": args, "seconds": round(time.monotonic() - started, 1), "rows": rows,
+            "error": error, "output": out}
+
+
+def _fmt(value):
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def table(results):
+    lines = ["| figure | ours | baseline (same run) | ratio | target |", "|---|---:|---:|---:|---|"]
+    for result in results:
+        for r in result["rows"]:
+            lines.append(f"| {r['figure']} | {_fmt(r['ours'])} {r['unit']} | {_fmt(r['baseline'])} | "
+                         f"{_fmt(r['ratio'])} | {r['target'] or '-'} |")
+        if result["error"]:
+            lines.append(f"| bench.{result['module']}: FAILED ({result['error'].splitlines()[0][:80]}) | | | | |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m bench.run_all", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--full", action="store_true", help="each benchmark's own default arguments")
+    parser.add_argument("--only", default=None, help="comma-separated module names")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per benchmark")
+    parser.add_argument("--json", default=os.path.join(ROOT, "test-output", "bench.json"))
+    args = parser.parse_args(argv)
+    only = set(args.only.split(",")) if args.only else None
+    results = []
+    for module, quick, parse in BENCHES:
+        if only and module not in only:
+            continue
+        print(f"running bench.{module} {' '.join([] if args.full else quick)}", flush=True)
+        results.append(run_one(module, [] if args.full else quick, parse, args.timeout))
+    print()
+    print(table(results))
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump({"generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "full": args.full,
+                   "benchmarks": [{k: v for k, v in r.items() if k != "output"} for r in results]}, f, indent=2)
+    print(f"\nwritten to {args.json}")
+    return 1 if any(r["error"] for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""The whole stack as separate OS processes, as deployed: gunicorn (web), RQ workers,
+supervisors, a private redis-server, the records simulator; one throwaway PostgreSQL
+database. A keeper thread restarts workers and the web server when they exit, as
+systemd's Restart=always would; supervisors are restarted by the scenarios themselves."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+import redis as redis_lib
+import requests
+import sqlalchemy as sa
+
+from tests.support import ROOT, TEST_KEY, Database, RedisServer, cleanup_dir, free_port, kill_session, wait_for
+
+# Short thresholds so a fault is noticed and repaired in seconds (the brief's numbers).
+TIMING = {
+    "SYNCHUB_HEARTBEAT_SECONDS": "0.3",
+    "SYNCHUB_STALE_AFTER_SECONDS": "3",
+    "SYNCHUB_SUPERVISOR_TICK_SECONDS": "0.3",
+    "SYNCHUB_SWEEP_INTERVAL_SECONDS": "0.5",
+    "SYNCHUB_LEADER_TTL_SECONDS": "2",
+    "SYNCHUB_LOST_JOB_GRACE_SECONDS": "1",
+    "SYNCHUB_RUN_MAX_ATTEMPTS": "5",
+    "SYNCHUB_HTTP_BACKOFF_BASE_SECONDS": "0.1",
+    "SYNCHUB_HTTP_BACKOFF_MAX_SECONDS": "1",
+    "SYNCHUB_HTTP_MAX_RETRIES": "6",
+    "SYNCHUB_HTTP_MAX_RETRY_AFTER_SECONDS": "5",
+    "SYNCHUB_ALERT_INTERVAL_SECONDS": "3600",
+    "SYNCHUB_RETENTION_INTERVAL_SECONDS": "3600",
+    "SYNCHUB_OUTBOX_DRAIN_INTERVAL_SECONDS": "0",
+}
+STALE_AFTER = float(TIMING["SYNCHUB_STALE_AFTER_SECONDS"])
+ACTIVE = ("queued", "running")
+
+
+class Proc:
+    """One child process in its own session, its output in a log file."""
+
+    def __init__(self, name, args, env, logdir):
+        self.name, self.args, self.env = name, args, env
+        self.log_path = os.path.join(logdir, f"{name}.log")
+        self.proc = None
+        self.starts = 0
+
+    def start(self):
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        log.close()
+        self.starts += 1
+        return self
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self, sig=signal.SIGKILL, wait=30):
+        """SIGKILL: the whole session (RQ's work horse included), like a dead machine.
+        Other signals go to the main process only, as `kill <pid>` or systemd would send them."""
+        if not self.alive():
+            return
+        if sig == signal.SIGKILL:
+            kill_session(self.proc.pid, sig)
+        else:
+            os.kill(self.proc.pid, sig)
+        self.proc.wait(timeout=wait)
+
+    def output(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+
+class Stack:
+    def __init__(self, records=300, sim_latency=0.05, sim_rate="20/1", client_rate=(10, 1), workers=2,
+                 supervisors=2):
+        if not os.environ.get("SYNCHUB_TEST_POSTGRES_URL"):
+            raise RuntimeError("SYNCHUB_TEST_POSTGRES_URL is unset: the chaos suite runs against PostgreSQL "
+                               "(database restart, concurrent triggers); set it to a server you may create "
+                               "databases on, e.g. postgresql://postgres@127.0.0.1:5432/test")
+        self.workdir = tempfile.mkdtemp(prefix="synchub-chaos-", dir="/tmp")
+        self.n_workers, self.n_supervisors = workers, supervisors
+        self.records, self.sim_latency, self.sim_rate, self.client_rate = records, sim_latency, sim_rate, client_rate
+        self.db = None
+        self.redis_server = None
+        self.procs = {}
+        self._keeper = None
+        self._stop = threading.Event()
+        self.keeper_paused = threading.Event()
+        self.clock_offset = 0.0  # seconds the supervisors' clock is ahead of real time
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self, connections=lambda stack: []):
+        """`connections(stack)` lists the connections to create (they may need the simulator's URL)."""
+        self.db = Database("postgresql", self.workdir)
+        self.redis_server = RedisServer().start()
+        self.clock_file = os.path.join(self.workdir, "clock")
+        self.set_clock("+0")
+        self.web_port, self.sim_port = free_port(), free_port()
+        self.env = dict(os.environ)
+        self.env.update(TIMING)
+        self.env.update({
+            "DATABASE_URL": self.db.url, "REDIS_URL": self.redis_server.url, "SYNCHUB_ENCRYPTION_KEYS": TEST_KEY,
+            "SYNCHUB_INSTANCE_PATH": self.workdir, "SECRET_KEY": "chaos-" + uuid.uuid4().hex,
+            "SYNCHUB_LOG_LEVEL": "WARNING", "PYTHONPATH": ROOT, "SYNCHUB_CRON_SECRET": "chaos-cron",
+        })
+        seeded = subprocess.run([sys.executable, "-m", "tests.chaos.seed"], cwd=ROOT, env=self.env, check=True,
+                                capture_output=True, text=True,
+                                input=json.dumps({"token": True, "connections": connections(self)}))
+        self.token = seeded.stdout.strip().splitlines()[-1]
+        self.engine = sa.create_engine(self.db.url, pool_pre_ping=True, pool_size=3)
+        self.redis = redis_lib.Redis.from_url(self.redis_server.url)
+        self._add("sim", [sys.executable, "-m", "tests.chaos.sim", "--port", str(self.sim_port), "--records",
+                          str(self.records), "--rate-limit", self.sim_rate, "--latency", str(self.sim_latency),
+                          "--state-file", os.path.join(self.workdir, "sim-state.json")])
+        self._add("web", [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--threads", "32",
+                          "--workers", "2", "--bind", f"127.0.0.1:{self.web_port}", "wsgi:app"])
+        for i in range(1, self.n_workers + 1):
+            self._add(f"worker-{i}", [sys.executable, "-m", "worker", "--name", f"chaos-worker-{i}"])
+        for i in range(1, self.n_supervisors + 1):
+            self._add(f"supervisor-{i}", [sys.executable, "-m", "scheduler", "--name", f"chaos-supervisor-{i}",
+                                          "--clock-file", self.clock_file])
+        for proc in self.procs.values():
+            proc.start()
+        wait_for(self._web_ready, timeout=60, interval=0.2, message="gunicorn answering /healthz")
+        wait_for(self._sim_ready, timeout=30, interval=0.1, message="the records simulator")
+        self._keeper = threading.Thread(target=self._keep, daemon=True)
+        self._keeper.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        for proc in self.procs.values():
+            try:
+                proc.kill(signal.SIGKILL)
+            except Exception:
+                pass
+        if self.redis_server:
+            self.redis_server.stop()
+        if getattr(self, "engine", None):
+            self.engine.dispose()
+        if self.db:
+            self.db.drop()
+        cleanup_dir(self.workdir)
+
+    def _add(self, name, args):
+        self.procs[name] = Proc(name, args, self.env, self.workdir)
+
+    def _keep(self):
+        while not self._stop.wait(0.3):
+            if self.keeper_paused.is_set():
+                continue
+            for name, proc in self.procs.items():
+                if (name.startswith("worker") or name == "web") and not proc.alive():
+                    proc.start()
+
+    def _web_ready(self):
+        try:
+            return requests.get(f"{self.web_url}/healthz", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def _sim_ready(self):
+        try:
+            return requests.get(f"{self.sim_url}/_chaos/stats", timeout=1).ok
+        except requests.RequestException:
+            return False
+
+    # -- addresses and helpers -------------------------------------------------------------
+
+    @property
+    def web_url(self):
+        return f"http://127.0.0.1:{self.web_port}"
+
+    @property
+    def sim_url(self):
+        return f"http://127.0.0.1:{self.sim_port}"
+
+    def set_clock(self, text):
+        tmp = self.clock_file + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, self.clock_file)
+
+    def restart_sim(self, down_seconds):
+        self.procs["sim"].kill(signal.SIGKILL)
+        time.sleep(down_seconds)
+        self.procs["sim"].start()
+        wait_for(self._sim_ready, timeout=30, interval=0.05, message="the records simulator back")
+
+    def restart_redis(self, down_seconds):
+        self.redis_server.stop()
+        time.sleep(down_seconds)
+        self.redis_server.start()  # same port, empty: every RQ job and lease is gone
+
+    def terminate_db_connections(self):
+        """The "database restart" fault: the shared CI server cannot be restarted, so every
+        backend connection to our database is terminated, as a restart would."""
+        admin = sa.create_engine(self.db.admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            killed = conn.execute(sa.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = :db AND pid <> pg_backend_pid()"), {"db": self.db.name}).scalar()
+        admin.dispose()
+        return killed
+
+    def sim(self, method, path, **kwargs):
+        response = requests.request(method, f"{self.sim_url}{path}", timeout=10, **kwargs)
+        response.raise_for_status()
+        return response.json()
+
+    def api(self, method, path, **kwargs):
+        return requests.request(method, f"{self.web_url}/api{path}", timeout=30,
+                                headers={"Authorization": f"Bearer {self.token}"}, **kwargs)
+
+    def query(self, sql, **params):
+        with self.engine.connect() as conn:
+            return conn.execute(sa.text(sql), params).mappings().all()
+
+    def worker_named(self, rq_name):
+        for name, proc in self.procs.items():
+            if name.startswith("worker") and rq_name and rq_name.startswith(f"chaos-{name}"):
+                return proc
+        return None

@@ -1,0 +1,311 @@
+"""The fault scenarios and the invariants checked after each (docs/RELIABILITY.md).
+
+Each scenario takes the running Stack and a seeded random.Random (the timing of its
+faults), injects its faults, and returns {"faults": n, "recover": seconds}. The runner
+checks the invariants afterwards; a scenario's own expectations (the run it disturbed
+completed, not failed) go into its "violations" list."""
+import json
+import signal
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+
+from scheduler.leader import holder
+from tests.support import wait_for
+from tests.webapp.webhooks.signing import standard_headers, whsec
+
+from .harness import ACTIVE, STALE_AFTER
+
+WEBHOOK_SECRET = whsec()
+SETTLE_TIMEOUT = STALE_AFTER * 5 + 30  # stale threshold, a few retries with backoff, and slack
+API_STREAM = {"path": "/items", "records_key": "items", "pagination": {"type": "page", "page_size": 20}}
+
+
+def connections(stack):
+    """The connections every scenario uses."""
+    sandbox = [{"name": name, "connector": "sandbox", "settings": {"records": 200, "page_size": 20, "latency_ms": 80}}
+               for name in ("sb1", "sb2")]
+    return [
+        {"name": "api", "connector": "rest", "settings": {
+            "base_url": stack.sim_url, "rate_limit": list(stack.client_rate), "streams": {"items": API_STREAM}}},
+        {"name": "sched", "connector": "sandbox", "schedule": "every:1", "settings": {"records": 30, "page_size": 10}},
+        {"name": "hooks", "connector": "sandbox", "settings": {"records": 1000},
+         "credentials": {"webhook_secret": WEBHOOK_SECRET}},
+        *sandbox,
+    ]
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def trigger(stack, name):
+    response = stack.api("POST", f"/connections/{name}/runs", json={"mode": "full"})
+    assert response.status_code in (200, 201), response.text
+    return response.json()["run"]["id"]
+
+
+def run_row(stack, run_id):
+    rows = stack.query("SELECT * FROM runs WHERE id = :id", id=run_id)
+    return rows[0] if rows else None
+
+
+def wait_mid_sync(stack, run_id, rng):
+    """Until the run is running and has stored a random number of records (mid-page)."""
+    threshold = rng.randint(20, 160)
+
+    def mid():
+        row = run_row(stack, run_id)
+        return row["status"] == "running" and row["processed"] >= threshold
+    wait_for(mid, timeout=60, interval=0.02, message=f"run {run_id} running past {threshold} records")
+    return run_row(stack, run_id)
+
+
+def wait_terminal(stack, run_ids, timeout=SETTLE_TIMEOUT):
+    def done():
+        rows = [run_row(stack, i) for i in run_ids]
+        return all(r["status"] not in ACTIVE for r in rows)
+    try:
+        wait_for(done, timeout=timeout, interval=0.1, message=f"runs {run_ids} terminal")
+    except AssertionError:
+        return False
+    return True
+
+
+def expect_completed(stack, run_ids, violations):
+    for run_id in run_ids:
+        row = run_row(stack, run_id)
+        if row["status"] != "completed":
+            violations.append(f"run {run_id} ended {row['status']} ({row['error_class']}: {row['error_message']})")
+
+
+def mutate_provider(stack, rng):
+    """Change, delete and add a few provider records so each sync has real work to do."""
+    items = stack.sim("GET", "/_chaos/items")
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    changed = [dict(r, name=f"{r['name']} v{uuid.uuid4().hex[:4]}", updated_at=stamp)
+               for r in rng.sample(items, rng.randint(1, 10))]
+    added = [{"id": f"chaos-{uuid.uuid4().hex[:8]}", "name": "added", "updated_at": stamp}
+             for _ in range(rng.randint(0, 5))]
+    deleted = [r["id"] for r in rng.sample(items, rng.randint(0, 5)) if r not in changed]
+    deleted = [i for i in deleted if i not in {c["id"] for c in changed}]
+    stack.sim("POST", "/_chaos/mutate", json={"upsert": changed + added, "delete": deleted})
+
+
+def _api_sync_with_fault(stack, rng, inject):
+    """Mutate the provider, start a full sync of "api" over HTTP, inject a fault mid-page."""
+    mutate_provider(stack, rng)
+    run_id = trigger(stack, "api")
+    wait_mid_sync(stack, run_id, rng)
+    started = time.monotonic()
+    faults = inject(run_id)
+    violations = []
+    if wait_terminal(stack, [run_id]):
+        expect_completed(stack, [run_id], violations)
+    return {"faults": faults, "recover": time.monotonic() - started, "violations": violations, "api_run": run_id}
+
+
+# -- scenarios -------------------------------------------------------------------------
+
+
+def worker_sigkill(stack, rng):
+    def inject(run_id):
+        worker = stack.worker_named(run_row(stack, run_id)["worker_name"])
+        worker.kill(signal.SIGKILL)  # the whole session: worker and work horse
+        return 1
+    return _api_sync_with_fault(stack, rng, inject)
+
+
+def worker_sigterm(stack, rng):
+    def inject(run_id):
+        worker = stack.worker_named(run_row(stack, run_id)["worker_name"])
+        stack.keeper_paused.set()  # a deploy: the old worker drains before the new one starts
+        try:
+            worker.kill(signal.SIGTERM, wait=60)
+        finally:
+            stack.keeper_paused.clear()
+        return 1
+    return _api_sync_with_fault(stack, rng, inject)
+
+
+def supervisor_sigkill(stack, rng):
+    leader = wait_for(lambda: holder(stack.redis), timeout=15, message="a leading supervisor")
+    name = leader.removeprefix("chaos-")
+    time.sleep(rng.uniform(0, 1.0))  # anywhere in its tick
+    killed_at = time.monotonic()
+    stack.procs[name].kill(signal.SIGKILL)
+    violations = []
+    try:
+        wait_for(lambda: holder(stack.redis) not in (None, leader), timeout=15, interval=0.02,
+                 message="another supervisor leading")
+    except AssertionError as exc:
+        violations.append(str(exc))
+    recover = time.monotonic() - killed_at
+    stack.procs[name].start()
+    # The new leader keeps the job table healthy: a sync started now still completes.
+    run_id = trigger(stack, "sb1")
+    if wait_terminal(stack, [run_id]):
+        expect_completed(stack, [run_id], violations)
+    return {"faults": 1, "recover": recover, "violations": violations}
+
+
+def redis_restart(stack, rng):
+    mutate_provider(stack, rng)
+    run_ids = [trigger(stack, name) for name in ("api", "sb1", "sb2")]
+    time.sleep(rng.uniform(0.1, 1.0))
+    stack.restart_redis(rng.uniform(0.3, 2.0))
+    restarted = time.monotonic()
+    violations = []
+    if wait_terminal(stack, run_ids):
+        expect_completed(stack, run_ids, violations)
+    else:
+        violations.append(f"runs not terminal {SETTLE_TIMEOUT:.0f}s after Redis came back")
+    return {"faults": 1, "recover": time.monotonic() - restarted, "violations": violations, "api_run": run_ids[0]}
+
+
+def database_restart(stack, rng):
+    def inject(run_id):
+        times = rng.randint(1, 3)
+        for _ in range(times):
+            stack.terminate_db_connections()
+            time.sleep(rng.uniform(0.1, 0.6))
+        return times
+    return _api_sync_with_fault(stack, rng, inject)
+
+
+def provider_outage(stack, rng):
+    def inject(run_id):
+        stack.restart_sim(rng.uniform(0.5, 2.5))
+        return 1
+    return _api_sync_with_fault(stack, rng, inject)
+
+
+def provider_429_storm(stack, rng):
+    def inject(run_id):
+        stack.sim("POST", "/_chaos/fault", json={"status": 429, "times": rng.randint(3, 12), "retry_after": 1})
+        return 1
+    return _api_sync_with_fault(stack, rng, inject)
+
+
+def concurrent_sync_now(stack, rng):
+    """100 Sync-now requests at once over HTTP: one run is created, all 100 get it."""
+    wait_terminal(stack, [r["id"] for r in stack.query("SELECT id FROM runs WHERE status IN ('queued','running')")])
+    mutate_provider(stack, rng)
+    barrier = threading.Barrier(100)
+    started = time.monotonic()
+
+    def one(_):
+        barrier.wait()
+        time.sleep(rng.uniform(0, 0.01))
+        response = requests.post(f"{stack.web_url}/api/connections/api/runs", json={"mode": "full"}, timeout=60,
+                                 headers={"Authorization": f"Bearer {stack.token}"})
+        return response.status_code, response.json().get("run", {}).get("id")
+    with ThreadPoolExecutor(100) as pool:
+        answers = list(pool.map(one, range(100)))
+    violations = []
+    created = [a for a in answers if a[0] == 201]
+    ids = {a[1] for a in answers}
+    if len(created) != 1 or len(ids) != 1 or any(a[0] not in (200, 201) for a in answers):
+        violations.append(f"100 triggers: {len(created)} created, run ids {sorted(map(str, ids))}, "
+                          f"statuses {sorted({a[0] for a in answers})}")
+    run_ids = [i for i in ids if i]
+    if wait_terminal(stack, run_ids):
+        expect_completed(stack, run_ids, violations)
+    return {"faults": 100, "recover": time.monotonic() - started, "violations": violations,
+            "api_run": run_ids[0] if len(run_ids) == 1 else None}
+
+
+def duplicate_webhooks(stack, rng):
+    """Distinct events, each sent 2 to 4 times at once, then replayed later: one delivery
+    and one record run per event; the copies are counted as duplicates."""
+    from webapp.connectors.sandbox import SandboxConnector
+
+    before = stack.query("SELECT coalesce(max(id), 0) AS m FROM webhook_deliveries")[0]["m"]
+    events = {}
+    for _ in range(rng.randint(5, 12)):
+        index = rng.randrange(1000)
+        events[f"msg_{uuid.uuid4().hex[:12]}"] = index
+    sends = []
+    for msg_id, index in events.items():
+        body = json.dumps({"type": "item.updated", "data": {"id": f"item-{index:07d}"}}).encode()
+        sends += [(msg_id, body)] * rng.randint(2, 4)
+    rng.shuffle(sends)
+
+    def send(item):
+        msg_id, body = item
+        return requests.post(f"{stack.web_url}/webhooks/hooks", data=body, timeout=30,
+                             headers=standard_headers(body, WEBHOOK_SECRET, msg_id=msg_id)).status_code
+    started = time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(send, sends))
+    violations = [f"webhook answered {s}" for s in statuses if s != 200]
+    deliveries = stack.query("SELECT * FROM webhook_deliveries WHERE id > :m", m=before)
+    run_ids = [i for d in deliveries for i in (d["run_ids"] or [])]
+    wait_terminal(stack, run_ids)
+    # Replays of the same messages, later: all duplicates.
+    replayed = [send((msg_id, json.dumps({"type": "item.updated", "data": {"id": f"item-{i:07d}"}}).encode()))
+                for msg_id, i in list(events.items())[: rng.randint(1, len(events))]]
+    violations += [f"replay answered {s}" for s in replayed if s != 200]
+    deliveries = stack.query("SELECT * FROM webhook_deliveries WHERE id > :m", m=before)
+    if sorted(d["provider_event_id"] for d in deliveries) != sorted(events):
+        violations.append(f"{len(deliveries)} deliveries stored for {len(events)} distinct events")
+    duplicates = sum(d["duplicates"] for d in deliveries)
+    if duplicates != len(sends) - len(events) + len(replayed):
+        violations.append(f"{duplicates} duplicates counted, {len(sends) - len(events) + len(replayed)} sent")
+    run_ids = [i for d in deliveries for i in (d["run_ids"] or [])]
+    if len(run_ids) != len(set(run_ids)) or len(run_ids) != len(set(events.values())):
+        violations.append(f"record runs {run_ids} for {len(set(events.values()))} distinct records")
+    if wait_terminal(stack, run_ids):
+        expect_completed(stack, run_ids, violations)
+    truth = SandboxConnector({"records": 1000}, {}, None)
+    for index in set(events.values()):
+        rows = stack.query("SELECT r.data FROM records r JOIN connections c ON c.id = r.connection_id "
+                           "WHERE c.name = 'hooks' AND r.external_id = :e", e=f"item-{index:07d}")
+        if len(rows) != 1 or rows[0]["data"] != truth._record(index):
+            violations.append(f"record item-{index:07d}: {rows!r}")
+    return {"faults": len(sends) - len(events) + len(replayed), "recover": time.monotonic() - started,
+            "violations": violations}
+
+
+def clock_jump(stack, rng):
+    """Jump the supervisors' business clock forward (missed slots coalesce into one run),
+    then partly back (no slot fires twice)."""
+    latest = stack.query("SELECT coalesce(max(id), 0) AS m FROM runs")[0]["m"]
+    forward = rng.randint(120, 1800)
+    stack.clock_offset += forward
+    stack.set_clock(f"+{stack.clock_offset:.0f}")
+    started = time.monotonic()
+    violations = []
+
+    def fired():
+        return stack.query("SELECT r.id FROM runs r JOIN connections c ON c.id = r.connection_id "
+                           "WHERE c.name = 'sched' AND r.trigger = 'schedule' AND r.id > :m", m=latest)
+    try:
+        wait_for(fired, timeout=15, interval=0.05, message="the scheduled slot after a forward clock jump")
+    except AssertionError as exc:
+        violations.append(str(exc))
+    recover = time.monotonic() - started
+    if len(fired()) > 1:
+        violations.append(f"{len(fired())} scheduled runs after one forward jump (missed slots must coalesce)")
+    backward = rng.randint(30, forward - 60)
+    stack.clock_offset -= backward
+    stack.set_clock(f"+{stack.clock_offset:.0f}")
+    time.sleep(1.5)  # several ticks on the earlier clock
+    wait_terminal(stack, [r["id"] for r in fired()])
+    return {"faults": 2, "recover": recover, "violations": violations}
+
+
+SCENARIOS = {
+    "worker_sigkill": worker_sigkill,
+    "worker_sigterm": worker_sigterm,
+    "supervisor_sigkill": supervisor_sigkill,
+    "redis_restart": redis_restart,
+    "database_restart": database_restart,
+    "provider_outage": provider_outage,
+    "provider_429_storm": provider_429_storm,
+    "concurrent_sync_now": concurrent_sync_now,
+    "duplicate_webhooks": duplicate_webhooks,
+    "clock_jump": clock_jump,
+}
