@@ -132,6 +132,7 @@ class Supervisor:
             Step("sweep", sweep_every, self.sweep),
             Step("requeue_lost", sweep_every, self.requeue_lost),
             Step("reconcile_rq", sweep_every, self.reconcile_rq),
+            Step("webhooks", sweep_every, self.process_webhooks),
             Step("alerts", c["ALERT_INTERVAL_SECONDS"], self.check_alerts),
             Step("retention", c["RETENTION_INTERVAL_SECONDS"], self.cleanup),
         ] + [
@@ -220,6 +221,12 @@ class Supervisor:
 
     def reconcile_rq(self, now=None):
         return recovery.reconcile_registries(now or self.clock(), connection=self.redis)
+
+    def process_webhooks(self, now=None):
+        """Deliveries stored while Redis was down (or whose handler died) get their runs."""
+        from webapp.webhooks.ingest import process_pending_deliveries
+
+        return process_pending_deliveries(now=now or self.clock())
 
     def check_alerts(self, now=None):
         return alerts.sync_alerts(now or self.clock())

@@ -175,3 +175,18 @@ def test_pending_delivery_does_not_recreate_runs_that_already_ran(app, secret):
     db.session.expire_all()
     assert db.session.get(WebhookDelivery, delivery_id).run_ids == [run_id]
     assert db.session.get(WebhookDelivery, delivery_id).outcome == "enqueued" and _run_count() == 1
+
+
+def test_supervisor_step_gives_pending_deliveries_their_runs(app, secret):
+    from datetime import timedelta
+
+    from scheduler.supervisor import Supervisor
+    from webapp.models import utcnow
+
+    body = signing.dumps({"type": "item.updated", "data": {"id": "item-0000007"}})
+    delivery, _ = ingest.store(get_connection("shop").id, "msg_while_redis_down", "item.updated", {}, body)
+    supervisor = Supervisor(app, name="s-webhooks")
+    assert "webhooks" in [step.name for step in supervisor.steps()]
+    assert supervisor.process_webhooks(now=utcnow() + timedelta(seconds=30)) == 1
+    db.session.expire_all()
+    assert db.session.get(WebhookDelivery, delivery.id).outcome == "enqueued"
