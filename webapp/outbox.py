@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from flask import current_app, has_app_context
-from sqlalchemy import and_, delete, event, exists, func, insert, or_, select, update
+from sqlalchemy import and_, delete, event, exists, func, or_, select, text, update
 from sqlalchemy.orm import Session, aliased
 
 from .connectors.errors import ConfigError
@@ -316,6 +316,7 @@ def claim(session, claimed_by, *, limit=1, lease_seconds=None, event_id=None, sk
         .execution_options(synchronize_session=False)
     )
     if session.get_bind().dialect.name == "postgresql":
+        _relaxed_commit(session)
         ids = session.execute(query.with_for_update(skip_locked=True)).scalars().all()
         rows = session.execute(claim_update.where(OutboxEvent.id.in_(ids))).all() if ids else []
     else:
@@ -330,7 +331,17 @@ def _owned(c):
             OutboxEvent.claimed_by == c.claimed_by, OutboxEvent.attempts == c.attempts)
 
 
+def _relaxed_commit(session):
+    """PostgreSQL: this transaction's commit need not wait for the WAL flush. A worker's
+    claims and outcomes may be lost in a database crash, and that only means a row is
+    delivered again (at-least-once, same idempotency key), never that one is lost;
+    publishing, in the app's transaction, keeps full durability."""
+    session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+
+
 def _settle(session, c, values):
+    if session.get_bind().dialect.name == "postgresql":
+        _relaxed_commit(session)
     result = session.execute(update(OutboxEvent).where(*_owned(c)).values(**values)
                              .execution_options(synchronize_session=False))
     session.commit()

@@ -12,7 +12,9 @@
 - `outage = 503` answers every request with that status (a provider failing everything);
   stopping the SimulatorServer is the harder outage (connection refused).
 
-Paths are served with or without the `/api` prefix of the real base URL.
+Paths are served with or without the `/api` prefix of the real base URL. `GET
+/_simulator/stats` (no auth) reports requests and rate-limit violations to a benchmark
+that runs the simulator in another process.
 
 For tests it keeps, per contact email, the sequence of effects that changed or touched the
 contact, each with the Idempotency-Key of the request that caused it, so a test can check
@@ -155,6 +157,10 @@ class LoopsAPI:
         path = request.path.rstrip("/")
         if path.startswith("/api/"):
             path = path[len("/api"):]
+        if path == "/_simulator/stats":  # for benchmarks running the simulator in another process
+            with self._lock:
+                stats = {"requests": self.requests, "violations": self.violations}
+            return _answer(stats)(environ, start_response)
         with self._lock:
             self.requests += 1
             outage = self.outage

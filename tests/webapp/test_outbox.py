@@ -267,6 +267,26 @@ def test_transient_failures_back_off_in_the_database_then_the_event_dies_after_i
     assert loops.api.requests == 3 and row.id == event_id
 
 
+def test_short_429_is_waited_out_in_place_and_a_long_one_reschedules_the_event(
+        app, fast, redis, make_connection, loops):
+    loops_connection(make_connection, loops)
+    [event_id] = _vote("carol").ids
+    db.session.commit()
+    loops.server.faults.rate_limit(retry_after=1)
+    started = time.monotonic()
+    assert drain(redis_client=redis).done == 1
+    assert time.monotonic() - started >= 1.0
+    assert (_rows()[0].attempts, [e.status for e in loops.log.entries()]) == (1, [429, 200])
+    _vote("dave")
+    db.session.commit()
+    loops.server.faults.rate_limit(retry_after=30)
+    before = utcnow()
+    assert drain(redis_client=redis).retrying == 1
+    dave = _rows()[1]
+    assert dave.status == "pending" and "HTTP 429" in dave.last_error
+    assert dave.next_attempt_at >= before + timedelta(seconds=30) and event_id != dave.id
+
+
 def test_permanent_error_is_dead_at_once_and_retry_delivers_once_the_destination_is_fixed(
         app, fast, redis, make_connection, loops):
     loops.api.known_properties = {"firstName", "lastName"}  # liveUrl and nomineeName not created yet
