@@ -33,7 +33,16 @@ TIMING = {
     "SYNCHUB_HTTP_MAX_RETRY_AFTER_SECONDS": "5",
     "SYNCHUB_ALERT_INTERVAL_SECONDS": "3600",
     "SYNCHUB_RETENTION_INTERVAL_SECONDS": "3600",
-    "SYNCHUB_OUTBOX_DRAIN_INTERVAL_SECONDS": "0",
+    # Outbox: leases, backoff and the breaker play out in a second or two; the leader drains every second.
+    "SYNCHUB_OUTBOX_DRAIN_INTERVAL_SECONDS": "1",
+    "SYNCHUB_OUTBOX_LEASE_SECONDS": "2",
+    "SYNCHUB_OUTBOX_BACKOFF_BASE_SECONDS": "0.1",
+    "SYNCHUB_OUTBOX_BACKOFF_MAX_SECONDS": "0.4",
+    "SYNCHUB_OUTBOX_BREAKER_COOLDOWN_SECONDS": "0.3",
+    "SYNCHUB_OUTBOX_BREAKER_MAX_COOLDOWN_SECONDS": "1",
+    "SYNCHUB_OUTBOX_DRAIN_BUDGET_SECONDS": "5",
+    "SYNCHUB_OUTBOX_HTTP_TIMEOUT_SECONDS": "5",
+    "SYNCHUB_OUTBOX_MAX_ATTEMPTS": "30",
 }
 STALE_AFTER = float(TIMING["SYNCHUB_STALE_AFTER_SECONDS"])
 ACTIVE = ("queued", "running")
@@ -101,7 +110,7 @@ class Stack:
         self.redis_server = RedisServer().start()
         self.clock_file = os.path.join(self.workdir, "clock")
         self.set_clock("+0")
-        self.web_port, self.sim_port = free_port(), free_port()
+        self.web_port, self.sim_port, self.loops_port = free_port(), free_port(), free_port()
         self.env = dict(os.environ)
         self.env.update(TIMING)
         self.env.update({
@@ -118,6 +127,7 @@ class Stack:
         self._add("sim", [sys.executable, "-m", "tests.chaos.sim", "--port", str(self.sim_port), "--records",
                           str(self.records), "--rate-limit", self.sim_rate, "--latency", str(self.sim_latency),
                           "--state-file", os.path.join(self.workdir, "sim-state.json")])
+        self._add("loops", [sys.executable, "-m", "tests.chaos.loops_sim", "--port", str(self.loops_port)])
         self._add("web", [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--threads", "32",
                           "--workers", "2", "--bind", f"127.0.0.1:{self.web_port}", "wsgi:app"])
         for i in range(1, self.n_workers + 1):
@@ -129,6 +139,8 @@ class Stack:
             proc.start()
         wait_for(self._web_ready, timeout=60, interval=0.2, message="gunicorn answering /healthz")
         wait_for(self._sim_ready, timeout=30, interval=0.1, message="the records simulator")
+        wait_for(lambda: self._answers(f"{self.loops_url}/_simulator/stats"), timeout=30, interval=0.1,
+                 message="the Loops simulator")
         self._keeper = threading.Thread(target=self._keep, daemon=True)
         self._keeper.start()
         return self
@@ -166,8 +178,12 @@ class Stack:
             return False
 
     def _sim_ready(self):
+        return self._answers(f"{self.sim_url}/_chaos/stats")
+
+    @staticmethod
+    def _answers(url):
         try:
-            return requests.get(f"{self.sim_url}/_chaos/stats", timeout=1).ok
+            return requests.get(url, timeout=1).ok
         except requests.RequestException:
             return False
 
@@ -180,6 +196,15 @@ class Stack:
     @property
     def sim_url(self):
         return f"http://127.0.0.1:{self.sim_port}"
+
+    @property
+    def loops_url(self):
+        return f"http://127.0.0.1:{self.loops_port}"
+
+    def loops(self, method, path, **kwargs):
+        response = requests.request(method, f"{self.loops_url}{path}", timeout=10, **kwargs)
+        response.raise_for_status()
+        return response.json()
 
     def set_clock(self, text):
         tmp = self.clock_file + ".tmp"

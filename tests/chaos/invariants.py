@@ -8,10 +8,12 @@ from .scenarios import SETTLE_TIMEOUT, wait_terminal
 
 class ActiveRunSampler:
     """Samples, every 50 ms during a scenario, whether any connection has two active sync
-    runs (record runs from webhooks may run beside one, SPEC §4), or one record two queued runs."""
+    runs (record runs from webhooks may run beside one, SPEC §4), or one record two queued runs.
+    It also notes the simulators' rate-limit counts at the start, to compare at the end."""
 
     def __init__(self, stack):
         self.stack = stack
+        self.rate_before = rate_violations(stack)
         self.samples = 0
         self.doubles = []
         self._stop = threading.Event()
@@ -69,9 +71,20 @@ def records_match_provider(stack, api_run):
     return violations
 
 
-def rate_limit_kept(stack):
-    violations = stack.sim("GET", "/_chaos/stats")["violations"]
-    return [f"the provider saw its rate limit exceeded {violations} times"] if violations else []
+def rate_violations(stack):
+    """The simulators' own counts of requests they had to refuse for exceeding their limit."""
+    return {"records": stack.sim("GET", "/_chaos/stats")["violations"],
+            "Loops": stack.loops("GET", "/_simulator/stats")["violations"]}
+
+
+def rate_limit_kept(stack, before):
+    found = []
+    for name, count in rate_violations(stack).items():
+        # A restarted simulator (provider outage) counts from zero again.
+        new = count - before[name] if count >= before[name] else count
+        if new:
+            found.append(f"the {name} simulator saw its rate limit exceeded {new} times")
+    return found
 
 
 def slots_once(stack):
@@ -85,7 +98,7 @@ def check_all(stack, sampler, result):
     violations += all_runs_terminal(stack)
     violations += [f"two active runs at once: {d}" for d in sampler.doubles[:3]]
     violations += records_match_provider(stack, result.get("api_run"))
-    violations += rate_limit_kept(stack)
+    violations += rate_limit_kept(stack, sampler.rate_before)
     violations += slots_once(stack)
     return violations
 

@@ -36,6 +36,9 @@ def connections(stack):
         {"name": "hooks", "connector": "sandbox", "settings": {"records": 1000},
          "credentials": {"webhook_secret": WEBHOOK_SECRET}},
         *sandbox,
+        {"name": "loops", "connector": "loops", "credentials": {"api_key": "loops-test-key"}, "settings": {
+            "base_url": stack.loops_url + "/api", "mappings": {"score_changed": [
+                {"action": "upsert_contact", "email": "{email}", "properties": {"score": "{score}"}}]}}},
     ]
 
 
@@ -311,6 +314,60 @@ def clock_jump(stack, rng):
     return {"faults": 2, "recover": recover, "violations": violations, "api_run": run_id}
 
 
+def outbox_delivery(stack, rng):
+    """Events published over HTTP while a worker is SIGKILLed and Loops answers 503 for a
+    while: every event delivered, no effect twice, each contact's effects in publish order."""
+    trial = uuid.uuid4().hex[:6]
+    keys, per_key = rng.randint(3, 6), rng.randint(4, 10)
+    emails = [f"c{trial}-{k}@example.com" for k in range(keys)]
+    expected = {email: [] for email in emails}
+    events = []
+    for n in range(keys * per_key):
+        email = emails[n % keys]
+        events.append({"type": "score_changed", "key": email, "payload": {"email": email, "score": n // keys},
+                       "idempotency_key": f"{trial}-{n}", "connection": "loops"})
+        expected[email].append(f"{trial}-{n}.0")
+    batches = [events[i:i + 10] for i in range(0, len(events), 10)]
+    violations = []
+    for i, batch in enumerate(batches):
+        response = stack.api("POST", "/outbox", json={"events": batch})
+        if response.status_code != 202:
+            violations.append(f"publish answered {response.status_code}: {response.text[:200]}")
+        if i == 0:
+            time.sleep(rng.uniform(0.1, 0.6))
+            worker = stack.procs[rng.choice([n for n in stack.procs if n.startswith("worker")])]
+            worker.kill(signal.SIGKILL)
+            stack.loops("POST", "/_chaos/outage", json={"status": 503})
+            outage = rng.uniform(0.5, 2.0)
+    time.sleep(outage)
+    stack.loops("POST", "/_chaos/outage", json={"status": None})
+    started = time.monotonic()
+    ids = [f"{trial}-{n}" for n in range(len(events))]
+
+    def delivered():
+        rows = stack.query("SELECT status, count(*) AS n FROM outbox_events WHERE idempotency_key LIKE :p "
+                           "GROUP BY status", p=f"{trial}-%")
+        counts = {r["status"]: r["n"] for r in rows}
+        return counts.get("done", 0) == len(ids) or counts.get("dead", 0) > 0
+    try:
+        wait_for(delivered, timeout=SETTLE_TIMEOUT, interval=0.2, message=f"{len(ids)} outbox events delivered")
+    except AssertionError as exc:
+        violations.append(str(exc))
+    recover = time.monotonic() - started
+    dead = stack.query("SELECT count(*) AS n FROM outbox_events WHERE idempotency_key LIKE :p AND status = 'dead'",
+                       p=f"{trial}-%")[0]["n"]
+    if dead:
+        violations.append(f"{dead} outbox events dead")
+    sequences = stack.loops("GET", "/_chaos/sequences")
+    for email, sequence in expected.items():
+        if sequences.get(email) != sequence:
+            violations.append(f"{email}: effects {sequences.get(email)} != published {sequence}")
+    duplicates = [d for d in stack.loops("GET", "/_chaos/duplicates") if d[0] in expected]
+    if duplicates:
+        violations.append(f"effects applied twice: {duplicates[:5]}")
+    return {"faults": 2, "recover": recover, "violations": violations}
+
+
 SCENARIOS = {
     "worker_sigkill": worker_sigkill,
     "worker_sigterm": worker_sigterm,
@@ -322,4 +379,5 @@ SCENARIOS = {
     "concurrent_sync_now": concurrent_sync_now,
     "duplicate_webhooks": duplicate_webhooks,
     "clock_jump": clock_jump,
+    "outbox_delivery": outbox_delivery,
 }
