@@ -193,6 +193,39 @@ def provider_429_storm(stack, rng):
     return _api_sync_with_fault(stack, rng, inject)
 
 
+def failed_sync_deletes_nothing(stack, rng):
+    """The provider deletes records, then rejects our credentials mid-sync: the failed full
+    sync must soft-delete nothing. Once it accepts them again, the next sync applies the
+    deletions."""
+    if not stack.query("SELECT 1 FROM runs r JOIN connections c ON c.id = r.connection_id "
+                       "WHERE c.name = 'api' AND r.status = 'completed'"):
+        wait_terminal(stack, [trigger(stack, "api")])  # something to lose
+    items = stack.sim("GET", "/_chaos/items")
+    gone = [r["id"] for r in rng.sample(items, rng.randint(1, 5))]
+    stack.sim("POST", "/_chaos/mutate", json={"delete": gone})
+    live = "SELECT r.external_id FROM records r JOIN connections c ON c.id = r.connection_id " \
+           "WHERE c.name = 'api' AND r.deleted_at IS NULL"
+    before = {r["external_id"] for r in stack.query(live)}
+    run_id = trigger(stack, "api")
+    wait_mid_sync(stack, run_id, rng)
+    stack.sim("POST", "/_chaos/fault", json={"status": 401, "times": 10_000})
+    violations = []
+    wait_terminal(stack, [run_id])
+    status = run_row(stack, run_id)["status"]
+    if status != "failed":
+        violations.append(f"run {run_id} ended {status} although the provider refused every request")
+    # Pages stored before the failure stay (upserts); no record may be deleted by a failed run.
+    deleted = before - {r["external_id"] for r in stack.query(live)}
+    if deleted:
+        violations.append(f"a failed full sync deleted {len(deleted)} records, e.g. {sorted(deleted)[:3]}")
+    stack.sim("POST", "/_chaos/fault", json={"clear": True})
+    started = time.monotonic()
+    retry = trigger(stack, "api")
+    if wait_terminal(stack, [retry]):
+        expect_completed(stack, [retry], violations)
+    return {"faults": 1, "recover": time.monotonic() - started, "violations": violations, "api_run": retry}
+
+
 def concurrent_sync_now(stack, rng):
     """100 Sync-now requests at once over HTTP: one run is created, all 100 get it."""
     wait_terminal(stack, [r["id"] for r in stack.query("SELECT id FROM runs WHERE status IN ('queued','running')")])
@@ -376,6 +409,7 @@ SCENARIOS = {
     "database_restart": database_restart,
     "provider_outage": provider_outage,
     "provider_429_storm": provider_429_storm,
+    "failed_sync_deletes_nothing": failed_sync_deletes_nothing,
     "concurrent_sync_now": concurrent_sync_now,
     "duplicate_webhooks": duplicate_webhooks,
     "clock_jump": clock_jump,

@@ -4,7 +4,8 @@
 
 GET  /_chaos/stats   {"violations", "requests"}: rate-limit overruns seen by the provider
 GET  /_chaos/items   the provider's truth (outside the rate limit, unlike GET /items)
-POST /_chaos/fault   {"status": 429|503, "times": N, "retry_after": 1}: the next N /items answers
+POST /_chaos/fault   {"status": 429|503|401, "times": N, "retry_after": 1}: the next N /items answers;
+                     {"clear": true} drops the faults still queued
 POST /_chaos/mutate  {"upsert": [records], "delete": [ids]}
 The dataset is saved to --state-file on every change, so a restarted simulator (the
 provider outage scenario) serves the same data it served before it went away.
@@ -42,7 +43,9 @@ class ChaosRecords:
             body = self.api.records()
         elif path == "/_chaos/fault" and request.method == "POST":
             spec = request.get_json()
-            if int(spec["status"]) == 429:
+            if spec.get("clear"):
+                self.server.faults.clear()
+            elif int(spec["status"]) == 429:
                 self.server.faults.rate_limit(retry_after=spec.get("retry_after", 1), times=int(spec["times"]),
                                               path="/items")
             else:
