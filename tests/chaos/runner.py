@@ -5,13 +5,16 @@ import statistics
 import time
 import traceback
 
+import sqlalchemy as sa
+
 from .harness import Stack
-from .invariants import ActiveRunSampler, check_all
+from .invariants import ActiveRunSampler, check_all, records_match_provider
 from .scenarios import SCENARIOS, connections
 
 
-def run(scenarios, trials, seed, log=print, stack_factory=Stack):
-    """Returns {scenario: {"trials", "faults", "violations": [..], "recover": [seconds]}}."""
+def run(scenarios, trials, seed, log=print, stack_factory=Stack, self_check=False):
+    """Returns {scenario: {"trials", "faults", "violations": [..], "recover": [seconds]}}.
+    self_check: at the end, corrupt the synced data and make sure the check notices."""
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
         raise ValueError(f"unknown scenarios {sorted(unknown)}; known: {', '.join(SCENARIOS)}")
@@ -38,9 +41,30 @@ def run(scenarios, trials, seed, log=print, stack_factory=Stack):
                 log(f"{name:20s} trial {trial + 1}/{trials} seed {trial_seed}: {result.get('faults', 0)} faults, "
                     f"{len(violations)} violations, {time.monotonic() - started:.1f}s"
                     + "".join(f"\n    {v}" for v in violations))
+        if self_check:
+            results["self_check"] = {"trials": 1, "faults": 2, "recover": [], "violations": _self_check(stack)}
     finally:
         stack.stop()
     return results
+
+
+def _self_check(stack):
+    """The record invariant is not vacuous: an edited and a vanished record are both noticed."""
+    last = stack.query("SELECT r.id FROM runs r JOIN connections c ON c.id = r.connection_id "
+                       "WHERE c.name = 'api' AND r.status = 'completed' ORDER BY r.id DESC LIMIT 1")[0]["id"]
+    if records_match_provider(stack, last):
+        return ["records did not match before the self-check corrupted them"]
+    with stack.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE records SET data = '{\"id\": \"x\"}' WHERE id = (SELECT min(id) FROM records "
+                             "WHERE deleted_at IS NULL AND connection_id = (SELECT id FROM connections "
+                             "WHERE name = 'api'))"))
+        conn.execute(sa.text("UPDATE records SET deleted_at = now() WHERE id = (SELECT max(id) FROM records "
+                             "WHERE deleted_at IS NULL AND connection_id = (SELECT id FROM connections "
+                             "WHERE name = 'api'))"))
+    found = records_match_provider(stack, last)
+    if len(found) != 2:
+        return [f"the record check missed corrupted data: {found}"]
+    return []
 
 
 def table(results, seed):

@@ -26,9 +26,10 @@ def test_every_fault_scenario_keeps_every_invariant():
         pytest.skip("the chaos suite needs PostgreSQL: SYNCHUB_TEST_POSTGRES_URL is unset")
     seed = int(os.environ.get("SYNCHUB_CHAOS_SEED") or random.SystemRandom().randrange(2**32))
     print(f"chaos seed {seed} (replay: SYNCHUB_CHAOS_SEED={seed} or python -m tests.chaos --trials 1 --seed {seed})")
-    results = run(list(SCENARIOS), 1, seed)
+    results = run(list(SCENARIOS), 1, seed, self_check=True)
     print(table(results, seed))
     unexpected = []
+    assert set(results) == set(SCENARIOS) | {"self_check"}
     for name, result in results.items():
         assert result["trials"] == 1 and result["faults"] > 0, (name, result)
         for violation in result["violations"]:
