@@ -6,7 +6,8 @@ carries deliveries out through the destination's connector.
     processing --transient failure, 429-------> pending, next_attempt_at = now + backoff
     processing --400/422, or last attempt-----> dead, with the reason
     processing --lease expired (worker died)--> claimable again
-    processing --breaker opened mid-batch-----> pending, the attempt given back
+    processing --breaker open, probe failed,--> pending, the attempt given back
+                 lease half spent
     pending/dead --retry (admin)--------------> pending, attempts reset
     pending/dead --discard (admin)------------> deleted
 
@@ -107,12 +108,19 @@ def publish(session, type, key, payload, idempotency_key=None, connection=None):
     inserted = session.execute(_insert_ignoring_duplicates(session, values)
                                .returning(OutboxEvent.id, OutboxEvent.connection_id)).all()
     if not inserted:
-        pattern = _like_escape(base) + ".%"
-        existing = session.execute(select(OutboxEvent.id).where(OutboxEvent.idempotency_key.like(pattern, escape="\\"))
-                                   .order_by(OutboxEvent.id)).scalars().all()
-        return Published(existing, duplicate=True)
+        return Published(_rows_of(session, base), duplicate=True)
     session.info.setdefault(_SESSION_KEY, {}).update(dict(inserted))
     return Published(sorted(event_id for event_id, _ in inserted))
+
+
+def _rows_of(session, base):
+    """Ids of the rows published under this app idempotency key (`<base>.<n>`). LIKE finds
+    the candidates (case-insensitively on SQLite); the exact test is done here."""
+    found = session.execute(select(OutboxEvent.id, OutboxEvent.idempotency_key)
+                            .where(OutboxEvent.idempotency_key.like(_like_escape(base) + ".%", escape="\\"))
+                            .order_by(OutboxEvent.id)).all()
+    prefix = base + "."
+    return [row_id for row_id, key in found if key.startswith(prefix) and key[len(prefix):].isdigit()]
 
 
 def _check(type, key, payload, idempotency_key):
@@ -156,7 +164,8 @@ def _destinations(session, type, connection):
     with session.get_bind().connect() as conn:
         found = conn.execute(query).all()
     if connection is not None and not found:
-        raise PublishError(f"no connection {connection if not isinstance(connection, Connection) else connection.name!r}")
+        name = connection.name if isinstance(connection, Connection) else connection
+        raise PublishError(f"no connection {name!r}")
     destinations = []
     for row in found:
         try:

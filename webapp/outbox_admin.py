@@ -90,6 +90,10 @@ def _back(allow_next=True):
     return redirect(url_for("outbox_admin.index", **{k: v for k, v in filters.items() if v}))
 
 
+def _skipped(count):
+    return f"; {count} skipped (being delivered or done)" if count else ""
+
+
 @bp.post("/retry", endpoint="retry")
 def retry():
     ids = _selected_ids()
@@ -97,9 +101,7 @@ def retry():
         flash("No events selected.", "error")
         return _back()
     count = outbox.retry(db.session, ids)
-    skipped = len(ids) - count
-    flash(f"{count} event(s) queued for delivery" + (f"; {skipped} skipped (being delivered or done)" if skipped else "")
-          + ".", "info")
+    flash(f"{count} event(s) queued for delivery{_skipped(len(ids) - count)}.", "info")
     return _back()
 
 
@@ -110,7 +112,5 @@ def discard():
         flash("No events selected.", "error")
         return _back()
     count = outbox.discard(db.session, ids)
-    skipped = len(ids) - count
-    flash(f"{count} event(s) discarded" + (f"; {skipped} skipped (being delivered or done)" if skipped else "")
-          + ".", "info")
+    flash(f"{count} event(s) discarded{_skipped(len(ids) - count)}.", "info")
     return _back(allow_next=False)  # the event's own page is gone

@@ -122,7 +122,7 @@ class Delivery:
                     self._announce()
                 self._run(batch)
             else:
-                if max_events is None:
+                if max_events is None and self.redis is not None:
                     # Out of time with work perhaps left: a fresh job carries on.
                     self._retire()
                     outbox.request_delivery(client=self.redis)
@@ -280,7 +280,8 @@ class Delivery:
             raise Undeliverable(f"connection {connection_id} no longer exists")
         cls = connector_class(connection.connector)
         if not hasattr(cls, "deliver"):
-            raise Undeliverable(f"connection {connection.name!r} ({connection.connector}) cannot deliver outbound events")
+            raise Undeliverable(f"connection {connection.name!r} ({connection.connector}) "
+                                "cannot deliver outbound events")
         services = Services(config=dict(self.config), redis=self.redis, connection_id=connection_id)
         return cls(connection.settings or {}, connection.credentials, services)
 

@@ -104,6 +104,11 @@ def test_duplicate_idempotency_key_is_accepted_once(app, make_connection, loops)
     db.session.commit()
     assert (again.duplicate, again.ids) == (True, first.ids)
     assert len(_rows()) == 2
+    # Keys that merely look alike are other events: another case, or this key plus a suffix.
+    others = [_vote("x", idempotency_key=k).ids[0] for k in ("NOM-1-APPROVED", "nom-1-approved.0")]
+    db.session.commit()
+    repeat = outbox.publish(db.session, "nomination_approved", "nom-1", NOMINATION, idempotency_key="nom-1-approved")
+    assert (repeat.duplicate, repeat.ids) == (True, first.ids) and len(_rows()) == 4 and others[0] != others[1]
 
 
 def test_racing_duplicates_from_many_processes_write_one_event(app, make_connection, loops):

@@ -6,7 +6,6 @@ import signal
 from sqlalchemy import select
 
 from tests.outbox_support import (  # noqa: F401  (fixtures)
-    API_KEY,
     drain_until,
     loops,
     loops_connection,
