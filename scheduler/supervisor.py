@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable
@@ -92,8 +93,10 @@ def parse_maintenance_jobs(value):
 
 
 class Supervisor:
-    def __init__(self, app, name=None, clock=None):
+    def __init__(self, app, name=None, clock=None, monotonic=time.monotonic):
         self.app = app
+        self.monotonic = monotonic
+        self._heartbeats = {}  # run_id -> (heartbeat_at seen, monotonic time it was first seen)
         self.config = app.config
         self.name = name or f"{socket.gethostname()}.{os.getpid()}"
         self.hostname = socket.gethostname()
@@ -211,7 +214,22 @@ class Supervisor:
             db.session.commit()
 
     def sweep(self, now=None):
-        outcomes = runs.sweep_stale(now=now or self.clock())
+        # Staleness is how long a run's heartbeat has stayed unchanged on this process's
+        # monotonic clock, never a comparison of wall clocks: a supervisor whose clock jumps
+        # (or runs ahead of the workers') cannot declare a healthy run lost. A new leader
+        # starts watching from scratch, so it sweeps at most STALE_AFTER later than its
+        # predecessor would have.
+        observed = self.monotonic()
+        threshold = self.config["STALE_AFTER_SECONDS"]
+        watched, stale = {}, []
+        for run_id, beat in runs.running_heartbeats():
+            previous = self._heartbeats.get(run_id)
+            since = previous[1] if previous is not None and previous[0] == beat else observed
+            watched[run_id] = (beat, since)
+            if observed - since >= threshold:
+                stale.append((run_id, beat))
+        self._heartbeats = watched
+        outcomes = runs.sweep_stale(now=now or self.clock(), candidates=stale) if stale else []
         for run_id, status in outcomes:
             log.warning("sweep: run=%s had no heartbeat, now %s", run_id, status)
         return outcomes

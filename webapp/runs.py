@@ -331,19 +331,38 @@ def cancel(run_id, requested_by=None, now=None):
     return status
 
 
-def sweep_stale(now=None, stale_after=None):
-    """Settle running runs whose worker stopped sending heartbeats (the supervisor calls
-    this). Requeue to resume from the checkpoint while attempts remain, else fail with the
-    reason. Returns [(run_id, new_status)]. Safe to run from several processes at once:
-    each change is conditional on the exact attempt and heartbeat that was judged stale."""
-    now = now or utcnow()
-    stale_after = current_app.config["STALE_AFTER_SECONDS"] if stale_after is None else stale_after
-    threshold = now - timedelta(seconds=stale_after)
-    stale = db.session.execute(
-        select(Run.id, Run.attempt, Run.max_attempts, Run.heartbeat_at, Run.cancel_requested)
-        .where(Run.status == RUNNING, Run.heartbeat_at < threshold)
-    ).all()
+def running_heartbeats():
+    """[(run_id, heartbeat_at)] of every running run: what a supervisor watches."""
+    rows = db.session.execute(select(Run.id, Run.heartbeat_at).where(Run.status == RUNNING)).all()
     db.session.rollback()
+    return [tuple(row) for row in rows]
+
+
+def sweep_stale(now=None, stale_after=None, candidates=None):
+    """Settle running runs whose worker stopped sending heartbeats. Requeue to resume from
+    the checkpoint while attempts remain, else fail with the reason. Returns
+    [(run_id, new_status)]. Safe to run from several processes at once: each change is
+    conditional on the exact attempt and heartbeat that was judged stale.
+
+    Which runs are stale: `candidates` [(run_id, heartbeat_at)] when the caller judged it
+    (the supervisor does, by how long a heartbeat stayed unchanged on its own monotonic
+    clock, immune to wall-clock jumps and skew); otherwise heartbeats older than
+    `now - stale_after` by the wall clock."""
+    now = now or utcnow()
+    query = select(Run.id, Run.attempt, Run.max_attempts, Run.heartbeat_at, Run.cancel_requested).where(
+        Run.status == RUNNING)
+    if candidates is None:
+        stale_after = current_app.config["STALE_AFTER_SECONDS"] if stale_after is None else stale_after
+        query = query.where(Run.heartbeat_at < now - timedelta(seconds=stale_after))
+    else:
+        judged = dict(candidates)
+        if not judged:
+            return []
+        query = query.where(Run.id.in_(list(judged)))
+    stale = db.session.execute(query).all()
+    db.session.rollback()
+    if candidates is not None:
+        stale = [row for row in stale if row.heartbeat_at == judged[row.id]]
     outcomes = []
     for run_id, attempt, max_attempts, beat, cancel_requested in stale:
         where = (*owned(run_id, attempt), Run.heartbeat_at == beat)

@@ -146,3 +146,25 @@ def test_leader_that_cannot_reach_its_database_hands_the_lease_over(app, redis, 
     healthy = Supervisor(app, name="healthy")
     healthy.tick(T0)
     assert holder(redis) == "healthy"
+
+
+def test_sweep_judges_heartbeats_by_its_own_monotonic_clock_not_by_wall_clock_jumps(app, make_connection):
+    from webapp import runs as run_rules
+
+    ticks = [1000.0]
+    supervisor = Supervisor(app, name="s-mono", monotonic=lambda: ticks[0])
+    conn = make_connection(name="busy")
+    run = run_rules.trigger(conn, enqueue=False).run
+    attempt = run_rules.claim(run.id, "w")
+    stale_after = app.config["STALE_AFTER_SECONDS"]
+
+    assert supervisor.sweep(now=utcnow() + timedelta(days=1)) == []  # a clock a day ahead sweeps nothing
+    ticks[0] += stale_after / 2
+    assert run_rules.heartbeat(run.id, attempt)  # the worker is alive: its heartbeat moves
+    assert supervisor.sweep(now=utcnow() + timedelta(days=1)) == []
+    ticks[0] += stale_after - 0.01
+    assert supervisor.sweep() == []  # unchanged, but not yet for the whole threshold
+    ticks[0] += 0.02
+    assert supervisor.sweep() == [(run.id, "queued")]  # unchanged for STALE_AFTER: the worker is gone
+    db.session.expire_all()
+    assert db.session.get(Run, run.id).status == "queued"
