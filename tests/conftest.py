@@ -14,6 +14,10 @@ BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("SYNCHUB_TEST_POSTGRES
 if os.environ.get("CI") == "true" and "postgresql" not in BACKENDS:
     raise RuntimeError("CI=true but SYNCHUB_TEST_POSTGRES_URL is unset: CI must exercise PostgreSQL")
 
+# For tests whose subject is processes, not SQL (CLI subprocesses, supervisors, many
+# workers): one database is enough, PostgreSQL when there is one. Keeps the suite short.
+one_backend = pytest.mark.parametrize("app", BACKENDS[-1:], indirect=True)
+
 TABLES = ("run_events", "records", "stream_states", "runs", "webhook_deliveries", "outbox_events",
           "connections", "users", "api_tokens", "supervisors", "alerts")
 

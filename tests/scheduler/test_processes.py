@@ -7,11 +7,14 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from scheduler.leader import holder
+from tests.conftest import one_backend
 from tests.support import wait_for
 from webapp import runs
 from webapp.extensions import db
 from webapp.models import QUEUED, Run, SupervisorState, utcnow
 from webapp.queue import LOW, queue
+
+pytestmark = one_backend
 
 TICK, TTL = 0.05, 1.0
 SETTINGS = dict(

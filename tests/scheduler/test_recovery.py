@@ -7,12 +7,15 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 from sqlalchemy import select
 
 from scheduler.supervisor import Supervisor
+from tests.conftest import one_backend
 from tests.scheduler.conftest import kill_like_a_dead_machine
 from tests.support import wait_for
 from webapp import runs
 from webapp.extensions import db
 from webapp.models import COMPLETED, FAILED, QUEUED, Record, Run, RunEvent, utcnow
 from webapp.queue import DEFAULT, queue
+
+pytestmark = one_backend
 
 
 def _run(run_id):

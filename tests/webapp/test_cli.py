@@ -3,9 +3,12 @@ import json
 import subprocess
 import sys
 
+from tests.conftest import one_backend
 from tests.support import ROOT, process_env
 from webapp.extensions import db
 from webapp.models import Connection, Run
+
+pytestmark = one_backend
 
 
 def flask(app, *args, env_overrides=None, input=None, timeout=120):

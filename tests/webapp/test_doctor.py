@@ -5,9 +5,12 @@ import sys
 
 from cryptography.fernet import Fernet
 
+from tests.conftest import one_backend
 from tests.support import ROOT, free_port, process_env, wait_for
 from webapp.extensions import db
 from webapp.models import Connection
+
+pytestmark = one_backend
 
 
 def doctor(app, **env):

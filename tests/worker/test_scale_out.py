@@ -1,10 +1,13 @@
 """Several workers, as if on several machines, sharing one Redis and one database."""
 from sqlalchemy import func, select
 
+from tests.conftest import one_backend
 from tests.support import wait_for
 from webapp import runs
 from webapp.extensions import db
 from webapp.models import ACTIVE_STATUSES, COMPLETED, Record, Run
+
+pytestmark = one_backend
 
 
 def test_runs_spread_over_workers_on_different_hosts_and_guarantees_hold(app, make_connection, workers):
