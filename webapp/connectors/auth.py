@@ -134,29 +134,9 @@ class OAuth2ClientCredentials:
             auth = (self.client_id, self._client_secret)
         else:
             data.update(client_id=self.client_id, client_secret=self._client_secret)
-        try:
-            resp = self._session.post(
-                self.token_url, data=data, auth=auth, timeout=self.timeout, headers={"Accept": "application/json"}
-            )
-        except requests.Timeout:
-            raise TransientError("OAuth2 token endpoint timed out") from None
-        except requests.RequestException as exc:
-            raise TransientError(f"OAuth2 token endpoint unreachable ({type(exc).__name__})") from None
-
-        status = resp.status_code
-        if status in (400, 401, 403):
-            raise AuthError(f"OAuth2 token endpoint refused the client credentials (HTTP {status}{_oauth_error(resp)})")
-        if status == 429:
-            raise RateLimited("OAuth2 token endpoint rate limited (HTTP 429)")
-        if status >= 500:
-            raise TransientError(f"OAuth2 token endpoint failed (HTTP {status})")
-        if status >= 300:
-            raise ConfigError(f"OAuth2 token endpoint answered HTTP {status}; check token_url")
-        try:
-            body = resp.json()
-            token = body["access_token"]
-        except (ValueError, KeyError, TypeError):
-            raise ConfigError("OAuth2 token endpoint answered without an access_token; check token_url") from None
+        body = _token_request(self._session, self.token_url, data, auth, self.timeout,
+                              refused="refused the client credentials")
+        token = body["access_token"]
         if not isinstance(token, str) or not token:
             raise ConfigError("OAuth2 token endpoint answered an empty access_token")
         self._token = token
@@ -172,6 +152,31 @@ class OAuth2ClientCredentials:
             # a short-lived token keeps at least half its life.
             margin = min(self.expiry_margin, expires_in / 2)
             self._expires_at = self._clock() + expires_in - margin
+
+
+def _token_request(session, url, data, auth, timeout, *, refused, hint=""):
+    """POST to a token endpoint; the JSON body with an access_token, or the classified error."""
+    try:
+        resp = session.post(url, data=data, auth=auth, timeout=timeout, headers={"Accept": "application/json"})
+    except requests.Timeout:
+        raise TransientError("OAuth2 token endpoint timed out") from None
+    except requests.RequestException as exc:
+        raise TransientError(f"OAuth2 token endpoint unreachable ({type(exc).__name__})") from None
+    status = resp.status_code
+    if status in (400, 401, 403):
+        raise AuthError(f"OAuth2 token endpoint {refused} (HTTP {status}{_oauth_error(resp)}){hint}")
+    if status == 429:
+        raise RateLimited("OAuth2 token endpoint rate limited (HTTP 429)")
+    if status >= 500:
+        raise TransientError(f"OAuth2 token endpoint failed (HTTP {status})")
+    if status >= 300:
+        raise ConfigError(f"OAuth2 token endpoint answered HTTP {status}; check token_url")
+    try:
+        body = resp.json()
+        body["access_token"]
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError("OAuth2 token endpoint answered without an access_token; check token_url") from None
+    return body
 
 
 def _oauth_error(resp):
@@ -259,28 +264,11 @@ class OAuth2RefreshToken:
     def _exchange(self, refresh):
         data = {"grant_type": "refresh_token", "refresh_token": refresh, "client_id": self.client_id,
                 "client_secret": self._client_secret, **self.form}
-        try:
-            resp = self._session.post(self.token_url, data=data, timeout=self.timeout,
-                                      headers={"Accept": "application/json"})
-        except requests.Timeout:
-            raise TransientError("OAuth2 token endpoint timed out") from None
-        except requests.RequestException as exc:
-            raise TransientError(f"OAuth2 token endpoint unreachable ({type(exc).__name__})") from None
-        status = resp.status_code
-        if status in (400, 401, 403):
-            raise AuthError(f"OAuth2 token endpoint refused the refresh token (HTTP {status}{_oauth_error(resp)}); "
-                            "connect the app again")
-        if status == 429:
-            raise RateLimited("OAuth2 token endpoint rate limited (HTTP 429)")
-        if status >= 500:
-            raise TransientError(f"OAuth2 token endpoint failed (HTTP {status})")
-        if status >= 300:
-            raise ConfigError(f"OAuth2 token endpoint answered HTTP {status}; check token_url")
-        try:
-            body = resp.json()
-            access = body["access_token"]
-        except (ValueError, KeyError, TypeError):
-            raise ConfigError("OAuth2 token endpoint answered without an access_token; check token_url") from None
+        body = _token_request(self._session, self.token_url, data, None, self.timeout,
+                              refused="refused the refresh token", hint="; connect the app again")
+        access = body["access_token"]
+        register_secret(access)
+        register_secret(body.get("refresh_token"))
         changes = {"access_token": access, "refresh_token": body.get("refresh_token") or refresh,
                    "access_token_expires_at": None}
         try:
