@@ -14,12 +14,13 @@ from ..extensions import db
 from ..models import OUTBOX_STATUSES, OutboxEvent
 from . import bp
 from .auth import require_cron_secret, require_token
+from .common import error_response
 
 MAX_BATCH = 100
 
 
 def _error(status, error, reason):
-    return jsonify(error=error, reason=reason), status
+    return error_response(status, error, reason)
 
 
 @bp.post("/outbox")
