@@ -89,30 +89,36 @@ def _existing(session, connection_id, stream, keys):
         # A join on unnest, not `IN (...)`: while a big first sync outruns autovacuum's
         # statistics, PostgreSQL plans an IN list as a filter over every row of the stream
         # (quadratic); the join stays linear whatever the statistics say.
-        rows = session.connection().exec_driver_sql(_EXISTING_POSTGRESQL, (json.dumps(keys), connection_id, stream))
+        cursor = _cursor(session)
+        cursor.execute(_EXISTING_POSTGRESQL, (json.dumps(keys), connection_id, stream))
     else:
         placeholders = ",".join("?" * len(keys))
-        rows = session.connection().exec_driver_sql(
-            "SELECT external_id, id, content_hash, deleted_at IS NOT NULL FROM records "
-            f"WHERE connection_id = ? AND stream = ? AND external_id IN ({placeholders})",
-            (connection_id, stream, *keys))
-    return {ext_id: (row_id, digest, bool(deleted)) for ext_id, row_id, digest, deleted in rows}
+        cursor = _cursor(session)
+        cursor.execute("SELECT external_id, id, content_hash, deleted_at IS NOT NULL FROM records "
+                       f"WHERE connection_id = ? AND stream = ? AND external_id IN ({placeholders})",
+                       (connection_id, stream, *keys))
+    return {ext_id: (row_id, digest, bool(deleted)) for ext_id, row_id, digest, deleted in cursor.fetchall()}
+
+
+def _cursor(session):
+    """A DBAPI cursor on the session's own connection, inside its transaction."""
+    return session.connection().connection.cursor()
 
 
 def _upsert(session, connection_id, stream, run_id, changed):
-    connection = session.connection()
+    dialect = session.get_bind().dialect.name
+    cursor = _cursor(session)
     now = utcnow()
-    dialect = connection.dialect.name
     if dialect == "postgresql":
         # The page travels as one JSON array of [key, record, hash] triples: the records are
         # already JSON text, so this is string joining, with no per-value escaping by the driver.
         page = "[" + ",".join(f"[{json.dumps(key)},{data},\"{digest}\"]" for key, data, digest in changed) + "]"
-        connection.exec_driver_sql(_UPSERT_POSTGRESQL, (connection_id, stream, now, now, run_id, run_id, page))
+        cursor.execute(_UPSERT_POSTGRESQL, (connection_id, stream, now, now, run_id, run_id, page))
     elif dialect == "sqlite":
         # The text form SQLAlchemy's SQLite DateTime type writes and reads back.
         stamp = now.isoformat(sep=" ", timespec="microseconds")
-        connection.exec_driver_sql(_UPSERT_SQLITE, [(connection_id, stream, key, data, digest, stamp, stamp, run_id, run_id)
-                                                    for key, data, digest in changed])
+        cursor.executemany(_UPSERT_SQLITE, [(connection_id, stream, key, data, digest, stamp, stamp, run_id, run_id)
+                                            for key, data, digest in changed])
     else:
         raise RuntimeError(f"unsupported database dialect {dialect!r}")
 
