@@ -260,10 +260,9 @@ def duplicate_webhooks(stack, rng):
     from webapp.connectors.sandbox import SandboxConnector
 
     before = stack.query("SELECT coalesce(max(id), 0) AS m FROM webhook_deliveries")[0]["m"]
-    events = {}
-    for _ in range(rng.randint(5, 12)):
-        index = rng.randrange(1000)
-        events[f"msg_{uuid.uuid4().hex[:12]}"] = index
+    # Distinct records: two events for one record may share its queued run (by design),
+    # which would blur "one run per event".
+    events = {f"msg_{uuid.uuid4().hex[:12]}": index for index in rng.sample(range(1000), rng.randint(5, 12))}
     sends = []
     for msg_id, index in events.items():
         body = json.dumps({"type": "item.updated", "data": {"id": f"item-{index:07d}"}}).encode()
