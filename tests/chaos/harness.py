@@ -59,7 +59,8 @@ class Proc:
 
     def start(self):
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        args = self.args(self.starts) if callable(self.args) else self.args
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         log.close()
         self.starts += 1
@@ -131,7 +132,10 @@ class Stack:
         self._add("web", [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--threads", "32",
                           "--workers", "2", "--bind", f"127.0.0.1:{self.web_port}", "wsgi:app"])
         for i in range(1, self.n_workers + 1):
-            self._add(f"worker-{i}", [sys.executable, "-m", "worker", "--name", f"chaos-worker-{i}"])
+            # A fresh name per start, like the default host.pid: RQ refuses a name whose
+            # registration is still live (up to 420 s after a SIGKILL; see worker_restart_same_name).
+            self._add(f"worker-{i}", lambda starts, i=i: [sys.executable, "-m", "worker", "--name",
+                                                          f"chaos-worker-{i}.{starts}"])
         for i in range(1, self.n_supervisors + 1):
             self._add(f"supervisor-{i}", [sys.executable, "-m", "scheduler", "--name", f"chaos-supervisor-{i}",
                                           "--clock-file", self.clock_file])
@@ -249,6 +253,6 @@ class Stack:
 
     def worker_named(self, rq_name):
         for name, proc in self.procs.items():
-            if name.startswith("worker") and rq_name and rq_name.startswith(f"chaos-{name}"):
+            if name.startswith("worker") and rq_name and rq_name.startswith(f"chaos-{name}."):
                 return proc
         return None

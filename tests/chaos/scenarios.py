@@ -6,6 +6,8 @@ checks the invariants afterwards; a scenario's own expectations (the run it dist
 completed, not failed) go into its "violations" list."""
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -18,7 +20,7 @@ from scheduler.leader import holder
 from tests.support import wait_for
 from tests.webapp.webhooks.signing import standard_headers, whsec
 
-from .harness import ACTIVE, STALE_AFTER
+from .harness import ACTIVE, STALE_AFTER, Proc
 
 WEBHOOK_SECRET = whsec()
 SETTLE_TIMEOUT = STALE_AFTER * 5 + 30  # stale threshold, a few retries with backoff, and slack
@@ -132,6 +134,37 @@ def worker_sigterm(stack, rng):
             stack.keeper_paused.clear()
         return 1
     return _api_sync_with_fault(stack, rng, inject)
+
+
+def worker_restart_same_name(stack, rng):
+    """docs/DEPLOY.md runs each worker as `python -m worker --name %H.%i`: after a SIGKILL
+    (OOM killer, power loss with Redis on another machine) systemd restarts it under the
+    same name. That worker must come up and work."""
+    name = rng.choice([n for n in stack.procs if n.startswith("worker")])
+    worker = stack.procs[name]
+    stack.keeper_paused.set()
+    violations = []
+    try:
+        rq_name = worker.args(worker.starts - 1)[-1]
+        worker.kill(signal.SIGKILL)
+        time.sleep(rng.uniform(0.2, 1.0))  # systemd's RestartSec
+        killed = time.monotonic()
+        again = Proc(f"{name}-same-name", [sys.executable, "-m", "worker", "--name", rq_name], stack.env,
+                     stack.workdir).start()
+        try:
+            again.proc.wait(timeout=5)
+            violations.append(f"a worker restarted under its name {rq_name!r} after a SIGKILL exited with "
+                              f"{again.proc.returncode}: {again.output().strip().splitlines()[-1][:160]}")
+        except subprocess.TimeoutExpired:
+            pass  # still up: it registered
+        recover = time.monotonic() - killed
+        again.kill(signal.SIGTERM)
+    finally:
+        stack.keeper_paused.clear()
+    run_id = trigger(stack, "sb1")
+    if wait_terminal(stack, [run_id]):
+        expect_completed(stack, [run_id], violations)
+    return {"faults": 1, "recover": recover, "violations": violations}
 
 
 def supervisor_sigkill(stack, rng):
@@ -384,7 +417,10 @@ def outbox_delivery(stack, rng):
     try:
         wait_for(delivered, timeout=SETTLE_TIMEOUT, interval=0.2, message=f"{len(ids)} outbox events delivered")
     except AssertionError as exc:
-        violations.append(str(exc))
+        stuck = stack.query("SELECT status, attempts, next_attempt_at, lease_until, claimed_by, last_error, "
+                            "now() at time zone 'utc' AS db_now FROM outbox_events WHERE idempotency_key LIKE :p "
+                            "AND status <> 'done' ORDER BY id LIMIT 2", p=f"{trial}-%")
+        violations.append(f"{exc}; e.g. {[dict(r) for r in stuck]}")
     recover = time.monotonic() - started
     dead = stack.query("SELECT count(*) AS n FROM outbox_events WHERE idempotency_key LIKE :p AND status = 'dead'",
                        p=f"{trial}-%")[0]["n"]
@@ -403,6 +439,7 @@ def outbox_delivery(stack, rng):
 SCENARIOS = {
     "worker_sigkill": worker_sigkill,
     "worker_sigterm": worker_sigterm,
+    "worker_restart_same_name": worker_restart_same_name,
     "supervisor_sigkill": supervisor_sigkill,
     "redis_restart": redis_restart,
     "database_restart": database_restart,

@@ -18,6 +18,10 @@ KNOWN_BUGS = {
     # clock, so a supervisor clock ahead by more than STALE_AFTER declares healthy runs lost
     # (and a run swept max_attempts times ends failed).
     "clock_jump": r"on a healthy worker was swept as stale|ended failed \(worker_lost",
+    # worker + docs/DEPLOY.md: `python -m worker --name %H.%i` restarted after a SIGKILL exits
+    # with RQ's "There exists an active worker named ... already" until the dead worker's
+    # registration expires (RQ's worker_ttl, 420 s): systemd crash-loops it meanwhile.
+    "worker_restart_same_name": r"restarted under its name .* after a SIGKILL exited",
 }
 
 
