@@ -18,6 +18,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     app = create_app()
+    _preload()
     with app.app_context():
         # The work horse is a fork: it must not share the parent's pooled DB sockets.
         engine = db.engine
@@ -25,6 +26,17 @@ def main(argv=None):
         name = args.name or f"{socket.gethostname()}.{os.getpid()}"
         worker = Worker(args.queues.split(","), connection=redis_ext.client, name=name)
         worker.work(burst=args.burst, with_scheduler=False)
+
+
+def _preload():
+    """Import what jobs use before forking: every job runs in a fresh fork of this process,
+    so anything imported here is paid once, not once per job."""
+    import worker.delivery  # noqa: F401
+    import worker.engine  # noqa: F401
+    import worker.jobs  # noqa: F401
+    from webapp.connectors import load_all
+
+    load_all()
 
 
 if __name__ == "__main__":
