@@ -146,6 +146,9 @@ def worker_restart_same_name(stack, rng):
     violations = []
     try:
         rq_name = worker.args(worker.starts - 1)[-1]
+        # Registered first, as any worker that has been up for a moment is.
+        wait_for(lambda: worker.alive() and stack.redis.exists(f"rq:worker:{rq_name}"), timeout=30,
+                 message=f"worker {rq_name} registered")
         worker.kill(signal.SIGKILL)
         time.sleep(rng.uniform(0.2, 1.0))  # systemd's RestartSec
         killed = time.monotonic()
