@@ -4,8 +4,9 @@ bookkeeping costs per run compared with a bare RQ job that does nothing.
     .venv/bin/python -m bench.capacity [--runs 200] [--records 2000] [--workers 1,2,4]
 
 Everything runs against PostgreSQL (SYNCHUB_BENCH_POSTGRES_URL, default the local one) and
-a private redis-server, with real `python -m worker --burst` processes. Timing starts when
-every job is queued and the workers are started, and ends when the last one exits.
+a private redis-server, with real `python -m worker` processes. The workers are started
+and registered first; timing starts when the jobs are enqueued and ends when the last
+one has finished, so process start-up is not counted.
 """
 import argparse
 import os
@@ -26,13 +27,30 @@ def _env(db_url, redis_url, instance):
                 SYNCHUB_LOG_LEVEL="WARNING", PYTHONPATH=ROOT)
 
 
-def _drain(workers, env, queues="high,default,low"):
-    procs = [subprocess.Popen([sys.executable, "-m", "worker", "--burst", "--queues", queues, "--name", f"bench-{i}"],
-                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for i in range(workers)]
+class Workers:
+    def __init__(self, count, env, redis_client):
+        from rq import Worker
+
+        self.procs = [subprocess.Popen([sys.executable, "-m", "worker", "--name", f"bench-{i}"], cwd=ROOT, env=env,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(count)]
+        deadline = time.monotonic() + 120
+        while len(Worker.all(connection=redis_client)) < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError("workers did not register")
+            time.sleep(0.1)
+
+    def stop(self):
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            proc.wait()
+
+
+def _timed(start_jobs, done, poll=0.02):
     started = time.perf_counter()
-    for proc in procs:
-        proc.wait()
+    start_jobs()
+    while not done():
+        time.sleep(poll)
     return time.perf_counter() - started
 
 
@@ -69,40 +87,54 @@ def main():
                 db.session.commit()
                 redis_ext.client.flushdb()
 
-            def make_runs(count, records):
+            def make_runs(count, records, enqueue=True):
                 reset()
                 conns = [Connection(name=f"c{i}", connector="sandbox", settings={"records": records, "page_size": 500})
                          for i in range(count)]
                 db.session.add_all(conns)
                 db.session.commit()
                 for conn in conns:
-                    runs.trigger(conn, trigger="api")
+                    runs.trigger(conn, trigger="api", enqueue=enqueue)
 
             def completed():
+                db.session.rollback()  # a fresh snapshot each poll
                 return db.session.scalar(select(func.count()).select_from(Run).where(Run.status == "completed"))
+
+            def finished_jobs(queue):
+                from rq.registry import FinishedJobRegistry
+
+                return lambda: FinishedJobRegistry(queue=queue).count
 
             # 1. per-run overhead: a no-op sync run (zero records) against a bare RQ job
             reset()
-            queue = Queue("default", connection=redis_ext.client)
-            for _ in range(args.runs):
-                queue.enqueue_call("bench.capacity.noop")
-            bare = _drain(1, env)
-            make_runs(args.runs, 0)
-            sync = _drain(1, env)
-            assert completed() == args.runs, completed()
+            workers = Workers(1, env, redis_ext.client)
+            try:
+                queue = Queue("default", connection=redis_ext.client)
+                finished = finished_jobs(queue)
+                bare = _timed(lambda: [queue.enqueue_call("bench.capacity.noop") for _ in range(args.runs)],
+                              lambda: finished() >= args.runs)
+                make_runs(args.runs, 0, enqueue=False)
+                sync = _timed(lambda: [runs.enqueue_run(run) for run in db.session.scalars(select(Run))],
+                              lambda: completed() >= args.runs)
+            finally:
+                workers.stop()
             print(f"per-run cost, 1 worker, {args.runs} jobs: bare RQ job {1000 * bare / args.runs:.1f} ms, "
                   f"no-op sync run {1000 * sync / args.runs:.1f} ms, ratio {sync / bare:.2f} (target <= 3.00)")
 
             # 2. scaling with worker processes
             print(f"\n{'workers':>7}{'runs/s':>9}{'records/s':>11}{'vs 1 worker':>13}")
             base = None
-            for workers in (int(w) for w in args.workers.split(",")):
-                make_runs(args.scaling_runs, args.records)
-                seconds = _drain(workers, env)
-                assert completed() == args.scaling_runs
+            for count in (int(w) for w in args.workers.split(",")):
+                make_runs(args.scaling_runs, args.records, enqueue=False)
+                workers = Workers(count, env, redis_ext.client)
+                try:
+                    seconds = _timed(lambda: [runs.enqueue_run(run) for run in db.session.scalars(select(Run))],
+                                     lambda: completed() >= args.scaling_runs)
+                finally:
+                    workers.stop()
                 rate = args.scaling_runs * args.records / seconds
                 base = base or rate
-                print(f"{workers:>7}{args.scaling_runs / seconds:>9.2f}{rate:>11,.0f}{rate / base:>13.2f}")
+                print(f"{count:>7}{args.scaling_runs / seconds:>9.2f}{rate:>11,.0f}{rate / base:>13.2f}")
             db.session.remove()
             db.engine.dispose()
     finally:
