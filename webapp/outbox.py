@@ -36,6 +36,7 @@ from flask import current_app, has_app_context
 from sqlalchemy import and_, delete, event, exists, func, or_, select, text, update
 from sqlalchemy.orm import Session, aliased
 
+from . import metrics
 from .connectors.errors import ConfigError
 from .extensions import redis_ext
 from .models import OUTBOX_STATUSES, Connection, OutboxEvent, utcnow
@@ -362,8 +363,15 @@ def _settle(session, c, values):
 
 def mark_done(session, c, now=None):
     now = now or utcnow()
-    return _settle(session, c, {"status": DONE, "delivered_at": now, "lease_until": None,
-                                "last_error": None, "updated_at": now})
+    settled = _settle(session, c, {"status": DONE, "delivered_at": now, "lease_until": None,
+                                   "last_error": None, "updated_at": now})
+    if settled:
+        metrics.inc("outbox_events", status=DONE)
+        created_at = session.execute(select(OutboxEvent.created_at).where(OutboxEvent.id == c.id)).scalar()
+        session.commit()  # end the read's transaction; nothing is pending
+        if created_at is not None:
+            metrics.observe("outbox_delivery_latency_seconds", max(0.0, (now - created_at).total_seconds()))
+    return settled
 
 
 def mark_failed(session, c, reason, *, permanent=False, retry_after=None, now=None):
@@ -381,7 +389,10 @@ def mark_failed(session, c, reason, *, permanent=False, retry_after=None, now=No
             delay = max(delay, float(retry_after))
         values = {"status": PENDING, "last_error": reason, "next_attempt_at": now + timedelta(seconds=delay)}
     values.update(lease_until=None, updated_at=now)
-    return values["status"] if _settle(session, c, values) else None
+    if not _settle(session, c, values):
+        return None
+    metrics.inc("outbox_events", status=values["status"])
+    return values["status"]
 
 
 def release(session, c, not_before=None, reason=None, now=None):

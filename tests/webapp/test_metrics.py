@@ -70,3 +70,30 @@ def test_metrics_can_require_a_token(app):
     client = app.test_client()
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", headers={"Authorization": "Bearer scrape-me"}).status_code == 200
+
+
+def test_webhook_verdicts_are_counted(app, make_connection):
+    import base64
+    import hashlib
+    import hmac as hmac_lib
+    import json
+    import time
+
+    secret = base64.b64encode(b"k" * 24).decode()
+    make_connection(name="hooks", credentials={"webhook_secret": "whsec_" + secret})
+    body = json.dumps({"type": "item.updated", "data": {"id": "item-0000001"}}).encode()
+    stamp = str(int(time.time()))
+    signature = base64.b64encode(hmac_lib.new(b"k" * 24, f"msg_1.{stamp}.".encode() + body, hashlib.sha256).digest())
+    headers = {"webhook-id": "msg_1", "webhook-timestamp": stamp, "webhook-signature": "v1," + signature.decode(),
+               "Content-Type": "application/json"}
+    client = app.test_client()
+    assert client.post("/webhooks/hooks", data=body, headers=headers).status_code == 200
+    assert client.post("/webhooks/hooks", data=body, headers=headers).status_code == 200
+    bad = dict(headers, **{"webhook-signature": "v1,AAAA"})
+    assert client.post("/webhooks/hooks", data=body, headers=bad).status_code == 401
+    samples = _scrape(client)
+    assert _value(samples, "synchub_webhook_deliveries_total", connection="hooks", verdict="accepted") == 1
+    assert _value(samples, "synchub_webhook_deliveries_total", connection="hooks", verdict="duplicate") == 1
+    assert sum(v for (name, labels), v in samples.items()
+               if name == "synchub_webhook_deliveries_total" and ("connection", "hooks") in labels
+               and ("verdict", "accepted") not in labels and ("verdict", "duplicate") not in labels) == 1

@@ -22,7 +22,7 @@ from flask import current_app
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from .. import runs
+from .. import metrics, runs
 from ..connectors.base import Services, connector_class
 from ..connectors.errors import ConfigError
 from ..extensions import db, redis_ext
@@ -54,6 +54,7 @@ def reject(status, code, reason, connection_key=None, headers=None):
     # Counted per connection only for connections that exist: anyone can POST to any URL,
     # and the counter must not grow with every name they make up.
     label = str(connection_key) if str(connection_key) in _scheme_cache else "(unknown)"
+    metrics.inc("webhook_deliveries", connection=label, verdict=code)
     try:
         redis_ext.client.hincrby(REJECTED_COUNTER, f"{label}:{code}", 1)
     except (redis.RedisError, OSError):
@@ -159,7 +160,9 @@ def _receive(connection_key, raw_body, headers, content_type, now):
     event_type = payload.get("type") or payload.get("event")
     delivery, duplicate = store(connection.id, event_id, event_type, headers, raw_body)
     if duplicate:
+        metrics.inc("webhook_deliveries", connection=connection.name, verdict="duplicate")
         return Answer(200, {"status": "duplicate", "delivery_id": delivery.id, "event_id": event_id})
+    metrics.inc("webhook_deliveries", connection=connection.name, verdict="accepted")
     run_ids = dispatch(delivery, connection, connector, payload)
     return Answer(200, {"status": "accepted", "delivery_id": delivery.id, "event_id": event_id,
                         "outcome": delivery.outcome, "run_ids": run_ids})
