@@ -126,3 +126,21 @@ def make_connection(app):
         return conn
 
     return make
+
+
+@pytest.fixture
+def serve():
+    """serve(wsgi_app) -> a started SimulatorServer on 127.0.0.1 (a provider fake, or the hub
+    itself), stopped after the test."""
+    from tests.simulators.harness import SimulatorServer
+
+    servers = []
+
+    def start(wsgi_app):
+        server = SimulatorServer(wsgi_app).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

