@@ -24,8 +24,30 @@ def main(argv=None):
         engine = db.engine
         os.register_at_fork(after_in_child=lambda: engine.dispose(close=False))
         name = args.name or f"{socket.gethostname()}.{os.getpid()}"
+        _forget_dead_namesake(name)
         worker = Worker(args.queues.split(","), connection=redis_ext.client, name=name)
         worker.work(burst=args.burst, with_scheduler=False)
+
+
+def _forget_dead_namesake(name):
+    """A worker restarted under a fixed name (systemd's `--name %H.%i`) after a SIGKILL finds
+    its predecessor still registered until RQ's worker TTL runs out, and RQ refuses to start.
+    If that predecessor ran on this host and its process is gone, unregister it."""
+    key = Worker.redis_worker_namespace_prefix + name
+    old = Worker.find_by_key(key, connection=redis_ext.client)
+    if old is None or old.hostname != socket.gethostname() or old.pid is None:
+        return
+    if old.pid == os.getpid():  # a container restarted with the same pid: that was us
+        old.register_death()
+        return
+    try:
+        os.kill(old.pid, 0)
+        return  # still alive: let RQ refuse, two workers must not share a name
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        return
+    old.register_death()
 
 
 def _preload():

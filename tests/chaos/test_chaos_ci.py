@@ -14,14 +14,6 @@ from tests.chaos.scenarios import SCENARIOS
 # pattern of that one violation. Anything else in the scenario still fails the test; the
 # table in docs/RELIABILITY.md shows them red. Delete an entry when its bug is fixed.
 KNOWN_BUGS = {
-    # scheduler: the stale sweep judges workers' heartbeats by the supervisor's business
-    # clock, so a supervisor clock ahead by more than STALE_AFTER declares healthy runs lost
-    # (and a run swept max_attempts times ends failed).
-    "clock_jump": r"on a healthy worker was swept as stale|ended failed \(worker_lost",
-    # worker + docs/DEPLOY.md: `python -m worker --name %H.%i` restarted after a SIGKILL exits
-    # with RQ's "There exists an active worker named ... already" until the dead worker's
-    # registration expires (RQ's worker_ttl, 420 s): systemd crash-loops it meanwhile.
-    "worker_restart_same_name": r"restarted under its name .* after a SIGKILL exited",
     # outbox: after a worker SIGKILL during a Loops outage, events can stay 'processing' with
     # their lease long expired and the Loops breaker open-lapsed, undelivered for > 45 s
     # (root cause not established; reported). And Loops' 10 requests/s was exceeded once

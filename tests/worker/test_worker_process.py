@@ -58,3 +58,18 @@ def test_second_trigger_while_worker_runs_returns_the_same_run(app, make_connect
     assert not again.created and again.run.id == first
     wait_for(lambda: _run(first).status == COMPLETED, timeout=60, message="completion")
     assert db.session.scalar(select(func.count()).select_from(Run)) == 1
+
+
+def test_worker_restarted_under_its_name_after_sigkill_starts_and_works(app, make_connection, workers, redis):
+    from rq import Worker
+
+    conn = make_connection(settings={"records": 40, "page_size": 20})
+    first = workers.start(name="host-a.1")
+    wait_for(lambda: any(w.name == "host-a.1" for w in Worker.all(connection=redis)), timeout=30,
+             message="the worker to register")
+    first.kill(signal.SIGKILL)  # its registration outlives it (RQ's worker TTL)
+    assert any(w.name == "host-a.1" for w in Worker.all(connection=redis))
+    second = workers.start(name="host-a.1")  # what systemd's Restart=always does
+    run_id = runs.trigger(conn).run.id
+    wait_for(lambda: _run(run_id).status == COMPLETED, timeout=60, message="the restarted worker to run it")
+    assert second.proc.poll() is None
