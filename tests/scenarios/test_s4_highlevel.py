@@ -3,9 +3,13 @@ simulator to the hub over HTTP syncs one order and its tickets; a manual full sy
 ticket counts match quantities exactly; changed quantities resync to the new set."""
 from collections import Counter
 
+from rq import Worker
+
 from tests.scenarios.conftest import finished, one_backend, records
 from tests.simulators.highlevel import HighLevelAPI
+from tests.support import wait_for
 from webapp import runs
+from webapp.extensions import redis_ext
 from webapp.models import COMPLETED
 
 
@@ -82,7 +86,8 @@ def test_webhook_order_sync_then_manual_full_sync_then_changed_quantities(app, m
 @one_backend
 def test_two_workers_syncing_two_connections_of_one_location_share_its_rate_limit(app, make_connection, workers,
                                                                                   serve):
-    api = HighLevelAPI(orders=12, products=3, rate_limit=(20, 2.0), seed=42)
+    # Enough orders that each sync needs the budget several times over, so the two overlap.
+    api = HighLevelAPI(orders=40, products=3, rate_limit=(20, 2.0), seed=42)
     api.latency = 0.02
     api.server = serve(api)
     # No rate_limit_key: both connections default to the location's, so they share one budget.
@@ -90,6 +95,8 @@ def test_two_workers_syncing_two_connections_of_one_location_share_its_rate_limi
     conns = [_connection(make_connection, api, name=f"ghl-{n}", rate_limit=[20, 2.4]) for n in (1, 2)]
     workers.start()
     workers.start()
+    # Both workers listening before the runs are queued, or one may do both runs in turn.
+    wait_for(lambda: len(Worker.all(connection=redis_ext.client)) == 2, timeout=60, message="two workers")
     first, second = [finished(run_id, timeout=90) for run_id in
                      [runs.trigger(c, trigger="manual").run.id for c in conns]]
     assert first.status == second.status == COMPLETED
