@@ -4,41 +4,18 @@ with a real worker process syncing a sandbox connection slow enough to watch.
 Screenshots of the dashboard and the run page go to test-output/ (kept by CI as artifacts).
 """
 import os
-import shutil
-import subprocess
 
 import pytest
 
-from tests.support import ROOT, wait_for
+from tests.browser import OUTPUT, chromium
+from tests.support import wait_for
 from tests.webapp.admin.support import PASSWORD, one_backend
-
-CHROMIUM = "/usr/bin/chromium"
-OUTPUT = os.path.join(ROOT, "test-output")
-
-
-def _ensure_chromium():
-    """The test command installs Debian's Chromium when it is missing (CI runs as root)."""
-    if os.path.exists(CHROMIUM):
-        return
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium)")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env, stdout=subprocess.DEVNULL)
-    assert os.path.exists(CHROMIUM), "apt-get install chromium did not provide /usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    _ensure_chromium()
-    os.makedirs(OUTPUT, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        yield browser
-        browser.close()
+    with chromium() as launched:
+        yield launched
 
 
 def _card(page, name):

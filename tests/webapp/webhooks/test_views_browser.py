@@ -5,31 +5,24 @@ import os
 import pytest
 import requests
 
-from tests.support import ROOT
-from tests.webapp.admin.support import PASSWORD, _servers, admin_user, live_server, one_backend  # noqa: F401
+from tests.browser import OUTPUT, desktop_page
+from tests.webapp.admin.support import (  # noqa: F401
+    PASSWORD,
+    _servers,
+    admin_user,
+    live_server,
+    one_backend,
+)
 from webapp.extensions import db
 from webapp.models import Run, WebhookDelivery
 
 from . import signing
 
-CHROMIUM = "/usr/bin/chromium"
-OUTPUT = os.path.join(ROOT, "test-output")
-
 
 @pytest.fixture
 def page():
-    from playwright.sync_api import sync_playwright
-
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium)")
-    os.makedirs(OUTPUT, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        context = browser.new_context(viewport={"width": 1280, "height": 800})
-        tab = context.new_page()
-        tab.set_default_timeout(30_000)
+    with desktop_page() as tab:
         yield tab
-        browser.close()
 
 
 @one_backend
