@@ -17,11 +17,12 @@ NAV = (
     ("admin.history", "History"),
     ("webhook_admin.deliveries", "Webhooks"),
     ("outbox_admin.index", "Outbox"),
+    ("admin.tokens", "API tokens"),
     ("admin.health", "Health"),
 )
 
 # Modules of this package that attach views to bp.
-ADMIN_MODULES = ("auth", "filters", "dashboard", "connections", "runs", "health")
+ADMIN_MODULES = ("auth", "filters", "dashboard", "connections", "runs", "health", "tokens")
 
 # Endpoints reachable without logging in.
 PUBLIC_ENDPOINTS = ("admin.login", "admin.static")

@@ -15,12 +15,29 @@ def hash_token(token):
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def token_name(text):
+    """The name as stored, or ValueError: the CLI and the admin page accept the same names."""
+    name = (text or "").strip()
+    if not name or len(name) > 100:
+        raise ValueError("a name of 1 to 100 characters is required")
+    return name
+
+
 def create_token(name):
     """Returns the plain token, which is shown once; only its hash is stored."""
     token = "shk_" + secrets.token_urlsafe(32)
     db.session.add(ApiToken(name=name, token_hash=hash_token(token)))
     db.session.commit()
     return token
+
+
+def revoke_token(token_id):
+    """True if this call revoked it; False if there is no such token or it was already revoked.
+    Conditional, so two revokes at once report one success and keep the first time."""
+    result = db.session.execute(update(ApiToken).where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None))
+                                .values(revoked_at=utcnow()))
+    db.session.commit()
+    return result.rowcount == 1
 
 
 def _bearer():

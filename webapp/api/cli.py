@@ -4,11 +4,11 @@ import sys
 
 import click
 from flask.cli import AppGroup
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from ..extensions import db
-from ..models import ApiToken, utcnow
-from .auth import create_token
+from ..models import ApiToken
+from .auth import create_token, revoke_token, token_name
 
 tokens_cli = AppGroup("tokens", help="Create, list and revoke API tokens.")
 
@@ -17,10 +17,12 @@ tokens_cli = AppGroup("tokens", help="Create, list and revoke API tokens.")
 @click.argument("name")
 def create_command(name):
     """Create a token called NAME and print it (this is the only time it is shown)."""
-    if not name.strip() or len(name) > 100:
+    try:
+        name = token_name(name)
+    except ValueError:
         click.secho("error: NAME must be 1 to 100 characters", fg="red", err=True)
         sys.exit(1)
-    token = create_token(name.strip())
+    token = create_token(name)
     click.echo(token)
     click.echo("Keep it now: only its hash is stored. Use it as 'Authorization: Bearer <token>'.", err=True)
 
@@ -41,10 +43,7 @@ def list_command():
 @click.argument("token_id", type=int)
 def revoke_command(token_id):
     """Revoke token TOKEN_ID (see `flask tokens list`); it stops working at once."""
-    result = db.session.execute(update(ApiToken).where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None))
-                                .values(revoked_at=utcnow()))
-    db.session.commit()
-    if result.rowcount != 1:
+    if not revoke_token(token_id):
         click.secho(f"error: no active token {token_id}", fg="red", err=True)
         sys.exit(1)
     click.echo(f"token {token_id} revoked")
