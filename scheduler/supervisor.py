@@ -241,10 +241,10 @@ class Supervisor:
         return recovery.reconcile_registries(now or self.clock(), connection=self.redis)
 
     def process_webhooks(self, now=None):
-        """Deliveries stored while Redis was down (or whose handler died) get their runs."""
-        from webapp.webhooks.ingest import process_pending_deliveries
+        """Deliveries whose dispatch was never kicked or whose dispatcher died get their runs."""
+        from webapp.webhooks.dispatch import dispatch_pending
 
-        return process_pending_deliveries(now=now or self.clock())
+        return dispatch_pending(now=now or self.clock())
 
     def check_alerts(self, now=None):
         return alerts.sync_alerts(now or self.clock())

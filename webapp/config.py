@@ -50,6 +50,9 @@ class Config:
         self.HTTP_MAX_RETRY_AFTER_SECONDS = _float("SYNCHUB_HTTP_MAX_RETRY_AFTER_SECONDS", 300)
         # Inbound webhook bodies over this many bytes are refused with 413 before being read.
         self.WEBHOOK_MAX_BYTES = _int("SYNCHUB_WEBHOOK_MAX_BYTES", 1024 * 1024)
+        # How long a web process trusts what it read about a connection for its webhooks
+        # (webapp/webhooks/targets.py); 0 reads it on every delivery.
+        self.WEBHOOK_CONNECTION_CACHE_SECONDS = _float("SYNCHUB_WEBHOOK_CONNECTION_CACHE_SECONDS", 5)
         # Admin (webapp/admin): session cookie only over https (localhost excepted by browsers),
         # login brake per account and per client address, websocket ping so dead sockets are noticed.
         self.SESSION_COOKIE_SECURE = os.environ.get("SYNCHUB_SECURE_COOKIES", "1") not in ("0", "false", "no")

@@ -60,6 +60,20 @@ def _job_id(run_id, attempt):
     return f"run-{run_id}-{attempt + 1}"
 
 
+def check_trigger(connection, mode, trigger, record_key=None):
+    """Raise TriggerRefused when this connection may not start such a run."""
+    if mode not in MODES:
+        raise TriggerRefused(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    if trigger not in TRIGGERS:
+        raise TriggerRefused(f"unknown trigger {trigger!r}")
+    if mode == "record" and not record_key:
+        raise TriggerRefused("a record run needs a record_key")
+    if trigger in AUTOMATIC_TRIGGERS and connection.manual_only:
+        raise TriggerRefused(f"connection {connection.name!r} is manual-only: {trigger} triggers are refused")
+    if trigger in AUTOMATIC_TRIGGERS + ("webhook",) and not connection.enabled:
+        raise TriggerRefused(f"connection {connection.name!r} is disabled")
+
+
 def trigger(
     connection,
     *,
@@ -77,16 +91,7 @@ def trigger(
     The partial unique index decides races: of many concurrent callers (any process, any
     machine) exactly one insert succeeds; the rest read back and return that run.
     """
-    if mode not in MODES:
-        raise TriggerRefused(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
-    if trigger not in TRIGGERS:
-        raise TriggerRefused(f"unknown trigger {trigger!r}")
-    if mode == "record" and not record_key:
-        raise TriggerRefused("a record run needs a record_key")
-    if trigger in AUTOMATIC_TRIGGERS and connection.manual_only:
-        raise TriggerRefused(f"connection {connection.name!r} is manual-only: {trigger} triggers are refused")
-    if trigger in AUTOMATIC_TRIGGERS + ("webhook",) and not connection.enabled:
-        raise TriggerRefused(f"connection {connection.name!r} is disabled")
+    check_trigger(connection, mode, trigger, record_key)
     connection_id = connection.id
     config = current_app.config
     for _ in range(20):
@@ -114,13 +119,61 @@ def trigger(
             if existing is not None:
                 return TriggerResult(existing, False)
             continue  # it finished between our insert and our read: try again
-        metrics.inc("runs_started", connection=connection.name, trigger=trigger)
-        with log_context(run_id=run.id, connection=connection.name, trigger=trigger, mode=mode):
-            log.info("run %s queued (%s %s)", run.id, mode, trigger)
-            if enqueue:
+        announce_created(connection, [run])
+        if enqueue:
+            with log_context(run_id=run.id, connection=connection.name, trigger=trigger, mode=mode):
                 enqueue_run(run)
         return TriggerResult(run, True)
     raise RuntimeError(f"could not insert or find an active run for connection {connection_id}")
+
+
+def add_record_runs(connection, events, *, trigger="webhook", requested_by=None):
+    """Queued record runs for many (stream, record_id, deleted) events of one connection,
+    added to the caller's transaction (not committed, not enqueued): the webhook
+    dispatcher settles a batch of deliveries and their runs in one commit.
+
+    Returns (runs in the order of `events`, the runs created here). A record that already
+    has a queued run gets that run, as runs.trigger would give it. If another transaction
+    queues the same record meanwhile, the flush raises IntegrityError (the partial unique
+    index) and the caller retries its whole transaction.
+    """
+    keys = [f"{stream}:{record_id}" for stream, record_id, _deleted in events]
+    for key in keys:
+        check_trigger(connection, "record", trigger, key)
+    by_key = {}
+    if keys:
+        existing = db.session.execute(
+            select(Run).where(Run.connection_id == connection.id, Run.mode == "record", Run.status == QUEUED,
+                              Run.record_key.in_(set(keys)))
+        ).scalars()
+        by_key = {run.record_key: run for run in existing}
+    created = []
+    max_attempts = current_app.config["RUN_MAX_ATTEMPTS"]
+    for key, (stream, record_id, deleted) in zip(keys, events):
+        if key not in by_key:
+            run = Run(connection_id=connection.id, mode="record", record_key=key, trigger=trigger,
+                      params={"stream": stream, "record_id": str(record_id), "deleted": bool(deleted)},
+                      streams=[stream], requested_by=requested_by, status=QUEUED, attempt=0,
+                      max_attempts=max_attempts)
+            by_key[key] = run
+            created.append(run)
+    if created:
+        db.session.add_all(created)
+        db.session.flush()
+        note = f"queued by {trigger}" + (f" ({requested_by})" if requested_by else "")
+        for run in created:
+            run.rq_job_id = _job_id(run.id, 0)
+            db.session.add(RunEvent(run_id=run.id, message=note))
+        db.session.flush()
+    return [by_key[key] for key in keys], created
+
+
+def announce_created(connection, created):
+    """Count and log runs after the transaction that created them has committed."""
+    for run in created:
+        metrics.inc("runs_started", connection=connection.name, trigger=run.trigger)
+        with log_context(run_id=run.id, connection=connection.name, trigger=run.trigger, mode=run.mode):
+            log.info("run %s queued (%s %s)", run.id, run.mode, run.trigger)
 
 
 def _active_for(connection_id, mode, record_key):

@@ -59,3 +59,13 @@ def drain_outbox():
 
     job = get_current_job()
     return run_drain_job(redis_client=redis_ext.client, worker_name=job.worker_name if job else None)
+
+
+def dispatch_webhooks():
+    """Turn stored webhook deliveries into record runs, in batches (webapp/webhooks/dispatch.py)."""
+    if not has_app_context():
+        with _app_context():
+            return dispatch_webhooks()
+    from webapp.webhooks.dispatch import run_dispatch_job
+
+    return run_dispatch_job()

@@ -318,6 +318,14 @@ def duplicate_webhooks(stack, rng):
     with ThreadPoolExecutor(16) as pool:
         statuses = list(pool.map(send, sends))
     violations = [f"webhook answered {s}" for s in statuses if s != 200]
+
+    def dispatched():  # the request only stores; a worker's dispatch job creates the runs
+        rows = stack.query("SELECT count(*) AS n FROM webhook_deliveries WHERE id > :m AND outcome = 'received'", m=before)
+        return rows[0]["n"] == 0
+    try:
+        wait_for(dispatched, timeout=SETTLE_TIMEOUT, interval=0.1, message="deliveries dispatched")
+    except AssertionError:
+        violations.append("webhook deliveries still 'received' (not dispatched) after the settle time")
     deliveries = stack.query("SELECT * FROM webhook_deliveries WHERE id > :m", m=before)
     run_ids = [i for d in deliveries for i in (d["run_ids"] or [])]
     wait_terminal(stack, run_ids)
@@ -430,7 +438,7 @@ def outbox_delivery(stack, rng):
         stuck = stack.query("SELECT status, attempts, next_attempt_at, lease_until, claimed_by, last_error, "
                             "now() at time zone 'utc' AS db_now FROM outbox_events WHERE idempotency_key LIKE :p "
                             "AND status <> 'done' ORDER BY id LIMIT 2", p=f"{trial}-%")
-        violations.append(f"{exc}; e.g. {[dict(r) for r in stuck]}")
+        violations.append(f"{exc}; e.g. {[dict(r) for r in stuck]}; {outbox_machinery(stack)}")
     recover = time.monotonic() - started
     dead = stack.query("SELECT count(*) AS n FROM outbox_events WHERE idempotency_key LIKE :p AND status = 'dead'",
                        p=f"{trial}-%")[0]["n"]
@@ -446,6 +454,32 @@ def outbox_delivery(stack, rng):
     if duplicates:
         violations.append(f"effects applied twice: {duplicates[:5]}")
     return {"faults": 2, "recover": recover, "violations": violations}
+
+
+def outbox_machinery(stack):
+    """What could be carrying the outbox on, for a stall's report: drain jobs and their
+    workers, announced drains, breaker state and probe locks."""
+    from rq import Queue, Worker
+    from rq.job import Job
+
+    now = time.time()
+    live = {w.name for w in Worker.all(connection=stack.redis)}
+    jobs = []
+    for name in ("high", "default"):
+        q = Queue(name, connection=stack.redis)
+        ids = list(q.get_job_ids()) + list(q.started_job_registry.get_job_ids())
+        for job in Job.fetch_many(ids, connection=stack.redis):
+            if job is not None and job.func_name in ("worker.jobs.drain_outbox", "worker.jobs.deliver_event"):
+                jobs.append(f"{job.id[:40]} {job.func_name.rsplit('.', 1)[-1]} {job.get_status(refresh=False)} "
+                            f"worker={job.worker_name} alive={job.worker_name in live if job.worker_name else None}")
+    draining = [(m.decode(), round(s - now, 1)) for m, s in
+                stack.redis.zrange("synchub:outbox:draining", 0, -1, withscores=True)]
+    breakers = {k.decode(): {f.decode(): v.decode() for f, v in stack.redis.hgetall(k).items()}
+                for k in stack.redis.keys("synchub:outbox:breaker:*") if stack.redis.type(k) == b"hash"}
+    probes = {k.decode(): stack.redis.pttl(k) for k in stack.redis.keys("synchub:outbox:breaker:*:probe")}
+    kicks = {k: stack.redis.pttl(k) for k in ("synchub:outbox:kick", "synchub:outbox:drain-queued")}
+    return (f"now={now:.1f} jobs={jobs} draining={draining} breakers={breakers} probes={probes} "
+            f"kicks(pttl ms)={kicks}")
 
 
 SCENARIOS = {

@@ -5,7 +5,7 @@ import pytest
 from tests.conftest import BACKENDS
 from tests.support import wait_for
 from webapp.extensions import db
-from webapp.models import TERMINAL_STATUSES, Record, Run
+from webapp.models import TERMINAL_STATUSES, Record, Run, WebhookDelivery
 
 # Scenarios with worker processes run on one backend, PostgreSQL when the run has it: what
 # they add is the processes and the wiring; tests/connectors run the same syncs in-process
@@ -24,6 +24,17 @@ def finished(run_id, timeout=60):
         return run if run.status in TERMINAL_STATUSES else None
 
     return wait_for(done, timeout=timeout, interval=0.1, message=f"run {run_id} to finish")
+
+
+def dispatched(answer, timeout=30):
+    """The run ids a webhook delivery caused, once the dispatcher (a worker) gave it them."""
+    def done():
+        db.session.commit()
+        delivery = db.session.get(WebhookDelivery, answer["delivery_id"])
+        db.session.refresh(delivery)
+        return delivery.run_ids if delivery.outcome != "received" else None
+
+    return wait_for(done, timeout=timeout, interval=0.05, message=f"delivery {answer['delivery_id']} dispatched")
 
 
 def records(connection_id, stream, deleted=False):

@@ -5,7 +5,7 @@ from collections import Counter
 
 from rq import Worker
 
-from tests.scenarios.conftest import finished, one_backend, records
+from tests.scenarios.conftest import dispatched, finished, one_backend, records
 from tests.simulators.highlevel import HighLevelAPI
 from tests.support import wait_for
 from webapp import runs
@@ -48,7 +48,7 @@ def test_webhook_order_sync_then_manual_full_sync_then_changed_quantities(app, m
     first = next(iter(expected))
     answer = api.send_webhook(url, "OrderCreate", first)
     assert answer.status_code == 200 and answer.json()["status"] == "accepted"
-    synced = finished(answer.json()["run_ids"][0])
+    synced = finished(dispatched(answer.json())[0])
     assert synced.status == COMPLETED and (synced.trigger, synced.mode) == ("webhook", "record")
     assert set(records(conn.id, "orders")) == {first}
     assert set(records(conn.id, "tickets")) == _ticket_ids({first: expected[first]})
@@ -68,7 +68,7 @@ def test_webhook_order_sync_then_manual_full_sync_then_changed_quantities(app, m
     before = records(conn.id, "tickets")
 
     answer = api.send_webhook(url, "OrderStatusUpdate", lowered)
-    assert finished(answer.json()["run_ids"][0]).status == COMPLETED
+    assert finished(dispatched(answer.json())[0]).status == COMPLETED
     now = records(conn.id, "tickets")
     assert {k for k in now if k.startswith(lowered)} == _ticket_ids({lowered: api.expected_tickets()[lowered]})
     assert {k for k in now if not k.startswith(lowered)} == {k for k in before if not k.startswith(lowered)}

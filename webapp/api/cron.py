@@ -36,9 +36,9 @@ def _sweep():
 
 
 def _webhooks():
-    from ..webhooks.ingest import process_pending_deliveries
+    from ..webhooks.dispatch import dispatch_pending
 
-    return {"deliveries_enqueued": process_pending_deliveries()}
+    return {"deliveries_enqueued": dispatch_pending()}
 
 
 # name: (what it does, function). The function's result is returned as JSON.

@@ -1,33 +1,31 @@
-"""Inbound webhooks, from raw request to record runs.
+"""Inbound webhooks, from raw request to a stored delivery.
 
     size (413) → content type (415) → connection → signature over the raw body (401)
-    → JSON (400) → store the delivery (unique per provider event id) → answer 2xx
-    → record runs via runs.trigger on the high queue
+    → JSON (400) → store the delivery (unique per provider event id) → kick the
+    dispatcher → answer 2xx
 
 A delivery is committed before anything is acknowledged, so a 2xx always means "stored".
-Its runs are created right after; if Redis is down they stay queued in the database and
-the delivery keeps outcome "received" until process_pending_deliveries() (called by the
-supervisor, and by POST /api/cron/webhooks) enqueues them. Rejected requests store nothing:
-they are logged and counted in Redis (best effort).
+The request does nothing more: its record runs are created by the dispatcher
+(dispatch.py), in batches, in a worker. That keeps a delivery to one INSERT and one Redis
+SET, where creating a run, its event and its RQ job inline cost 8 ms of the web process's
+CPU per delivery (bench/webhook_ingest.py). Rejected requests store nothing: they are
+logged and counted in Redis (best effort).
 """
-import contextlib
 import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 import redis
-from flask import current_app
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy import update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 
-from .. import metrics, runs
-from ..connectors.base import Services, connector_class
+from .. import metrics
 from ..connectors.errors import ConfigError
 from ..extensions import db, redis_ext
-from ..models import QUEUED, Connection, Run, WebhookDelivery, utcnow
-from . import signatures
+from ..models import WebhookDelivery
+from . import dispatch, signatures, targets
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +34,7 @@ REJECTED_COUNTER = "synchub:webhooks:rejected"
 # once sent; Authorization (HaloPSA's Basic credentials) is never kept.
 KEPT_HEADERS = ("content-type", "user-agent", "webhook-id", "webhook-timestamp", "webhook-signature",
                 "x-zm-request-timestamp", "x-zm-signature", "x-ghl-signature", "x-wh-signature")
-RECEIVED, ENQUEUED, IGNORED, FAILED = "received", "enqueued", "ignored", "failed"
+
 # What a connection's scheme was when we last saw it, so that with the database down we
 # still answer HighLevel 429 (the only status it retries). Names and ids only, no secrets.
 _scheme_cache = {}
@@ -79,11 +77,6 @@ def _is_json(content_type):
     return mimetype == "application/json" or (mimetype.startswith("application/") and mimetype.endswith("+json"))
 
 
-def connector_for(connection):
-    services = Services(config=current_app.config, connection_id=connection.id)
-    return connector_class(connection.connector)(connection.settings, connection.credentials, services)
-
-
 def default_event_id(scheme, payload, headers, raw_body):
     if scheme == "standard" and headers.get("webhook-id"):
         return headers["webhook-id"]
@@ -103,43 +96,27 @@ def receive(connection_key, raw_body, headers, content_type, now=None):
     if not _is_json(content_type):
         return reject(415, "unsupported_media_type", "Content-Type must be application/json", connection_key)
     try:
-        with _keep_loaded():
-            return _receive(connection_key, raw_body, headers, content_type, now)
+        return _receive(connection_key, raw_body, headers, now)
     except SQLAlchemyError:
         db.session.rollback()
         log.exception("webhook for %s: database error", connection_key)
         return _unavailable(connection_key, headers)
 
 
-@contextlib.contextmanager
-def _keep_loaded():
-    """Objects stay loaded across this flow's commits. Nothing else writes them meanwhile,
-    and re-reading each one after every commit doubled the database round trips of a
-    delivery (bench/webhook_ingest.py)."""
-    session = db.session()
-    before, session.expire_on_commit = session.expire_on_commit, False
+def _receive(connection_key, raw_body, headers, now):
     try:
-        yield
-    finally:
-        session.expire_on_commit = before
-
-
-def _receive(connection_key, raw_body, headers, content_type, now):
-    try:
-        connection = _lookup(connection_key)
+        target = targets.lookup(connection_key)
     except LookupError:
         return reject(404, "unknown_connection", f"no connection {connection_key!r}", connection_key)
-    try:
-        connector = connector_for(connection)
     except ConfigError as exc:
         return reject(404, "webhooks_not_supported", str(exc), connection_key)
-    scheme = connector.webhook_scheme
+    scheme = target.scheme
     if not scheme:
         return reject(404, "webhooks_not_supported",
-                       f"connector {connection.connector!r} does not take webhooks", connection_key)
+                      f"connector {target.connector_name!r} does not take webhooks", connection_key)
     _scheme_cache[str(connection_key)] = scheme
     try:
-        signatures.verify(scheme, raw_body, headers, connection.settings, connector.credentials, now)
+        signatures.verify(scheme, raw_body, headers, target.settings, target.connector.credentials, now)
     except signatures.SignatureError as exc:
         return reject(exc.status, exc.code, exc.reason, connection_key)
     try:
@@ -153,138 +130,46 @@ def _receive(connection_key, raw_body, headers, content_type, now):
         plain = (payload.get("payload") or {}).get("plainToken")
         if not plain:
             return reject(400, "malformed_json", "endpoint.url_validation without payload.plainToken", connection_key)
-        return Answer(200, signatures.zoom_url_validation_response(plain, connector.credentials["webhook_secret_token"]))
+        return Answer(200, signatures.zoom_url_validation_response(plain, target.connector.credentials["webhook_secret_token"]))
 
-    event_id = _bounded(connector.webhook_event_id(payload, headers)
+    event_id = _bounded(target.connector.webhook_event_id(payload, headers)
                         or default_event_id(scheme, payload, headers, raw_body))
     event_type = payload.get("type") or payload.get("event")
-    delivery, duplicate = store(connection.id, event_id, event_type, headers, raw_body)
+    delivery_id, duplicate = store(target.id, event_id, event_type, headers, raw_body)
     if duplicate:
-        metrics.inc("webhook_deliveries", connection=connection.name, verdict="duplicate")
-        return Answer(200, {"status": "duplicate", "delivery_id": delivery.id, "event_id": event_id})
-    metrics.inc("webhook_deliveries", connection=connection.name, verdict="accepted")
-    run_ids = dispatch(delivery, connection, connector, payload)
-    return Answer(200, {"status": "accepted", "delivery_id": delivery.id, "event_id": event_id,
-                        "outcome": delivery.outcome, "run_ids": run_ids})
-
-
-def _lookup(key):
-    text = str(key)
-    # get_connection reads any isdigit() text as an id: "²" or 2**40 must not reach int() or SQL.
-    if "\x00" in text or len(text) > 100 or (text.isdigit() and (not text.isascii() or int(text) > 2**31 - 1)):
-        raise LookupError(key)
-    return runs.get_connection(text)
+        metrics.inc("webhook_deliveries", connection=target.name, verdict="duplicate")
+        return Answer(200, {"status": "duplicate", "delivery_id": delivery_id, "event_id": event_id})
+    metrics.inc("webhook_deliveries", connection=target.name, verdict="accepted")
+    dispatch.kick()
+    return Answer(200, {"status": "accepted", "delivery_id": delivery_id, "event_id": event_id, "outcome": "received"})
 
 
 def store(connection_id, event_id, event_type, headers, raw_body):
-    """Commit the delivery. The unique (connection, event id) constraint decides races:
-    of parallel duplicates exactly one insert wins; the others count themselves on it."""
+    """Commit the delivery; returns (delivery id, duplicate?). The unique (connection,
+    event id) constraint decides races: of parallel duplicates exactly one insert wins;
+    the others count themselves on it. One statement either way, no exception path."""
+    table = WebhookDelivery.__table__
     kept = {name: headers[name] for name in KEPT_HEADERS if headers.get(name)}
-    delivery = WebhookDelivery(connection_id=connection_id, provider_event_id=event_id,
-                               event_type=str(event_type)[:100] if event_type else None,
-                               headers=kept, raw_body=raw_body, outcome=RECEIVED, run_ids=[])
-    db.session.add(delivery)
-    try:
-        db.session.commit()
-        return delivery, False
-    except IntegrityError:
-        db.session.rollback()
-    match = (WebhookDelivery.connection_id == connection_id, WebhookDelivery.provider_event_id == event_id)
-    db.session.execute(update(WebhookDelivery).where(*match)
-                       .values(duplicates=WebhookDelivery.duplicates + 1)
-                       .execution_options(synchronize_session=False))
+    insert = _dialect_insert(table).values(
+        connection_id=connection_id, provider_event_id=event_id,
+        event_type=str(event_type)[:100] if event_type else None,
+        headers=kept, raw_body=raw_body, outcome=dispatch.RECEIVED, run_ids=[],
+    ).on_conflict_do_nothing(index_elements=[table.c.connection_id, table.c.provider_event_id])
+    delivery_id = db.session.execute(insert.returning(table.c.id)).scalar()
+    duplicate = delivery_id is None
+    if duplicate:
+        delivery_id = db.session.execute(
+            update(table).where(table.c.connection_id == connection_id, table.c.provider_event_id == event_id)
+            .values(duplicates=table.c.duplicates + 1).returning(table.c.id)
+        ).scalar_one()
     db.session.commit()
-    return db.session.execute(select(WebhookDelivery).where(*match)).scalar_one(), True
+    return delivery_id, duplicate
 
 
-def dispatch(delivery, connection, connector, payload, *, enqueue_existing=False, requested_by=None):
-    """Turn a stored delivery into record runs. Returns the run ids it caused.
-
-    Outcome afterwards: "enqueued" when every run reached RQ, "received" when some could not
-    (Redis down: the runs wait queued in the database), "ignored" when the connector maps
-    the delivery to nothing, "failed" with the reason when it cannot be mapped or triggered.
-    `enqueue_existing` also re-enqueues runs that were already queued (the pending path).
-    """
-    try:
-        events = list(connector.webhook_events(payload))
-    except Exception as exc:  # provider payloads vary: keep the delivery, say why
-        log.warning("delivery %s: connector could not map it: %s", delivery.id, exc)
-        return _settle(delivery, [], FAILED, f"could not map the delivery: {type(exc).__name__}: {exc}"[:500])
-    if not events:
-        return _settle(delivery, [], IGNORED, None)
-    run_ids, all_enqueued = [], True
-    try:
-        for stream, record_id, deleted in events:
-            result = runs.trigger(connection, mode="record", record_key=f"{stream}:{record_id}",
-                                  params={"stream": stream, "record_id": str(record_id), "deleted": bool(deleted)},
-                                  streams=[stream], trigger="webhook", requested_by=requested_by, enqueue=False)
-            run_ids.append(result.run.id)
-            if (result.created or enqueue_existing) and result.run.status == QUEUED:
-                all_enqueued = runs.enqueue_run(result.run) and all_enqueued
-    except runs.TriggerRefused as exc:
-        return _settle(delivery, run_ids, FAILED, str(exc))
-    return _settle(delivery, run_ids, ENQUEUED if all_enqueued else RECEIVED, None)
-
-
-def _settle(delivery, run_ids, outcome, error):
-    merged = list(dict.fromkeys(list(delivery.run_ids or []) + run_ids))
-    db.session.execute(update(WebhookDelivery).where(WebhookDelivery.id == delivery.id)
-                       .values(run_ids=merged, outcome=outcome, error=error)
-                       .execution_options(synchronize_session=False))
-    db.session.commit()
-    delivery.run_ids, delivery.outcome, delivery.error = merged, outcome, error
-    return run_ids
-
-
-def _redeliver(delivery, requested_by=None):
-    connection = db.session.get(Connection, delivery.connection_id)
-    connector = connector_for(connection)
-    payload = json.loads(delivery.raw_body)
-    with _keep_loaded():
-        return dispatch(delivery, connection, connector, payload, enqueue_existing=True, requested_by=requested_by)
-
-
-def process_pending_deliveries(limit=500, min_age_seconds=5.0, now=None):
-    """Enqueue the runs of deliveries that were stored while Redis was down (or whose
-    handler died between storing and enqueueing). For the supervisor's periodic steps and
-    POST /api/cron/webhooks. Safe to run concurrently: runs.trigger deduplicates queued
-    record runs, and a worker only ever claims a run once. Returns how many deliveries
-    are now enqueued; does nothing while Redis is still unreachable."""
-    if redis_ext.optional() is None:
-        return 0
-    cutoff = (now or utcnow()) - timedelta(seconds=min_age_seconds)
-    pending = db.session.execute(
-        select(WebhookDelivery).where(WebhookDelivery.outcome == RECEIVED, WebhookDelivery.received_at <= cutoff)
-        .order_by(WebhookDelivery.id).limit(limit)
-    ).scalars().all()
-    done = 0
-    for delivery in pending:
-        try:
-            if delivery.run_ids:
-                _enqueue_waiting(delivery)
-            else:  # stored, but its runs were never created (the handler died in between)
-                _redeliver(delivery)
-        except (ConfigError, ValueError) as exc:
-            _settle(delivery, [], FAILED, f"{type(exc).__name__}: {exc}"[:500])
-            continue
-        done += delivery.outcome == ENQUEUED
-    return done
-
-
-def _enqueue_waiting(delivery):
-    """Its runs exist: enqueue those still queued. Runs that already ran (the supervisor's
-    requeue_lost may have got there first) are not created again."""
-    waiting = db.session.execute(select(Run).where(Run.id.in_(delivery.run_ids), Run.status == QUEUED)).scalars().all()
-    enqueued = [runs.enqueue_run(run) for run in waiting]
-    _settle(delivery, [], ENQUEUED if all(enqueued) else RECEIVED, None)
-
-
-def replay(delivery_id, requested_by=None):
-    """Re-create the record runs of a stored delivery (the admin's Replay button)."""
-    delivery = db.session.get(WebhookDelivery, delivery_id)
-    if delivery is None:
-        raise LookupError(f"no webhook delivery {delivery_id}")
-    return _redeliver(delivery, requested_by=requested_by)
+def _dialect_insert(table):
+    if db.session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
 
 
 def rejected_counts():

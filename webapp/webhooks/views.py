@@ -10,12 +10,12 @@ from sqlalchemy import select
 from ..admin.auth import csrf, login_required
 from ..extensions import db
 from ..models import Connection, Run, WebhookDelivery
-from . import ingest
+from . import dispatch, ingest
 
 bp = Blueprint("webhook_admin", __name__, url_prefix="/admin/webhooks", template_folder="templates")
 
 PAGE_SIZE = 50
-OUTCOMES = (ingest.RECEIVED, ingest.ENQUEUED, ingest.IGNORED, ingest.FAILED)
+OUTCOMES = (dispatch.RECEIVED, dispatch.ENQUEUED, dispatch.IGNORED, dispatch.FAILED)
 BODY_PREVIEW_BYTES = 4096
 
 
@@ -51,7 +51,7 @@ def deliveries():
 def replay(delivery_id):
     csrf.protect()
     try:
-        run_ids = ingest.replay(delivery_id, requested_by=current_user.email)
+        run_ids = dispatch.replay(delivery_id, requested_by=current_user.email)
     except LookupError:
         flash(f"No webhook delivery {delivery_id}.", "error")
     except ValueError:

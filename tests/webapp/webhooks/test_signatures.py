@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from webapp.extensions import db
 from webapp.models import Run, WebhookDelivery
+from webapp.webhooks import dispatch
 
 from . import signing
 
@@ -32,6 +33,7 @@ def _assert_rejected(response, code):
 def _assert_accepted(response, record_key):
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.get_json()["status"] == "accepted"
+    assert dispatch.dispatch_pending(min_age_seconds=0) == 1  # what the kicked dispatch job does
     run = db.session.execute(select(Run)).scalar_one()
     assert (run.mode, run.trigger, run.record_key) == ("record", "webhook", record_key)
     assert _counts() == (1, 1)

@@ -6,6 +6,7 @@ import pytest
 import requests
 
 from tests.browser import OUTPUT, desktop_page
+from tests.support import wait_for
 from tests.webapp.admin.support import (  # noqa: F401
     PASSWORD,
     _servers,
@@ -26,13 +27,20 @@ def page():
 
 
 @one_backend
-def test_a_delivery_appears_on_the_page_and_replay_queues_it_again(app, page, live_server, admin_user, make_connection):  # noqa: F811
+def test_a_delivery_appears_on_the_page_and_replay_queues_it_again(app, page, live_server, admin_user, make_connection,  # noqa: F811
+                                                                    workers):
     secret = signing.whsec()
     make_connection(name="shop", credentials={"webhook_secret": secret})
+    workers.start()  # runs the dispatch job the delivery kicks
     body = signing.dumps({"type": "item.updated", "data": {"id": "item-0000012"}})
     sent = requests.post(f"{live_server.url}/webhooks/shop", data=body, timeout=10,
                          headers=signing.standard_headers(body, secret, msg_id="msg_browser_1"))
     assert sent.status_code == 200 and sent.json()["status"] == "accepted"
+
+    def dispatched():
+        db.session.rollback()
+        return db.session.query(WebhookDelivery).one().outcome == "enqueued"
+    wait_for(dispatched, timeout=30, message="the delivery dispatched by the worker")
 
     page.goto(live_server.url + "/admin/webhooks/")
     page.fill('input[name="email"]', admin_user)

@@ -1,0 +1,135 @@
+"""The dispatcher: stored deliveries become record runs in batches, exactly once each,
+with parallel dispatchers and with a dispatcher killed in the middle of its batch."""
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from sqlalchemy import func, select
+
+from tests.support import ROOT, kill_session, process_env
+from webapp.extensions import db
+from webapp.credentials import encrypt_credentials
+from webapp.models import Connection, Run, WebhookDelivery
+from webapp.runs import get_connection
+from webapp.webhooks import dispatch, ingest
+
+from . import signing
+
+
+def _store(connection_id, n, record):
+    body = signing.dumps({"type": "item.updated", "data": {"id": f"item-{record:07d}"}})
+    return ingest.store(connection_id, f"msg_{n}", "item.updated", {}, body)[0]
+
+
+def _fresh_count(model, *where):
+    db.session.rollback()
+    return db.session.scalar(select(func.count()).select_from(model).where(*where))
+
+
+def test_parallel_dispatchers_give_each_delivery_its_runs_once(app, make_connection, redis):
+    shop = make_connection(name="shop", credentials={"webhook_secret": signing.whsec()})
+    # 120 deliveries about 50 records: some records are named by several deliveries.
+    for n in range(120):
+        _store(shop.id, n, n % 50)
+    errors, results = [], []
+
+    def dispatcher():
+        with app.app_context():
+            try:
+                results.append(dispatch.dispatch_pending(limit=1000, min_age_seconds=0))
+            except Exception as exc:  # surfaced by the assertion below
+                errors.append(repr(exc))
+            finally:
+                db.session.remove()
+
+    threads = [threading.Thread(target=dispatcher) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert sum(results) == 120  # each delivery enqueued by exactly one dispatcher
+    deliveries = db.session.execute(select(WebhookDelivery)).scalars().all()
+    assert {d.outcome for d in deliveries} == {"enqueued"}
+    runs = {run.id: run for run in db.session.execute(select(Run)).scalars()}
+    assert len(runs) == 50  # one queued run per record, however many deliveries named it
+    for delivery in deliveries:
+        [run_id] = delivery.run_ids
+        record = int(delivery.provider_event_id.removeprefix("msg_")) % 50
+        assert runs[run_id].record_key == f"items:item-{record:07d}"
+    assert sorted(redis.lrange("rq:queue:high", 0, -1)) == sorted(run.rq_job_id.encode() for run in runs.values())
+
+
+# A dispatcher process that claims a batch and creates its runs, then is SIGKILLed just
+# before its commit (the commit is replaced by a wait for the kill).
+KILLED_DISPATCHER = """
+import sys, time
+from webapp import create_app
+from webapp.extensions import db
+from webapp.webhooks import dispatch
+
+app = create_app()
+with app.app_context():
+    def stop_here():
+        print("claimed", flush=True)
+        time.sleep(600)
+    db.session.commit = stop_here
+    dispatch.dispatch_pending(min_age_seconds=0)
+"""
+
+
+def test_dispatcher_killed_before_its_commit_leaves_the_batch_for_the_next(app, make_connection, redis):
+    shop = make_connection(name="shop", credentials={"webhook_secret": signing.whsec()})
+    for n in range(30):
+        _store(shop.id, n, n)
+    child = subprocess.Popen([sys.executable, "-c", KILLED_DISPATCHER], cwd=ROOT, env=process_env(app),
+                             stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert child.stdout.readline().strip() == b"claimed"
+    finally:
+        kill_session(child.pid, signal.SIGKILL)
+        child.wait(30)
+    assert _fresh_count(WebhookDelivery, WebhookDelivery.outcome == "received") == 30
+    assert _fresh_count(Run) == 0
+    deadline = time.monotonic() + 30  # PostgreSQL lets the dead backend's locks go shortly after
+    while dispatch.dispatch_pending(min_age_seconds=0) < 30 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _fresh_count(WebhookDelivery, WebhookDelivery.outcome == "enqueued") == 30
+    assert _fresh_count(Run) == 30
+
+
+def test_connection_changes_made_elsewhere_are_seen_within_the_cache_time(app, make_connection):
+    old, new = signing.whsec(), signing.whsec()
+    shop = make_connection(name="shop", credentials={"webhook_secret": old})
+    app.config["WEBHOOK_CONNECTION_CACHE_SECONDS"] = 0.5
+    client = app.test_client()
+
+    def post(secret, n):
+        body = signing.dumps({"type": "item.updated", "data": {"id": f"item-{n:07d}"}})
+        return client.post("/webhooks/shop", data=body, headers=signing.standard_headers(body, secret)).status_code
+
+    assert post(old, 1) == 200
+    # Another process rotates the secret: a raw UPDATE, no ORM event reaches this process.
+    table = Connection.__table__
+    db.session.execute(table.update().where(table.c.id == shop.id)
+                       .values(credentials_encrypted=encrypt_credentials({"webhook_secret": new})))
+    db.session.commit()
+    assert post(old, 2) == 200  # still trusted from the cache
+    time.sleep(0.6)
+    assert post(old, 3) == 401 and post(new, 4) == 200
+
+
+def test_connection_changed_through_the_orm_in_this_process_is_seen_at_once(app, make_connection):
+    old, new = signing.whsec(), signing.whsec()
+    make_connection(name="shop", credentials={"webhook_secret": old})
+    client = app.test_client()
+    body = signing.dumps({"type": "item.updated", "data": {"id": "item-0000001"}})
+    assert client.post("/webhooks/shop", data=body, headers=signing.standard_headers(body, old)).status_code == 200
+    connection = get_connection("shop")
+    connection.credentials = {"webhook_secret": new}
+    db.session.commit()
+    body = signing.dumps({"type": "item.updated", "data": {"id": "item-0000002"}})
+    assert client.post("/webhooks/shop", data=body, headers=signing.standard_headers(body, old)).status_code == 401
+    assert client.post("/webhooks/shop", data=body, headers=signing.standard_headers(body, new)).status_code == 200

@@ -1,0 +1,260 @@
+"""Stored deliveries become record runs, off the request path.
+
+The endpoint (ingest.py) verifies, stores and answers; then `kick()` makes sure a dispatch
+job is queued on RQ's high queue. That job (worker.jobs.dispatch_webhooks) calls
+`dispatch_pending()`, which takes the "received" deliveries in batches: claim a batch,
+create its record runs and record the outcome of every delivery in ONE transaction, then
+enqueue the new runs in one Redis round trip. A claim is never committed on its own, so a
+dispatcher that dies mid-batch leaves its deliveries "received" for the next one, and a
+delivery's runs exist exactly when its outcome says so.
+
+Outcomes: "received" (stored; its runs not yet created, or created but not yet handed to
+RQ because Redis was down), "enqueued", "ignored" (the connector maps it to nothing),
+"failed" (with the reason). The supervisor's periodic step and POST /api/cron/webhooks call
+`dispatch_pending(min_age_seconds=5)`: the safety net for a lost kick (Redis down when the
+delivery arrived, a dispatch job lost with its worker).
+"""
+import json
+import logging
+from datetime import timedelta
+
+import redis
+from flask import current_app
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from .. import runs
+from ..connectors.base import Services, connector_class
+from ..connectors.errors import ConfigError
+from ..extensions import db, redis_ext
+from ..models import QUEUED, Connection, Run, WebhookDelivery, utcnow
+from ..queue import HIGH, enqueue_execute_runs, queue
+
+log = logging.getLogger(__name__)
+
+RECEIVED, DISPATCHING, ENQUEUED, IGNORED, FAILED = "received", "dispatching", "enqueued", "ignored", "failed"
+DISPATCH_JOB = "worker.jobs.dispatch_webhooks"
+# Set by the request that wants a dispatcher, deleted by the dispatcher before it looks at
+# the table: a delivery committed after that look finds the key gone and queues another
+# job, so none is left behind. The expiry bounds the damage if the job itself is lost.
+KICK_KEY = "synchub:webhooks:dispatch-kick"
+KICK_TTL_SECONDS = 30
+BATCH_SIZE = 200
+
+
+def connector_for(connection):
+    services = Services(config=current_app.config, connection_id=connection.id)
+    return connector_class(connection.connector)(connection.settings, connection.credentials, services)
+
+
+def kick():
+    """After a delivery is committed: make sure a dispatch job will see it. One SET per
+    delivery; an RQ job only when none is pending. Returns False when Redis is away (the
+    supervisor's step dispatches the delivery later)."""
+    try:
+        client = redis_ext.client
+        if client.set(KICK_KEY, "1", nx=True, ex=KICK_TTL_SECONDS):
+            queue(HIGH, client).enqueue_call(DISPATCH_JOB, timeout=current_app.config["JOB_TIMEOUT_SECONDS"],
+                                             result_ttl=60, failure_ttl=7 * 24 * 3600,
+                                             description="dispatch webhook deliveries")
+        return True
+    except (redis.RedisError, OSError) as exc:
+        log.warning("webhook dispatch not kicked (%s): the supervisor will dispatch stored deliveries", type(exc).__name__)
+        return False
+
+
+def run_dispatch_job():
+    """The dispatch job's body: forget the kick, then dispatch until nothing is left."""
+    redis_ext.client.delete(KICK_KEY)
+    total = 0
+    while True:
+        claimed, enqueued = _dispatch_batch(BATCH_SIZE, cutoff=None)
+        total += enqueued
+        if claimed < BATCH_SIZE:
+            return total
+
+
+def dispatch_pending(limit=500, min_age_seconds=5.0, now=None):
+    """Dispatch deliveries received at least `min_age_seconds` ago (the safety net), at
+    most `limit` of them. Returns how many are now enqueued. Does nothing while Redis is
+    unreachable: their runs could not be handed to a worker anyway."""
+    if redis_ext.optional() is None:
+        return 0
+    cutoff = (now or utcnow()) - timedelta(seconds=min_age_seconds)
+    done = 0
+    while limit > 0:
+        claimed, enqueued = _dispatch_batch(min(limit, BATCH_SIZE), cutoff)
+        done, limit = done + enqueued, limit - claimed
+        if claimed < BATCH_SIZE:
+            break
+    return done
+
+
+def _dispatch_batch(limit, cutoff, attempts=3):
+    """(deliveries claimed, deliveries now enqueued) for one batch."""
+    for attempt in range(attempts):
+        try:
+            return _dispatch_batch_once(limit, cutoff)
+        except IntegrityError:
+            # Another transaction queued a run for one of these records meanwhile (the
+            # partial unique index). Nothing of ours was committed: take the batch again,
+            # and this time find that run.
+            db.session.rollback()
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _claim(limit, cutoff):
+    table = WebhookDelivery.__table__
+    pick = select(table.c.id).where(table.c.outcome == RECEIVED)
+    if cutoff is not None:
+        pick = pick.where(table.c.received_at <= cutoff)
+    # SKIP LOCKED: parallel dispatchers on PostgreSQL take different batches instead of
+    # queueing behind each other's row locks. (SQLite has one writer at a time anyway.)
+    pick = pick.order_by(table.c.id).limit(limit).with_for_update(skip_locked=True)
+    return db.session.execute(
+        update(table).where(table.c.id.in_(pick.scalar_subquery()), table.c.outcome == RECEIVED)
+        .values(outcome=DISPATCHING)
+        .returning(table.c.id, table.c.connection_id, table.c.raw_body, table.c.run_ids)
+    ).all()
+
+
+def _dispatch_batch_once(limit, cutoff):
+    claimed = _claim(limit, cutoff)
+    if not claimed:
+        db.session.rollback()
+        return 0, 0
+    settled = {}  # delivery id -> (outcome, run ids, error)
+    to_enqueue, created_by_connection = [], {}
+    by_connection = {}
+    for row in claimed:
+        by_connection.setdefault(row.connection_id, []).append(row)
+    for connection_id, rows in by_connection.items():
+        connection = db.session.get(Connection, connection_id)
+        try:
+            connector = connector_for(connection)
+        except (ConfigError, ValueError) as exc:
+            for row in rows:
+                settled[row.id] = (FAILED, list(row.run_ids or []), f"{type(exc).__name__}: {exc}"[:500])
+            continue
+        waiting = [row for row in rows if row.run_ids]
+        fresh = [row for row in rows if not row.run_ids]
+        to_enqueue += _settle_waiting(waiting, settled)
+        created = _settle_fresh(connection, connector, fresh, settled)
+        created_by_connection[connection] = created
+        to_enqueue += created
+    _write_outcomes(settled)
+    db.session.commit()
+    for connection, created in created_by_connection.items():
+        runs.announce_created(connection, created)
+    put_back = _enqueue(to_enqueue, settled) if to_enqueue else set()
+    enqueued = sum(1 for delivery_id, (outcome, _ids, _error) in settled.items()
+                   if outcome == ENQUEUED and delivery_id not in put_back)
+    return len(claimed), enqueued
+
+
+def _settle_waiting(rows, settled):
+    """Deliveries whose runs exist but never reached RQ: enqueue those still queued (runs
+    that already ran, e.g. requeued by the supervisor, are not created again)."""
+    if not rows:
+        return []
+    ids = {run_id for row in rows for run_id in row.run_ids}
+    waiting = db.session.execute(select(Run).where(Run.id.in_(ids), Run.status == QUEUED)).scalars().all()
+    for row in rows:
+        settled[row.id] = (ENQUEUED, list(row.run_ids), None)
+    return waiting
+
+
+def _settle_fresh(connection, connector, rows, settled):
+    mapped = []  # (row, events)
+    for row in rows:
+        try:
+            events = [tuple(event) for event in connector.webhook_events(json.loads(row.raw_body))]
+        except Exception as exc:  # provider payloads vary: keep the delivery, say why
+            log.warning("delivery %s: connector could not map it: %s", row.id, exc)
+            settled[row.id] = (FAILED, [], f"could not map the delivery: {type(exc).__name__}: {exc}"[:500])
+            continue
+        if not events:
+            settled[row.id] = (IGNORED, [], None)
+        else:
+            mapped.append((row, events))
+    if not mapped:
+        return []
+    try:
+        all_runs, created = runs.add_record_runs(connection, [e for _row, events in mapped for e in events])
+    except runs.TriggerRefused as exc:
+        for row, _events in mapped:
+            settled[row.id] = (FAILED, [], str(exc))
+        return []
+    position = 0
+    for row, events in mapped:
+        ids = list(dict.fromkeys(run.id for run in all_runs[position:position + len(events)]))
+        position += len(events)
+        settled[row.id] = (ENQUEUED, ids, None)
+    return created
+
+
+def _write_outcomes(settled):
+    db.session.execute(
+        update(WebhookDelivery).execution_options(synchronize_session=False),
+        [{"id": delivery_id, "outcome": outcome, "run_ids": ids, "error": error}
+         for delivery_id, (outcome, ids, error) in settled.items()],
+    )
+
+
+def _enqueue(to_enqueue, settled):
+    """Hand the batch's queued runs to RQ. If Redis fails, their deliveries go back to
+    "received" (runs kept) for the safety net. Returns the ids of those put back."""
+    try:
+        enqueue_execute_runs(to_enqueue)
+        return set()
+    except (redis.RedisError, OSError) as exc:
+        log.warning("%d webhook runs stay queued, enqueue failed: %s", len(to_enqueue), type(exc).__name__)
+    run_ids = {run.id for run in to_enqueue}
+    back = {delivery_id for delivery_id, (outcome, ids, _e) in settled.items()
+            if outcome == ENQUEUED and run_ids.intersection(ids)}
+    if back:
+        db.session.execute(update(WebhookDelivery).where(WebhookDelivery.id.in_(back), WebhookDelivery.outcome == ENQUEUED)
+                           .values(outcome=RECEIVED).execution_options(synchronize_session=False))
+        db.session.commit()
+    return back
+
+
+def replay(delivery_id, requested_by=None):
+    """Re-create the record runs of a stored delivery (the admin's Replay button): runs
+    are triggered again whatever its outcome was. Returns the run ids it caused."""
+    delivery = db.session.get(WebhookDelivery, delivery_id)
+    if delivery is None:
+        raise LookupError(f"no webhook delivery {delivery_id}")
+    connection = db.session.get(Connection, delivery.connection_id)
+    connector = connector_for(connection)
+    payload = json.loads(delivery.raw_body)
+    try:
+        events = list(connector.webhook_events(payload))
+    except Exception as exc:
+        return _settle_one(delivery, [], FAILED, f"could not map the delivery: {type(exc).__name__}: {exc}"[:500])
+    if not events:
+        return _settle_one(delivery, [], IGNORED, None)
+    run_ids, all_enqueued = [], True
+    try:
+        for stream, record_id, deleted in events:
+            result = runs.trigger(connection, mode="record", record_key=f"{stream}:{record_id}",
+                                  params={"stream": stream, "record_id": str(record_id), "deleted": bool(deleted)},
+                                  streams=[stream], trigger="webhook", requested_by=requested_by, enqueue=False)
+            run_ids.append(result.run.id)
+            if result.run.status == QUEUED:
+                all_enqueued = runs.enqueue_run(result.run) and all_enqueued
+    except runs.TriggerRefused as exc:
+        return _settle_one(delivery, run_ids, FAILED, str(exc))
+    return _settle_one(delivery, run_ids, ENQUEUED if all_enqueued else RECEIVED, None)
+
+
+def _settle_one(delivery, run_ids, outcome, error):
+    merged = list(dict.fromkeys(list(delivery.run_ids or []) + run_ids))
+    db.session.execute(update(WebhookDelivery).where(WebhookDelivery.id == delivery.id)
+                       .values(run_ids=merged, outcome=outcome, error=error)
+                       .execution_options(synchronize_session=False))
+    db.session.commit()
+    delivery.run_ids, delivery.outcome, delivery.error = merged, outcome, error
+    return run_ids
