@@ -12,6 +12,7 @@ with any `now`, so they never sleep through an hour.
     reconcile_rq    leader, same cadence: RQ registries brought in line with the job table
     alerts          leader, every ALERT_INTERVAL_SECONDS: open/clear alerts, notify
     retention       leader, every RETENTION_INTERVAL_SECONDS: delete old history
+    outbox_drain    leader, every OUTBOX_DRAIN_INTERVAL_SECONDS: a drain job, unless one waits queued
     maintenance:*   leader, each at its own interval: RQ jobs enqueued by dotted name
 """
 import json
@@ -31,7 +32,7 @@ from rq.job import Job, JobStatus
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
-from webapp import alerts, retention, runs, schedules
+from webapp import alerts, outbox, retention, runs, schedules
 from webapp.extensions import db, redis_ext
 from webapp.models import SupervisorState
 from webapp.queue import DEFAULT, queue
@@ -46,9 +47,7 @@ log = logging.getLogger("scheduler")
 # holding it; 0 turns a job off), enqueued by the leader on the default queue and executed
 # by the RQ workers. Add new ones here; operators can add more without code through
 # SYNCHUB_MAINTENANCE_JOBS="pkg.module.func=seconds,...".
-MAINTENANCE_JOBS = (
-    ("worker.jobs.drain_outbox", "OUTBOX_DRAIN_INTERVAL_SECONDS"),  # SPEC §7: the periodic outbox drain
-)
+MAINTENANCE_JOBS = ()  # the outbox drain is a step of its own (outbox_drain)
 
 HEARTBEAT_KEY = "synchub:supervisors:heartbeat:{name}"
 # RQ states in which a maintenance job is still pending: don't pile another on top.
@@ -138,7 +137,8 @@ class Supervisor:
             Step("webhooks", sweep_every, self.process_webhooks),
             Step("alerts", c["ALERT_INTERVAL_SECONDS"], self.check_alerts),
             Step("retention", c["RETENTION_INTERVAL_SECONDS"], self.cleanup),
-        ] + [
+        ] + ([Step("outbox_drain", c["OUTBOX_DRAIN_INTERVAL_SECONDS"], self.drain_outbox)]
+             if c.get("OUTBOX_DRAIN_INTERVAL_SECONDS") else []) + [
             Step(f"maintenance:{name}", interval, self._maintenance_step(name))
             for name, interval in self.maintenance_jobs
         ]
@@ -251,6 +251,11 @@ class Supervisor:
 
     def cleanup(self, now=None):
         return retention.cleanup(now or self.clock())
+
+    def drain_outbox(self, now=None):
+        """SPEC §7's periodic drain. Not a fixed-id maintenance job: that one stays "started"
+        in RQ for 90 s after its worker is SIGKILLed, and no drain was enqueued meanwhile."""
+        return outbox.enqueue_drain(self.redis)
 
     def _maintenance_step(self, func_name):
         def step(now=None):

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from flask import current_app, has_app_context
+from rq.job import Job
 from sqlalchemy import and_, delete, event, exists, func, or_, select, text, update
 from sqlalchemy.orm import Session, aliased
 
@@ -48,8 +49,9 @@ ACTIVE = (PENDING, PROCESSING)
 
 DELIVER_EVENT = "worker.jobs.deliver_event"
 DRAIN_OUTBOX = "worker.jobs.drain_outbox"
-# While set, a delivery job is queued and has not started: a new event needs no other job,
-# because that job claims after our commit and so will see it.
+# "<job id> <set at>" of a delivery job enqueued and not yet started: while that job still
+# waits in its queue, a new event needs no other job, because that job claims after our
+# commit and so will see it (see _kicked for when the flag is stale).
 KICK_KEY = "synchub:outbox:kick"
 DRAIN_KICK_KEY = "synchub:outbox:drain-queued"
 # Drains at work: member = claimer, score = when its announcement lapses (epoch seconds).
@@ -217,10 +219,10 @@ def _after_rollback(session):
 
 def request_delivery(event_id=None, destinations=(), client=None):
     """Enqueue the real-time delivery attempt for a commit's new events, unless that is
-    pointless: a delivery job is queued and has not started yet (it claims after this
-    commit, so it will see the events), as many drains as we allow are running (each
-    claims once more after it stops announcing itself, see worker/delivery.py), or every
-    destination involved has its breaker open (the periodic drain probes it later).
+    pointless: a delivery job is waiting in its queue (it claims after this commit, so it
+    will see the events), as many drains as we allow are running (each claims once more
+    after it stops announcing itself, see worker/delivery.py), or every destination
+    involved has its breaker open (the periodic drain probes it later).
     Never raises: when Redis is down the events simply wait for the periodic drain."""
     if client is None and not has_app_context():
         log.warning("outbox event %s: no app context after commit; left for the periodic drain", event_id)
@@ -232,40 +234,75 @@ def request_delivery(event_id=None, destinations=(), client=None):
             return False
         if client.zcount(DRAINING_KEY, now, "+inf") >= _config("OUTBOX_PARALLEL_DRAINS", 4):
             return False
-        if not client.set(KICK_KEY, event_id or 0, nx=True, ex=120):
-            return False
-        try:
-            _enqueue(DELIVER_EVENT, "high", args=(event_id,), client=client,
-                     description=f"deliver outbox event {event_id}" if event_id else "deliver outbox events")
-        except Exception:
-            client.delete(KICK_KEY)
-            raise
-        return True
+        job = _kicked(DELIVER_EVENT, "high", KICK_KEY, 120, client, args=(event_id,),
+                      description=f"deliver outbox event {event_id}" if event_id else "deliver outbox events")
+        return job is not None
     except Exception as exc:  # redis errors of any kind: the row is the source of truth
         log.warning("outbox event %s waits for the drain: enqueue failed (%s)", event_id, type(exc).__name__)
         return False
 
 
-def enqueue_drain():
-    """Enqueue a drain job unless one is queued and not yet started. Returns the job id or
-    None. Raises on Redis errors (callers say so: the cron endpoint answers 503)."""
-    client = redis_ext.client
-    if not client.set(DRAIN_KICK_KEY, 1, nx=True, ex=300):
-        return None
-    try:
-        return _enqueue(DRAIN_OUTBOX, "default", args=(), description="drain the outbox").id
-    except Exception:
-        client.delete(DRAIN_KICK_KEY)
-        raise
+def enqueue_drain(client=None):
+    """Enqueue a drain job unless one is waiting in its queue. Returns the job id or None.
+    Raises on Redis errors (callers say so: the cron endpoint answers 503).
+
+    This is the periodic drain (the supervisor's step, the cron endpoint): the only thing
+    that claims rows nobody is delivering, i.e. a dead worker's expired leases and retries
+    that came due after every drain ended. So it is never held back by a drain that has
+    started: that one may belong to a worker killed since (RQ calls its job "started" for
+    another 90 s, and its drain never claims again), and drains side by side are safe."""
+    job = _kicked(DRAIN_OUTBOX, "default", DRAIN_KICK_KEY, 300, client or redis_ext.client, args=(),
+                  description="drain the outbox")
+    return job.id if job is not None else None
 
 
-def _enqueue(function, queue_name, args, description, client=None):
+# KEYS: the flag, the queue's RQ intermediate list (jobs a worker has popped and not yet
+# started). ARGV: the new job's id, the flag's TTL (s), how long a flag may name a job not
+# yet written (s), RQ's job-hash key prefix. Returns 1 when the caller is to enqueue ARGV[1].
+_KICK = """
+local now = tonumber(redis.call('TIME')[1])
+local flag = redis.call('GET', KEYS[1])
+if flag then
+  local job_id, set_at = string.match(flag, '^(%S+) (%d+)$')
+  if job_id then
+    local status = redis.call('HGET', ARGV[4] .. job_id, 'status')
+    if status == 'queued' then
+      if not redis.call('LPOS', KEYS[2], job_id) then return 0 end
+    elseif not status then
+      if now - tonumber(set_at) < tonumber(ARGV[3]) then return 0 end
+    end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. now, 'EX', ARGV[2])
+return 1
+"""
+_ENQUEUE_GRACE_SECONDS = 10
+
+
+def _kicked(function, queue_name, flag, ttl, client, args, description):
+    """Enqueue `function` unless the job named by `flag` is still waiting in its queue.
+
+    The flag names the job it stands for, and the job clears it when it starts. A flag is
+    stale, and replaced, when its job is no longer waiting: the job started (its worker
+    died before clearing the flag: the worker was SIGKILLed while forking), finished,
+    failed or vanished, or a worker popped it and died before starting it (RQ then leaves
+    it 'queued' in the intermediate list for minutes). Trusting such a flag until its TTL
+    held back every delivery for up to that long."""
     from .queue import queue
 
-    return queue(queue_name, connection=client).enqueue_call(
-        function, args=args, description=description, result_ttl=600, failure_ttl=7 * 24 * 3600,
-        timeout=int(_config("OUTBOX_DRAIN_BUDGET_SECONDS", 60) + _config("OUTBOX_LEASE_SECONDS", 120) + 60),
-    )
+    target = queue(queue_name, connection=client)
+    job_id = f"outbox-{uuid.uuid4().hex}"
+    if not client.register_script(_KICK)(keys=[flag, target.intermediate_queue_key],
+                                         args=[job_id, ttl, _ENQUEUE_GRACE_SECONDS, Job.redis_job_namespace_prefix]):
+        return None
+    try:
+        return target.enqueue_call(
+            function, args=args, job_id=job_id, description=description, result_ttl=600, failure_ttl=7 * 24 * 3600,
+            timeout=int(_config("OUTBOX_DRAIN_BUDGET_SECONDS", 60) + _config("OUTBOX_LEASE_SECONDS", 120) + 60),
+        )
+    except Exception:
+        client.delete(flag)
+        raise
 
 
 # -- claiming and outcomes (the worker's side) ---------------------------------------------
@@ -542,10 +579,14 @@ class Breaker:
 
     @classmethod
     def from_config(cls, client, config):
+        # The probe lock outlives the probe's one request, but no more: the lock of a worker
+        # killed while probing keeps every other worker off the destination until it lapses.
+        probe_seconds = min(float(config.get("OUTBOX_LEASE_SECONDS", 120)),
+                            2 * float(config.get("OUTBOX_HTTP_TIMEOUT_SECONDS", 10)) + 10)
         return cls(client, threshold=config.get("OUTBOX_BREAKER_THRESHOLD", 5),
                    cooldown=config.get("OUTBOX_BREAKER_COOLDOWN_SECONDS", 30),
                    max_cooldown=config.get("OUTBOX_BREAKER_MAX_COOLDOWN_SECONDS", 600),
-                   probe_seconds=config.get("OUTBOX_LEASE_SECONDS", 120))
+                   probe_seconds=probe_seconds)
 
     def blocked(self):
         """{destination id: reopen time (epoch seconds)} of destinations not to claim now.
@@ -610,15 +651,18 @@ class Breaker:
         """True while this instance holds the destination's probe (half-open)."""
         return destination in self._probes
 
-    def close(self):
-        """Hand back probe locks this instance won but did not use (its drain found nothing
-        of that destination to try), so another worker may probe at once."""
+    def close(self, keep=()):
+        """Hand back probe locks this instance won but will not use (its claim took no row
+        of that destination), so another worker may probe at once. `keep`: destinations
+        whose probe is about to be sent."""
         for destination in list(self._probes):
+            if destination in keep:
+                continue
+            self._probes.discard(destination)
             try:
                 self.client.delete(f"{self.PREFIX}{destination}:probe")
             except Exception:
                 pass
-        self._probes.clear()
 
     def open_until(self, destination):
         """When the breaker of this destination reopens for deliveries (None: closed)."""

@@ -136,8 +136,12 @@ class Delivery:
 
     def _claim(self, limit=1, event_id=None):
         self._open = {}
-        return outbox.claim(self.session, self.claimer, limit=limit, event_id=event_id,
-                            lease_seconds=self.lease_seconds, skip_connections=self.breaker.blocked())
+        claimed = outbox.claim(self.session, self.claimer, limit=limit, event_id=event_id,
+                               lease_seconds=self.lease_seconds, skip_connections=self.breaker.blocked())
+        # A probe won for a destination this batch has no row of would otherwise be held,
+        # keeping every other worker off that destination, until this drain ends.
+        self.breaker.close(keep={c.connection_id for c in claimed})
+        return claimed
 
     def _announce(self, refresh=False):
         """Tell publishers a drain is at work (so they need not enqueue one), for a while.

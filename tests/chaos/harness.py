@@ -106,7 +106,15 @@ class Stack:
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self, connections=lambda stack: []):
-        """`connections(stack)` lists the connections to create (they may need the simulator's URL)."""
+        """`connections(stack)` lists the connections to create (they may need the simulator's URL).
+        A stack that fails to come up is stopped: its processes must not outlive the run."""
+        try:
+            return self._start(connections)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, connections):
         self.db = Database("postgresql", self.workdir)
         self.redis_server = RedisServer().start()
         self.clock_file = os.path.join(self.workdir, "clock")

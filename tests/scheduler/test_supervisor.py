@@ -4,7 +4,7 @@ import logging
 from datetime import datetime, timedelta
 
 import pytest
-from rq.job import Job
+from rq.job import Job, JobStatus
 from sqlalchemy import select
 
 from scheduler.clock import FileClock
@@ -88,15 +88,21 @@ def test_failing_step_is_logged_and_the_supervisor_goes_on(app, redis, caplog):
     assert supervisor.run_step(Step("tick", 1, supervisor.tick, leader_only=False)) == []
 
 
-def test_outbox_drain_is_a_maintenance_job_enqueued_by_name_once_while_pending(app, redis):
+def test_outbox_drain_step_enqueues_a_drain_unless_one_waits_in_its_queue(app, redis):
     supervisor = Supervisor(app, name="s1")
-    assert "maintenance:worker.jobs.drain_outbox" in [s.name for s in supervisor.steps()]
-    assert supervisor.enqueue_maintenance("worker.jobs.drain_outbox")
-    assert not supervisor.enqueue_maintenance("worker.jobs.drain_outbox")  # the first still waits
+    [step] = [s for s in supervisor.steps() if s.name == "outbox_drain"]
+    assert step.interval == app.config["OUTBOX_DRAIN_INTERVAL_SECONDS"]
+    first = supervisor.drain_outbox()
+    assert first and supervisor.drain_outbox() is None  # the first still waits
     [job_id] = queue(DEFAULT).get_job_ids()
-    assert Job.fetch(job_id, connection=redis).func_name == "worker.jobs.drain_outbox"
-    Job.fetch(job_id, connection=redis).delete()  # done (or lost): the next turn enqueues again
-    assert supervisor.enqueue_maintenance("worker.jobs.drain_outbox")
+    assert job_id == first and Job.fetch(job_id, connection=redis).func_name == "worker.jobs.drain_outbox"
+    # Once it has started, the next turn enqueues again: a started drain may belong to a
+    # worker killed since (here even before the job cleared the flag).
+    job, _ = queue(DEFAULT).dequeue_any([queue(DEFAULT)], None, connection=redis)
+    job.set_status(JobStatus.STARTED)
+    assert supervisor.drain_outbox() not in (None, first)
+    app.config["OUTBOX_DRAIN_INTERVAL_SECONDS"] = 0
+    assert "outbox_drain" not in [s.name for s in Supervisor(app, name="s2").steps()]
 
 
 def test_maintenance_jobs_are_configurable_and_can_be_turned_off(app, redis):

@@ -81,6 +81,32 @@ def test_commit_enqueues_one_delivery_job_and_a_queued_job_covers_later_commits(
     assert [j.args for j in queue.jobs] == [(first.ids[0],), (second.ids[0],)]
 
 
+def test_a_flag_left_by_a_job_whose_worker_died_does_not_hold_back_deliveries(app, redis, make_connection, loops):
+    """A job clears its flag when it starts; a worker killed after popping the job (RQ leaves
+    it 'queued' in its intermediate list) or after starting it but before the job cleared
+    the flag, left a flag that stopped every delivery job, and the periodic drain's, from
+    being enqueued until the flag's TTL ran out."""
+    from rq.job import JobStatus
+
+    loops_connection(make_connection, loops)
+    for flag, queue_name, enqueue in ((outbox.KICK_KEY, "high", lambda: outbox.request_delivery(1)),
+                                      (outbox.DRAIN_KICK_KEY, "default", outbox.enqueue_drain)):
+        queue = Queue(queue_name, connection=redis)
+        assert enqueue()
+        assert not enqueue()  # waiting in its queue: it will claim after any later commit
+        assert queue.count == 1
+        job, _ = Queue.dequeue_any([queue], None, connection=redis)  # what a worker does first...
+        assert job.get_status() == JobStatus.QUEUED and redis.exists(flag)  # ...and dies here
+        assert enqueue()
+        assert queue.count == 1 and queue.jobs[0].id != job.id
+        popped, _ = Queue.dequeue_any([queue], None, connection=redis)
+        popped.set_status(JobStatus.STARTED)  # started; killed before the job cleared the flag
+        queue.intermediate_queue.remove(popped.id)
+        assert enqueue()
+        assert queue.count == 1 and queue.jobs[0].id not in (job.id, popped.id)
+        assert not enqueue()
+
+
 def test_one_app_event_becomes_one_row_per_action_keyed_by_contact(app, make_connection, loops):
     conn = loops_connection(make_connection, loops)
     published = outbox.publish(db.session, "nomination_approved", "nom-1", NOMINATION, idempotency_key="nom-1-ok")
@@ -338,6 +364,32 @@ def test_breaker_stops_hammering_a_failing_destination_without_burning_attempts_
     assert drain(redis_client=redis).done == 12
     assert loops.api.requests == 4 + 12
     assert sorted(r.attempts for r in _rows()) == [1] * 9 + [2] * 3
+
+
+def test_breaker_probe_of_a_dead_or_busy_holder_does_not_keep_others_off_for_long(app, fast, redis, make_connection,
+                                                                                 loops):
+    """The probe lock used to live as long as a lease (120 s by default): a worker killed
+    while holding it, or a drain that won it and then claimed other destinations' rows,
+    kept every other worker off the destination for that long."""
+    from worker.delivery import Delivery
+
+    app.config.update(OUTBOX_LEASE_SECONDS=120, OUTBOX_HTTP_TIMEOUT_SECONDS=10, OUTBOX_BREAKER_THRESHOLD=1,
+                      OUTBOX_BREAKER_COOLDOWN_SECONDS=0.1)
+    assert outbox.Breaker.from_config(redis, app.config).probe_seconds == 30  # one request's worth
+    half_open = loops_connection(make_connection, loops).id
+    other = loops_connection(make_connection, loops, name="loops-2", mappings={
+        "vote_cast": [{"action": "upsert_contact", "email": "{voter.email}"}]}).id
+    outbox.publish(db.session, "vote_cast", "v-1", {"voter": {"email": "v1@example.com"}}, connection=other)
+    db.session.commit()
+    assert outbox.Breaker.from_config(redis, app.config).failure(half_open)
+    time.sleep(0.15)  # cooled down: the next claimer may probe
+    delivery = Delivery(redis_client=redis, worker_name="w1")
+    [claimed] = delivery._claim(limit=10)  # wins the probe, yet takes only the other destination's row
+    assert claimed.connection_id == other
+    rival = outbox.Breaker.from_config(redis, app.config)
+    assert half_open not in rival.blocked() and rival.probing(half_open)  # handed back at once
+    delivery.breaker.close()
+    rival.close()
 
 
 def test_breaker_never_blocks_deliveries_when_redis_is_gone(app, fast, make_connection, loops):

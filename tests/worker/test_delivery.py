@@ -2,6 +2,7 @@
 simulator on a real socket: the S1 flows, a destination outage during a burst, and a
 worker killed between the provider's acceptance and the database's record of it."""
 import signal
+import time
 
 from sqlalchemy import select
 
@@ -120,4 +121,39 @@ def test_worker_killed_after_sending_before_recording_is_redelivered_once_after_
     sends = [e for e in loops.log.entries("/api/v1/events/send") if e.status is not None]
     assert [(e.headers.get("Idempotency-Key"), e.status) for e in sends] == [("award-1.0", 200), ("award-1.0", 409)]
     assert loops.api.events() == [(ALICE, "award_won", {"award": "Best Site"}, "award-1.0")]
+    assert loops.api.duplicate_effects() == []
+
+
+def test_periodic_drain_goes_on_after_the_worker_running_it_is_sigkilled(app, redis, make_connection, loops,
+                                                                        outbox_workers):
+    """The chaos run's outbox stall. The supervisor's periodic drain is what claims a dead
+    worker's rows once their lease expires; it must not wait on the drain job that died with
+    that worker (RQ still calls it "started" for 90 s)."""
+    from rq import Queue
+
+    from scheduler.supervisor import Supervisor
+
+    loops_connection(make_connection, loops)
+    [drain_step] = [s for s in Supervisor(app, name="test-supervisor").steps() if "drain" in s.name]
+    # Only drains (queue "default") are served, so the periodic drain is what delivers.
+    doomed = outbox_workers.start(env=worker_env(OUTBOX_PAUSE_AFTER_SEND_SECONDS=60), name="doomed",
+                                  queues="default")
+    for n in range(4):
+        outbox.publish(db.session, "vote_cast", f"vote-{n}", {"voter": {"email": f"voter{n}@example.com"}},
+                       idempotency_key=f"vote-{n}")
+    db.session.commit()
+    Queue("high", connection=redis).empty()  # the real-time job would hide the drain's absence
+    drain_step.func(None)
+    wait_for(lambda: loops.api.contacts(), timeout=30, message="the doomed worker's drain to reach Loops")
+    doomed.kill(signal.SIGKILL)  # mid-delivery: the drain job dies "started", its row "processing"
+    outbox_workers.start(name="survivor", queues="default")
+
+    deadline = time.monotonic() + 25  # well inside RQ's 90 s, past the 2 s lease
+    while status_counts()["done"] < 4 and time.monotonic() < deadline:
+        drain_step.func(None)  # the leader's periodic tick
+        time.sleep(0.3)
+    assert status_counts() == {"pending": 0, "processing": 0, "done": 4, "dead": 0}
+    rows = db.session.execute(select(OutboxEvent).order_by(OutboxEvent.id)).scalars().all()
+    assert {r.claimed_by.split("/")[0] for r in rows} == {"survivor"}
+    assert sorted(c["email"] for c in loops.api.contacts()) == [f"voter{n}@example.com" for n in range(4)]
     assert loops.api.duplicate_effects() == []
