@@ -168,6 +168,49 @@ def test_rate_limit_is_shared_by_every_client_of_one_team(serve, limiter_redis_u
     assert elapsed >= (24 - 5) / 5 * 0.6  # 24 requests at 5 per 0.6 s take at least 2.28 s
 
 
+def test_requests_arriving_late_never_put_more_than_the_limit_in_one_of_loops_windows(serve, limiter_redis_url):
+    """Loops counts arrivals, and a request arrives some time after our limiter admitted it
+    (a descheduled worker, a slow connect). Here the first request of every other window is
+    held 0.3 s on its way in, before Loops counts it. A limit on admissions, even over a 5%
+    longer window, then let the next window's ten land within a second of it (the chaos
+    run's rare overrun)."""
+    api = LoopsAPI(rate_limit=(10, 1.0))  # Loops' own numbers, and the connector's default limit
+    arrivals, lock = [0], threading.Lock()
+
+    def network(environ, start_response):
+        with lock:
+            arrivals[0] += 1
+            late = arrivals[0] % 20 == 1
+        if late:
+            time.sleep(0.3)
+        return api(environ, start_response)
+
+    server = serve(network)
+    team_key = str(uuid.uuid4())  # a fresh team budget in the shared Redis
+    api.api_keys = {team_key: "Test Team"}
+    errors = []
+
+    def worker(n):  # one outbox worker process each: its own connector, its own Redis client
+        loops = LoopsConnector({"base_url": server.url + "/api"}, {"api_key": team_key},
+                               Services(config={}, redis=redis_lib.Redis.from_url(limiter_redis_url), connection_id=n))
+        try:
+            for i in range(10):
+                loops.deliver(_upsert(f"w{n}-{i}@example.com"), f"w{n}-{i}")
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    elapsed = time.monotonic() - started
+    assert errors == [] and api.violations == 0 and len(api.contacts()) == 40
+    # ...and the limit is still used: 40 requests, 10 per second plus the held ones' 0.3 s.
+    assert 3.0 <= elapsed < 3 + 2 * 0.3 + 1.0
+
+
 # -- the simulator itself ----------------------------------------------------------------
 
 

@@ -157,3 +157,32 @@ def test_without_a_limiter_the_provider_does_count_violations(serve):
         except RateLimited:
             pass
     assert server.app.violations >= 3
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["redis", "in-process"])
+def test_a_slot_counts_from_its_answer_and_a_dead_holders_slot_lapses(shared, limiter_redis_url):
+    """slot(): a request in flight keeps its place in the log, which then counts from its
+    answer, so the provider can never see more than n requests within a window however late
+    they reach it. A process that dies in flight frees its slot after max_in_flight."""
+    import time
+
+    def make():
+        if shared:
+            return make_rate_limiter(redis_lib.Redis.from_url(limiter_redis_url), str(uuid.uuid4()), (2, 0.3))
+        return LocalRateLimiter(2, 0.3)
+
+    limiter = make()
+    with limiter.slot(max_in_flight=5):
+        time.sleep(0.4)  # longer than the window: an admission bound would have let it go
+        answered = time.monotonic()
+        limiter.acquire()  # the second place of the window
+    limiter.acquire()  # waits a window from the answer, not from the admission 0.4 s before it
+    assert time.monotonic() >= answered + 0.3 - 0.01
+
+    limiter = make()
+    held = limiter.slot(max_in_flight=0.2)
+    held.__enter__()  # ...and its process dies before the answer: never settled
+    started = time.monotonic()
+    for _ in range(3):  # at once, after a window, then once the dead slot has lapsed
+        limiter.acquire()
+    assert 0.2 + 0.3 - 0.02 <= time.monotonic() - started < 0.2 + 0.3 + 0.3

@@ -20,13 +20,15 @@ from .base import Connector, register
 from .errors import ConfigError
 from .http import HttpError, parse_json
 from .mapping import MappingError, context_for, render, rules_for
+from .ratelimit import make_rate_limiter
 
 DEFAULT_BASE_URL = "https://app.loops.so/api"
-# Loops allows 10 requests/s per team. Our limiter admits by its own clock and the request
-# reaches Loops a little later, by a varying amount (the first of a window may also pay a
-# TCP/TLS handshake), so an exact (10, 1.0) now and then lands 11 in one of Loops' seconds.
-# A 5% longer window keeps every second at 10 and still uses 95% of the budget.
-DEFAULT_RATE_LIMIT = (10, 1.05)
+# Loops allows 10 requests/s per team. A request reaches Loops some time after our limiter
+# admitted it, by a varying amount (a descheduled worker, a TCP/TLS handshake), so a bound
+# on admissions, even with a margin on the window, now and then landed 11 in one of Loops'
+# seconds. Each request holds its slot until its answer is back (RateLimiter.slot), which
+# bounds the arrivals themselves, so the window needs no margin.
+DEFAULT_RATE_LIMIT = (10, 1.0)
 ACTIONS = ("upsert_contact", "send_event")
 _RULE_FIELDS = {
     "upsert_contact": {"action", "email", "user_id", "properties", "key"},
@@ -92,8 +94,12 @@ class LoopsConnector(Connector):
             raise MappingError(f"not a Loops action: {kind!r}")
         headers = {"Idempotency-Key": idempotency_key}
         method, path = ("PUT", "/v1/contacts/update") if kind == "upsert_contact" else ("POST", "/v1/events/send")
+        client = self._client()
         try:
-            answer = parse_json(self._client().request(method, path, json=body, headers=headers))
+            # One request per call (max_retries=0), so the slot covers exactly it.
+            with self._limiter.slot(self._max_in_flight):
+                response = client.request(method, path, json=body, headers=headers)
+            answer = parse_json(response)
         except HttpError as exc:
             # A reused Idempotency-Key: an earlier attempt got through and its answer was lost.
             if exc.status == 409 and (kind == "send_event" or "dempotency" in str(exc)):
@@ -109,14 +115,18 @@ class LoopsConnector(Connector):
             if not api_key:
                 raise ConfigError("the Loops connection has no api_key credential")
             team = hashlib.sha256(api_key.encode()).hexdigest()[:16]
+            timeout = float(self.services.config.get("OUTBOX_HTTP_TIMEOUT_SECONDS", 10))
+            # Connect and read each get the timeout; past that a dead worker's slot lapses.
+            self._max_in_flight = 2 * timeout + 1
+            self._limiter = make_rate_limiter(self.services.redis, f"loops:{team}",
+                                              tuple(self.settings.get("rate_limit") or DEFAULT_RATE_LIMIT))
             self._http = self.services.http(
                 self.settings.get("base_url") or DEFAULT_BASE_URL,
                 auth=BearerAuth(api_key),
-                rate_limit=tuple(self.settings.get("rate_limit") or DEFAULT_RATE_LIMIT),
-                rate_limit_key=f"loops:{team}",
+                rate_limit=None,  # ours, around each request: see deliver
                 # The outbox retries with backoff recorded in the database, never in a worker.
                 max_retries=0,
-                timeout=self.services.config.get("OUTBOX_HTTP_TIMEOUT_SECONDS", 10),
+                timeout=timeout,
             )
         return self._http
 

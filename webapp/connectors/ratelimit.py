@@ -9,7 +9,16 @@ every worker on every machine shares one budget per key. The script reads Redis'
 clock (TIME), so machines with skewed clocks still agree on what "the last second" is.
 Without Redis (inline CLI) an in-process limiter gives the same guarantee to the threads
 of this process.
+
+`acquire()` bounds admissions; the provider counts arrivals, and a request can arrive any
+time after its admission (a descheduled process, a slow connect). `slot()` bounds the
+arrivals themselves: the entry stays in the log while the request is in flight and then
+takes the time its answer came back, so a slot is free again only a full window after
+the provider can have seen the request. Then for any n + 1 requests, the last admitted
+was admitted while the other n entries were in the log (each stays until a window after
+its arrival), so no window holds n + 1 arrivals, whatever the delays.
 """
+import contextlib
 import collections
 import os
 import threading
@@ -21,8 +30,10 @@ from .errors import ConfigError, TransientError
 
 KEY_PREFIX = "synchub:ratelimit:"
 
-# KEYS[1] the log; ARGV: limit, window in microseconds, a unique member.
-# Returns {0, admitted_at_us} when admitted, else {wait_us, now_us}.
+# KEYS[1] the log; ARGV: limit, window in microseconds, a unique member, how long (us) an
+# admitted entry counts as sent now (0, or a bound on the request's time in flight: the
+# entry is settled at the answer, see _SETTLE). Returns {0, admitted_at_us} when admitted,
+# else {wait_us, now_us}.
 _SLIDING_LOG = """
 local key = KEYS[1]
 local limit = tonumber(ARGV[1])
@@ -31,16 +42,29 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
 if redis.call('ZCARD', key) < limit then
-  redis.call('ZADD', key, now, ARGV[3])
-  redis.call('PEXPIRE', key, math.ceil(window / 1000) + 1000)
+  local hold = tonumber(ARGV[4] or '0')
+  redis.call('ZADD', key, now + hold, ARGV[3])
+  redis.call('PEXPIRE', key, math.ceil((window + hold) / 1000) + 1000)
   return {0, now}
 end
 local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
 local wait = tonumber(oldest[2]) + window - now
+-- An entry in flight frees a window after its answer, which may come any moment.
+if wait > window then wait = window end
 if wait < 1 then wait = 1 end
 return {wait, now}
 """
 
+# KEYS[1] the log; ARGV: the member, window in microseconds. The answer is back: the entry
+# counts from now (Redis' clock), which is after the provider received the request.
+_SETTLE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if redis.call('ZADD', KEYS[1], 'XX', 'CH', now, ARGV[1]) == 1 then
+  redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) / 1000) + 1000)
+end
+return now
+"""
 
 def make_rate_limiter(redis_client, key, rate_limit):
     """A limiter for `key` allowing rate_limit = (requests, per_seconds)."""
@@ -73,6 +97,7 @@ class RedisRateLimiter:
         self.per_seconds = per_seconds
         self._window_us = int(per_seconds * 1_000_000)
         self._script = redis_client.register_script(_SLIDING_LOG)
+        self._settle = redis_client.register_script(_SETTLE)
         self._sleep = sleep
         self._prefix = os.urandom(6).hex()
         self._counter = 0
@@ -80,17 +105,38 @@ class RedisRateLimiter:
 
     def acquire(self):
         """Block until a request may be sent; return its admission time (Redis clock, seconds)."""
+        return self._acquire(self._member(), 0)[0]
+
+    @contextlib.contextmanager
+    def slot(self, max_in_flight):
+        """Hold a slot while the request in the block is in flight, and for a window after
+        its answer. `max_in_flight` (seconds) bounds how long a slot stays taken if this
+        process dies before the answer."""
+        member = self._member()
+        self._acquire(member, int(max_in_flight * 1_000_000))
+        try:
+            yield
+        finally:
+            try:
+                self._settle(keys=[self.key], args=[member, self._window_us])
+            except redis.RedisError:
+                pass  # the entry lapses max_in_flight after its admission
+
+    def _member(self):
         with self._counter_lock:
             self._counter += 1
-            member = f"{self._prefix}:{self._counter}"
+            return f"{self._prefix}:{self._counter}"
+
+    def _acquire(self, member, hold_us):
         while True:
             try:
-                wait_us, now_us = self._script(keys=[self.key], args=[self.requests, self._window_us, member])
+                wait_us, now_us = self._script(keys=[self.key],
+                                               args=[self.requests, self._window_us, member, hold_us])
             except redis.RedisError as exc:
                 # Without the shared log no worker may assume it has budget; the run retries.
                 raise TransientError(f"rate limiter unavailable: Redis error ({type(exc).__name__})") from None
             if wait_us == 0:
-                return now_us / 1_000_000
+                return now_us / 1_000_000, member
             self._sleep(wait_us / 1_000_000)
 
 
@@ -98,22 +144,38 @@ class LocalRateLimiter:
     def __init__(self, requests, per_seconds, sleep=time.sleep, clock=time.monotonic):
         self.requests = requests
         self.per_seconds = per_seconds
-        self._log = collections.deque()
+        self._log = []  # [time it counts from]; a slot in flight counts from the future
         self._lock = threading.Lock()
         self._sleep = sleep
         self._clock = clock
 
     def acquire(self):
         """Block until a request may be sent; return its admission time (monotonic seconds)."""
+        return self._acquire(0.0)[0]
+
+    @contextlib.contextmanager
+    def slot(self, max_in_flight):
+        """As RedisRateLimiter.slot, for the threads of this process."""
+        admitted, entry = self._acquire(max_in_flight)
+        try:
+            yield
+        finally:
+            with self._lock:
+                for i, held in enumerate(self._log):
+                    if held is entry:
+                        self._log[i] = [self._clock()]
+                        break
+
+    def _acquire(self, hold):
         while True:
             with self._lock:
                 now = self._clock()
-                while self._log and self._log[0] <= now - self.per_seconds:
-                    self._log.popleft()
+                self._log = [e for e in self._log if e[0] > now - self.per_seconds]
                 if len(self._log) < self.requests:
-                    self._log.append(now)
-                    return now
-                wait = self._log[0] + self.per_seconds - now
+                    entry = [now + hold]
+                    self._log.append(entry)
+                    return now, entry
+                wait = min(min(e[0] for e in self._log) + self.per_seconds - now, self.per_seconds)
             self._sleep(max(wait, 1e-6))
 
 
