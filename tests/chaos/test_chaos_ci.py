@@ -13,14 +13,7 @@ from tests.chaos.scenarios import SCENARIOS
 # Violations this suite found in other areas and reported, still open: scenario -> the
 # pattern of that one violation. Anything else in the scenario still fails the test; the
 # table in docs/RELIABILITY.md shows them red. Delete an entry when its bug is fixed.
-KNOWN_BUGS = {
-    # outbox: after a worker SIGKILL during a Loops outage, events can stay 'processing' with
-    # their lease long expired and the Loops breaker open-lapsed, undelivered for > 45 s
-    # (root cause not established; reported). And Loops' 10 requests/s was exceeded once
-    # in ~20 trials under load: webapp/connectors/loops.py's 50 ms window margin
-    # (DEFAULT_RATE_LIMIT = (10, 1.05)). Order and no-duplicate checks stay strict.
-    "outbox_delivery": r"outbox events delivered; e\.g\.|the Loops simulator saw its rate limit exceeded",
-}
+KNOWN_BUGS = {}
 
 
 def test_every_fault_scenario_keeps_every_invariant():
