@@ -1,6 +1,7 @@
-"""Sustained webhook ingest (signature verified, delivery stored, record run inserted and
-enqueued on RQ's high queue) next to a bare Flask endpoint that returns 200, measured in
-the same run under the same gunicorn configuration (the Procfile's: gthread, 2 processes).
+"""Sustained webhook ingest (signature verified, delivery stored and answered; then its
+record run created and enqueued on RQ's high queue by the dispatch job in a real worker)
+next to a bare Flask endpoint that returns 200, measured in the same run under the same
+gunicorn configuration (the Procfile's: gthread, 2 processes).
 
     .venv/bin/python -m bench.webhook_ingest [--backend postgresql|sqlite] [--seconds 10]
                                              [--connections 32] [--half-seconds 10]
@@ -10,8 +11,11 @@ the same run under the same gunicorn configuration (the Procfile's: gthread, 2 p
    each a new event id and a new record) → sustained rate, p50/p99.
 2. Half the sustained rate: an open-loop load generator in its own process sends at a fixed
    rate; latency is measured from each request's scheduled time (no coordinated omission).
-Both steps run against the bare endpoint too. Afterwards the database and the queue are
-checked: every 200 is a stored delivery with one queued record run and one RQ job.
+Both steps run against the bare endpoint too. A real `python -m worker --queues webhooks`
+runs the dispatch jobs meanwhile (on the same two cores: its CPU is part of the cost). After
+each step the benchmark waits for the dispatcher to finish (the tail), then checks the
+database and the queue: every 200 is a stored delivery with one queued record run and one
+RQ job. "End to end" counts that tail: deliveries / (load time + tail).
 """
 import argparse
 import base64
@@ -136,7 +140,10 @@ def stop(proc):
 
 
 def _ms(text):
-    value, unit = re.match(r"([\d.]+)(us|ms|s|m|h)", text).groups()  # wrk prints 1.50s, 2.00m ...
+    match = re.match(r"([\d.]+)(us|ms|s|m|h)", text)  # wrk prints 1.50s, 2.00m ...
+    if match is None:
+        raise RuntimeError(f"unexpected wrk latency {text!r}")
+    value, unit = match.groups()
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}[unit]
 
 
@@ -151,6 +158,13 @@ def wrk(url, seconds, connections, lua_path=None, lua_args=()):
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
     if "Requests/sec" not in out or "Latency Distribution" not in out:
         raise RuntimeError(f"unexpected wrk output:\n{out}")
+    try:
+        return _parse_wrk(out)
+    except (RuntimeError, AttributeError) as exc:
+        raise RuntimeError(f"{exc}; wrk output:\n{out}") from None
+
+
+def _parse_wrk(out):
     total = int(re.search(r"(\d+) requests in", out).group(1))
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
@@ -228,6 +242,25 @@ def fixed_rate(url, rate, seconds, request_file=None):
 # -- the run -------------------------------------------------------------------------------
 
 
+def wait_dispatched(app, timeout=300):
+    """Seconds until no delivery is left "received" (the dispatcher's tail)."""
+    from sqlalchemy import func, select
+
+    from webapp.extensions import db
+    from webapp.models import WebhookDelivery
+
+    started = time.monotonic()
+    with app.app_context():
+        while time.monotonic() - started < timeout:
+            waiting = db.session.scalar(select(func.count()).select_from(WebhookDelivery)
+                                        .where(WebhookDelivery.outcome == "received"))
+            db.session.rollback()
+            if not waiting:
+                return time.monotonic() - started
+            time.sleep(0.02)
+    raise RuntimeError(f"deliveries still waiting for the dispatcher after {timeout} s")
+
+
 def verify(app, expected):
     """Every accepted request is a stored delivery with one queued record run and an RQ job."""
     from sqlalchemy import func, select
@@ -242,6 +275,41 @@ def verify(app, expected):
         record_runs = db.session.scalar(select(func.count()).select_from(Run).where(Run.mode == "record", Run.status == "queued"))
         jobs = rq_queue("high", redis_ext.client).count
     return {"expected": expected, "deliveries": deliveries, "enqueued": enqueued, "runs": record_runs, "rq_jobs": jobs}
+
+
+def dispatch_lag(app, after_id):
+    """p50/p99/max ms from a delivery's arrival to its run's creation, for deliveries > after_id."""
+    from sqlalchemy import select
+
+    from webapp.extensions import db
+    from webapp.models import Run, WebhookDelivery
+
+    with app.app_context():
+        rows = db.session.execute(select(WebhookDelivery.received_at, WebhookDelivery.run_ids)
+                                  .where(WebhookDelivery.id > after_id)).all()
+        created = dict(db.session.execute(select(Run.id, Run.created_at)
+                                          .where(Run.id.in_([r.run_ids[0] for r in rows if r.run_ids]))).all())
+    lags = sorted((created[r.run_ids[0]] - r.received_at).total_seconds() * 1000 for r in rows if r.run_ids)
+    pick = lambda p: lags[min(len(lags) - 1, int(p / 100 * len(lags)))]  # noqa: E731
+    return {"p50": pick(50), "p99": pick(99), "max": lags[-1]}
+
+
+def last_delivery_id(app):
+    from sqlalchemy import func, select
+
+    from webapp.extensions import db
+    from webapp.models import WebhookDelivery
+
+    with app.app_context():
+        return db.session.scalar(select(func.coalesce(func.max(WebhookDelivery.id), 0)))
+
+
+def start_dispatcher(workdir, database_url, redis_url):
+    env = dict(os.environ, DATABASE_URL=database_url, REDIS_URL=redis_url, SYNCHUB_INSTANCE_PATH=workdir,
+               SYNCHUB_ENCRYPTION_KEYS=TEST_KEY, SYNCHUB_LOG_LEVEL="WARNING", PYTHONPATH=ROOT)
+    return subprocess.Popen([sys.executable, "-m", "worker", "--queues", "webhooks", "--name", "bench-dispatcher"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
 
 
 def main():
@@ -280,16 +348,21 @@ def main():
         servers.append(bare_proc)
         hub_proc, hub_url = serve("wsgi:app", workdir, database.url, redis_server.url, args.workers, args.threads)
         servers.append(hub_proc)
+        servers.append(start_dispatcher(workdir, database.url, redis_server.url))
 
         # The baseline receives the very same signed requests (it ignores them).
         wrk(bare_url + "/ok", 2, args.connections, lua_path, (saturation_file,))  # warm-up
         bare = wrk(bare_url + "/ok", args.seconds, args.connections, lua_path, (saturation_file,))
         hub = wrk(hub_url + "/webhooks/shop", args.seconds, args.connections, lua_path, (saturation_file,))
+        tail = wait_dispatched(app)
         saturated = verify(app, hub["requests"])
+        before_half = last_delivery_id(app)
 
         half_rate = hub["rate"] / 2
         write_requests(half_file, signed_requests(secret, int(half_rate * args.half_seconds) + 10, 10_000_000))
         hub_half = fixed_rate(hub_url + "/webhooks/shop", half_rate, args.half_seconds, half_file)
+        half_tail = wait_dispatched(app)
+        lag = dispatch_lag(app, before_half)
         bare_half = fixed_rate(bare_url + "/ok", half_rate, args.half_seconds, half_file)
         final = verify(app, saturated["deliveries"] + hub_half["sent"])
     finally:
@@ -306,9 +379,14 @@ def main():
           f"  (non-2xx {hub['non_2xx']}, socket errors {hub['socket_errors']})")
     print(f"              bare   {bare['rate']:8.0f}/s  p50 {bare['p50']:6.1f} ms  p99 {bare['p99']:6.1f} ms")
     print(f"              ratio  {hub['rate'] / bare['rate']:.2f}x the bare endpoint's rate (target >= 0.3x)")
+    end_to_end = saturated["enqueued"] / (args.seconds + tail)
+    print(f"  end to end  {end_to_end:8.0f}/s  every run queued {tail:.1f} s after the load stopped;"
+          f" {end_to_end / bare['rate']:.2f}x the bare endpoint's rate")
     print(f"  half rate   {half_rate:.0f}/s for {args.half_seconds:.0f}s, latency from scheduled send time:")
     print(f"              ingest p50 {hub_half['p50']:6.1f} ms  p99 {hub_half['p99']:6.1f} ms  max {hub_half['max']:6.1f} ms"
           f"  statuses {hub_half['statuses']}  (target p99 < 50 ms)")
+    print(f"              arrival -> record run queued: p50 {lag['p50']:6.1f} ms  p99 {lag['p99']:6.1f} ms"
+          f"  max {lag['max']:6.1f} ms  (tail after the load {half_tail:.2f} s)")
     print(f"              bare   p50 {bare_half['p50']:6.1f} ms  p99 {bare_half['p99']:6.1f} ms  max {bare_half['max']:6.1f} ms"
           f"  statuses {bare_half['statuses']}")
     print(f"  checked     saturation: {saturated}")

@@ -88,6 +88,9 @@ def app(request, _databases, redis_url, tmp_path_factory):
         yield application
         db.session.remove()
         db.engine.dispose()
+        from webapp.webhooks.store import dispose
+
+        dispose(application)
 
 
 @pytest.fixture

@@ -53,6 +53,10 @@ class Config:
         # How long a web process trusts what it read about a connection for its webhooks
         # (webapp/webhooks/targets.py); 0 reads it on every delivery.
         self.WEBHOOK_CONNECTION_CACHE_SECONDS = _float("SYNCHUB_WEBHOOK_CONNECTION_CACHE_SECONDS", 5)
+        # A web process that asked Redis for a webhook dispatcher this recently does not ask
+        # again; dispatchers wait this long before their last look (webapp/webhooks/dispatch.py).
+        # Web and worker processes must agree on it.
+        self.WEBHOOK_KICK_DEBOUNCE_SECONDS = _float("SYNCHUB_WEBHOOK_KICK_DEBOUNCE_SECONDS", 0.05)
         # Admin (webapp/admin): session cookie only over https (localhost excepted by browsers),
         # login brake per account and per client address, websocket ping so dead sockets are noticed.
         self.SESSION_COOKIE_SECURE = os.environ.get("SYNCHUB_SECURE_COOKIES", "1") not in ("0", "false", "no")

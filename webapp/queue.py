@@ -4,9 +4,10 @@ from rq import Queue
 
 from .extensions import redis_ext
 
-HIGH, DEFAULT, LOW = "high", "default", "low"
-# Workers listen in this order, so webhook record runs overtake manual, manual overtakes scheduled.
-PRIORITY_ORDER = (HIGH, DEFAULT, LOW)
+WEBHOOKS, HIGH, DEFAULT, LOW = "webhooks", "high", "default", "low"
+# Workers listen in this order: webhook dispatch jobs (short, they create record runs)
+# first, then webhook record runs overtake manual, manual overtakes scheduled.
+PRIORITY_ORDER = (WEBHOOKS, HIGH, DEFAULT, LOW)
 EXECUTE_RUN = "worker.jobs.execute_run"
 
 

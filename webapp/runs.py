@@ -12,10 +12,11 @@ Transitions:
 """
 import logging
 from dataclasses import dataclass
+from typing import NamedTuple
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import select, update
+from sqlalchemy import String, cast, literal, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .connectors.errors import ConfigError
@@ -127,44 +128,61 @@ def trigger(
     raise RuntimeError(f"could not insert or find an active run for connection {connection_id}")
 
 
+class QueuedRun(NamedTuple):
+    """What enqueueing and announcing a run need, read before its transaction commits (an
+    ORM Run would be expired by the commit and re-read, one SELECT per run)."""
+
+    id: int
+    rq_job_id: str
+    mode: str
+    trigger: str
+
+
 def add_record_runs(connection, events, *, trigger="webhook", requested_by=None):
     """Queued record runs for many (stream, record_id, deleted) events of one connection,
     added to the caller's transaction (not committed, not enqueued): the webhook
     dispatcher settles a batch of deliveries and their runs in one commit.
 
-    Returns (runs in the order of `events`, the runs created here). A record that already
-    has a queued run gets that run, as runs.trigger would give it. If another transaction
-    queues the same record meanwhile, the flush raises IntegrityError (the partial unique
-    index) and the caller retries its whole transaction.
+    Returns (a QueuedRun per event, in order; the QueuedRuns created here). A record that
+    already has a queued run gets that run, as runs.trigger would give it. If another
+    transaction queues the same record meanwhile, the INSERT raises IntegrityError (the
+    partial unique index) and the caller retries its whole transaction. Core statements,
+    a few per batch whatever its size: this is the dispatcher's hot path.
     """
+    table, events_table = Run.__table__, RunEvent.__table__
     keys = [f"{stream}:{record_id}" for stream, record_id, _deleted in events]
     for key in keys:
         check_trigger(connection, "record", trigger, key)
-    by_key = {}
-    if keys:
-        existing = db.session.execute(
-            select(Run).where(Run.connection_id == connection.id, Run.mode == "record", Run.status == QUEUED,
-                              Run.record_key.in_(set(keys)))
-        ).scalars()
-        by_key = {run.record_key: run for run in existing}
-    created = []
-    max_attempts = current_app.config["RUN_MAX_ATTEMPTS"]
+
+    def queued(for_keys):
+        rows = db.session.execute(
+            select(table.c.id, table.c.record_key, table.c.rq_job_id)
+            .where(table.c.connection_id == connection.id, table.c.mode == "record", table.c.status == QUEUED,
+                   table.c.record_key.in_(for_keys))
+        ).all()
+        return {row.record_key: QueuedRun(row.id, row.rq_job_id, "record", trigger) for row in rows}
+
+    by_key = queued(set(keys)) if keys else {}
+    new = {}
     for key, (stream, record_id, deleted) in zip(keys, events):
-        if key not in by_key:
-            run = Run(connection_id=connection.id, mode="record", record_key=key, trigger=trigger,
-                      params={"stream": stream, "record_id": str(record_id), "deleted": bool(deleted)},
-                      streams=[stream], requested_by=requested_by, status=QUEUED, attempt=0,
-                      max_attempts=max_attempts)
-            by_key[key] = run
-            created.append(run)
-    if created:
-        db.session.add_all(created)
-        db.session.flush()
+        if key not in by_key and key not in new:
+            new[key] = dict(connection_id=connection.id, mode="record", record_key=key, trigger=trigger,
+                            params={"stream": stream, "record_id": str(record_id), "deleted": bool(deleted)},
+                            streams=[stream], requested_by=requested_by, status=QUEUED, attempt=0,
+                            max_attempts=current_app.config["RUN_MAX_ATTEMPTS"], created_at=utcnow())
+    created = []
+    if new:
+        db.session.execute(table.insert(), list(new.values()))
+        made = queued(list(new))
+        ids = [run.id for run in made.values()]
+        # The same id as _job_id(run_id, 0), computed by the database for the whole batch.
+        db.session.execute(update(table).where(table.c.id.in_(ids))
+                           .values(rq_job_id=literal("run-") + cast(table.c.id, String) + literal("-1")))
         note = f"queued by {trigger}" + (f" ({requested_by})" if requested_by else "")
-        for run in created:
-            run.rq_job_id = _job_id(run.id, 0)
-            db.session.add(RunEvent(run_id=run.id, message=note))
-        db.session.flush()
+        db.session.execute(events_table.insert(), [{"run_id": run_id, "message": note} for run_id in ids])
+        fresh = {key: run._replace(rq_job_id=_job_id(run.id, 0)) for key, run in made.items()}
+        created = list(fresh.values())
+        by_key.update(fresh)
     return [by_key[key] for key in keys], created
 
 

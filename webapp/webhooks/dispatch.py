@@ -1,7 +1,7 @@
 """Stored deliveries become record runs, off the request path.
 
 The endpoint (ingest.py) verifies, stores and answers; then `kick()` makes sure a dispatch
-job is queued on RQ's high queue. That job (worker.jobs.dispatch_webhooks) calls
+job is queued on RQ's "webhooks" queue (workers take it before anything else). That job (worker.jobs.dispatch_webhooks) calls
 `dispatch_pending()`, which takes the "received" deliveries in batches: claim a batch,
 create its record runs and record the outcome of every delivery in ONE transaction, then
 enqueue the new runs in one Redis round trip. A claim is never committed on its own, so a
@@ -16,11 +16,13 @@ delivery arrived, a dispatch job lost with its worker).
 """
 import json
 import logging
+import time
 from datetime import timedelta
+from types import SimpleNamespace
 
 import redis
 from flask import current_app
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .. import runs
@@ -28,17 +30,18 @@ from ..connectors.base import Services, connector_class
 from ..connectors.errors import ConfigError
 from ..extensions import db, redis_ext
 from ..models import QUEUED, Connection, Run, WebhookDelivery, utcnow
-from ..queue import HIGH, enqueue_execute_runs, queue
+from ..queue import WEBHOOKS, enqueue_execute_runs, queue
 
 log = logging.getLogger(__name__)
 
 RECEIVED, DISPATCHING, ENQUEUED, IGNORED, FAILED = "received", "dispatching", "enqueued", "ignored", "failed"
 DISPATCH_JOB = "worker.jobs.dispatch_webhooks"
-# Set by the request that wants a dispatcher, deleted by the dispatcher before it looks at
-# the table: a delivery committed after that look finds the key gone and queues another
-# job, so none is left behind. The expiry bounds the damage if the job itself is lost.
+# Set by a request that wants a dispatcher (SET NX: the one that sets it queues the job),
+# deleted by that job when it finds nothing left, followed by one last look. The expiry
+# bounds the damage if the job itself is lost (the supervisor's step is the safety net).
 KICK_KEY = "synchub:webhooks:dispatch-kick"
 KICK_TTL_SECONDS = 30
+KICK_STATE = "synchub_webhook_kick"
 BATCH_SIZE = 200
 
 
@@ -48,15 +51,29 @@ def connector_for(connection):
 
 
 def kick():
-    """After a delivery is committed: make sure a dispatch job will see it. One SET per
-    delivery; an RQ job only when none is pending. Returns False when Redis is away (the
-    supervisor's step dispatches the delivery later)."""
+    """After a delivery is committed: make sure a dispatch job will see it. Returns False
+    when Redis is away (the supervisor's step dispatches the delivery later).
+
+    A process that asked Redis less than WEBHOOK_KICK_DEBOUNCE_SECONDS ago does not ask
+    again: under load that round trip cost as much as storing the delivery. It is safe
+    because a dispatch job, after deleting the key, waits that long before its last look
+    (run_dispatch_job): any request that skipped the SET had asked before the delete, or
+    while a job that had not yet deleted the key was pending, so a last look is still to
+    come after its commit.
+    """
+    state = current_app.extensions.setdefault(KICK_STATE, {"asked_at": None})
+    debounce = current_app.config.get("WEBHOOK_KICK_DEBOUNCE_SECONDS", 0.05)
+    asked_at = state["asked_at"]
+    now = time.monotonic()
+    if asked_at is not None and now - asked_at < debounce:
+        return True
     try:
         client = redis_ext.client
         if client.set(KICK_KEY, "1", nx=True, ex=KICK_TTL_SECONDS):
-            queue(HIGH, client).enqueue_call(DISPATCH_JOB, timeout=current_app.config["JOB_TIMEOUT_SECONDS"],
-                                             result_ttl=60, failure_ttl=7 * 24 * 3600,
-                                             description="dispatch webhook deliveries")
+            queue(WEBHOOKS, client).enqueue_call(DISPATCH_JOB, timeout=current_app.config["JOB_TIMEOUT_SECONDS"],
+                                                 result_ttl=60, failure_ttl=7 * 24 * 3600,
+                                                 description="dispatch webhook deliveries")
+        state["asked_at"] = now  # the time we asked, not the time the answer came
         return True
     except (redis.RedisError, OSError) as exc:
         log.warning("webhook dispatch not kicked (%s): the supervisor will dispatch stored deliveries", type(exc).__name__)
@@ -64,8 +81,15 @@ def kick():
 
 
 def run_dispatch_job():
-    """The dispatch job's body: forget the kick, then dispatch until nothing is left."""
+    """The dispatch job's body: dispatch until nothing is left; then delete the kick, wait
+    out the requests' debounce, and look once more (see kick())."""
+    total = _dispatch_until_empty()
     redis_ext.client.delete(KICK_KEY)
+    time.sleep(current_app.config.get("WEBHOOK_KICK_DEBOUNCE_SECONDS", 0.05) * 1.2 + 0.01)
+    return total + _dispatch_until_empty()
+
+
+def _dispatch_until_empty():
     total = 0
     while True:
         claimed, enqueued = _dispatch_batch(BATCH_SIZE, cutoff=None)
@@ -126,7 +150,7 @@ def _dispatch_batch_once(limit, cutoff):
         db.session.rollback()
         return 0, 0
     settled = {}  # delivery id -> (outcome, run ids, error)
-    to_enqueue, created_by_connection = [], {}
+    to_enqueue, announce = [], []
     by_connection = {}
     for row in claimed:
         by_connection.setdefault(row.connection_id, []).append(row)
@@ -138,15 +162,13 @@ def _dispatch_batch_once(limit, cutoff):
             for row in rows:
                 settled[row.id] = (FAILED, list(row.run_ids or []), f"{type(exc).__name__}: {exc}"[:500])
             continue
-        waiting = [row for row in rows if row.run_ids]
-        fresh = [row for row in rows if not row.run_ids]
-        to_enqueue += _settle_waiting(waiting, settled)
-        created = _settle_fresh(connection, connector, fresh, settled)
-        created_by_connection[connection] = created
+        to_enqueue += _settle_waiting([row for row in rows if row.run_ids], settled)
+        created = _settle_fresh(connection, connector, [row for row in rows if not row.run_ids], settled)
+        announce.append((SimpleNamespace(name=connection.name), created))
         to_enqueue += created
     _write_outcomes(settled)
     db.session.commit()
-    for connection, created in created_by_connection.items():
+    for connection, created in announce:
         runs.announce_created(connection, created)
     put_back = _enqueue(to_enqueue, settled) if to_enqueue else set()
     enqueued = sum(1 for delivery_id, (outcome, _ids, _error) in settled.items()
@@ -159,11 +181,13 @@ def _settle_waiting(rows, settled):
     that already ran, e.g. requeued by the supervisor, are not created again)."""
     if not rows:
         return []
+    table = Run.__table__
     ids = {run_id for row in rows for run_id in row.run_ids}
-    waiting = db.session.execute(select(Run).where(Run.id.in_(ids), Run.status == QUEUED)).scalars().all()
+    waiting = db.session.execute(select(table.c.id, table.c.rq_job_id, table.c.mode, table.c.trigger)
+                                 .where(table.c.id.in_(ids), table.c.status == QUEUED)).all()
     for row in rows:
         settled[row.id] = (ENQUEUED, list(row.run_ids), None)
-    return waiting
+    return [runs.QueuedRun(*row) for row in waiting]
 
 
 def _settle_fresh(connection, connector, rows, settled):
@@ -196,9 +220,12 @@ def _settle_fresh(connection, connector, rows, settled):
 
 
 def _write_outcomes(settled):
+    table = WebhookDelivery.__table__
     db.session.execute(
-        update(WebhookDelivery).execution_options(synchronize_session=False),
-        [{"id": delivery_id, "outcome": outcome, "run_ids": ids, "error": error}
+        update(table).where(table.c.id == bindparam("delivery_id"))
+        .values(outcome=bindparam("outcome"), run_ids=bindparam("run_ids", type_=table.c.run_ids.type),
+                error=bindparam("error")),
+        [{"delivery_id": delivery_id, "outcome": outcome, "run_ids": ids, "error": error}
          for delivery_id, (outcome, ids, error) in settled.items()],
     )
 

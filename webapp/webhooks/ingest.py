@@ -17,15 +17,14 @@ import logging
 from dataclasses import dataclass, field
 
 import redis
-from sqlalchemy import update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import metrics
 from ..connectors.errors import ConfigError
 from ..extensions import db, redis_ext
-from ..models import WebhookDelivery
+from ..models import utcnow
 from . import dispatch, signatures, targets
+from . import store as delivery_store
 
 log = logging.getLogger(__name__)
 
@@ -147,29 +146,13 @@ def _receive(connection_key, raw_body, headers, now):
 def store(connection_id, event_id, event_type, headers, raw_body):
     """Commit the delivery; returns (delivery id, duplicate?). The unique (connection,
     event id) constraint decides races: of parallel duplicates exactly one insert wins;
-    the others count themselves on it. One statement either way, no exception path."""
-    table = WebhookDelivery.__table__
+    the others count themselves on it."""
     kept = {name: headers[name] for name in KEPT_HEADERS if headers.get(name)}
-    insert = _dialect_insert(table).values(
+    return delivery_store.insert_delivery(dict(
         connection_id=connection_id, provider_event_id=event_id,
         event_type=str(event_type)[:100] if event_type else None,
-        headers=kept, raw_body=raw_body, outcome=dispatch.RECEIVED, run_ids=[],
-    ).on_conflict_do_nothing(index_elements=[table.c.connection_id, table.c.provider_event_id])
-    delivery_id = db.session.execute(insert.returning(table.c.id)).scalar()
-    duplicate = delivery_id is None
-    if duplicate:
-        delivery_id = db.session.execute(
-            update(table).where(table.c.connection_id == connection_id, table.c.provider_event_id == event_id)
-            .values(duplicates=table.c.duplicates + 1).returning(table.c.id)
-        ).scalar_one()
-    db.session.commit()
-    return delivery_id, duplicate
-
-
-def _dialect_insert(table):
-    if db.session.get_bind().dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
+        headers=kept, raw_body=raw_body, outcome=dispatch.RECEIVED, run_ids=[], received_at=utcnow(),
+    ))
 
 
 def rejected_counts():

@@ -133,3 +133,37 @@ def test_connection_changed_through_the_orm_in_this_process_is_seen_at_once(app,
     body = signing.dumps({"type": "item.updated", "data": {"id": "item-0000002"}})
     assert client.post("/webhooks/shop", data=body, headers=signing.standard_headers(body, old)).status_code == 401
     assert client.post("/webhooks/shop", data=body, headers=signing.standard_headers(body, new)).status_code == 200
+
+
+def test_delivery_that_skipped_the_kick_is_caught_by_the_dispatchers_last_look(app, make_connection, redis):
+    secret = signing.whsec()
+    make_connection(name="shop", credentials={"webhook_secret": secret})
+    app.config["WEBHOOK_KICK_DEBOUNCE_SECONDS"] = 1.0
+    client = app.test_client()
+
+    def post(n):
+        body = signing.dumps({"type": "item.updated", "data": {"id": f"item-{n:07d}"}})
+        return client.post("/webhooks/shop", data=body, headers=signing.standard_headers(body, secret)).get_json()
+
+    first = post(1)  # asks Redis: the key is set and a dispatch job queued
+    assert redis.llen("rq:queue:webhooks") == 1
+    results = []
+
+    def job():
+        with app.app_context():
+            results.append(dispatch.run_dispatch_job())
+            db.session.remove()
+
+    runner = threading.Thread(target=job)
+    runner.start()
+    deadline = time.monotonic() + 10
+    while redis.exists(dispatch.KICK_KEY) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert not redis.exists(dispatch.KICK_KEY)  # the job found nothing left and dropped the kick
+    second = post(2)  # within the debounce: this process does not ask Redis again
+    assert not redis.exists(dispatch.KICK_KEY) and redis.llen("rq:queue:webhooks") == 1
+    runner.join(10)
+    assert results == [2]  # the job's last look, after the debounce, found the second delivery
+    db.session.rollback()
+    for answer in (first, second):
+        assert db.session.get(WebhookDelivery, answer["delivery_id"]).outcome == "enqueued"
