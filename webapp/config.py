@@ -57,6 +57,8 @@ class Config:
         # again; dispatchers wait this long before their last look (webapp/webhooks/dispatch.py).
         # Web and worker processes must agree on it.
         self.WEBHOOK_KICK_DEBOUNCE_SECONDS = _float("SYNCHUB_WEBHOOK_KICK_DEBOUNCE_SECONDS", 0.05)
+        # Database connections per web process for storing webhook deliveries.
+        self.WEBHOOK_DB_CONNECTIONS = _int("SYNCHUB_WEBHOOK_DB_CONNECTIONS", 8)
         # Admin (webapp/admin): session cookie only over https (localhost excepted by browsers),
         # login brake per account and per client address, websocket ping so dead sockets are noticed.
         self.SESSION_COOKIE_SECURE = os.environ.get("SYNCHUB_SECURE_COOKIES", "1") not in ("0", "false", "no")

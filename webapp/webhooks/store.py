@@ -2,40 +2,60 @@
 
 Deliveries go through an engine of their own in autocommit mode: the INSERT is the whole
 transaction, one round trip to the database. Through the shared session the same write
-took five (the pool's pre-ping, BEGIN, INSERT, COMMIT, the reset on return) and most of a
-delivery's time (bench/webhook_ingest.py). Without pre-ping a connection the database
-dropped fails its first use; that statement is retried once on a fresh connection, which
-is safe because the INSERT is idempotent (ON CONFLICT DO NOTHING).
+took five (the pool's pre-ping, BEGIN, INSERT, COMMIT, the reset on return) and was most
+of a delivery's time (bench/webhook_ingest.py); through SQLAlchemy Core on this engine
+it still cost twice the driver's own time. So the statement is plain SQL on a pooled
+DBAPI connection. Without pre-ping, a connection the database dropped fails its first
+use; the statement is then retried once on a fresh connection, which is safe because
+the INSERT is idempotent (ON CONFLICT DO NOTHING).
 
 SQLite takes one writer at a time and makes the others sleep in growing steps, so within
 a process writers take turns on a lock instead: one waiter per process, not sixteen.
 """
+import json
 import threading
 
 from flask import current_app
-from sqlalchemy import bindparam, create_engine, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import create_engine
 
 from ..jsonutil import serialize
-from ..models import WebhookDelivery
 
 ENGINE_KEY = "synchub_delivery_engine"
 _engine_lock = threading.Lock()
 _sqlite_writer = threading.Lock()
-TABLE = WebhookDelivery.__table__
+
+COLUMNS = ("connection_id", "provider_event_id", "event_type", "received_at", "signature_verdict",
+           "headers", "raw_body", "outcome", "run_ids", "duplicates")
+_INSERT = ("INSERT INTO webhook_deliveries ({columns}) VALUES ({values}) "
+           "ON CONFLICT (connection_id, provider_event_id) DO NOTHING RETURNING id")
+_COUNT_DUPLICATE = ("UPDATE webhook_deliveries SET duplicates = duplicates + 1 "
+                    "WHERE connection_id = {p} AND provider_event_id = {p} RETURNING id")
+SQL = {
+    "postgresql": (_INSERT.format(columns=", ".join(COLUMNS), values=", ".join(
+        "%s::json" if name in ("headers", "run_ids") else "%s" for name in COLUMNS)),
+        _COUNT_DUPLICATE.format(p="%s")),
+    "sqlite": (_INSERT.format(columns=", ".join(COLUMNS), values=", ".join("?" for _ in COLUMNS)),
+               _COUNT_DUPLICATE.format(p="?")),
+}
+
+
+class DeliveryNotStored(Exception):
+    """The database refused or could not be reached: the delivery must not be acknowledged."""
 
 
 def engine():
-    state = current_app.extensions.get(ENGINE_KEY)
-    if state is None:
+    made = current_app.extensions.get(ENGINE_KEY)
+    if made is None:
         with _engine_lock:
-            state = current_app.extensions.get(ENGINE_KEY)
-            if state is None:
-                made = create_engine(current_app.config["SQLALCHEMY_DATABASE_URI"], isolation_level="AUTOCOMMIT",
-                                     json_serializer=serialize, pool_size=4, max_overflow=12)
-                state = current_app.extensions[ENGINE_KEY] = made
-    return state
+            made = current_app.extensions.get(ENGINE_KEY)
+            if made is None:
+                # No overflow: connections beyond the pool would be opened and closed per
+                # request (a PostgreSQL backend forked for each); threads queue for one instead.
+                made = current_app.extensions[ENGINE_KEY] = create_engine(
+                    current_app.config["SQLALCHEMY_DATABASE_URI"], isolation_level="AUTOCOMMIT",
+                    json_serializer=serialize, max_overflow=0,
+                    pool_size=current_app.config.get("WEBHOOK_DB_CONNECTIONS", 8))
+    return made
 
 
 def dispose(app):
@@ -44,53 +64,48 @@ def dispose(app):
         made.dispose()
 
 
-COLUMNS = ("connection_id", "provider_event_id", "event_type", "received_at", "headers", "raw_body", "outcome", "run_ids")
-
-
-def _statements(dialect_name):
-    """The two statements, built once per dialect: building them per delivery cost more
-    than executing them."""
-    made = _STATEMENTS.get(dialect_name)
-    if made is None:
-        insert = postgresql.insert(TABLE) if dialect_name == "postgresql" else sqlite.insert(TABLE)
-        insert = (insert.values({name: bindparam(name, type_=TABLE.c[name].type) for name in COLUMNS})
-                  .on_conflict_do_nothing(index_elements=[TABLE.c.connection_id, TABLE.c.provider_event_id])
-                  .returning(TABLE.c.id))
-        count = (update(TABLE).where(TABLE.c.connection_id == bindparam("of_connection"),
-                                     TABLE.c.provider_event_id == bindparam("of_event"))
-                 .values(duplicates=TABLE.c.duplicates + 1).returning(TABLE.c.id))
-        made = _STATEMENTS[dialect_name] = (insert, count)
-    return made
-
-
-_STATEMENTS = {}
-
-
-def insert_delivery(values):
+def insert_delivery(connection_id, event_id, event_type, received_at, headers, raw_body):
     """Store a delivery unless its (connection, provider event id) is already stored.
-    `values` has every name in COLUMNS. Returns (delivery id, duplicate?); a duplicate is
-    counted on the stored one."""
+    Returns (delivery id, duplicate?); a duplicate is counted on the stored one."""
     bind = engine()
-    insert, count = _statements(bind.dialect.name)
-    delivery_id = _execute(bind, insert, values)
+    dialect = bind.dialect.name
+    insert, count_duplicate = SQL[dialect]
+    if dialect == "sqlite":  # the text SQLAlchemy's DateTime writes and reads on SQLite
+        received_at = received_at.strftime("%Y-%m-%d %H:%M:%S.%f")
+    values = (connection_id, event_id, event_type, received_at, "valid", json.dumps(headers), raw_body,
+              "received", "[]", 0)
+    delivery_id = _fetch_id(bind, insert, values)
     if delivery_id is not None:
         return delivery_id, False
-    key = {"of_connection": values["connection_id"], "of_event": values["provider_event_id"]}
-    return _execute(bind, count, key), True
+    return _fetch_id(bind, count_duplicate, (connection_id, event_id)), True
 
 
-def _execute(bind, statement, params, retried=False):
+def _fetch_id(bind, sql, params, retried=False):
     writer = _sqlite_writer if bind.dialect.name == "sqlite" else None
+    dbapi = bind.dialect.loaded_dbapi
+    if writer:
+        writer.acquire()
     try:
+        connection = bind.raw_connection()
+    except Exception as exc:
         if writer:
-            writer.acquire()
-        try:
-            with bind.connect() as connection:
-                return connection.execute(statement, params).scalar()
-        finally:
+            writer.release()
+        raise DeliveryNotStored(f"cannot connect: {type(exc).__name__}") from exc
+    try:
+        cursor = connection.cursor()
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+        cursor.close()
+        return row[0] if row else None
+    except dbapi.Error as exc:
+        connection.invalidate()  # whatever state it is in, it is not reused
+        if isinstance(exc, (dbapi.OperationalError, dbapi.InterfaceError)) and not retried:
             if writer:
                 writer.release()
-    except DBAPIError as exc:
-        if exc.connection_invalidated and not retried:
-            return _execute(bind, statement, params, retried=True)
-        raise
+                writer = None
+            return _fetch_id(bind, sql, params, retried=True)
+        raise DeliveryNotStored(f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        connection.close()
+        if writer:
+            writer.release()

@@ -6,14 +6,16 @@ import sys
 import threading
 import time
 
+import pytest
 from sqlalchemy import func, select
 
+from tests.conftest import BACKENDS
 from tests.support import ROOT, kill_session, process_env
 from webapp.extensions import db
 from webapp.credentials import encrypt_credentials
 from webapp.models import Connection, Run, WebhookDelivery
 from webapp.runs import get_connection
-from webapp.webhooks import dispatch, ingest
+from webapp.webhooks import dispatch, ingest, store
 
 from . import signing
 
@@ -167,3 +169,26 @@ def test_delivery_that_skipped_the_kick_is_caught_by_the_dispatchers_last_look(a
     db.session.rollback()
     for answer in (first, second):
         assert db.session.get(WebhookDelivery, answer["delivery_id"]).outcome == "enqueued"
+
+
+@pytest.mark.parametrize("app", [b for b in BACKENDS if b == "postgresql"], indirect=True)
+def test_delivery_store_reconnects_after_the_database_dropped_its_connections(app, make_connection):
+    secret = signing.whsec()
+    make_connection(name="shop", credentials={"webhook_secret": secret})
+    client = app.test_client()
+
+    def post(n):
+        body = signing.dumps({"type": "item.updated", "data": {"id": f"item-{n:07d}"}})
+        return client.post("/webhooks/shop", data=body, headers=signing.standard_headers(body, secret))
+
+    assert post(1).status_code == 200  # the delivery engine now holds an open connection
+    database = store.engine().url.database
+    db.session.remove()  # the test's own session holds no connection while they are ended
+    with db.engine.connect() as admin:  # a real fault: the server ends every other session
+        killed = admin.exec_driver_sql(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = %(db)s AND pid <> pg_backend_pid()", {"db": database}).scalar()
+    assert killed >= 1
+    second = post(2)
+    assert second.status_code == 200 and second.get_json()["status"] == "accepted"
+    assert _fresh_count(WebhookDelivery) == 2
