@@ -115,7 +115,7 @@ def dispatch_pending(limit=500, min_age_seconds=5.0, now=None):
 
 
 def _dispatch_batch(limit, cutoff, attempts=3):
-    """(deliveries claimed, deliveries now enqueued) for one batch."""
+    """(deliveries looked at, deliveries now enqueued) for one batch."""
     for attempt in range(attempts):
         try:
             return _dispatch_batch_once(limit, cutoff)
@@ -129,42 +129,43 @@ def _dispatch_batch(limit, cutoff, attempts=3):
     raise AssertionError("unreachable")
 
 
-def _claim(limit, cutoff):
+def _dispatch_batch_once(limit, cutoff):
+    """Read and map a batch first, then claim, insert and settle it in one short write
+    transaction: on SQLite that transaction holds the database's only write lock, and the
+    web processes storing deliveries wait for it."""
     table = WebhookDelivery.__table__
-    pick = select(table.c.id).where(table.c.outcome == RECEIVED)
+    pick = select(table.c.id, table.c.connection_id, table.c.raw_body, table.c.run_ids).where(table.c.outcome == RECEIVED)
     if cutoff is not None:
         pick = pick.where(table.c.received_at <= cutoff)
-    # SKIP LOCKED: parallel dispatchers on PostgreSQL take different batches instead of
-    # queueing behind each other's row locks. (SQLite has one writer at a time anyway.)
-    pick = pick.order_by(table.c.id).limit(limit).with_for_update(skip_locked=True)
-    return db.session.execute(
-        update(table).where(table.c.id.in_(pick.scalar_subquery()), table.c.outcome == RECEIVED)
-        .values(outcome=DISPATCHING)
-        .returning(table.c.id, table.c.connection_id, table.c.raw_body, table.c.run_ids)
-    ).all()
-
-
-def _dispatch_batch_once(limit, cutoff):
-    claimed = _claim(limit, cutoff)
-    if not claimed:
+    candidates = db.session.execute(pick.order_by(table.c.id).limit(limit)).all()
+    plans = _plan(candidates)
+    db.session.rollback()  # no read snapshot carried into the write (SQLite would refuse the upgrade)
+    if not candidates:
+        return 0, 0
+    mine = set(db.session.execute(
+        update(table).where(table.c.id.in_(_lockable([row.id for row in candidates])), table.c.outcome == RECEIVED)
+        .values(outcome=DISPATCHING).returning(table.c.id)
+    ).scalars())
+    if not mine:  # another dispatcher is settling them right now: it goes on from there
         db.session.rollback()
         return 0, 0
-    settled = {}  # delivery id -> (outcome, run ids, error)
-    to_enqueue, announce = [], []
-    by_connection = {}
-    for row in claimed:
-        by_connection.setdefault(row.connection_id, []).append(row)
-    for connection_id, rows in by_connection.items():
-        connection = db.session.get(Connection, connection_id)
-        try:
-            connector = connector_for(connection)
-        except (ConfigError, ValueError) as exc:
-            for row in rows:
-                settled[row.id] = (FAILED, list(row.run_ids or []), f"{type(exc).__name__}: {exc}"[:500])
-            continue
-        to_enqueue += _settle_waiting([row for row in rows if row.run_ids], settled)
-        created = _settle_fresh(connection, connector, [row for row in rows if not row.run_ids], settled)
-        announce.append((SimpleNamespace(name=connection.name), created))
+    settled, to_enqueue, announce = {}, [], []
+    fresh_by_connection = {}
+    for delivery_id, plan in plans.items():
+        if delivery_id not in mine:
+            continue  # another dispatcher has it (or had it)
+        kind, connection, detail = plan
+        if kind == "settled":
+            settled[delivery_id] = detail
+        elif kind == "waiting":
+            settled[delivery_id] = (ENQUEUED, detail, None)
+        else:
+            fresh_by_connection.setdefault(connection.id, (connection, []))[1].append((delivery_id, detail))
+    to_enqueue += _waiting_runs({run_id for delivery_id, (outcome, ids, _e) in settled.items()
+                                 if outcome == ENQUEUED for run_id in ids})
+    for connection, mapped in fresh_by_connection.values():
+        created = _settle_fresh(connection, mapped, settled)
+        announce.append((connection, created))
         to_enqueue += created
     _write_outcomes(settled)
     db.session.commit()
@@ -173,49 +174,76 @@ def _dispatch_batch_once(limit, cutoff):
     put_back = _enqueue(to_enqueue, settled) if to_enqueue else set()
     enqueued = sum(1 for delivery_id, (outcome, _ids, _error) in settled.items()
                    if outcome == ENQUEUED and delivery_id not in put_back)
-    return len(claimed), enqueued
+    return len(candidates), enqueued
 
 
-def _settle_waiting(rows, settled):
-    """Deliveries whose runs exist but never reached RQ: enqueue those still queued (runs
-    that already ran, e.g. requeued by the supervisor, are not created again)."""
-    if not rows:
+def _lockable(ids):
+    """The ids, as a subquery that skips rows another dispatcher has locked (PostgreSQL:
+    parallel dispatchers take what is free instead of queueing behind each other)."""
+    table = WebhookDelivery.__table__
+    return (select(table.c.id).where(table.c.id.in_(ids), table.c.outcome == RECEIVED)
+            .with_for_update(skip_locked=True).scalar_subquery())
+
+
+def _plan(candidates):
+    """{delivery id: (kind, connection, detail)} decided from the rows alone: "settled"
+    with (outcome, run ids, error); "waiting" with its existing run ids; "fresh" with the
+    (stream, record_id, deleted) events the connector maps it to."""
+    plans, connections = {}, {}
+    for row in candidates:
+        if row.connection_id not in connections:
+            connections[row.connection_id] = _connection_and_connector(row.connection_id)
+        connection, connector, error = connections[row.connection_id]
+        if error is not None:
+            plans[row.id] = ("settled", connection, (FAILED, list(row.run_ids or []), error))
+        elif row.run_ids:
+            plans[row.id] = ("waiting", connection, list(row.run_ids))
+        else:
+            try:
+                events = [tuple(event) for event in connector.webhook_events(json.loads(row.raw_body))]
+            except Exception as exc:  # provider payloads vary: keep the delivery, say why
+                log.warning("delivery %s: connector could not map it: %s", row.id, exc)
+                plans[row.id] = ("settled", connection, (FAILED, [], f"could not map the delivery: {type(exc).__name__}: {exc}"[:500]))
+                continue
+            plans[row.id] = ("fresh", connection, events) if events else ("settled", connection, (IGNORED, [], None))
+    return plans
+
+
+def _connection_and_connector(connection_id):
+    """(what runs.check_trigger and add_record_runs read of the connection, its connector
+    or None, an error or None). Plain values: they outlive the read transaction."""
+    row = db.session.get(Connection, connection_id)
+    connection = SimpleNamespace(id=row.id, name=row.name, enabled=row.enabled, manual_only=row.manual_only)
+    try:
+        return connection, connector_for(row), None
+    except (ConfigError, ValueError) as exc:
+        return connection, None, f"{type(exc).__name__}: {exc}"[:500]
+
+
+def _waiting_runs(run_ids):
+    """Runs of deliveries that exist but never reached RQ and are still queued (runs that
+    already ran, e.g. requeued by the supervisor, are not created again)."""
+    if not run_ids:
         return []
     table = Run.__table__
-    ids = {run_id for row in rows for run_id in row.run_ids}
-    waiting = db.session.execute(select(table.c.id, table.c.rq_job_id, table.c.mode, table.c.trigger)
-                                 .where(table.c.id.in_(ids), table.c.status == QUEUED)).all()
-    for row in rows:
-        settled[row.id] = (ENQUEUED, list(row.run_ids), None)
-    return [runs.QueuedRun(*row) for row in waiting]
+    rows = db.session.execute(select(table.c.id, table.c.rq_job_id, table.c.mode, table.c.trigger)
+                              .where(table.c.id.in_(run_ids), table.c.status == QUEUED)).all()
+    return [runs.QueuedRun(*row) for row in rows]
 
 
-def _settle_fresh(connection, connector, rows, settled):
-    mapped = []  # (row, events)
-    for row in rows:
-        try:
-            events = [tuple(event) for event in connector.webhook_events(json.loads(row.raw_body))]
-        except Exception as exc:  # provider payloads vary: keep the delivery, say why
-            log.warning("delivery %s: connector could not map it: %s", row.id, exc)
-            settled[row.id] = (FAILED, [], f"could not map the delivery: {type(exc).__name__}: {exc}"[:500])
-            continue
-        if not events:
-            settled[row.id] = (IGNORED, [], None)
-        else:
-            mapped.append((row, events))
-    if not mapped:
-        return []
+def _settle_fresh(connection, mapped, settled):
+    """Record runs for [(delivery id, events)] of one connection; returns the runs created."""
     try:
-        all_runs, created = runs.add_record_runs(connection, [e for _row, events in mapped for e in events])
+        all_runs, created = runs.add_record_runs(connection, [e for _id, events in mapped for e in events])
     except runs.TriggerRefused as exc:
-        for row, _events in mapped:
-            settled[row.id] = (FAILED, [], str(exc))
+        for delivery_id, _events in mapped:
+            settled[delivery_id] = (FAILED, [], str(exc))
         return []
     position = 0
-    for row, events in mapped:
+    for delivery_id, events in mapped:
         ids = list(dict.fromkeys(run.id for run in all_runs[position:position + len(events)]))
         position += len(events)
-        settled[row.id] = (ENQUEUED, ids, None)
+        settled[delivery_id] = (ENQUEUED, ids, None)
     return created
 
 
