@@ -169,7 +169,8 @@ def _parse_wrk(out):
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
     return {"rate": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "requests": total,
-            "p50": _ms(re.search(r"50%\s+(\S+)", out).group(1)), "p99": _ms(re.search(r"99%\s+(\S+)", out).group(1)),
+            "p50": _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)),
+            "p99": _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)),
             "non_2xx": int(non_2xx.group(1)) if non_2xx else 0, "socket_errors": errors.group(1) if errors else None}
 
 
@@ -318,6 +319,7 @@ def main():
     parser.add_argument("--seconds", type=int, default=10, help="saturation phase length")
     parser.add_argument("--half-seconds", type=float, default=10, help="fixed-rate phase length")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
+    parser.add_argument("--rounds", type=int, default=3, help="saturation rounds (baseline, then ingest, each)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--client", help=argparse.SUPPRESS)
@@ -335,10 +337,7 @@ def main():
     servers = []
     try:
         app, secret = prepare(workdir, database.url, redis_server.url)
-        # Enough distinct deliveries for the saturation phase at up to ~3000/s, then for the half-rate phase.
-        saturation_file = os.path.join(workdir, "saturation.tsv")
         half_file = os.path.join(workdir, "half.tsv")
-        write_requests(saturation_file, signed_requests(secret, 3000 * args.seconds, 0))
         lua_path = os.path.join(workdir, "signed.lua")
         with open(lua_path, "w") as f:
             f.write(LUA)
@@ -350,13 +349,25 @@ def main():
         servers.append(hub_proc)
         servers.append(start_dispatcher(workdir, database.url, redis_server.url))
 
+        # Rounds alternate baseline and ingest, so a burst of load from elsewhere on the
+        # machine hits one round rather than one side; the best round of each is compared.
         # The baseline receives the very same signed requests (it ignores them).
-        wrk(bare_url + "/ok", 2, args.connections, lua_path, (saturation_file,))  # warm-up
-        bare = wrk(bare_url + "/ok", args.seconds, args.connections, lua_path, (saturation_file,))
-        hub = wrk(hub_url + "/webhooks/shop", args.seconds, args.connections, lua_path, (saturation_file,))
-        tail = wait_dispatched(app)
-        saturated = verify(app, hub["requests"])
+        rounds, sent = [], 0
+        for number in range(args.rounds):
+            # Enough distinct deliveries (a new event id and record each) for up to ~3000/s.
+            saturation_file = os.path.join(workdir, f"saturation-{number}.tsv")
+            write_requests(saturation_file, signed_requests(secret, 3000 * args.seconds, number * 1_000_000))
+            if number == 0:
+                wrk(bare_url + "/ok", 2, args.connections, lua_path, (saturation_file,))  # warm-up
+            bare = wrk(bare_url + "/ok", args.seconds, args.connections, lua_path, (saturation_file,))
+            hub = wrk(hub_url + "/webhooks/shop", args.seconds, args.connections, lua_path, (saturation_file,))
+            tail = wait_dispatched(app)
+            sent += hub["requests"]
+            rounds.append((bare, hub, tail))
+        saturated = verify(app, sent)
         before_half = last_delivery_id(app)
+        bare = max((r[0] for r in rounds), key=lambda w: w["rate"])
+        hub, tail = max(((r[1], r[2]) for r in rounds), key=lambda pair: pair[0]["rate"])
 
         half_rate = hub["rate"] / 2
         write_requests(half_file, signed_requests(secret, int(half_rate * args.half_seconds) + 10, 10_000_000))
@@ -375,11 +386,15 @@ def main():
     load = os.getloadavg()[0]
     print(f"webhook ingest benchmark ({args.backend}, gunicorn gthread {args.workers}x{args.threads}, "
           f"wrk -c{args.connections} {args.seconds}s, load avg at end {load:.1f})")
+    for number, (round_bare, round_hub, round_tail) in enumerate(rounds, 1):
+        print(f"  round {number}     ingest {round_hub['rate']:6.0f}/s, bare {round_bare['rate']:6.0f}/s,"
+              f" ratio {round_hub['rate'] / round_bare['rate']:.2f}x, dispatch tail {round_tail:.1f} s")
     print(f"  saturation  ingest {hub['rate']:8.0f}/s  p50 {hub['p50']:6.1f} ms  p99 {hub['p99']:6.1f} ms"
           f"  (non-2xx {hub['non_2xx']}, socket errors {hub['socket_errors']})")
     print(f"              bare   {bare['rate']:8.0f}/s  p50 {bare['p50']:6.1f} ms  p99 {bare['p99']:6.1f} ms")
-    print(f"              ratio  {hub['rate'] / bare['rate']:.2f}x the bare endpoint's rate (target >= 0.3x)")
-    end_to_end = saturated["enqueued"] / (args.seconds + tail)
+    print(f"              ratio  {hub['rate'] / bare['rate']:.2f}x the bare endpoint's rate, best round of each"
+          f" (target >= 0.3x)")
+    end_to_end = hub["requests"] / (args.seconds + tail)
     print(f"  end to end  {end_to_end:8.0f}/s  every run queued {tail:.1f} s after the load stopped;"
           f" {end_to_end / bare['rate']:.2f}x the bare endpoint's rate")
     print(f"  half rate   {half_rate:.0f}/s for {args.half_seconds:.0f}s, latency from scheduled send time:")

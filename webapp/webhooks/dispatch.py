@@ -43,6 +43,9 @@ KICK_KEY = "synchub:webhooks:dispatch-kick"
 KICK_TTL_SECONDS = 30
 KICK_STATE = "synchub_webhook_kick"
 BATCH_SIZE = 200
+# On SQLite a batch holds the database's only write lock while it is written: smaller
+# batches keep deliveries from waiting long behind one.
+SQLITE_BATCH_SIZE = 50
 
 
 def connector_for(connection):
@@ -67,15 +70,18 @@ def kick():
     now = time.monotonic()
     if asked_at is not None and now - asked_at < debounce:
         return True
+    # Recorded before asking, so the other threads of this process do not all ask at once.
+    # Still safe: the dispatcher that deletes the key does so after this SET is answered.
+    state["asked_at"] = now
     try:
         client = redis_ext.client
         if client.set(KICK_KEY, "1", nx=True, ex=KICK_TTL_SECONDS):
             queue(WEBHOOKS, client).enqueue_call(DISPATCH_JOB, timeout=current_app.config["JOB_TIMEOUT_SECONDS"],
                                                  result_ttl=60, failure_ttl=7 * 24 * 3600,
                                                  description="dispatch webhook deliveries")
-        state["asked_at"] = now  # the time we asked, not the time the answer came
         return True
     except (redis.RedisError, OSError) as exc:
+        state["asked_at"] = None  # nobody may skip on the strength of a question that failed
         log.warning("webhook dispatch not kicked (%s): the supervisor will dispatch stored deliveries", type(exc).__name__)
         return False
 
@@ -89,12 +95,16 @@ def run_dispatch_job():
     return total + _dispatch_until_empty()
 
 
+def _batch_size():
+    return SQLITE_BATCH_SIZE if db.session.get_bind().dialect.name == "sqlite" else BATCH_SIZE
+
+
 def _dispatch_until_empty():
-    total = 0
+    total, size = 0, _batch_size()
     while True:
-        claimed, enqueued = _dispatch_batch(BATCH_SIZE, cutoff=None)
+        claimed, enqueued = _dispatch_batch(size, cutoff=None)
         total += enqueued
-        if claimed < BATCH_SIZE:
+        if claimed < size:
             return total
 
 
@@ -105,11 +115,11 @@ def dispatch_pending(limit=500, min_age_seconds=5.0, now=None):
     if redis_ext.optional() is None:
         return 0
     cutoff = (now or utcnow()) - timedelta(seconds=min_age_seconds)
-    done = 0
+    done, size = 0, _batch_size()
     while limit > 0:
-        claimed, enqueued = _dispatch_batch(min(limit, BATCH_SIZE), cutoff)
+        claimed, enqueued = _dispatch_batch(min(limit, size), cutoff)
         done, limit = done + enqueued, limit - claimed
-        if claimed < BATCH_SIZE:
+        if claimed < size:
             break
     return done
 
