@@ -1,7 +1,7 @@
 """Sustained webhook ingest (signature verified, delivery stored and answered; then its
 record run created and enqueued on RQ's high queue by the dispatch job in a real worker)
 next to a bare Flask endpoint that returns 200, measured in the same run under the same
-gunicorn configuration (the Procfile's: gthread, 2 processes).
+gunicorn configuration (the Procfile's: gthread, 2 processes x 64 threads).
 
     .venv/bin/python -m bench.webhook_ingest [--backend postgresql|sqlite] [--seconds 10]
                                              [--connections 32] [--half-seconds 10]
@@ -321,7 +321,7 @@ def main():
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
     parser.add_argument("--rounds", type=int, default=3, help="saturation rounds (baseline, then ingest, each)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=64)
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--requests", help=argparse.SUPPRESS)
