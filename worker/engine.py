@@ -26,6 +26,7 @@ from webapp.progress import ProgressPublisher
 from . import store
 
 log = logging.getLogger(__name__)
+DATABASE_WAIT_SECONDS = 60  # how long a failed attempt waits for the database to requeue itself
 
 class LostOwnership(Exception):
     """The run was cancelled, requeued or finished by someone else while we worked."""
@@ -263,9 +264,22 @@ class RunExecution:
         return None
 
     def _retry(self, error_class, exc):
-        db.session.rollback()
         message = str(exc) or type(exc).__name__
-        status = runs.retry_later(self.run_id, self.attempt, error_class=error_class, error_message=message)
+        # A database restart fails the page and then this requeue too; giving up at once left the
+        # run `running` until the stale sweep (STALE_AFTER_SECONDS, 180 s by default). Wait for
+        # the server a while instead (the heartbeat goes on meanwhile), then leave it to the sweep.
+        deadline = time.monotonic() + DATABASE_WAIT_SECONDS
+        delay = 0.2
+        while True:
+            try:
+                db.session.rollback()
+                status = runs.retry_later(self.run_id, self.attempt, error_class=error_class, error_message=message)
+                break
+            except OperationalError:
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
         if status == FAILED:
             self._set_health("failing", message)
         if status:
