@@ -1,7 +1,9 @@
 """The whole stack as separate OS processes, as deployed: gunicorn (web), RQ workers,
 supervisors, a private redis-server, the records simulator; one throwaway PostgreSQL
-database. A keeper thread restarts workers and the web server when they exit, as
-systemd's Restart=always would; supervisors are restarted by the scenarios themselves."""
+database, on the shared server or (own_cluster=True) on a throwaway cluster of its own that
+restart_database() really stops and starts. A keeper thread restarts workers and the web
+server when they exit, as systemd's Restart=always would; supervisors are restarted by the
+scenarios themselves."""
 import json
 import os
 import signal
@@ -17,6 +19,8 @@ import requests
 import sqlalchemy as sa
 
 from tests.support import ROOT, TEST_KEY, Database, RedisServer, cleanup_dir, free_port, kill_session, wait_for
+
+from .pgcluster import PostgresCluster
 
 # Short thresholds so a fault is noticed and repaired in seconds (the brief's numbers).
 TIMING = {
@@ -85,10 +89,31 @@ class Proc:
             return f.read().decode(errors="replace")
 
 
+class ClusterDatabase:
+    """The stack's database on its own throwaway cluster (the same face as tests.support.Database)."""
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.name = "synchub_chaos"
+        self.admin_url = "postgresql+psycopg://" + cluster.url.removeprefix("postgresql://")
+        self.url = self.admin_url.rsplit("/", 1)[0] + "/" + self.name
+        engine = sa.create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{self.name}"'))
+        engine.dispose()
+
+    def drop(self):
+        pass  # the whole cluster is destroyed with the stack
+
+
 class Stack:
     def __init__(self, records=300, sim_latency=0.05, sim_rate="20/1", client_rate=(10, 1), workers=2,
-                 supervisors=2):
-        if not os.environ.get("SYNCHUB_TEST_POSTGRES_URL"):
+                 supervisors=2, own_cluster=False, cluster=None):
+        """own_cluster: on a throwaway cluster (`cluster`, started already, or one made in
+        start()); the stack owns it from here on and destroys it in stop()."""
+        self.own_cluster = own_cluster or cluster is not None
+        self.cluster = cluster
+        if not self.own_cluster and not os.environ.get("SYNCHUB_TEST_POSTGRES_URL"):
             raise RuntimeError("SYNCHUB_TEST_POSTGRES_URL is unset: the chaos suite runs against PostgreSQL "
                                "(database restart, concurrent triggers); set it to a server you may create "
                                "databases on, e.g. postgresql://postgres@127.0.0.1:5432/test")
@@ -115,7 +140,11 @@ class Stack:
             raise
 
     def _start(self, connections):
-        self.db = Database("postgresql", self.workdir)
+        if self.own_cluster:
+            self.cluster = self.cluster or PostgresCluster().start()
+            self.db = ClusterDatabase(self.cluster)
+        else:
+            self.db = Database("postgresql", self.workdir)
         self.redis_server = RedisServer().start()
         self.clock_file = os.path.join(self.workdir, "clock")
         self.set_clock("+0")
@@ -168,9 +197,13 @@ class Stack:
             self.redis_server.stop()
         if getattr(self, "engine", None):
             self.engine.dispose()
-        if self.db:
-            self.db.drop()
-        cleanup_dir(self.workdir)
+        try:
+            if self.db:
+                self.db.drop()
+        finally:
+            if self.cluster:
+                self.cluster.destroy()
+            cleanup_dir(self.workdir)
 
     def _add(self, name, args):
         self.procs[name] = Proc(name, args, self.env, self.workdir)
@@ -235,9 +268,21 @@ class Stack:
         time.sleep(down_seconds)
         self.redis_server.start()  # same port, empty: every RQ job and lease is gone
 
+    def restart_database(self, down_seconds):
+        """The real fault: a fast shutdown of the stack's own cluster (open transactions rolled
+        back, clients disconnected, a shutdown checkpoint), down for `down_seconds`, started again
+        on the same port. Returns the seconds it was down (stop begun to accepting connections)."""
+        stopped = time.monotonic()
+        self.cluster.stop_server("fast")
+        time.sleep(down_seconds)
+        self.cluster.start_server()
+        self.cluster.restarts += 1
+        return time.monotonic() - stopped
+
     def terminate_db_connections(self):
-        """The "database restart" fault: the shared CI server cannot be restarted, so every
-        backend connection to our database is terminated, as a restart would."""
+        """The fallback "database restart" fault where no cluster of our own can be made (the
+        shared server must not be restarted): every backend connection to our database is
+        terminated, which is what a restart does to the clients, but the server stays up."""
         admin = sa.create_engine(self.db.admin_url, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             killed = conn.execute(sa.text(

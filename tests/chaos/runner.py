@@ -1,30 +1,80 @@
-"""Run scenarios against one stack and collect the table: scenario, trials, faults
-injected, invariant violations, time to recover."""
+"""Run scenarios and collect the table: scenario, trials, faults injected, invariant
+violations, time to recover. The scenarios share one stack on the shared PostgreSQL server,
+except those in OWN_CLUSTER (the real database restart), which get a stack of their own on a
+throwaway cluster, started after the shared one is stopped."""
+import os
 import random
 import statistics
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 
 import sqlalchemy as sa
 
 from .harness import Stack
 from .invariants import ActiveRunSampler, check_all, records_match_provider
-from .scenarios import SCENARIOS, connections
+from .pgcluster import PostgresCluster, unavailable_reason
+from .scenarios import OWN_CLUSTER, SCENARIOS, connections
+
+
+def in_ci():
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def stack_groups(scenarios):
+    """[(scenario names, Stack kwargs)]: the shared stack's, then the own-cluster stack's.
+    Where no cluster can be made, OWN_CLUSTER scenarios run on the shared stack and fall back
+    to their weaker fault (they say so in their notes); in CI that is an error, not a fallback."""
+    own = [name for name in scenarios if name in OWN_CLUSTER]
+    missing = unavailable_reason() if own else None
+    if missing and in_ci():
+        raise RuntimeError(f"CI must restart a real PostgreSQL server in {own}, but no throwaway cluster "
+                           f"can be made: {missing}")
+    shared = [name for name in scenarios if name not in OWN_CLUSTER or missing]
+    groups = [(shared, {})] if shared else []
+    if own and not missing:
+        groups.append((own, {"own_cluster": True}))
+    return groups
 
 
 def run(scenarios, trials, seed, log=print, stack_factory=Stack, self_check=False):
-    """Returns {scenario: {"trials", "faults", "violations": [..], "recover": [seconds]}}.
+    """Returns {scenario: {"trials", "faults", "violations": [..], "recover": [seconds], "notes": {..}}}.
     self_check: at the end, corrupt the synced data and make sure the check notices."""
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
         raise ValueError(f"unknown scenarios {sorted(unknown)}; known: {', '.join(SCENARIOS)}")
     rng = random.Random(seed)
-    results = {name: {"trials": 0, "faults": 0, "violations": [], "recover": []} for name in scenarios}
-    stack = stack_factory().start(connections)
+    # Drawn in the interleaved order (trial by trial, scenario by scenario) whatever stack runs
+    # what, so --seed replays each trial's timing as the run's lines printed it.
+    seeds = {(trial, name): rng.randrange(2**32) for trial in range(trials) for name in scenarios}
+    results = {name: {"trials": 0, "faults": 0, "violations": [], "recover": [], "notes": {}} for name in scenarios}
+    groups = stack_groups(scenarios)
+    # initdb and the first start (a few seconds, mostly waiting on the disk) while the shared stack runs.
+    early = ThreadPoolExecutor(1) if len(groups) > 1 and groups[-1][1].get("own_cluster") else None
+    cluster = early.submit(lambda: PostgresCluster().start()) if early else None
+    try:
+        for index, (names, options) in enumerate(groups):
+            if options.get("own_cluster") and cluster is not None:
+                options, cluster = dict(options, cluster=cluster.result()), None  # the stack owns it now
+            last = index == len(groups) - 1
+            _run_group(names, options, trials, seeds, results, log, stack_factory, self_check and last)
+    finally:
+        if cluster is not None:  # the shared group failed first: the cluster must not outlive the run
+            try:
+                cluster.result().destroy()
+            except Exception:
+                pass
+        if early:
+            early.shutdown()
+    return results
+
+
+def _run_group(scenarios, options, trials, seeds, results, log, stack_factory, self_check):
+    stack = stack_factory(**options).start(connections)
     try:
         for trial in range(trials):
             for name in scenarios:
-                trial_seed = rng.randrange(2**32)
+                trial_seed = seeds[(trial, name)]
                 started = time.monotonic()
                 with ActiveRunSampler(stack) as sampler:
                     try:
@@ -37,15 +87,18 @@ def run(scenarios, trials, seed, log=print, stack_factory=Stack, self_check=Fals
                 entry["faults"] += result.get("faults", 0)
                 if "recover" in result:
                     entry["recover"].append(result["recover"])
+                if result.get("note"):
+                    entry["notes"][result["note"]] = entry["notes"].get(result["note"], 0) + 1
                 entry["violations"] += [f"trial {trial} (seed {trial_seed}): {v}" for v in violations]
                 log(f"{name:20s} trial {trial + 1}/{trials} seed {trial_seed}: {result.get('faults', 0)} faults, "
                     f"{len(violations)} violations, {time.monotonic() - started:.1f}s"
+                    + "".join(f" ({result[k]})" for k in ("note", "detail") if result.get(k))
                     + "".join(f"\n    {v}" for v in violations))
         if self_check:
-            results["self_check"] = {"trials": 1, "faults": 2, "recover": [], "violations": _self_check(stack)}
+            results["self_check"] = {"trials": 1, "faults": 2, "recover": [], "notes": {},
+                                     "violations": _self_check(stack)}
     finally:
         stack.stop()
-    return results
 
 
 def _self_check(stack):
@@ -75,4 +128,6 @@ def table(results, seed):
         recover = (f"{statistics.median(r['recover']):.1f} s / {max(r['recover']):.1f} s"
                    if r["recover"] else "-")
         lines.append(f"| {name} | {r['trials']} | {r['faults']} | {len(r['violations'])} | {recover} |")
-    return "\n".join(lines)
+    notes = [f"- {name}: {note} ({count} of {r['trials']} trials)"
+             for name, r in results.items() for note, count in r.get("notes", {}).items()]
+    return "\n".join(lines + ([""] + notes if notes else []))

@@ -5,6 +5,7 @@ faults), injects its faults, and returns {"faults": n, "recover": seconds}. The 
 checks the invariants afterwards; a scenario's own expectations (the run it disturbed
 completed, not failed) go into its "violations" list."""
 import json
+import random
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from tests.support import wait_for
 from tests.webapp.webhooks.signing import standard_headers, whsec
 
 from .harness import ACTIVE, STALE_AFTER, Proc
+from .pgcluster import unavailable_reason
 
 WEBHOOK_SECRET = whsec()
 SETTLE_TIMEOUT = STALE_AFTER * 5 + 30  # stale threshold, a few retries with backoff, and slack
@@ -205,7 +207,51 @@ def redis_restart(stack, rng):
     return {"faults": 1, "recover": time.monotonic() - restarted, "violations": violations, "api_run": run_ids[0]}
 
 
+REAL_RESTART = "real restart: pg_ctl stop -m fast, 1-3 s down, pg_ctl start (own throwaway cluster)"
+
+
 def database_restart(stack, rng):
+    """A real restart of the stack's own PostgreSQL cluster mid-sync, while webhooks arrive
+    and outbox events are published and delivered: the sync completes, every accepted webhook
+    and event is processed once, and nothing committed before the shutdown is lost. Without a
+    cluster of its own (no initdb here) it falls back to terminating every connection, and
+    its note says the server was not restarted."""
+    if stack.cluster is None:
+        result = _terminate_connections(stack, rng)
+        result["note"] = (f"SERVER NOT RESTARTED ({unavailable_reason() or 'the stack has no cluster of its own'}): "
+                          "every backend connection terminated instead")
+        return result
+    mutate_provider(stack, rng)
+    run_id = trigger(stack, "api")
+    traffic = Traffic(stack, random.Random(rng.randrange(2**32))).start()
+    violations = []
+    try:
+        wait_mid_sync(stack, run_id, rng)
+        committed = committed_rows(stack)
+        started = time.monotonic()
+        down = stack.restart_database(rng.uniform(1.0, 3.0))
+        time.sleep(rng.uniform(0.3, 1.0))  # traffic goes on against the restarted server
+    finally:
+        violations += traffic.stop()
+    if wait_terminal(stack, [run_id]):
+        expect_completed(stack, [run_id], violations)
+    recover = time.monotonic() - started
+    violations += traffic.check()
+    lost = {table: sorted(ids - now)[:5] for table, ids in committed.items()
+            for now in [committed_rows(stack, table)[table]] if ids - now}
+    if lost:
+        violations.append(f"rows committed before the restart are gone: {lost}")
+    # How the sync got going again: its worker requeued it, or (the worker could not write while
+    # the server was down) the supervisor's sweep found its heartbeat stale.
+    events = stack.query("SELECT message FROM run_events WHERE run_id = :id", id=run_id)
+    requeued = sum(e["message"].startswith("attempt ") and "will resume" in e["message"] for e in events)
+    swept = sum(e["message"].startswith("worker lost") for e in events)
+    return {"faults": 1, "recover": recover, "violations": violations, "api_run": run_id, "note": REAL_RESTART,
+            "detail": f"down {down:.1f} s; sync requeued by its worker {requeued}x, swept as lost {swept}x; "
+                      f"{traffic.summary()}"}
+
+
+def _terminate_connections(stack, rng):
     def inject(run_id):
         times = rng.randint(1, 3)
         for _ in range(times):
@@ -213,6 +259,156 @@ def database_restart(stack, rng):
             time.sleep(rng.uniform(0.1, 0.6))
         return times
     return _api_sync_with_fault(stack, rng, inject)
+
+
+DURABLE_TABLES = ("runs", "run_events", "records", "webhook_deliveries", "outbox_events")
+
+
+def committed_rows(stack, *tables):
+    """{table: ids}: what a fast shutdown must keep (none of these tables deletes rows on its own
+    in seconds: records are soft-deleted, retention runs hourly here)."""
+    return {table: {r["id"] for r in stack.query(f"SELECT id FROM {table}")} for table in tables or DURABLE_TABLES}
+
+
+class Traffic:
+    """Signed webhooks and outbox events sent one after the other from a thread while the
+    database goes down and comes back. Each is retried until accepted (200 / 202), as a
+    provider retries a webhook and a publishing service an event; only accepted ones are
+    promised, and each of those must be processed exactly once, outbox effects in order."""
+
+    RETRY_FOR = 30  # seconds a refused request is retried before that is a violation
+
+    def __init__(self, stack, rng):
+        self.stack, self.rng = stack, rng
+        tag = uuid.uuid4().hex[:6]
+        self.emails = [f"r{tag}-{k}@example.com" for k in range(rng.randint(2, 4))]
+        self.tag = tag
+        self.indices = rng.sample(range(1000), 300)  # distinct records: one run per event
+        self.webhooks = {}  # accepted webhook-id -> record index
+        self.effects = {email: [] for email in self.emails}  # accepted events' effects, in publish order
+        self.refused = 0
+        self.violations = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=self.RETRY_FOR * 2 + 30)
+        if self._thread.is_alive():
+            self.violations.append("the traffic thread did not finish")
+        return self.violations
+
+    def summary(self):
+        return (f"{len(self.webhooks)} webhooks and {sum(map(len, self.effects.values()))} outbox events accepted, "
+                f"{self.refused} refused and retried")
+
+    def _loop(self):
+        n = 0
+        while not self._stop.is_set() and n < len(self.indices):
+            index = self.indices[n]
+            msg_id = f"msg_{self.tag}_{n}"
+            body = json.dumps({"type": "item.updated", "data": {"id": f"item-{index:07d}"}}).encode()
+            if self._until_accepted(200, lambda: requests.post(
+                    f"{self.stack.web_url}/webhooks/hooks", data=body, timeout=10,
+                    headers=standard_headers(body, WEBHOOK_SECRET, msg_id=msg_id))):
+                self.webhooks[msg_id] = index
+            email = self.emails[n % len(self.emails)]
+            key = f"{self.tag}-{n}"
+            event = {"type": "score_changed", "key": email, "payload": {"email": email, "score": n},
+                     "idempotency_key": key, "connection": "loops"}
+            if self._until_accepted(202, lambda: self.stack.api("POST", "/outbox", json=event)):
+                self.effects[email].append(f"{key}.0")
+            else:
+                return  # a later event of this contact would be out of order behind the lost one
+            n += 1
+            time.sleep(self.rng.uniform(0.02, 0.15))
+
+    def _until_accepted(self, status, send):
+        deadline = time.monotonic() + self.RETRY_FOR
+        while True:
+            try:
+                answer = send()
+                if answer.status_code == status:
+                    return True
+                if answer.status_code < 500 and answer.status_code != 429:
+                    self.violations.append(f"{answer.request.url} answered {answer.status_code}: {answer.text[:200]}")
+                    return False
+            except requests.RequestException:
+                pass
+            self.refused += 1
+            if time.monotonic() > deadline:
+                self.violations.append(f"a request was refused for {self.RETRY_FOR} s around the database restart")
+                return False
+            time.sleep(0.1)
+
+    def check(self):
+        """After the restart: every accepted webhook stored once and its record run completed
+        with the provider's data; every accepted event delivered once, in order per contact."""
+        from webapp.connectors.sandbox import SandboxConnector
+
+        stack, violations = self.stack, []
+        ids = list(self.webhooks)
+
+        def dispatched():
+            rows = stack.query("SELECT provider_event_id, outcome, run_ids FROM webhook_deliveries "
+                               "WHERE provider_event_id LIKE :p", p=f"msg_{self.tag}_%")
+            return (rows,) if all(r["outcome"] != "received" for r in rows) and len(rows) >= len(ids) else None
+        try:
+            rows, = wait_for(dispatched, timeout=SETTLE_TIMEOUT, interval=0.2, message="webhook deliveries dispatched")
+        except AssertionError as exc:
+            rows = stack.query("SELECT provider_event_id, outcome, run_ids FROM webhook_deliveries "
+                               "WHERE provider_event_id LIKE :p", p=f"msg_{self.tag}_%")
+            violations.append(f"{exc}: {sum(r['outcome'] == 'received' for r in rows)} still received")
+        stored = {r["provider_event_id"]: r for r in rows}
+        missing = [i for i in ids if i not in stored]
+        if missing:
+            violations.append(f"{len(missing)} accepted webhooks not stored (lost in the restart), e.g. {missing[:3]}")
+        run_ids = [i for r in rows for i in (r["run_ids"] or [])]
+        if wait_terminal(stack, run_ids):
+            expect_completed(stack, run_ids, violations)
+        truth = SandboxConnector({"records": 1000}, {}, None)
+        for msg_id, index in self.webhooks.items():
+            if msg_id not in stored:
+                continue
+            if len(stored[msg_id]["run_ids"] or []) != 1:
+                violations.append(f"webhook {msg_id}: record runs {stored[msg_id]['run_ids']} (one expected)")
+            data = stack.query("SELECT r.data FROM records r JOIN connections c ON c.id = r.connection_id "
+                               "WHERE c.name = 'hooks' AND r.external_id = :e", e=f"item-{index:07d}")
+            if len(data) != 1 or data[0]["data"] != truth._record(index):
+                violations.append(f"webhook {msg_id}: record item-{index:07d} is {data!r}")
+
+        keys = [k for effects in self.effects.values() for k in effects]  # one row per mapped action
+
+        def delivered():
+            rows = stack.query("SELECT idempotency_key, status FROM outbox_events WHERE idempotency_key LIKE :p",
+                               p=f"{self.tag}-%")
+            done = {r["idempotency_key"] for r in rows if r["status"] in ("done", "dead")}
+            return set(keys) <= done
+        try:
+            wait_for(delivered, timeout=SETTLE_TIMEOUT, interval=0.2, message=f"{len(keys)} outbox events delivered")
+        except AssertionError as exc:
+            violations.append(f"{exc}; {outbox_machinery(stack)}")
+        rows = stack.query("SELECT idempotency_key, status FROM outbox_events WHERE idempotency_key LIKE :p",
+                           p=f"{self.tag}-%")
+        states = {r["idempotency_key"]: r["status"] for r in rows}
+        lost = [k for k in keys if k not in states]
+        if lost:
+            violations.append(f"{len(lost)} accepted outbox events not stored (lost in the restart), e.g. {lost[:3]}")
+        dead = [k for k in keys if states.get(k) == "dead"]
+        if dead:
+            violations.append(f"{len(dead)} outbox events dead, e.g. {dead[:3]}")
+        sequences = stack.loops("GET", "/_chaos/sequences")
+        for email, expected in self.effects.items():
+            if (sequences.get(email) or []) != expected:
+                violations.append(f"{email}: effects {sequences.get(email)} != published {expected}")
+        duplicates = [d for d in stack.loops("GET", "/_chaos/duplicates") if d[0] in self.effects]
+        if duplicates:
+            violations.append(f"effects applied twice: {duplicates[:5]}")
+        return violations
 
 
 def provider_outage(stack, rng):
@@ -481,6 +677,9 @@ def outbox_machinery(stack):
     return (f"now={now:.1f} jobs={jobs} draining={draining} breakers={breakers} probes={probes} "
             f"kicks(pttl ms)={kicks}")
 
+
+# Scenarios that get a stack of their own on a throwaway cluster (tests/chaos/runner.py).
+OWN_CLUSTER = {"database_restart"}
 
 SCENARIOS = {
     "worker_sigkill": worker_sigkill,
