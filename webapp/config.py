@@ -57,8 +57,9 @@ class Config:
         # again; dispatchers wait this long before their last look (webapp/webhooks/dispatch.py).
         # Web and worker processes must agree on it.
         self.WEBHOOK_KICK_DEBOUNCE_SECONDS = _float("SYNCHUB_WEBHOOK_KICK_DEBOUNCE_SECONDS", 0.05)
-        # Database connections per web process for storing webhook deliveries.
-        self.WEBHOOK_DB_CONNECTIONS = _int("SYNCHUB_WEBHOOK_DB_CONNECTIONS", 8)
+        # Webhook delivery batches a web process writes at once (group commit), each on its
+        # own database connection (webapp/webhooks/store.py).
+        self.WEBHOOK_DB_WRITERS = _int("SYNCHUB_WEBHOOK_DB_WRITERS", 2)
         # Admin (webapp/admin): session cookie only over https (localhost excepted by browsers),
         # login brake per account and per client address, websocket ping so dead sockets are noticed.
         self.SESSION_COOKIE_SECURE = os.environ.get("SYNCHUB_SECURE_COOKIES", "1") not in ("0", "false", "no")

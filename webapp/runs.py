@@ -16,7 +16,7 @@ from typing import NamedTuple
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import String, cast, literal, select, update
+from sqlalchemy import String, cast, literal, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from .connectors.errors import ConfigError
@@ -172,18 +172,35 @@ def add_record_runs(connection, events, *, trigger="webhook", requested_by=None)
                             max_attempts=current_app.config["RUN_MAX_ATTEMPTS"], created_at=utcnow())
     created = []
     if new:
-        db.session.execute(table.insert(), list(new.values()))
-        made = queued(list(new))
-        ids = [run.id for run in made.values()]
-        # The same id as _job_id(run_id, 0), computed by the database for the whole batch.
-        db.session.execute(update(table).where(table.c.id.in_(ids))
-                           .values(rq_job_id=literal("run-") + cast(table.c.id, String) + literal("-1")))
+        fresh = _insert_runs(new, trigger)
         note = f"queued by {trigger}" + (f" ({requested_by})" if requested_by else "")
-        db.session.execute(events_table.insert(), [{"run_id": run_id, "message": note} for run_id in ids])
-        fresh = {key: run._replace(rq_job_id=_job_id(run.id, 0)) for key, run in made.items()}
+        db.session.execute(events_table.insert(), [{"run_id": run.id, "message": note} for run in fresh.values()])
         created = list(fresh.values())
         by_key.update(fresh)
     return [by_key[key] for key in keys], created
+
+
+def _insert_runs(new, trigger):
+    """{record key: QueuedRun} for the rows of `new` ({record key: row}), inserted with
+    their RQ job ids (_job_id(run id, 0)). PostgreSQL hands out the ids first, so each
+    row goes in complete; SQLite has no sequence to ask: the rows go in, then are read
+    back and given their job ids."""
+    table = Run.__table__
+    if db.session.get_bind().dialect.name == "postgresql":
+        ids = db.session.execute(text("SELECT nextval(pg_get_serial_sequence('runs', 'id')) "
+                                      "FROM generate_series(1, :n)"), {"n": len(new)}).scalars().all()
+        for run_id, row in zip(ids, new.values()):
+            row.update(id=run_id, rq_job_id=_job_id(run_id, 0))
+        db.session.execute(table.insert(), list(new.values()))
+        return {key: QueuedRun(row["id"], row["rq_job_id"], "record", trigger) for key, row in new.items()}
+    db.session.execute(table.insert(), list(new.values()))
+    rows = db.session.execute(select(table.c.id, table.c.record_key).where(
+        table.c.connection_id == next(iter(new.values()))["connection_id"], table.c.mode == "record",
+        table.c.status == QUEUED, table.c.record_key.in_(list(new)))).all()
+    # The same id as _job_id(run_id, 0), computed by the database for the whole batch.
+    db.session.execute(update(table).where(table.c.id.in_([row.id for row in rows]))
+                       .values(rq_job_id=literal("run-") + cast(table.c.id, String) + literal("-1")))
+    return {row.record_key: QueuedRun(row.id, _job_id(row.id, 0), "record", trigger) for row in rows}
 
 
 def announce_created(connection, created):

@@ -140,23 +140,9 @@ def _dispatch_batch(limit, cutoff, attempts=3):
 
 
 def _dispatch_batch_once(limit, cutoff):
-    """Read and map a batch first, then claim, insert and settle it in one short write
-    transaction: on SQLite that transaction holds the database's only write lock, and the
-    web processes storing deliveries wait for it."""
-    table = WebhookDelivery.__table__
-    pick = select(table.c.id, table.c.connection_id, table.c.raw_body, table.c.run_ids).where(table.c.outcome == RECEIVED)
-    if cutoff is not None:
-        pick = pick.where(table.c.received_at <= cutoff)
-    candidates = db.session.execute(pick.order_by(table.c.id).limit(limit)).all()
-    plans = _plan(candidates)
-    db.session.rollback()  # no read snapshot carried into the write (SQLite would refuse the upgrade)
-    if not candidates:
-        return 0, 0
-    mine = set(db.session.execute(
-        update(table).where(table.c.id.in_(_lockable([row.id for row in candidates])), table.c.outcome == RECEIVED)
-        .values(outcome=DISPATCHING).returning(table.c.id)
-    ).scalars())
-    if not mine:  # another dispatcher is settling them right now: it goes on from there
+    """Take a batch (see _take), insert its runs and settle it in one transaction."""
+    candidates, plans, mine = _take(limit, cutoff)
+    if not mine:  # nothing, or another dispatcher is settling them right now: it goes on from there
         db.session.rollback()
         return 0, 0
     settled, to_enqueue, announce = {}, [], []
@@ -187,12 +173,33 @@ def _dispatch_batch_once(limit, cutoff):
     return len(candidates), enqueued
 
 
-def _lockable(ids):
-    """The ids, as a subquery that skips rows another dispatcher has locked (PostgreSQL:
-    parallel dispatchers take what is free instead of queueing behind each other)."""
+def _take(limit, cutoff):
+    """(candidate rows, their plans, the ids this transaction now owns).
+
+    PostgreSQL: the rows are locked as they are read (FOR UPDATE SKIP LOCKED), so parallel
+    dispatchers take different rows and nothing is written to claim them. SQLite has no
+    row locks: the batch is read and mapped first, then claimed by an UPDATE that starts
+    the write transaction, which holds the database's only write lock (the web processes
+    storing deliveries wait for it) and so must be short. A claim is never committed on
+    its own: it is part of the transaction that settles the batch."""
     table = WebhookDelivery.__table__
-    return (select(table.c.id).where(table.c.id.in_(ids), table.c.outcome == RECEIVED)
-            .with_for_update(skip_locked=True).scalar_subquery())
+    pick = select(table.c.id, table.c.connection_id, table.c.raw_body, table.c.run_ids).where(table.c.outcome == RECEIVED)
+    if cutoff is not None:
+        pick = pick.where(table.c.received_at <= cutoff)
+    pick = pick.order_by(table.c.id).limit(limit)
+    if db.session.get_bind().dialect.name != "sqlite":
+        candidates = db.session.execute(pick.with_for_update(skip_locked=True)).all()
+        return candidates, _plan(candidates), {row.id for row in candidates}
+    candidates = db.session.execute(pick).all()
+    plans = _plan(candidates)
+    db.session.rollback()  # no read snapshot carried into the write (SQLite would refuse the upgrade)
+    if not candidates:
+        return candidates, plans, set()
+    mine = set(db.session.execute(
+        update(table).where(table.c.id.in_([row.id for row in candidates]), table.c.outcome == RECEIVED)
+        .values(outcome=DISPATCHING).returning(table.c.id)
+    ).scalars())
+    return candidates, plans, mine
 
 
 def _plan(candidates):
