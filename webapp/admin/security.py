@@ -57,11 +57,15 @@ def init_app(app):
 
 
 def _add_headers(response):
-    for name, value in HEADERS.items():
-        response.headers.setdefault(name, value)
+    wanted = dict(HEADERS)
     if request.is_secure:
-        response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+        wanted["Strict-Transport-Security"] = "max-age=31536000"
     if request.blueprint in ("admin", "live") and request.endpoint != "admin.static":
         # Admin pages show live operational data: never cached by the browser or a proxy.
-        response.headers.setdefault("Cache-Control", "no-store")
+        wanted["Cache-Control"] = "no-store"
+    # Those a view set itself are kept. One pass over the response's few headers: werkzeug's
+    # setdefault looks each name up by raising and catching an exception, which made these
+    # headers a fifth of a webhook delivery's time in the web process.
+    present = {name.lower() for name, _value in response.headers.items()}
+    response.headers.extend([(name, value) for name, value in wanted.items() if name.lower() not in present])
     return response

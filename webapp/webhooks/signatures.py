@@ -185,7 +185,7 @@ def verify_basic_auth(headers, username, password):
     """HaloPSA webhooks carry Basic-auth credentials, no HMAC."""
     if not (username and password):
         raise SignatureError("not_configured", "no webhook username and password are configured for this connection")
-    scheme, _, value = (headers.get("Authorization") or "").partition(" ")
+    scheme, _, value = (headers.get("authorization") or "").partition(" ")
     if scheme.lower() != "basic" or not value.strip():
         raise SignatureError("missing_signature", "Basic authorization is required")
     try:
@@ -221,6 +221,8 @@ SCHEMES = {"standard": _standard, "zoom": _zoom, "highlevel": _highlevel, "halop
 
 
 def verify(scheme, body, headers, settings, credentials, now=None):
+    """Raise SignatureError unless the body is signed for this scheme. `headers` maps
+    lower-case header names to values (webhooks/routes.py builds it)."""
     try:
         check = SCHEMES[scheme]
     except KeyError:

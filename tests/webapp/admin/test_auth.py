@@ -209,3 +209,14 @@ def test_form_error_explains_secure_cookies_on_plain_http_to_a_remote_host(app, 
     assert "SYNCHUB_SECURE_COOKIES=0" in response.get_data(as_text=True)
     local = client.post("/admin/login", data={"email": admin_user, "password": PASSWORD})
     assert "SYNCHUB_SECURE_COOKIES" not in local.get_data(as_text=True)
+
+
+def test_security_headers_a_view_set_itself_are_kept_once(app):
+    @app.get("/test-own-frame-policy")
+    def _own_frame_policy():
+        return "", 200, {"X-Frame-Options": "SAMEORIGIN", "x-content-type-options": "nosniff"}
+
+    response = app.test_client().get("/test-own-frame-policy")
+    assert response.headers.getlist("X-Frame-Options") == ["SAMEORIGIN"]
+    assert response.headers.getlist("X-Content-Type-Options") == ["nosniff"]  # matched whatever its case
+    assert "Content-Security-Policy" in response.headers  # the ones it did not set are added
