@@ -9,8 +9,9 @@ gunicorn configuration (the Procfile's: gthread, 2 processes x 64 threads).
 1. Saturation: Debian's `wrk` (a separate process; `apt-get install wrk`) sends distinct
    Standard-Webhooks-signed deliveries (a Lua script cycles through pre-signed requests,
    each a new event id and a new record) → sustained rate, p50/p99.
-2. Half the sustained rate (of the median saturation round): an open-loop load generator in its own process sends at a fixed
-   rate; latency is measured from each request's scheduled time (no coordinated omission).
+2. Half the sustained rate (of the median saturation round): an open-loop load generator
+   (bench.fixed_rate) in its own process sends at a fixed rate; latency is measured from
+   each request's scheduled time (no coordinated omission).
 Both steps run against the bare endpoint too. A real `python -m worker --queues webhooks`
 runs the dispatch jobs meanwhile (on the same two cores: its CPU is part of the cost). After
 each step the benchmark waits for the dispatcher to finish (the tail), then checks the
@@ -23,7 +24,6 @@ import hashlib
 import hmac
 import json
 import os
-import queue
 import re
 import secrets
 import shutil
@@ -31,9 +31,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from http.client import HTTPConnection
 
 import requests
 from flask import Flask
@@ -176,68 +174,9 @@ def _parse_wrk(out):
             "non_2xx": int(non_2xx.group(1)) if non_2xx else 0, "socket_errors": errors.group(1) if errors else None}
 
 
-# -- fixed-rate client (run as a separate process: `python -m bench.webhook_ingest --client`) --
-
-
-def fixed_rate_client(url, rate, seconds, request_file, senders=64):
-    """Open loop: request i is due at t0 + i/rate; latency = answer time - due time.
-    Enough senders that they are not the limit: with 16, 435/s at 40 ms each already needed
-    17 at once, and the client's own queue showed up as the server's latency."""
-    rows = []
-    if request_file:
-        with open(request_file) as f:
-            rows = [line.rstrip("\n").split("\t", 3) for line in f]
-    host, port, path = re.match(r"http://([^:/]+):(\d+)(/.*)", url).groups()
-    total = int(rate * seconds)
-    due = queue.Queue()
-    latencies, statuses, lock = [], {}, threading.Lock()
-
-    def sender():
-        conn = HTTPConnection(host, int(port), timeout=30)
-        while True:
-            item = due.get()
-            if item is None:
-                return
-            at, n = item
-            delay = at - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            headers, body = {"Content-Type": "application/json"}, b"{}"
-            if rows:
-                msg_id, ts, sig, text = rows[n]
-                headers.update({"webhook-id": msg_id, "webhook-timestamp": ts, "webhook-signature": sig})
-                body = text.encode()
-            try:
-                conn.request("POST", path, body=body, headers=headers)
-                response = conn.getresponse()
-                response.read()
-                status = response.status
-            except OSError:
-                conn.close()
-                conn = HTTPConnection(host, int(port), timeout=30)
-                status = "error"
-            with lock:
-                latencies.append((time.perf_counter() - at) * 1000)
-                statuses[status] = statuses.get(status, 0) + 1
-
-    threads = [threading.Thread(target=sender, daemon=True) for _ in range(senders)]
-    for t in threads:
-        t.start()
-    t0 = time.perf_counter() + 0.2
-    for n in range(total):
-        due.put((t0 + n / rate, n))
-    for _ in threads:
-        due.put(None)
-    for t in threads:
-        t.join()
-    ordered = sorted(latencies)
-    pick = lambda p: ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]  # noqa: E731
-    print(json.dumps({"sent": total, "statuses": statuses, "p50": pick(50), "p99": pick(99), "max": ordered[-1]}))
-
-
 def fixed_rate(url, rate, seconds, request_file=None):
-    args = [sys.executable, "-m", "bench.webhook_ingest", "--client", url, "--rate", str(rate),
-            "--half-seconds", str(seconds)]
+    """bench.fixed_rate in its own process: an open-loop generator as light as wrk."""
+    args = [sys.executable, "-m", "bench.fixed_rate", url, "--rate", str(rate), "--seconds", str(seconds)]
     if request_file:
         args += ["--requests", request_file]
     out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True).stdout
@@ -333,12 +272,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="saturation rounds (baseline, then ingest, each)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=64)
-    parser.add_argument("--client", help=argparse.SUPPRESS)
-    parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
-    parser.add_argument("--requests", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.client:
-        return fixed_rate_client(args.client, args.rate, args.half_seconds, args.requests)
     if not shutil.which("wrk"):
         sys.exit("wrk is missing: apt-get install wrk")
 
