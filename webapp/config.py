@@ -58,8 +58,10 @@ class Config:
         # Web and worker processes must agree on it.
         self.WEBHOOK_KICK_DEBOUNCE_SECONDS = _float("SYNCHUB_WEBHOOK_KICK_DEBOUNCE_SECONDS", 0.05)
         # Webhook delivery batches a web process writes at once (group commit), each on its
-        # own database connection (webapp/webhooks/store.py).
-        self.WEBHOOK_DB_WRITERS = _int("SYNCHUB_WEBHOOK_DB_WRITERS", 2)
+        # own database connection (webapp/webhooks/store.py). One: rows that wait for the
+        # batch in flight go in together, and measured at a fixed 600/s on PostgreSQL that
+        # halved p50 and p99 against two (bench/webhook_ingest.py, docs/PERFORMANCE.md).
+        self.WEBHOOK_DB_WRITERS = _int("SYNCHUB_WEBHOOK_DB_WRITERS", 1)
         # Admin (webapp/admin): session cookie only over https (localhost excepted by browsers),
         # login brake per account and per client address, websocket ping so dead sockets are noticed.
         self.SESSION_COOKIE_SECURE = os.environ.get("SYNCHUB_SECURE_COOKIES", "1") not in ("0", "false", "no")
