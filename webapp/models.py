@@ -17,8 +17,10 @@ HEALTH = ("ok", "failing", "needs_reauth")
 
 # A partial index is what makes "one active run per connection" a database guarantee:
 # two processes racing to insert can't both succeed, whatever machine they run on.
-_ACTIVE_SYNC = "status IN ('queued', 'running') AND mode <> 'record'"
-_QUEUED_RECORD = "status = 'queued' AND mode = 'record'"
+# Queries that should use one of these indexes repeat its predicate literally (runs.py):
+# neither database can prove a partial index's predicate from bound parameters.
+ACTIVE_SYNC_WHERE = "status IN ('queued', 'running') AND mode <> 'record'"
+QUEUED_RECORD_WHERE = "status = 'queued' AND mode = 'record'"
 
 
 def utcnow():
@@ -114,16 +116,16 @@ class Run(db.Model):
             "uq_runs_one_active_sync",
             "connection_id",
             unique=True,
-            sqlite_where=text(_ACTIVE_SYNC),
-            postgresql_where=text(_ACTIVE_SYNC),
+            sqlite_where=text(ACTIVE_SYNC_WHERE),
+            postgresql_where=text(ACTIVE_SYNC_WHERE),
         ),
         Index(
             "uq_runs_one_queued_record",
             "connection_id",
             "record_key",
             unique=True,
-            sqlite_where=text(_QUEUED_RECORD),
-            postgresql_where=text(_QUEUED_RECORD),
+            sqlite_where=text(QUEUED_RECORD_WHERE),
+            postgresql_where=text(QUEUED_RECORD_WHERE),
         ),
         Index("ix_runs_status_heartbeat", "status", "heartbeat_at"),
         Index("ix_runs_connection_created", "connection_id", "created_at"),

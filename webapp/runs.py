@@ -16,7 +16,7 @@ from typing import NamedTuple
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import String, cast, literal, select, text, update
+from sqlalchemy import String, bindparam, cast, literal, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from .connectors.errors import ConfigError
@@ -24,12 +24,13 @@ from . import metrics
 from .extensions import db
 from .logs import log_context
 from .models import (
-    ACTIVE_STATUSES,
+    ACTIVE_SYNC_WHERE,
     CANCELLED,
     COMPLETED,
     FAILED,
     MODES,
     QUEUED,
+    QUEUED_RECORD_WHERE,
     RUNNING,
     TERMINAL_STATUSES,
     TRIGGERS,
@@ -154,15 +155,8 @@ def add_record_runs(connection, events, *, trigger="webhook", requested_by=None)
     for key in keys:
         check_trigger(connection, "record", trigger, key)
 
-    def queued(for_keys):
-        rows = db.session.execute(
-            select(table.c.id, table.c.record_key, table.c.rq_job_id)
-            .where(table.c.connection_id == connection.id, table.c.mode == "record", table.c.status == QUEUED,
-                   table.c.record_key.in_(for_keys))
-        ).all()
-        return {row.record_key: QueuedRun(row.id, row.rq_job_id, "record", trigger) for row in rows}
-
-    by_key = queued(set(keys)) if keys else {}
+    by_key = ({row.record_key: QueuedRun(row.id, row.rq_job_id, "record", trigger)
+               for row in queued_record_runs(connection.id, set(keys))} if keys else {})
     new = {}
     for key, (stream, record_id, deleted) in zip(keys, events):
         if key not in by_key and key not in new:
@@ -194,9 +188,7 @@ def _insert_runs(new, trigger):
         db.session.execute(table.insert(), list(new.values()))
         return {key: QueuedRun(row["id"], row["rq_job_id"], "record", trigger) for key, row in new.items()}
     db.session.execute(table.insert(), list(new.values()))
-    rows = db.session.execute(select(table.c.id, table.c.record_key).where(
-        table.c.connection_id == next(iter(new.values()))["connection_id"], table.c.mode == "record",
-        table.c.status == QUEUED, table.c.record_key.in_(list(new)))).all()
+    rows = queued_record_runs(next(iter(new.values()))["connection_id"], list(new))
     # The same id as _job_id(run_id, 0), computed by the database for the whole batch.
     db.session.execute(update(table).where(table.c.id.in_([row.id for row in rows]))
                        .values(rq_job_id=literal("run-") + cast(table.c.id, String) + literal("-1")))
@@ -211,12 +203,27 @@ def announce_created(connection, created):
             log.info("run %s queued (%s %s)", run.id, run.mode, run.trigger)
 
 
+def queued_record_runs(connection_id, record_keys):
+    """Rows (id, record_key, rq_job_id) of the queued record runs of these records, read
+    through the partial unique index uq_runs_one_queued_record. The dispatcher asks this
+    for every batch. Its predicate is spelled out literally, not bound (neither database
+    can prove a partial index's predicate from parameters), and SQLite is told which index
+    to take: without statistics it preferred the status index for an IN list, a scan of
+    every queued run (10 ms a batch with a backlog of 30,000 queued runs, against 0.02 ms)."""
+    hint = "INDEXED BY uq_runs_one_queued_record" if db.session.get_bind().dialect.name == "sqlite" else ""
+    statement = text(f"SELECT id, record_key, rq_job_id FROM runs {hint} WHERE connection_id = :connection_id "
+                     f"AND record_key IN :record_keys AND {QUEUED_RECORD_WHERE}")
+    return db.session.execute(statement.bindparams(bindparam("record_keys", expanding=True)),
+                              {"connection_id": connection_id, "record_keys": list(record_keys)}).all()
+
+
 def _active_for(connection_id, mode, record_key):
+    # The partial indexes' predicates written literally, so that they can be used (models.py).
     query = select(Run).where(Run.connection_id == connection_id)
     if mode == "record":
-        query = query.where(Run.mode == "record", Run.record_key == record_key, Run.status == QUEUED)
+        query = query.where(Run.record_key == record_key, text(QUEUED_RECORD_WHERE))
     else:
-        query = query.where(Run.mode != "record", Run.status.in_(ACTIVE_STATUSES))
+        query = query.where(text(ACTIVE_SYNC_WHERE))
     return db.session.execute(query).scalars().first()
 
 

@@ -157,3 +157,55 @@ def test_unreadable_or_oddly_cased_manual_schedule_still_refuses_automatic_trigg
         conn = make_connection(name=f"c-{schedule}", schedule=schedule)
         with pytest.raises(runs.TriggerRefused, match="manual-only"):
             runs.trigger(conn, trigger="event", enqueue=False)
+
+
+def _runs_reads_during(action):
+    """(sql, params) of every SELECT on the runs table that `action` sends to the database."""
+    from sqlalchemy import event
+
+    seen = []
+
+    def capture(_conn, _cursor, statement, parameters, _context, _many):
+        if statement.lstrip().upper().startswith("SELECT") and " runs" in statement and "FROM runs" in statement:
+            seen.append((statement, parameters))
+
+    engine = db.engine
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        action()
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    return seen
+
+
+def test_queued_record_run_lookups_use_the_partial_index_with_a_backlog(app, make_connection):
+    # With thousands of runs queued (workers down, a burst of webhooks), finding a record's
+    # queued run must not scan every queued run: SQLite took the status index for an IN
+    # list and each dispatcher batch grew with the backlog.
+    conn = make_connection(schedule="hourly:0")
+    backlog = [("items", f"old-{n}", False) for n in range(3000)]
+    for start in range(0, len(backlog), 500):
+        runs.add_record_runs(conn, backlog[start:start + 500])
+        db.session.commit()
+    events = [("items", f"old-{n}", False) for n in range(10)] + [("items", f"new-{n}", False) for n in range(50)]
+
+    found = []
+    reads = _runs_reads_during(lambda: found.append(runs.add_record_runs(conn, events)))
+    reads += _runs_reads_during(lambda: found.append(
+        runs.trigger(conn, mode="record", record_key="items:old-7", trigger="api", enqueue=False)))
+    reads += _runs_reads_during(lambda: found.append(runs.trigger(conn, trigger="schedule", enqueue=False)))
+
+    (looked_up, created), again, full = found
+    assert len(created) == 50 and len({run.id for run in looked_up}) == 60
+    assert [run.id for run in looked_up[:10]] == [row.id for row in db.session.execute(
+        select(Run.id).where(Run.record_key.in_([f"items:old-{n}" for n in range(10)])).order_by(Run.id))]
+    assert not again.created and again.run.id == looked_up[7].id
+    assert full.created
+    assert reads, "no SELECT on runs was seen"
+    if db.engine.dialect.name == "sqlite":  # no statistics: its planner's choice is fixed, so it is checked
+        raw = db.session.connection().connection.driver_connection
+        for statement, parameters in reads:
+            plan = " ".join(str(row[3]) for row in raw.execute("EXPLAIN QUERY PLAN " + statement, parameters))
+            # By a partial index of active runs, or by id; never the status index, never a scan.
+            assert "uq_runs_one_" in plan or "PRIMARY KEY" in plan, (statement, plan)
+            assert "ix_runs_status_heartbeat" not in plan and "SCAN runs" not in plan, (statement, plan)
