@@ -92,9 +92,10 @@ def run(host, port, requests, rate):
         now = time.perf_counter()
         while idle and not fresh:
             sock, last_used = idle.pop()
-            if now - last_used < KEEPALIVE_SECONDS and send(sock, sending):
+            if now - last_used >= KEEPALIVE_SECONDS:
+                sock.close()
+            elif send(sock, sending):  # send() closes a connection it could not use
                 return
-            sock.close()
         if not send(connect(), sending):
             raise RuntimeError("cannot send on a new connection")
 

@@ -166,7 +166,7 @@ def _runs_reads_during(action):
     seen = []
 
     def capture(_conn, _cursor, statement, parameters, _context, _many):
-        if statement.lstrip().upper().startswith("SELECT") and " runs" in statement and "FROM runs" in statement:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM runs" in statement:
             seen.append((statement, parameters))
 
     engine = db.engine

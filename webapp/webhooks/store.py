@@ -65,7 +65,7 @@ def engine():
                 made = current_app.extensions[ENGINE_KEY] = create_engine(
                     current_app.config["SQLALCHEMY_DATABASE_URI"], isolation_level="AUTOCOMMIT",
                     json_serializer=serialize, max_overflow=0,
-                    pool_size=current_app.config.get("WEBHOOK_DB_WRITERS", 1))
+                    pool_size=current_app.config["WEBHOOK_DB_WRITERS"])
     return made
 
 
@@ -79,7 +79,7 @@ def writer():
             made = current_app.extensions.get(WRITER_KEY)
             if made is None or made.pid != os.getpid():
                 made = current_app.extensions[WRITER_KEY] = GroupWriter(
-                    bind, current_app.config.get("WEBHOOK_DB_WRITERS", 1))
+                    bind, current_app.config["WEBHOOK_DB_WRITERS"])
     return made
 
 
