@@ -144,13 +144,16 @@ def worker_restart_same_name(stack, rng):
     same name. That worker must come up and work."""
     name = rng.choice([n for n in stack.procs if n.startswith("worker")])
     worker = stack.procs[name]
+    current_name = lambda: worker.args(worker.starts - 1)[-1]  # noqa: E731 (the keeper's restarts count up)
+    # Up and registered first, as any worker that has been up for a moment is; waited for with
+    # the keeper still on, since an earlier scenario may have just killed this worker and only
+    # the keeper starts it again (paused first, the wait could only time out: seen in CI).
+    wait_for(lambda: worker.alive() and stack.redis.exists(f"rq:worker:{current_name()}"), timeout=30,
+             message=f"{name} up and registered")
     stack.keeper_paused.set()
     violations = []
     try:
-        rq_name = worker.args(worker.starts - 1)[-1]
-        # Registered first, as any worker that has been up for a moment is.
-        wait_for(lambda: worker.alive() and stack.redis.exists(f"rq:worker:{rq_name}"), timeout=30,
-                 message=f"worker {rq_name} registered")
+        rq_name = current_name()
         worker.kill(signal.SIGKILL)
         time.sleep(rng.uniform(0.2, 1.0))  # systemd's RestartSec
         killed = time.monotonic()
