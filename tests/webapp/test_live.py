@@ -10,6 +10,19 @@ from tests.support import RedisServer, wait_for
 from tests.webapp.admin.support import _servers, admin_user, client, live_server, one_backend  # noqa: F401  (fixtures)
 
 
+class _Client(simple_websocket.Client):
+    """simple_websocket 1.1.0's client reads the handshake answer with one recv() and handles
+    only its first event: a message the server sent right behind the 101 (our snapshot, when
+    it is quick) stays in the protocol buffer until more bytes arrive, and with nothing more
+    to come it was never delivered (seen in CI: 49 of 50 watchers got their snapshot, the
+    server had sent all 50). Its background thread starts after handshake(), so handling the
+    rest here races with nothing."""
+
+    def handshake(self):
+        super().handshake()
+        self.connected = self._handle_events()
+
+
 class Watcher(threading.Thread):
     """A websocket client that keeps every message until the server closes the socket."""
 
@@ -24,7 +37,7 @@ class Watcher(threading.Thread):
 
     def run(self):
         try:
-            ws = simple_websocket.Client.connect(self.url, headers=self.headers)
+            ws = _Client.connect(self.url, headers=self.headers)
         except Exception as exc:  # noqa: BLE001  (kept for the assertion message)
             self.error = exc
             self.connected.set()
