@@ -8,9 +8,7 @@ from flask import Flask
 # Blueprints by area (one line each), besides the API blueprint in webapp/api.
 BLUEPRINT_MODULES = (
     "webapp.webhooks.routes",
-    "webapp.admin", "webapp.live", "webapp.health", "webapp.metrics",
-    "webapp.webhooks.views",
-    "webapp.outbox_admin",
+    "webapp.admin", "webapp.health", "webapp.metrics",
 )
 # Extra CLI groups: (module, AppGroup attribute).
 CLI_GROUPS = (

@@ -1,27 +1,21 @@
 """The admin outbox page (SPEC §8): counts by status, pending and dead events with their
 last error, filters by status, type and key, and Retry / Discard for one event, the
-selected ones, or every event the filter matches. Behind the admin login, every POST
-CSRF-checked; pages extend the admin's base template."""
+selected ones, or every event the filter matches. Nested in the admin
+blueprint: its guard gives it login and CSRF checks."""
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from sqlalchemy import select
 
 from . import outbox
-from .admin.auth import csrf, login_required
 from .extensions import db
 from .models import OUTBOX_STATUSES, Connection, OutboxEvent
 
-bp = Blueprint("outbox_admin", __name__, url_prefix="/admin/outbox", template_folder="templates_outbox")
+# Nested in the admin blueprint (webapp/admin/__init__.py), whose guard covers it.
+bp = Blueprint("outbox", __name__, url_prefix="/outbox", template_folder="templates_outbox")
 
 PAGE_SIZE = 50
 # The default view: what needs a person's attention.
 ATTENTION = "pending+dead"
 
-
-@bp.before_request
-@login_required
-def _guard():
-    if request.method not in ("GET", "HEAD", "OPTIONS"):
-        csrf.protect()
 
 
 def _filters(source):
@@ -87,7 +81,7 @@ def _back(allow_next=True):
     target = request.form.get("next")
     if allow_next and target and target.startswith("/admin/outbox/") and "//" not in target:
         return redirect(target)
-    return redirect(url_for("outbox_admin.index", **{k: v for k, v in filters.items() if v}))
+    return redirect(url_for("admin.outbox.index", **{k: v for k, v in filters.items() if v}))
 
 
 def _skipped(count):

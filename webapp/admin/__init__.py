@@ -1,8 +1,10 @@
-"""The admin pages (SPEC §8): server-rendered, behind login, every POST CSRF-checked.
+"""The admin pages: server-rendered, behind login, every POST CSRF-checked.
 
-Other areas add pages here: a module in this package that attaches views to `bp`, its name
-in ADMIN_MODULES, and a line in NAV. Login and CSRF are enforced for the whole blueprint
-in `_guard`, so an added page is protected without doing anything.
+A page is added in one of two ways: a module of this package that attaches views to `bp`
+(its name in ADMIN_MODULES), or an area's own blueprint kept beside that area's code (its
+module in AREA_PAGES), which is nested in `bp`. Either way it gets a line in NAV. Login and
+CSRF are enforced in `_guard` for `bp` and every blueprint nested in it, so an added page is
+protected without doing anything. Templates extend "admin/base.html", the one layout.
 """
 import importlib
 
@@ -15,14 +17,16 @@ bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="template
 NAV = (
     ("admin.dashboard", "Dashboard"),
     ("admin.history", "History"),
-    ("webhook_admin.deliveries", "Webhooks"),
-    ("outbox_admin.index", "Outbox"),
+    ("admin.webhooks.deliveries", "Webhooks"),
+    ("admin.outbox.index", "Outbox"),
     ("admin.tokens", "API tokens"),
     ("admin.health", "Health"),
 )
 
 # Modules of this package that attach views to bp.
-ADMIN_MODULES = ("auth", "filters", "dashboard", "connections", "runs", "health", "tokens")
+ADMIN_MODULES = ("auth", "filters", "dashboard", "connections", "runs", "live", "health", "tokens")
+# Areas' blueprints nested in bp (each module exposes `bp`): /admin/<their url_prefix>.
+AREA_PAGES = ("webapp.webhooks.views", "webapp.outbox_admin")
 
 # Endpoints reachable without logging in.
 PUBLIC_ENDPOINTS = ("admin.login", "admin.static")
@@ -90,3 +94,5 @@ def _nav():
 
 for _module in ADMIN_MODULES:
     importlib.import_module(f"{__name__}.{_module}")
+for _module in AREA_PAGES:
+    bp.register_blueprint(importlib.import_module(_module).bp)

@@ -1,8 +1,8 @@
 """Admin login: argon2 password hashes, sessions through Flask-Login, and a brake on
 guessing (per account in the users table, per client address in Redis).
 
-`login_required` is the decorator other blueprints use for pages that need an admin;
-everything on the admin blueprint is already guarded in webapp/admin/__init__.py.
+Every page on the admin blueprint, and on the areas' blueprints nested in it, is guarded
+in webapp/admin/__init__.py.
 """
 import functools
 import hashlib
@@ -36,7 +36,6 @@ _IP_WINDOW_KEY = "synchub:login-failures:{ip}"
 
 
 def init_app(app):
-    """Idempotent: the admin and the live blueprints both need it."""
     if "login_manager" in app.extensions or getattr(app, "login_manager", None):
         return
     app.config.setdefault("WTF_CSRF_CHECK_DEFAULT", False)  # only the admin blueprint is a browser surface
@@ -114,17 +113,6 @@ def _unauthorized():
     target = request.full_path if request.method == "GET" else None
     return redirect(url_for("admin.login", next=target.rstrip("?") if target else None))
 
-
-def login_required(view):
-    """For admin pages outside the admin blueprint: redirect to the login page when logged out."""
-
-    @functools.wraps(view)
-    def wrapped(*args, **kwargs):
-        if not current_user.is_authenticated:
-            return login_manager.unauthorized()
-        return view(*args, **kwargs)
-
-    return wrapped
 
 
 # -- signing in, with a brake on guessing ----------------------------------------------

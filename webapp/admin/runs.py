@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from .. import runs
 from ..extensions import db
-from ..live import activity, record_errors, run_state
+from ..run_view import activity, record_errors, run_state
 from ..models import ACTIVE_STATUSES, STATUSES, TRIGGERS, Connection, Run
 from . import bp
 

@@ -60,7 +60,7 @@ def _add_headers(response):
     wanted = dict(HEADERS)
     if request.is_secure:
         wanted["Strict-Transport-Security"] = "max-age=31536000"
-    if request.blueprint in ("admin", "live") and request.endpoint != "admin.static":
+    if "admin" in request.blueprints and request.endpoint != "admin.static":
         # Admin pages show live operational data: never cached by the browser or a proxy.
         wanted["Cache-Control"] = "no-store"
     # Those a view set itself are kept. One pass over the response's few headers: werkzeug's

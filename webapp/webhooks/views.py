@@ -1,32 +1,25 @@
 """The admin's webhook Deliveries page (SPEC §8): recent deliveries with their verdict,
 provider event id, outcome and the runs they caused, rejection counts, and Replay.
 
-Its own blueprint, behind the admin login; the Replay POST is CSRF-checked like every
-admin form. It renders inside the admin's base template."""
+Nested in the admin blueprint (webapp/admin/__init__.py), whose guard gives it login and
+CSRF checks. It renders inside the admin's base template."""
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import select
 
-from ..admin.auth import csrf, login_required
 from ..extensions import db
 from ..models import Connection, Run, WebhookDelivery
 from . import dispatch, ingest
 
-bp = Blueprint("webhook_admin", __name__, url_prefix="/admin/webhooks", template_folder="templates")
+bp = Blueprint("webhooks", __name__, url_prefix="/webhooks", template_folder="templates")
 
 PAGE_SIZE = 50
 OUTCOMES = (dispatch.RECEIVED, dispatch.ENQUEUED, dispatch.IGNORED, dispatch.FAILED)
 BODY_PREVIEW_BYTES = 4096
 
 
-@bp.after_request
-def _no_store(response):
-    response.headers.setdefault("Cache-Control", "no-store")  # live operational data
-    return response
-
 
 @bp.get("/")
-@login_required
 def deliveries():
     args = request.args
     query = select(WebhookDelivery).order_by(WebhookDelivery.id.desc())
@@ -47,9 +40,7 @@ def deliveries():
 
 
 @bp.post("/<int:delivery_id>/replay")
-@login_required
 def replay(delivery_id):
-    csrf.protect()
     try:
         run_ids = dispatch.replay(delivery_id, requested_by=current_user.email)
     except LookupError:
@@ -63,7 +54,7 @@ def replay(delivery_id):
         else:
             flash(f"Delivery {delivery_id} replayed: nothing to sync ({delivery.outcome}"
                   + (f": {delivery.error}" if delivery.error else "") + ").", "info")
-    return redirect(url_for("webhook_admin.deliveries", **{k: v for k, v in request.args.items() if k in ("page", "connection", "outcome")}))
+    return redirect(url_for("admin.webhooks.deliveries", **{k: v for k, v in request.args.items() if k in ("page", "connection", "outcome")}))
 
 
 def _preview(raw):

@@ -137,6 +137,17 @@ def test_post_without_csrf_token_is_refused(client, make_connection):
     assert db.session.query(Run).count() == 0
 
 
+def test_every_admin_post_is_csrf_checked_whichever_area_added_it(app, client):
+    """Pages of areas nested in the admin blueprint (webhooks, outbox) get the same guard."""
+    posts = [url for method, url, _ in _admin_routes(app) if method == "POST"]
+    assert any(url.startswith("/admin/webhooks") for url in posts)
+    assert any(url.startswith("/admin/outbox") for url in posts)
+    for url in posts:
+        response = client.post(url, data={})
+        assert response.status_code == 400, url
+        assert "did not come from this site" in response.get_data(as_text=True), url
+
+
 def test_login_form_needs_csrf_token(app, admin_user):
     client = new_client(app)
     client.get("/admin/login")

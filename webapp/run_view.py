@@ -1,0 +1,66 @@
+"""A run as the admin shows it: the run page, its websocket and its polling fallback all
+send the same state. The Redis snapshot (webapp/progress.py) carries live progress; the
+row is the truth about status, so it wins wherever the two disagree."""
+from datetime import timezone
+
+from sqlalchemy import func, select
+
+from .extensions import db, redis_ext
+from .models import TERMINAL_STATUSES, RunEvent
+from .progress import read_snapshot
+
+LOG_LINES = 200
+RECORD_ERRORS_SHOWN = 100
+
+
+def run_state(run, snapshot=None, client=None):
+    """The snapshot from Redis when there is one, with status (and, once the run has ended,
+    the counters) from the row, which is the source of truth."""
+    if snapshot is None:
+        client = client if client is not None else redis_ext.optional()
+        snapshot = read_snapshot(client, run.id) if client is not None else None
+    state = dict(snapshot or {})
+    from_row = {
+        "run_id": run.id, "status": run.status, "cancel_requested": run.cancel_requested,
+        "error_class": run.error_class, "error_message": run.error_message,
+        "finished_at": run.finished_at.isoformat() + "Z" if run.finished_at else None,
+    }
+    if not snapshot or run.status in TERMINAL_STATUSES:
+        from_row.update(phase=run.phase or snapshot_phase(run, state), processed=run.processed, total=run.total,
+                        percent=run.percent, counters=run.counters)
+    if run.status in TERMINAL_STATUSES:
+        from_row["eta_seconds"] = None
+    state.update(from_row)
+    state.setdefault("rate", None)
+    state.setdefault("eta_seconds", None)
+    state.setdefault("messages", [])
+    state.setdefault("updated_at", 0)
+    return state
+
+
+def snapshot_phase(run, state):
+    return state.get("phase") or ("waiting for a worker" if run.status == "queued" else None)
+
+
+def activity(run_id, state):
+    """The activity log: the run's events from the database and the worker's latest progress
+    lines from the snapshot, oldest first, as (epoch seconds, level, message)."""
+    events = db.session.execute(
+        select(RunEvent).where(RunEvent.run_id == run_id, RunEvent.kind == "log")
+        .order_by(RunEvent.id.desc()).limit(LOG_LINES)).scalars().all()
+    lines = [{"at": epoch(e.created_at), "level": e.level, "message": e.message} for e in events]
+    lines += [{"at": m.get("at", 0), "level": "info", "message": m.get("message", "")}
+              for m in state.get("messages", [])]
+    lines.sort(key=lambda line: line["at"])
+    return lines[-LOG_LINES:]
+
+
+def record_errors(run_id, limit=RECORD_ERRORS_SHOWN):
+    base = select(RunEvent).where(RunEvent.run_id == run_id, RunEvent.kind == "record_error")
+    rows = db.session.execute(base.order_by(RunEvent.id.desc()).limit(limit)).scalars().all()
+    count = db.session.execute(select(func.count()).select_from(base.subquery())).scalar_one()
+    return [row.to_dict() for row in reversed(rows)], count
+
+
+def epoch(naive_utc):
+    return naive_utc.replace(tzinfo=timezone.utc).timestamp()
