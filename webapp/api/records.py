@@ -6,8 +6,8 @@ Records come in the order they last changed (created, updated or soft-deleted), 
 per change, with an opaque `next_cursor` to pass as `since`. A record changed again after
 it was read appears again later, so a reader that keeps the latest copy per id stays in step.
 
-Writes are stamped before their transaction commits, so the newest SETTLE_SECONDS (config
-RECORDS_FEED_SETTLE_SECONDS) are held back: a page committed a moment later with a slightly
+Writes are stamped before their transaction commits, so the newest changes (setting
+RECORDS_FEED_SETTLE_SECONDS, webapp/config.py) are held back: a page committed a moment later with a slightly
 older stamp is not skipped.
 """
 import base64
@@ -26,7 +26,6 @@ from . import bp
 from .auth import require_token
 from .common import BAD_REQUEST, NOT_FOUND, TOKEN, UNAUTHORIZED, ApiError, find_connection, page_args, responses
 
-SETTLE_SECONDS = 5
 _CHANGED_AT = case((and_(Record.deleted_at.is_not(None), Record.deleted_at > Record.last_changed_at), Record.deleted_at),
                    else_=Record.last_changed_at)
 
@@ -63,7 +62,7 @@ def stream_records(key, stream):
     limit, _ = page_args()
     query = (select(Record, _CHANGED_AT.label("changed_at"))
              .where(Record.connection_id == connection.id, Record.stream == stream,
-                    _CHANGED_AT <= utcnow() - timedelta(seconds=current_app.config.get("RECORDS_FEED_SETTLE_SECONDS", SETTLE_SECONDS)))
+                    _CHANGED_AT <= utcnow() - timedelta(seconds=current_app.config["RECORDS_FEED_SETTLE_SECONDS"]))
              .order_by(_CHANGED_AT, Record.id).limit(limit))
     since = request.args.get("since")
     if since:

@@ -82,6 +82,10 @@ class Services:
     app: Any = None  # the Flask app, so threads a connector starts can reach the database
 
     def __post_init__(self):
+        # Settings left out (a connector built by hand, in a test or a script) take their defaults.
+        from ..config import defaults
+
+        self.config = {**defaults(), **self.config}
         if self.app is None:
             from flask import current_app, has_app_context
 
@@ -115,13 +119,11 @@ class Services:
             base_url,
             auth=auth,
             rate_limiter=limiter,
-            timeout=options.pop("timeout", self.config.get("HTTP_TIMEOUT_SECONDS", 30)),
-            max_retries=options.pop("max_retries", self.config.get("HTTP_MAX_RETRIES", 5)),
-            backoff_base=options.pop("backoff_base", self.config.get("HTTP_BACKOFF_BASE_SECONDS", 0.5)),
-            backoff_max=options.pop("backoff_max", self.config.get("HTTP_BACKOFF_MAX_SECONDS", 30)),
-            max_retry_after=options.pop(
-                "max_retry_after", self.config.get("HTTP_MAX_RETRY_AFTER_SECONDS", 300)
-            ),
+            timeout=options.pop("timeout", self.config["HTTP_TIMEOUT_SECONDS"]),
+            max_retries=options.pop("max_retries", self.config["HTTP_MAX_RETRIES"]),
+            backoff_base=options.pop("backoff_base", self.config["HTTP_BACKOFF_BASE_SECONDS"]),
+            backoff_max=options.pop("backoff_max", self.config["HTTP_BACKOFF_MAX_SECONDS"]),
+            max_retry_after=options.pop("max_retry_after", self.config["HTTP_MAX_RETRY_AFTER_SECONDS"]),
             **options,
         )
 
