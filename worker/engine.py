@@ -10,14 +10,13 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import requests
 from flask import current_app
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
-from webapp import metrics, runs
+from webapp import metrics, retry_policy, runs
 from webapp.connectors.base import ReadRequest, Services, connector_class
-from webapp.connectors.errors import AuthError, BadRecord, ConfigError, RateLimited, TransientError
+from webapp.connectors.errors import BadRecord, ConfigError
 from webapp.extensions import db
 from webapp.logs import log_context
 from webapp.models import CANCELLED, COMPLETED, FAILED, Connection, Run, StreamState, utcnow
@@ -95,17 +94,15 @@ class RunExecution:
             db.session.rollback()
             log.warning("run %s attempt %s: stopped, %s", self.run_id, self.attempt, exc)
             return None
-        except AuthError as exc:
-            return self._fail("auth", exc, health="needs_reauth")
-        except (ConfigError, BadRecord) as exc:
-            return self._fail("config", exc)
-        except RateLimited as exc:
-            return self._retry("rate_limited", exc)
-        except (TransientError, requests.RequestException, OperationalError) as exc:
-            return self._retry("transient", exc)
-        except Exception as exc:  # a bug: fail loudly with the class, never loop on it
-            log.exception("run %s: unexpected error", self.run_id)
-            return self._fail("internal", f"{type(exc).__name__}: {exc}"[:500])
+        except Exception as exc:
+            # What a failed attempt becomes is webapp/retry_policy.py's decision ("run").
+            verdict = retry_policy.for_run(exc)
+            if verdict.retry:
+                return self._retry(verdict.error_class, exc)
+            if verdict.error_class == "internal":  # a bug: fail loudly with the class, never loop on it
+                log.exception("run %s: unexpected error", self.run_id)
+                return self._fail("internal", f"{type(exc).__name__}: {exc}"[:500])
+            return self._fail(verdict.error_class, exc, health=verdict.health)
         finally:
             self.heartbeat.stop()
 

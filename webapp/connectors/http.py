@@ -1,13 +1,12 @@
 """The one HTTP client every connector uses: pooled session, auth, rate limit, retries.
 
-Responses are classified once, here, into the error classes of SPEC §4, so connectors
-never retry on their own:
+Responses are classified once, here, into the error classes of webapp/connectors/errors.py,
+so connectors never retry on their own; when and how often a call is retried is
+webapp/retry_policy.py's ("request"):
 
-- 429: wait for Retry-After (seconds or a date; exponential backoff when absent) and go
-  on; a Retry-After longer than `max_retry_after` raises RateLimited at once so the run
-  can be given back instead of holding a worker.
-- 5xx, 408, timeouts, connection errors: exponential backoff with full jitter, at most
-  `max_retries` retries, then TransientError.
+- 429: RateLimited; Retry-After (seconds or a date; backoff when absent) is waited out in
+  the call unless it is longer than `max_retry_after`.
+- 5xx, 408, timeouts, connection errors: TransientError, retried with backoff.
 - 401/403: AuthError without retry, except one token renewal on a 401 when the auth
   strategy can renew (OAuth2 client credentials).
 - Any other 4xx: HttpError (a ConfigError) carrying the status.
@@ -19,7 +18,6 @@ import datetime
 import email.utils
 import functools
 import logging
-import random
 import re
 import time
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -27,7 +25,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import requests
 import tenacity
 
-from .. import metrics
+from .. import metrics, retry_policy
 from requests.adapters import HTTPAdapter
 
 from .auth import BasicAuth, BearerAuth, HeaderKeyAuth, OAuth2ClientCredentials  # noqa: F401 (re-export)
@@ -152,10 +150,8 @@ class HttpClient:
     # -- the retry loop's parts ----------------------------------------------------------
 
     def _stop(self, call, retry_state):
-        if isinstance(retry_state.outcome.exception(), _RateLimitedRetry):
-            # 429s are bounded separately: waiting them out is expected, but not forever.
-            return call.rate_limited > self.max_retries * 2
-        return call.failures > self.max_retries
+        return retry_policy.request_gives_up(rate_limited=call.rate_limited, failures=call.failures,
+                                             max_retries=self.max_retries)
 
     def _wait(self, call, retry_state):
         exc = retry_state.outcome.exception()
@@ -166,8 +162,7 @@ class HttpClient:
         return self._backoff(call.failures)
 
     def _backoff(self, n):
-        """Full jitter (AWS): uniform in [0, min(cap, base * 2**(n-1))] for the n-th retry."""
-        return random.uniform(0, min(self.backoff_max, self.backoff_base * 2 ** (n - 1)))
+        return retry_policy.request_backoff(n, self.backoff_base, self.backoff_max)
 
     def _attempt(self, call, method, url, params, json, data, extra_headers):
         # Belt and braces: whatever sleep did, never send before the time Retry-After named.
@@ -235,7 +230,7 @@ class HttpClient:
         if status == 429:
             retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             message = f"{where}: rate limited (HTTP 429)"
-            if retry_after is not None and retry_after > self.max_retry_after:
+            if not retry_policy.request_waits_out(retry_after, self.max_retry_after):
                 raise RateLimited(f"{message}, Retry-After {retry_after:.0f}s is too long to wait",
                                   retry_after=retry_after)
             call.rate_limited += 1

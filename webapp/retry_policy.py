@@ -1,0 +1,107 @@
+"""When synchub tries again: one table for the three places that retry.
+
+    place     what is retried                       who asks
+    request   one HTTP call to a provider           webapp/connectors/http.py
+    run       a sync run after a failed attempt     worker/engine.py (the run is requeued by webapp/runs.py)
+    outbox    an outbox event after a failed send   worker/outbox_sender.py (the row is settled by webapp/outbox)
+
+For each error class (webapp/connectors/errors.py) the table says: retried or not, after
+what delay, and whether the retry spends one of the attempts (RUN_MAX_ATTEMPTS,
+OUTBOX_MAX_ATTEMPTS). Connectors never decide this themselves: they raise the class.
+
+    error                        request (in the call)             run                           outbox event
+    RateLimited, Retry-After     wait it out if <= max_retry_after  requeued at once, spends one   retried after max(backoff, Retry-After),
+      within the call's bounds   (at most 2 x max_retries times)   (when the call gave up)        spends one
+    TransientError (5xx, 408,    full-jitter backoff, at most       requeued at once, spends one   retried after backoff, spends one;
+      timeouts, resets)          max_retries times                                                counts towards the breaker
+    AuthError (401/403)          one token renewal on a 401         failed, connection             retried after backoff, spends one;
+                                                                    needs_reauth                   connection needs_reauth, breaker
+    ConfigError, HttpError       never                              failed                         HTTP 400/422 (or the connector's
+      (other 4xx)                                                                                 permanent statuses): dead at once;
+                                                                                                  otherwise like TransientError
+    BadRecord                    -                                  the record is skipped, the     dead at once (a mapping it cannot
+                                                                    run goes on                    satisfy)
+    anything else (a bug)        -                                  failed ("internal")            retried after backoff, spends one
+    breaker probe failure        -                                  -                              given back: no attempt spent
+
+A requeued run resumes from its checkpoint; attempts used up turn "retry" into "failed"
+(or "dead" for an outbox event) with the reason.
+"""
+import random
+from dataclasses import dataclass
+
+import requests
+from sqlalchemy.exc import OperationalError
+
+from .connectors.errors import AuthError, BadRecord, ConfigError, RateLimited, TransientError
+
+# -- request: inside one HTTP call -------------------------------------------------------
+
+
+def request_backoff(n, base, cap):
+    """Wait before the n-th retry of a call: full jitter (uniform in [0, min(cap, base * 2**(n-1))]),
+    so many workers retrying one provider spread out."""
+    return random.uniform(0, min(cap, base * 2 ** (n - 1)))
+
+
+def request_gives_up(*, rate_limited, failures, max_retries):
+    """A call stops retrying after `max_retries` transient failures; 429s are expected and
+    waited out, but not forever: twice as many."""
+    return rate_limited > max_retries * 2 or failures > max_retries
+
+
+def request_waits_out(retry_after, max_retry_after):
+    """A Retry-After is waited out inside the call unless it is longer than we may hold a
+    worker; then the call raises RateLimited and the run is given back."""
+    return retry_after is None or retry_after <= max_retry_after
+
+
+# -- run: a sync run after a failed attempt ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunVerdict:
+    error_class: str  # stored on the run: "auth", "config", "rate_limited", "transient", "internal"
+    retry: bool  # requeued (resuming from the checkpoint) while attempts are left
+    health: str = "failing"  # the connection's health when the run fails
+
+
+def for_run(exc):
+    """What a failed attempt of a run becomes. A retry spends an attempt and is requeued at once."""
+    if isinstance(exc, AuthError):
+        return RunVerdict("auth", retry=False, health="needs_reauth")
+    if isinstance(exc, (ConfigError, BadRecord)):  # a BadRecord here is one the engine could not skip
+        return RunVerdict("config", retry=False)
+    if isinstance(exc, RateLimited):
+        return RunVerdict("rate_limited", retry=True)
+    if isinstance(exc, (TransientError, requests.RequestException, OperationalError)):
+        return RunVerdict("transient", retry=True)
+    return RunVerdict("internal", retry=False)
+
+
+# -- outbox: an event after a failed send ------------------------------------------------
+
+# What a destination answers when the request itself is wrong; a connector may widen it
+# with its own `permanent_statuses`.
+PERMANENT_STATUSES = (400, 422)
+# A 429 asking for at most this many seconds is waited out once, in place: our limiter
+# already paces requests, so such a 429 is a near miss at a window's edge, not a reason to
+# push the event back by a backoff.
+OUTBOX_INLINE_RATE_LIMIT_WAIT = 2.0
+
+
+def outbox_backoff(attempts, base, cap):
+    """Wait before an event's next attempt, exponential in the attempts made: half fixed,
+    half random, so retries of many events spread out but none comes back almost at once."""
+    ceiling = min(cap, base * 2 ** max(0, attempts - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def outbox_retry_delay(attempts, retry_after, base, cap):
+    """Seconds until the next attempt: the backoff, or the provider's Retry-After if longer."""
+    delay = outbox_backoff(attempts, base, cap)
+    return max(delay, float(retry_after)) if retry_after else delay
+
+
+def outbox_gives_up(attempts, max_attempts):
+    return attempts >= max_attempts
