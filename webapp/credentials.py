@@ -1,4 +1,4 @@
-"""Connection credentials, encrypted at rest with Fernet (SPEC §10).
+"""Connection credentials, encrypted at rest with Fernet.
 
 Keys come from SYNCHUB_ENCRYPTION_KEYS (comma-separated, newest first: MultiFernet
 encrypts with the first and decrypts with any, which is what makes rotation possible).

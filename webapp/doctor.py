@@ -1,4 +1,4 @@
-"""`flask sync doctor`: checks a deployment and says what to fix (SPEC §9).
+"""`flask sync doctor`: checks a deployment and says what to fix (docs/DEPLOY.md).
 
 Each check returns (ok, message); a failing message names the fix. Checks never print
 secrets: they say which credential failed, never what it holds.

@@ -1,5 +1,5 @@
 """Health: /healthz (the process answers), /readyz (database and Redis answer) for load
-balancers, and the report behind the admin health page (SPEC §8, §9).
+balancers, and the report behind the admin health page.
 
 Failures are reported by exception class only: a connection URL can hold a password.
 """

@@ -1,4 +1,4 @@
-"""The live progress channel in Redis (SPEC §6).
+"""The live progress channel in Redis (docs/ARCHITECTURE.md, the life of a run).
 
 Workers SET a JSON snapshot per run (read by pages on connect and by the CLI) and
 PUBLISH the same JSON on one channel per run (relayed to browsers by the websocket).

@@ -1,5 +1,5 @@
 """Retention: delete old history so the database does not grow forever (S2's
-cleanup_old_sync_data, SPEC §9).
+cleanup_old_sync_data).
 
 What goes, each after its own number of days (RETENTION_*_DAYS):
     runs               finished (completed/failed/cancelled) before the window, with their

@@ -1,4 +1,4 @@
-"""The promises (SPEC §4) checked after every scenario, against the database and the
+"""The promises (docs/RELIABILITY.md) checked after every scenario, against the database and the
 simulator's own records. Each check returns a list of violations (empty: kept)."""
 import threading
 from collections import Counter
@@ -8,7 +8,7 @@ from .scenarios import SETTLE_TIMEOUT, wait_terminal
 
 class ActiveRunSampler:
     """Samples, every 50 ms during a scenario, whether any connection has two active sync
-    runs (record runs from webhooks may run beside one, SPEC §4), or one record two queued runs.
+    runs (record runs from webhooks may run beside one), or one record two queued runs.
     It also notes the simulators' rate-limit counts at the start, to compare at the end."""
 
     def __init__(self, stack):

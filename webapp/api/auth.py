@@ -1,4 +1,4 @@
-"""API tokens and the cron/trigger shared secret (SPEC §10)."""
+"""API tokens and the cron/trigger shared secret."""
 import functools
 import hashlib
 import hmac

@@ -1,4 +1,4 @@
-"""Runs and connections over JSON (SPEC §5 "API"): trigger, list, inspect, cancel, events.
+"""Runs and connections over JSON: trigger, list, inspect, cancel, events.
 Every route needs an API token (`flask tokens create NAME`). Credentials never leave."""
 from flask import jsonify, request
 from sqlalchemy import select

@@ -1,6 +1,6 @@
 """Error classes every connector and the shared HTTP client raise.
 
-The engine decides what to do with a run purely from the class (SPEC §4), so a connector
+The engine decides what to do with a run purely from the class (webapp/retry_policy.py), so a connector
 never needs its own retry logic.
 """
 

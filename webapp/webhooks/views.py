@@ -1,4 +1,4 @@
-"""The admin's webhook Deliveries page (SPEC §8): recent deliveries with their verdict,
+"""The admin's webhook Deliveries page: recent deliveries with their verdict,
 provider event id, outcome and the runs they caused, rejection counts, and Replay.
 
 Nested in the admin blueprint (webapp/admin/__init__.py), whose guard gives it login and
