@@ -70,10 +70,10 @@ class Watcher(Receiver):
 
 
 class BareSubscriber(Receiver):
-    def __init__(self, redis_url, run_id, ready):
+    def __init__(self, redis_url, run_id, ready, pattern):
         super().__init__(ready)
         self.pubsub = redis.Redis.from_url(redis_url).pubsub(ignore_subscribe_messages=True)
-        self.pubsub.psubscribe("synchub:progress:*")
+        self.pubsub.psubscribe(pattern)
         self.run_id = run_id
 
     def run(self):
@@ -108,7 +108,7 @@ def prepare(workdir, database_url, redis_url):
         db.session.commit()
         run = runs.trigger(connection, enqueue=False).run
         assert runs.claim(run.id, "bench") == 1
-        return run.id
+        return app, run.id
 
 
 def serve(workdir, database_url, redis_url, threads):
@@ -158,22 +158,24 @@ def main():
     database = ThrowawayDatabase("sqlite", workdir)
     proc = None
     try:
-        run_id = prepare(workdir, database.url, redis_url)
+        app, run_id = prepare(workdir, database.url, redis_url)
         proc, url = serve(workdir, database.url, redis_url, threads=args.watchers + 16)
         cookie = login(url)
         ready = threading.Semaphore(0)
         ws_url = url.replace("http://", "ws://") + f"/admin/runs/{run_id}/live"
         watchers = [Watcher(ws_url, cookie, ready) for _ in range(args.watchers)]
-        baseline = BareSubscriber(redis_url, run_id, ready)
+        from webapp.progress import ProgressPublisher, channel_pattern
+
+        with app.app_context():
+            baseline = BareSubscriber(redis_url, run_id, ready, channel_pattern())
         for receiver in watchers + [baseline]:
             receiver.start()
         for _ in range(len(watchers) + 1):
             if not ready.acquire(timeout=60):
                 raise RuntimeError("not every watcher connected")
 
-        from webapp.progress import ProgressPublisher
-
-        publisher = ProgressPublisher(redis.Redis.from_url(redis_url), run_id)
+        with app.app_context():
+            publisher = ProgressPublisher(redis.Redis.from_url(redis_url), run_id)
         interval = 1 / args.rate
         started = time.monotonic()
         for i in range(args.messages):

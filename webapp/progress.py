@@ -11,27 +11,34 @@ import time
 
 import redis
 
+from . import redis_keys
+
 log = logging.getLogger(__name__)
 
-SNAPSHOT_KEY = "synchub:progress:{run_id}"
-CHANNEL = "synchub:progress:{run_id}"
-CHANNEL_PATTERN = "synchub:progress:*"
 MAX_MESSAGES = 20
 
 
 def snapshot_key(run_id):
-    return SNAPSHOT_KEY.format(run_id=run_id)
+    return redis_keys.key("progress", run_id)
 
 
 def channel(run_id):
-    return CHANNEL.format(run_id=run_id)
+    """The snapshot's key doubles as its channel's name: keys and channels are apart in Redis."""
+    return redis_keys.key("progress", run_id)
+
+
+def channel_pattern():
+    return redis_keys.key("progress", "*")
 
 
 class ProgressPublisher:
-    def __init__(self, client, run_id, ttl=24 * 3600):
+    def __init__(self, client, run_id, ttl=None):
+        from flask import current_app
+
         self.client = client
         self.run_id = run_id
-        self.ttl = ttl
+        self.ttl = current_app.config["PROGRESS_TTL_SECONDS"] if ttl is None else ttl
+        self.key = snapshot_key(run_id)  # read here, in the app context; publish may run in a thread
         self.messages = []
         self._warned = False
 
@@ -46,8 +53,8 @@ class ProgressPublisher:
         payload = json.dumps(snapshot, default=str)
         try:
             pipe = self.client.pipeline(transaction=False)
-            pipe.set(snapshot_key(self.run_id), payload, ex=self.ttl)
-            pipe.publish(channel(self.run_id), payload)
+            pipe.set(self.key, payload, ex=self.ttl)
+            pipe.publish(self.key, payload)
             pipe.execute()
         except redis.RedisError as exc:
             if not self._warned:

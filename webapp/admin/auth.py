@@ -23,6 +23,7 @@ from sqlalchemy import func, select, update
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired, Length
 
+from .. import redis_keys
 from ..extensions import db, redis_ext
 from ..models import User, utcnow
 from . import bp
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 login_manager = LoginManager()
 csrf = CSRFProtect()
 _hashers = {}  # profile name -> (PasswordHasher, a hash to verify against for unknown emails)
-_IP_WINDOW_KEY = "synchub:login-failures:{ip}"
 
 
 def init_app(app):
@@ -165,7 +165,7 @@ def _ip_failures(client_ip):
     if client is None:
         return 0
     try:
-        return int(client.get(_IP_WINDOW_KEY.format(ip=client_ip)) or 0)
+        return int(client.get(redis_keys.key("login-failures", client_ip)) or 0)
     except redis.RedisError:
         return 0  # the per-account lock in the database still applies
 
@@ -174,7 +174,7 @@ def _count_ip_failure(client_ip, window_seconds):
     client = redis_ext.optional()
     if client is None:
         return
-    key = _IP_WINDOW_KEY.format(ip=client_ip)
+    key = redis_keys.key("login-failures", client_ip)
     try:
         if client.incr(key) == 1:  # the window starts at the first failure
             client.expire(key, int(window_seconds))

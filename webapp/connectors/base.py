@@ -107,14 +107,20 @@ class Services:
 
         return update_connection(self, "settings", mutate)
 
+    def rate_limiter(self, key, rate_limit):
+        """The limiter shared by every worker under `key` (in Redis when there is one)."""
+        from .. import redis_keys
+        from .ratelimit import make_rate_limiter
+
+        return make_rate_limiter(self.redis, redis_keys.key("ratelimit", key, prefix_=self.config["REDIS_PREFIX"]),
+                                 rate_limit)
+
     def http(self, base_url, *, auth=None, rate_limit=None, rate_limit_key=None, **options):
         from .http import HttpClient
-        from .ratelimit import make_rate_limiter
 
         limiter = None
         if rate_limit is not None:
-            key = rate_limit_key or f"connection:{self.connection_id}"
-            limiter = make_rate_limiter(self.redis, key, rate_limit)
+            limiter = self.rate_limiter(rate_limit_key or f"connection:{self.connection_id}", rate_limit)
         return HttpClient(
             base_url,
             auth=auth,

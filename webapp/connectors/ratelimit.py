@@ -28,7 +28,6 @@ import redis
 
 from .errors import ConfigError, TransientError
 
-KEY_PREFIX = "synchub:ratelimit:"
 
 # KEYS[1] the log; ARGV: limit, window in microseconds, a unique member, how long (us) an
 # admitted entry counts as sent now (0, or a bound on the request's time in flight: the
@@ -67,7 +66,8 @@ return now
 """
 
 def make_rate_limiter(redis_client, key, rate_limit):
-    """A limiter for `key` allowing rate_limit = (requests, per_seconds)."""
+    """A limiter for `key` allowing rate_limit = (requests, per_seconds). With Redis, `key`
+    is the Redis key of its log (Services.rate_limiter puts it under the install's prefix)."""
     requests, per_seconds = _parse_rate(rate_limit)
     if redis_client is not None:
         return RedisRateLimiter(redis_client, key, requests, per_seconds)
@@ -92,7 +92,7 @@ def _parse_rate(rate_limit):
 
 class RedisRateLimiter:
     def __init__(self, redis_client, key, requests, per_seconds, sleep=time.sleep):
-        self.key = KEY_PREFIX + key
+        self.key = key
         self.requests = requests
         self.per_seconds = per_seconds
         self._window_us = int(per_seconds * 1_000_000)
