@@ -99,7 +99,7 @@ class Config:
         self.RETENTION_WEBHOOK_DELIVERIES_DAYS = _float("SYNCHUB_RETENTION_WEBHOOK_DELIVERIES_DAYS", retention_days)
         self.RETENTION_OUTBOX_EVENTS_DAYS = _float("SYNCHUB_RETENTION_OUTBOX_EVENTS_DAYS", retention_days)
         self.RETENTION_SUPERVISORS_DAYS = _float("SYNCHUB_RETENTION_SUPERVISORS_DAYS", 7)
-        # Outbox (webapp/outbox.py, docs/OUTBOX.md). A claim's lease must outlast a batch of
+        # Outbox (webapp/outbox/, docs/OUTBOX.md). A claim's lease must outlast a batch of
         # requests; a row whose worker died is claimed again once its lease has expired.
         self.OUTBOX_MAX_ATTEMPTS = _int("SYNCHUB_OUTBOX_MAX_ATTEMPTS", 8)
         self.OUTBOX_BACKOFF_BASE_SECONDS = _float("SYNCHUB_OUTBOX_BACKOFF_BASE_SECONDS", 10)
@@ -113,9 +113,6 @@ class Config:
         self.OUTBOX_BREAKER_THRESHOLD = _int("SYNCHUB_OUTBOX_BREAKER_THRESHOLD", 5)
         self.OUTBOX_BREAKER_COOLDOWN_SECONDS = _float("SYNCHUB_OUTBOX_BREAKER_COOLDOWN_SECONDS", 30)
         self.OUTBOX_BREAKER_MAX_COOLDOWN_SECONDS = _float("SYNCHUB_OUTBOX_BREAKER_MAX_COOLDOWN_SECONDS", 600)
-        # Fault injection for tests only: seconds to wait after a provider accepted a delivery
-        # and before recording it, so a test can kill the worker inside that window.
-        self.OUTBOX_PAUSE_AFTER_SEND_SECONDS = _float("SYNCHUB_OUTBOX_PAUSE_AFTER_SEND_SECONDS", 0)
 
     def as_dict(self):
         return {k: v for k, v in vars(self).items() if k.isupper()}
