@@ -1,5 +1,5 @@
 """The outbox sender: claim due rows, send each through its destination's connector, record
-the outcome (docs/OUTBOX.md, "Delivery"). The rules are in webapp/outbox/ (claim.py:
+the outcome (docs/OUTBOX.md, "Sending"). The rules are in webapp/outbox/ (claim.py:
 claim, lease, per-key order, backoff, dead letters; breaker.py: the circuit breaker);
 this is the loop that applies them. One run of it is a drain.
 

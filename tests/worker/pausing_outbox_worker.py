@@ -1,7 +1,7 @@
 """`python -m tests.worker.pausing_outbox_worker [python -m worker's options]`: a real
 worker whose outbox sender waits OUTBOX_TEST_PAUSE_AFTER_SEND_SECONDS (environment) after
 the destination accepted an event and before recording it, so a test can SIGKILL it inside
-that window (docs/OUTBOX.md, "Delivery": such a row is sent again after its lease).
+that window (docs/OUTBOX.md, "Sending": such a row is sent again after its lease).
 
 A fault for tests only: the product has no such setting. The pause is patched in before the
 worker starts, so every forked work horse inherits it.

@@ -1,5 +1,5 @@
 """Claiming rows and settling them: the worker's side of the outbox (docs/OUTBOX.md,
-"Delivery" and "Failures"). worker/outbox_sender.py is the loop that uses it.
+"Sending" and "Failures"). worker/outbox_sender.py is the loop that uses it.
 
 Per-key order: a row is never claimed while an older row with the same key is pending or
 processing. A dead row no longer holds its key back (a person decides what happens to it).

@@ -1,6 +1,6 @@
 """Asking the workers for a drain: the real-time attempt after a commit (`request_delivery`)
 and the periodic drain (`enqueue_drain`), each queued only when no job of its kind waits
-in its queue (`_kicked`). docs/OUTBOX.md, "Delivery".
+in its queue (`_kicked`). docs/OUTBOX.md, "Sending".
 
 This file is kept as it was when the outbox became a package: it is to be replaced by the
 one "enqueue unless pending" helper of webapp/queue.py.
