@@ -1,4 +1,4 @@
-"""Outbox delivery to the Loops simulator: events/s by real worker processes next to a bare
+"""Outbox events sent to the Loops simulator: events/s by real worker processes next to a bare
 loop of the same HTTP calls in the same run, and the drain rate against the rate-limited
 simulator as a fraction of its limit.
 
@@ -15,7 +15,7 @@ Idempotency-Key) sent by a bare `requests.Session` loop in this process, one at 
 
 Rate-limited: the simulator enforces Loops' 10 requests/s per team (sliding one-second
 window, 429 beyond) and 4 workers drain through the shared Redis limiter. The steady rate
-is (events - 10) / (last delivery - first delivery): the first 10 go out at once (a full
+is (events - 10) / (last sent - first sent): the first 10 go out at once (a full
 window's budget), after which the limiter holds the pace.
 """
 import argparse
@@ -137,7 +137,7 @@ class Bench:
                     if done == total:
                         break
                     if time.monotonic() > give_up:
-                        raise RuntimeError(f"only {done} of {total} delivered after 600 s")
+                        raise RuntimeError(f"only {done} of {total} sent after 600 s")
                     time.sleep(0.05)
                 seconds = time.perf_counter() - started
                 first, last = db.session.execute(select(func.min(OutboxEvent.delivered_at),

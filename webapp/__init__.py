@@ -14,7 +14,7 @@ BLUEPRINT_MODULES = (
 CLI_GROUPS = (
     ("webapp.admin.cli", "users_cli"), ("webapp.admin.cli", "secrets_cli"),
     ("scheduler.cli", "supervisor_cli"),
-    ("webapp.outbox_cli", "outbox_cli"),
+    ("webapp.outbox.cli", "outbox_cli"),
     ("webapp.api.cli", "tokens_cli"),
 )
 

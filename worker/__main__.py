@@ -53,7 +53,7 @@ def _forget_dead_namesake(name):
 def _preload():
     """Import what jobs use before forking: every job runs in a fresh fork of this process,
     so anything imported here is paid once, not once per job."""
-    import worker.delivery  # noqa: F401
+    import worker.outbox_sender  # noqa: F401
     import worker.engine  # noqa: F401
     import worker.jobs  # noqa: F401
     from sqlalchemy.orm import configure_mappers

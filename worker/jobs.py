@@ -42,10 +42,10 @@ def deliver_event(event_id):
             return deliver_event(event_id)
     from webapp.extensions import redis_ext
 
-    from .delivery import run_deliver_job
+    from .outbox_sender import run_send_event_job
 
     job = get_current_job()
-    return run_deliver_job(event_id, redis_client=redis_ext.client, worker_name=job.worker_name if job else None)
+    return run_send_event_job(event_id, redis_client=redis_ext.client, worker_name=job.worker_name if job else None)
 
 
 def drain_outbox():
@@ -55,10 +55,10 @@ def drain_outbox():
             return drain_outbox()
     from webapp.extensions import redis_ext
 
-    from .delivery import run_drain_job
+    from .outbox_sender import run_send_due_job
 
     job = get_current_job()
-    return run_drain_job(redis_client=redis_ext.client, worker_name=job.worker_name if job else None)
+    return run_send_due_job(redis_client=redis_ext.client, worker_name=job.worker_name if job else None)
 
 
 def dispatch_webhooks():

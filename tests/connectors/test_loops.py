@@ -8,7 +8,7 @@ import pytest
 import redis as redis_lib
 import requests
 
-from tests.outbox_support import S1_MAPPINGS
+from tests.webapp.outbox.support import S1_MAPPINGS
 from tests.simulators.loops import LoopsAPI
 from webapp.connectors.base import Services, connector_class
 from webapp.connectors.errors import AuthError, ConfigError, TransientError
@@ -89,14 +89,14 @@ def test_validate_mappings_checks_rule_shapes_up_front():
         LoopsConnector.validate_mappings({"vote_cast": [{"action": "upsert_contact", "emial": "x"}]})
 
 
-# -- delivering: actions -> requests ---------------------------------------------------------
+# -- sending: actions -> requests -------------------------------------------------------------
 
 
 def test_upsert_creates_then_updates_the_contact(serve):
     api = LoopsAPI()
     loops = _loops(serve(api))
-    assert loops.deliver(_upsert("new@example.com", userGroup="Nominator"), "k-1.0") == "contact upserted"
-    assert loops.deliver(_upsert("new@example.com", userGroup="Nominator Live", liveUrl="u"), "k-2.0")
+    assert loops.send(_upsert("new@example.com", userGroup="Nominator"), "k-1.0") == "contact upserted"
+    assert loops.send(_upsert("new@example.com", userGroup="Nominator Live", liveUrl="u"), "k-2.0")
     [contact] = api.contacts()
     assert (contact["email"], contact["userGroup"], contact["liveUrl"]) == ("new@example.com", "Nominator Live", "u")
     assert [(e.kind, e.idempotency_key) for e in api.effects("new@example.com")] == [("create", "k-1.0"),
@@ -109,8 +109,8 @@ def test_event_send_carries_the_idempotency_key_and_a_reused_key_counts_as_deliv
     loops = _loops(server)
     action = {"action": "send_event", "body": {"email": "v@example.com", "eventName": "voted",
                                                "eventProperties": {"n": 1}}}
-    assert loops.deliver(action, "vote-1.0") == "event sent"
-    assert loops.deliver(action, "vote-1.0").startswith("already delivered")
+    assert loops.send(action, "vote-1.0") == "event sent"
+    assert loops.send(action, "vote-1.0").startswith("already delivered")
     assert api.events() == [("v@example.com", "voted", {"n": 1}, "vote-1.0")]
     assert [(e.headers["Idempotency-Key"], e.status) for e in server.log.entries("/api/v1/events")] == [
         ("vote-1.0", 200), ("vote-1.0", 409)]
@@ -122,20 +122,20 @@ def test_errors_are_classified_for_the_outbox(serve):
     server = serve(api)
     loops = _loops(server)
     with pytest.raises(HttpError, match="Contact property 'liveUrl' does not exist") as refused:
-        loops.deliver(_upsert("a@example.com", liveUrl="u"), "k.0")
+        loops.send(_upsert("a@example.com", liveUrl="u"), "k.0")
     assert refused.value.status == 400 and refused.value.status in LoopsConnector.permanent_statuses
     api.outage = 503
     with pytest.raises(TransientError, match="HTTP 503"):
-        loops.deliver(_upsert("a@example.com"), "k.1")
+        loops.send(_upsert("a@example.com"), "k.1")
     assert len(server.log) == 2  # no retries inside the worker: the outbox schedules them
     api.outage = None
     bad_key = LoopsConnector({"base_url": server.url + "/api"}, {"api_key": "wrong-key"},
                              Services(config={}, connection_id=2))
     with pytest.raises(AuthError) as denied:
-        bad_key.deliver(_upsert("a@example.com"), "k.2")
+        bad_key.send(_upsert("a@example.com"), "k.2")
     assert "wrong-key" not in str(denied.value)
     with pytest.raises(ConfigError, match="no api_key"):
-        LoopsConnector({}, {}, Services(config={})).deliver(_upsert("a@example.com"), "k.3")
+        LoopsConnector({}, {}, Services(config={})).send(_upsert("a@example.com"), "k.3")
 
 
 def test_rate_limit_is_shared_by_every_client_of_one_team(serve, limiter_redis_url):
@@ -152,7 +152,7 @@ def test_rate_limit_is_shared_by_every_client_of_one_team(serve, limiter_redis_u
                                Services(config={}, redis=redis_lib.Redis.from_url(limiter_redis_url), connection_id=n))
         try:
             for i in range(8):
-                loops.deliver(_upsert(f"w{n}-{i}@example.com"), f"w{n}-{i}")
+                loops.send(_upsert(f"w{n}-{i}@example.com"), f"w{n}-{i}")
         except Exception as exc:  # surfaced below
             errors.append(exc)
 
@@ -195,7 +195,7 @@ def test_requests_arriving_late_never_put_more_than_the_limit_in_one_of_loops_wi
                                Services(config={}, redis=redis_lib.Redis.from_url(limiter_redis_url), connection_id=n))
         try:
             for i in range(10):
-                loops.deliver(_upsert(f"w{n}-{i}@example.com"), f"w{n}-{i}")
+                loops.send(_upsert(f"w{n}-{i}@example.com"), f"w{n}-{i}")
         except Exception as exc:  # surfaced below
             errors.append(exc)
 

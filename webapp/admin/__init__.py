@@ -26,7 +26,7 @@ NAV = (
 # Modules of this package that attach views to bp.
 ADMIN_MODULES = ("auth", "filters", "dashboard", "connections", "runs", "live", "health", "tokens")
 # Areas' blueprints nested in bp (each module exposes `bp`): /admin/<their url_prefix>.
-AREA_PAGES = ("webapp.webhooks.views", "webapp.outbox_admin")
+AREA_PAGES = ("webapp.webhooks.views", "webapp.outbox.views")
 
 # Endpoints reachable without logging in.
 PUBLIC_ENDPOINTS = ("admin.login", "admin.static")

@@ -115,6 +115,8 @@ def _save(cls, connection, created):
     try:
         stored = connection.credentials if connection.credentials_encrypted else {}
         name, settings, credentials, schedule, enabled = parse_form(cls, request.form, stored)
+        if "mappings" in settings and hasattr(cls, "validate_mappings"):
+            cls.validate_mappings(settings["mappings"])  # a malformed rule is refused now, not at each publish
         taken = db.session.execute(select(Connection.id).where(func.lower(Connection.name) == name.lower(),
                                                                Connection.id != (connection.id or -1))).first()
         if taken:

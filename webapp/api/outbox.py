@@ -10,6 +10,7 @@ from flask import jsonify, request
 from sqlalchemy import select
 
 from .. import outbox
+from ..outbox import queries
 from ..extensions import db
 from ..models import OUTBOX_STATUSES, OutboxEvent
 from . import bp
@@ -51,7 +52,7 @@ def publish_events():
         db.session.rollback()  # all or nothing: a batch with one bad event writes none
         where = "" if single else f"events[{index}]: "
         return _error(422, "unprocessable", f"{where}{exc}")
-    db.session.commit()  # the real-time delivery attempt is enqueued once this commits
+    db.session.commit()  # the real-time attempt is enqueued once this commits
     if single:
         return jsonify(results[0]), 202
     return jsonify(events=results, event_ids=[i for r in results for i in r["event_ids"]]), 202
@@ -67,9 +68,9 @@ def list_events():
         limit = min(500, max(1, int(request.args.get("limit", 50))))
     except ValueError:
         return _error(400, "bad_request", "limit must be an integer")
-    rows = outbox.list_events(db.session, status=status, type=request.args.get("type") or None,
+    rows = queries.list_events(db.session, status=status, type=request.args.get("type") or None,
                               key=request.args.get("key") or None, limit=limit)
-    return jsonify(counts=outbox.counts(db.session), events=[outbox.event_dict(r) for r in rows])
+    return jsonify(counts=queries.counts(db.session), events=[queries.event_dict(r) for r in rows])
 
 
 @bp.get("/outbox/<int:event_id>")
@@ -78,7 +79,7 @@ def show_event(event_id):
     row = db.session.execute(select(OutboxEvent).where(OutboxEvent.id == event_id)).scalar_one_or_none()
     if row is None:
         return _error(404, "not_found", f"no outbox event {event_id}")
-    return jsonify(outbox.event_dict(row))
+    return jsonify(queries.event_dict(row))
 
 
 @bp.post("/cron/outbox/drain")
@@ -88,6 +89,6 @@ def cron_drain():
         job_id = outbox.enqueue_drain()
     except Exception as exc:  # Redis down: say so, the caller's cron will come back
         return _error(503, "unavailable", f"could not enqueue the drain ({type(exc).__name__})")
-    due = outbox.counts(db.session)[outbox.PENDING]
+    due = queries.counts(db.session)[outbox.PENDING]
     return jsonify(enqueued=job_id is not None, job_id=job_id, pending=due,
                    note=None if job_id else "a drain job is already queued"), 202

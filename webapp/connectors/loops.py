@@ -1,12 +1,12 @@
-"""Loops (email marketing): an outbound destination for the outbox (SPEC §7, S1).
+"""Loops (email marketing): an outbound destination for the outbox (docs/OUTBOX.md).
 
 Two provider actions, both keyed by the contact, so the outbox orders them per contact:
 
 - `upsert_contact`: `PUT /v1/contacts/update`, which creates the contact when missing.
-  Setting the same properties twice leaves the same contact, so a redelivery is harmless.
+  Setting the same properties twice leaves the same contact, so sending it again is harmless.
 - `send_event`: `POST /v1/events/send` with the outbox event's idempotency key as the
   `Idempotency-Key` header; Loops answers 409 to a reused key, which means the event was
-  already delivered (by an earlier attempt whose answer we never recorded).
+  already sent (by an earlier attempt whose answer we never recorded).
 
 Which app events become which actions is configuration: `settings["mappings"]` (see
 docs/OUTBOX.md and webapp/connectors/mapping.py). Credentials: `{"api_key": ...}`.
@@ -88,9 +88,9 @@ class LoopsConnector(Connector):
                     raise MappingError(f"mappings[{event_type!r}] rule {index}: unknown field(s) "
                                        f"{', '.join(sorted(unknown))}")
 
-    # -- delivery: one action, one request ---------------------------------------------
+    # -- sending: one action, one request ----------------------------------------------
 
-    def deliver(self, action, idempotency_key):
+    def send(self, action, idempotency_key):
         """Send one action. Returns a short note for the log; raises SyncError classes."""
         kind, body = action.get("action"), action.get("body")
         if kind not in ACTIONS or not isinstance(body, dict):
@@ -130,7 +130,7 @@ class LoopsConnector(Connector):
             self._http = self.services.http(
                 self.settings.get("base_url") or DEFAULT_BASE_URL,
                 auth=BearerAuth(api_key),
-                rate_limit=None,  # ours, around each request: see deliver
+                rate_limit=None,  # ours, around each request: see send
                 # The outbox retries with backoff recorded in the database, never in a worker.
                 max_retries=0,
                 timeout=timeout,

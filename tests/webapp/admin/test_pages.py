@@ -146,6 +146,33 @@ def test_invalid_connection_form_says_what_to_fix_and_saves_nothing(client, make
     assert connection.settings == {"records": 5} and connection.name == "demo"
 
 
+def test_loops_connection_with_a_malformed_mapping_is_refused_with_the_reason(client, make_connection):
+    from webapp.extensions import db
+    from webapp.models import Connection
+
+    page = "/admin/connections/new?connector=loops"
+    form = {"connector": "loops", "name": "loops", "schedule": "manual", "enabled": "1", "credential.api_key": "k"}
+    for mappings, message in (
+        ('{"vote_cast": [{"action": "send_email", "email": "{voter.email}"}]}',
+         "mappings[&#39;vote_cast&#39;] rule 1: action must be one of upsert_contact, send_event"),
+        ('{"vote_cast": [{"action": "upsert_contact", "email": "{voter.email}", "colour": "red"}]}',
+         "mappings[&#39;vote_cast&#39;] rule 1: unknown field(s) colour"),
+        ('["not", "an", "object"]', "mappings must be an object of event type -&gt; list of rules"),
+    ):
+        response = _post(client, "/admin/connections/new", dict(form, **{"setting.mappings": mappings}), page=page)
+        assert response.status_code == 400
+        assert message in response.get_data(as_text=True)
+    assert db.session.query(Connection).filter_by(name="loops").count() == 0
+    good = '{"vote_cast": [{"action": "upsert_contact", "email": "{voter.email}"}]}'
+    assert _post(client, "/admin/connections/new", dict(form, **{"setting.mappings": good}), page=page).status_code == 302
+    saved = db.session.query(Connection).filter_by(name="loops").one()
+    edit = f"/admin/connections/{saved.id}/edit"
+    response = _post(client, edit, dict(form, **{"setting.mappings": '{"vote_cast": "upsert"}'}), page=edit)
+    assert response.status_code == 400 and "must be a list of rule objects" in response.get_data(as_text=True)
+    db.session.expire_all()
+    assert saved.settings["mappings"] == {"vote_cast": [{"action": "upsert_contact", "email": "{voter.email}"}]}
+
+
 def test_credentials_never_appear_in_any_page(client, make_connection):
     from webapp import runs
     from webapp.extensions import db

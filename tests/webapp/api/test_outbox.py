@@ -2,11 +2,11 @@
 from rq import Queue
 from sqlalchemy import func, select
 
-from tests.outbox_support import loops, loops_connection  # noqa: F401  (fixture)
-from webapp import outbox
+from tests.webapp.outbox.support import loops, loops_connection  # noqa: F401  (fixture)
 from webapp.api.auth import create_token
 from webapp.extensions import db
 from webapp.models import OutboxEvent
+from webapp.outbox.enqueue import DRAIN_KICK_KEY
 
 VOTE = {"type": "vote_cast", "key": "vote-1", "payload": {"voter": {"email": "carol@example.com"}}}
 
@@ -102,6 +102,6 @@ def test_cron_drain_needs_the_secret_and_queues_one_drain_at_a_time(app, redis):
     second = client.post("/api/cron/outbox/drain", headers={"X-Cron-Secret": "cron-s3cret"})
     assert second.status_code == 202 and second.get_json()["enqueued"] is False
     assert [j.func_name for j in Queue("default", connection=redis).jobs] == ["worker.jobs.drain_outbox"]
-    redis.delete(outbox.DRAIN_KICK_KEY)  # the queued job started
+    redis.delete(DRAIN_KICK_KEY)  # the queued job started
     third = client.post("/api/cron/outbox/drain", headers={"X-Cron-Secret": "cron-s3cret"})
     assert third.get_json()["enqueued"] is True

@@ -1,21 +1,21 @@
-"""The admin outbox page (SPEC §8): counts by status, pending and dead events with their
-last error, filters by status, type and key, and Retry / Discard for one event, the
-selected ones, or every event the filter matches. Nested in the admin
+"""The admin outbox page (docs/OUTBOX.md, "Admin"): counts by status, pending and dead
+events with their last error, filters by status, type and key, and Retry / Discard for
+one event, the selected ones, or every event the filter matches. Nested in the admin
 blueprint: its guard gives it login and CSRF checks."""
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from sqlalchemy import select
 
-from . import outbox
-from .extensions import db
-from .models import OUTBOX_STATUSES, Connection, OutboxEvent
+from ..extensions import db
+from ..models import OUTBOX_STATUSES, Connection, OutboxEvent
+from . import queries
+from .statuses import DEAD, PENDING
 
 # Nested in the admin blueprint (webapp/admin/__init__.py), whose guard covers it.
-bp = Blueprint("outbox", __name__, url_prefix="/outbox", template_folder="templates_outbox")
+bp = Blueprint("outbox", __name__, url_prefix="/outbox", template_folder="templates")
 
 PAGE_SIZE = 50
 # The default view: what needs a person's attention.
 ATTENTION = "pending+dead"
-
 
 
 def _filters(source):
@@ -26,9 +26,9 @@ def _filters(source):
 
 
 def _query(columns, filters):
-    query = outbox.filtered(select(*columns), None, filters["type"] or None, filters["key"] or None)
+    query = queries.filtered(select(*columns), None, filters["type"] or None, filters["key"] or None)
     if filters["status"] == ATTENTION:
-        return query.where(OutboxEvent.status.in_((outbox.PENDING, outbox.DEAD)))
+        return query.where(OutboxEvent.status.in_((PENDING, DEAD)))
     if filters["status"] != "all":
         return query.where(OutboxEvent.status == filters["status"])
     return query
@@ -45,7 +45,7 @@ def index():
                               .limit(PAGE_SIZE + 1).offset((page - 1) * PAGE_SIZE)).scalars().all()
     types = db.session.execute(select(OutboxEvent.type).distinct().order_by(OutboxEvent.type)).scalars().all()
     names = dict(db.session.execute(select(Connection.id, Connection.name)).all())
-    return render_template("outbox/index.html", counts=outbox.counts(db.session), rows=rows[:PAGE_SIZE],
+    return render_template("outbox/index.html", counts=queries.counts(db.session), rows=rows[:PAGE_SIZE],
                            has_next=len(rows) > PAGE_SIZE, page=page, filters=filters, types=types, names=names,
                            statuses=OUTBOX_STATUSES, attention=ATTENTION)
 
@@ -94,7 +94,7 @@ def retry():
     if not ids:
         flash("No events selected.", "error")
         return _back()
-    count = outbox.retry(db.session, ids)
+    count = queries.retry(db.session, ids)
     flash(f"{count} event(s) queued for delivery{_skipped(len(ids) - count)}.", "info")
     return _back()
 
@@ -105,6 +105,6 @@ def discard():
     if not ids:
         flash("No events selected.", "error")
         return _back()
-    count = outbox.discard(db.session, ids)
+    count = queries.discard(db.session, ids)
     flash(f"{count} event(s) discarded{_skipped(len(ids) - count)}.", "info")
     return _back(allow_next=False)  # the event's own page is gone

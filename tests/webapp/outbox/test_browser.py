@@ -1,12 +1,12 @@
 """The outbox page in Debian's Chromium (Playwright) against gunicorn and a real worker: a
 permanent 422 shows up dead with its reason; once the destination is fixed, ticking the
-event and pressing "Retry selected" delivers it. Screenshot in test-output/."""
+event and pressing "Retry selected" sends it. Screenshot in test-output/."""
 import os
 
 import pytest
 
 from tests.browser import OUTPUT, desktop_page
-from tests.outbox_support import loops, loops_connection, outbox_workers, status_counts  # noqa: F401
+from tests.webapp.outbox.support import loops, loops_connection, outbox_workers, status_counts  # noqa: F401
 from tests.support import wait_for
 from tests.webapp.admin.support import (  # noqa: F401
     PASSWORD,
@@ -26,7 +26,7 @@ def page():
 
 
 @one_backend
-def test_dead_event_is_shown_with_its_reason_and_retry_selected_delivers_it(  # noqa: F811
+def test_dead_event_is_shown_with_its_reason_and_retry_selected_sends_it(  # noqa: F811
         app, page, live_server, admin_user, make_connection, loops, outbox_workers):
     loops.server.faults.status(422, body={"success": False, "message": "Invalid userGroup value"},
                                times=1000, path="/api/v1/contacts/update")
@@ -57,7 +57,7 @@ def test_dead_event_is_shown_with_its_reason_and_retry_selected_delivers_it(  # 
     page.click("#retry-selected")
     page.wait_for_selector(".flash")
     assert "1 event(s) queued for delivery" in page.locator(".flash").first.text_content()
-    wait_for(lambda: status_counts()["done"] == 1, timeout=30, message="the retried event to be delivered")
+    wait_for(lambda: status_counts()["done"] == 1, timeout=30, message="the retried event to be sent")
     page.goto(live_server.url + "/admin/outbox/?status=all")
     assert page.locator('#counts a[data-status="done"]').text_content() == "1"
     page.screenshot(path=os.path.join(OUTPUT, "outbox.png"), full_page=True)

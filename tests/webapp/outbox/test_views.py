@@ -1,8 +1,8 @@
-"""The admin outbox page: counts, pending and dead events with their last error, filters,
+"""The admin outbox page (webapp/outbox/views.py): counts, pending and dead events with their last error, filters,
 Retry and Discard (one, selected, all matching), login and CSRF."""
 from sqlalchemy import select
 
-from tests.outbox_support import (  # noqa: F401  (fixtures)
+from tests.webapp.outbox.support import (  # noqa: F401  (fixtures)
     loops,
     loops_connection,
     outbox_workers,
@@ -13,6 +13,7 @@ from tests.webapp.admin.support import admin_user, client, csrf_token, new_clien
 from webapp import outbox
 from webapp.extensions import db
 from webapp.models import OutboxEvent
+from webapp.outbox.claim import claim, mark_done, mark_failed, release
 
 
 def _vote(voter):
@@ -32,11 +33,11 @@ def _seed(make_connection, loops):
     ids = {name: _vote(name) for name in ("carol", "dave", "erin")}
     outbox.publish(db.session, "nomination_submitted", "nom-1", {"nominator": {"email": "nina@example.com"}})
     db.session.commit()
-    claimed = {c.key.split("@")[0]: c for c in outbox.claim(db.session, "w1", limit=10)}
-    outbox.mark_failed(db.session, claimed["carol"], "HTTP 422 <script>alert(1)</script>", permanent=True)
-    outbox.mark_done(db.session, claimed["dave"])
-    outbox.release(db.session, claimed["erin"])
-    outbox.release(db.session, claimed["nina"])
+    claimed = {c.key.split("@")[0]: c for c in claim(db.session, "w1", limit=10)}
+    mark_failed(db.session, claimed["carol"], "HTTP 422 <script>alert(1)</script>", permanent=True)
+    mark_done(db.session, claimed["dave"])
+    release(db.session, claimed["erin"])
+    release(db.session, claimed["nina"])
     return ids
 
 
@@ -96,7 +97,7 @@ def test_retry_selected_and_discard_all_matching(app, client, make_connection, l
     assert remaining == ["dave@example.com", "nina@example.com"]
 
 
-def test_permanent_422_is_dead_at_once_and_retry_from_the_admin_page_delivers_it_once_fixed(
+def test_permanent_422_is_dead_at_once_and_retry_from_the_admin_page_sends_it_once_fixed(
         app, client, make_connection, loops, outbox_workers):
     loops.server.faults.status(422, body={"success": False, "message": "Invalid userGroup value"},
                                times=1000, path="/api/v1/contacts/update")
@@ -114,6 +115,6 @@ def test_permanent_422_is_dead_at_once_and_retry_from_the_admin_page_delivers_it
     loops.server.faults.clear()  # the destination is fixed
     response = client.post("/admin/outbox/retry", data={"csrf_token": csrf_token(page), "one": event_id})
     assert response.status_code == 302
-    wait_for(lambda: _row(event_id).status == "done", timeout=30, message="the retried event to be delivered")
+    wait_for(lambda: _row(event_id).status == "done", timeout=30, message="the retried event to be sent")
     assert loops.api.contact("carol@example.com")["userGroup"] == "Voters"
     assert status_counts() == {"pending": 0, "processing": 0, "done": 1, "dead": 0}

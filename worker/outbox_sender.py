@@ -1,6 +1,7 @@
-"""Outbox delivery: claim due rows, send each through its destination's connector, record
-the outcome. The rules (claim, lease, per-key order, backoff, dead letters, breaker) are
-in webapp/outbox.py; this is the loop that applies them.
+"""The outbox sender: claim due rows, send each through its destination's connector, record
+the outcome (docs/OUTBOX.md, "Sending"). The rules are in webapp/outbox/ (claim.py:
+claim, lease, per-key order, backoff, dead letters; breaker.py: the circuit breaker);
+this is the loop that applies them. One run of it is a drain.
 
 A drain claims small batches until nothing is due or its time budget is spent; it never
 sleeps waiting for a retry, because the next attempt time is in the row. Each outcome is
@@ -12,32 +13,35 @@ import logging
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from datetime import timedelta
 
 import requests
 from flask import current_app
 from sqlalchemy import update
 
-from webapp import outbox
 from webapp.connectors.base import Services, connector_class
 from webapp.connectors.errors import AuthError, ConfigError, RateLimited, TransientError
 from webapp.connectors.http import HttpError
 from webapp.connectors.mapping import MappingError
 from webapp.extensions import db
 from webapp.models import Connection, utcnow
+from webapp.outbox.breaker import Breaker
+from webapp.outbox.claim import claim, mark_done, mark_failed, release
+from webapp.outbox.enqueue import DRAIN_KICK_KEY, DRAINING_KEY, KICK_KEY, request_delivery
+from webapp.outbox.statuses import DEAD
 
 log = logging.getLogger(__name__)
 
 # What a destination answers when the request itself is wrong; a connector may widen it.
 PERMANENT_STATUSES = (400, 422)
-# A 429 asking for at most this many seconds is waited out once, in place (SPEC §4: wait
-# for Retry-After, then go on): our limiter already paces requests, so such a 429 is a
-# near miss at a window's edge, not a reason to push the event back by a backoff.
+# A 429 asking for at most this many seconds is waited out once, in place (wait for
+# Retry-After, then go on, as a sync does: docs/ARCHITECTURE.md): our limiter already paces
+# requests, so such a 429 is a near miss at a window's edge, not a reason to push the event
+# back by a backoff.
 INLINE_RATE_LIMIT_WAIT = 2.0
 
 
-class Undeliverable(Exception):
-    """The row can never be delivered as it is (no such destination, not an action)."""
+class Unsendable(Exception):
+    """The row can never be sent as it is (no such destination, not an action)."""
 
 
 @dataclass
@@ -53,15 +57,15 @@ class DrainResult:
         return asdict(self)
 
 
-def run_deliver_job(event_id, *, redis_client, worker_name=None):
+def run_send_event_job(event_id, *, redis_client, worker_name=None):
     """RQ job: the real-time attempt for `event_id`, then whatever else is due."""
-    _clear_kick(redis_client, outbox.KICK_KEY)
+    _clear_kick(redis_client, KICK_KEY)
     return drain(redis_client=redis_client, worker_name=worker_name, first_event_id=event_id).as_dict()
 
 
-def run_drain_job(*, redis_client, worker_name=None):
-    """RQ job: deliver everything due (the periodic drain)."""
-    _clear_kick(redis_client, outbox.DRAIN_KICK_KEY)
+def run_send_due_job(*, redis_client, worker_name=None):
+    """RQ job: send everything due (the periodic drain)."""
+    _clear_kick(redis_client, DRAIN_KICK_KEY)
     return drain(redis_client=redis_client, worker_name=worker_name).as_dict()
 
 
@@ -75,31 +79,31 @@ def _clear_kick(client, key):
 
 
 def drain(*, redis_client=None, worker_name=None, first_event_id=None, budget_seconds=None, max_events=None):
-    """Deliver due rows until none is left or the budget (seconds) is spent."""
-    return Delivery(redis_client=redis_client, worker_name=worker_name).drain(
+    """Send due rows until none is left or the budget (seconds) is spent."""
+    return OutboxSender(redis_client=redis_client, worker_name=worker_name).drain(
         first_event_id=first_event_id, budget_seconds=budget_seconds, max_events=max_events)
 
 
-class Delivery:
+class OutboxSender:
+    """One drain: claims batches and sends them until nothing is due or its budget is spent."""
+
     def __init__(self, *, redis_client, worker_name=None):
         self.config = current_app.config
         self.session = db.session
         self.redis = redis_client
         # Unique per drain, so even a later drain of the same worker is a different claimer.
         self.claimer = f"{worker_name or 'worker'}/{uuid.uuid4().hex[:8]}"
-        self.breaker = outbox.Breaker.from_config(redis_client, self.config)
-        self.lease_seconds = float(self.config.get("OUTBOX_LEASE_SECONDS", 120))
-        self.batch = int(self.config.get("OUTBOX_CLAIM_BATCH", 10))
-        self.pause_after_send = float(self.config.get("OUTBOX_PAUSE_AFTER_SEND_SECONDS") or 0)
+        self.breaker = Breaker.from_config(redis_client, self.config)
+        self.lease_seconds = float(self.config["OUTBOX_LEASE_SECONDS"])
+        self.batch = int(self.config["OUTBOX_CLAIM_BATCH"])
         # An announcement outlives the slowest request, refreshed before each one.
-        self.announce_seconds = 2 * float(self.config.get("OUTBOX_HTTP_TIMEOUT_SECONDS", 10)) + 10
+        self.announce_seconds = 2 * float(self.config["OUTBOX_HTTP_TIMEOUT_SECONDS"]) + 10
         self._announced_until = 0.0
         self.result = DrainResult()
         self._destinations = {}  # connection id -> connector, or the exception building it raised
-        self._open = {}  # connection id -> epoch time its breaker reopens (learnt in this drain)
 
     def drain(self, first_event_id=None, budget_seconds=None, max_events=None):
-        budget = self.config.get("OUTBOX_DRAIN_BUDGET_SECONDS", 60) if budget_seconds is None else budget_seconds
+        budget = self.config["OUTBOX_DRAIN_BUDGET_SECONDS"] if budget_seconds is None else budget_seconds
         deadline = time.monotonic() + budget
 
         def budget_left():
@@ -125,7 +129,7 @@ class Delivery:
                 if max_events is None and self.redis is not None:
                     # Out of time with work perhaps left: a fresh job carries on.
                     self._retire()
-                    outbox.request_delivery(client=self.redis)
+                    request_delivery(client=self.redis)
         finally:
             self._retire()
             self.breaker.close()
@@ -135,12 +139,9 @@ class Delivery:
         return self.result
 
     def _claim(self, limit=1, event_id=None):
-        self._open = {}
-        claimed = outbox.claim(self.session, self.claimer, limit=limit, event_id=event_id,
-                               lease_seconds=self.lease_seconds, skip_connections=self.breaker.blocked())
-        # A probe won for a destination this batch has no row of would otherwise be held,
-        # keeping every other worker off that destination, until this drain ends.
-        self.breaker.close(keep={c.connection_id for c in claimed})
+        claimed = claim(self.session, self.claimer, limit=limit, event_id=event_id,
+                        lease_seconds=self.lease_seconds, skip_connections=self.breaker.blocked())
+        self.breaker.claimed({c.connection_id for c in claimed})
         return claimed
 
     def _announce(self, refresh=False):
@@ -152,7 +153,7 @@ class Delivery:
         if refresh and now < self._announced_until - self.announce_seconds / 2:
             return
         try:
-            self.redis.zadd(outbox.DRAINING_KEY, {self.claimer: now + self.announce_seconds})
+            self.redis.zadd(DRAINING_KEY, {self.claimer: now + self.announce_seconds})
             self._announced_until = now + self.announce_seconds
         except Exception as exc:
             log.warning("outbox: could not announce the drain (%s)", type(exc).__name__)
@@ -162,38 +163,38 @@ class Delivery:
             return
         self._announced_until = 0.0
         try:
-            self.redis.zrem(outbox.DRAINING_KEY, self.claimer)
-            self.redis.zremrangebyscore(outbox.DRAINING_KEY, "-inf", time.time())  # lapsed, e.g. killed workers
+            self.redis.zrem(DRAINING_KEY, self.claimer)
+            self.redis.zremrangebyscore(DRAINING_KEY, "-inf", time.time())  # lapsed, e.g. killed workers
         except Exception as exc:
             log.warning("outbox: could not retire the drain (%s)", type(exc).__name__)
 
     def _run(self, batch):
         self.result.claimed += len(batch)
         for claimed in batch:
-            reopen = self._open.get(claimed.connection_id)
-            if reopen is not None:
-                self._release(claimed, utcnow() + timedelta(seconds=max(0.0, reopen - time.time())))
+            held_until = self.breaker.held_until(claimed.connection_id)
+            if held_until is not None:
+                self._release(claimed, held_until)
             elif time.monotonic() - claimed.claimed_at > self.lease_seconds / 2:
                 # Too little of the lease is left to start a request that another worker
                 # could not also start: give the row back instead.
                 self._release(claimed, None)
             else:
                 self._announce(refresh=True)
-                self._deliver(claimed)
+                self._send(claimed)
 
     def _release(self, claimed, not_before, reason=None):
-        if outbox.release(self.session, claimed, not_before, reason):
+        if release(self.session, claimed, not_before, reason):
             self.result.released += 1
         else:
             self.result.lost += 1
 
-    def _deliver(self, claimed):
+    def _send(self, claimed):
         destination = claimed.connection_id
         connector = None
         try:
             connector = self._destination(destination)
-            note = self._send(connector, claimed)
-        except Undeliverable as exc:
+            note = self._request(connector, claimed)
+        except Unsendable as exc:
             self._failed(claimed, str(exc), permanent=True)
         except MappingError as exc:
             self._failed(claimed, str(exc), permanent=True)
@@ -216,49 +217,39 @@ class Delivery:
             log.exception("outbox event %s: unexpected error", claimed.id)
             self._provider_failed(claimed, f"unexpected {type(exc).__name__}; see the worker log")
         else:
-            if self.pause_after_send:
-                # Fault injection for tests: widens the window between the provider's
-                # acceptance and our commit, where a worker can be killed for real.
-                time.sleep(self.pause_after_send)
             self.breaker.success(destination)
-            if outbox.mark_done(self.session, claimed):
+            if mark_done(self.session, claimed):
                 self.result.done += 1
-                log.debug("outbox event %s delivered: %s", claimed.id, note)
+                log.debug("outbox event %s sent: %s", claimed.id, note)
             else:
                 self.result.lost += 1
 
-    @staticmethod
-    def _send(connector, claimed):
+    def _request(self, connector, claimed):
+        """The destination's request for one row; returns once the destination accepted it."""
         try:
-            return connector.deliver(claimed.payload, claimed.idempotency_key)
+            return connector.send(claimed.payload, claimed.idempotency_key)
         except RateLimited as exc:
             wait = 1.0 if exc.retry_after is None else exc.retry_after
             if wait > INLINE_RATE_LIMIT_WAIT:
                 raise
             time.sleep(wait)
-            return connector.deliver(claimed.payload, claimed.idempotency_key)
+            return connector.send(claimed.payload, claimed.idempotency_key)
 
     def _provider_failed(self, claimed, reason):
-        """A failure that says the destination is unwell: counts towards its breaker. The
-        breaker's probe does not count against the event: a long outage would otherwise
-        kill the oldest events one probe at a time."""
+        """A failure that says the destination is unwell: its breaker decides whether the
+        attempt is spent (webapp/outbox/breaker.py)."""
         destination = claimed.connection_id
-        probe = self.breaker.probing(destination)
-        self.breaker.failure(destination)
-        reopen = self.breaker.open_until(destination)
-        if reopen is not None:
-            self._open[destination] = reopen
-        if probe:
-            not_before = utcnow() + timedelta(seconds=max(0.0, (reopen or time.time()) - time.time()))
-            self._release(claimed, not_before, f"{reason} (breaker probe: attempt not counted)")
-        else:
+        if self.breaker.request_failed(destination):
             self._failed(claimed, str(reason))
+        else:
+            self._release(claimed, self.breaker.held_until(destination) or utcnow(),
+                          f"{reason} (breaker probe: attempt not counted)")
 
     def _failed(self, claimed, reason, permanent=False, retry_after=None):
-        status = outbox.mark_failed(self.session, claimed, reason, permanent=permanent, retry_after=retry_after)
+        status = mark_failed(self.session, claimed, reason, permanent=permanent, retry_after=retry_after)
         if status is None:
             self.result.lost += 1
-        elif status == outbox.DEAD:
+        elif status == DEAD:
             self.result.dead += 1
             log.warning("outbox event %s is dead: %s", claimed.id, reason)
         else:
@@ -281,11 +272,11 @@ class Delivery:
     def _build(self, connection_id):
         connection = self.session.get(Connection, connection_id)
         if connection is None:
-            raise Undeliverable(f"connection {connection_id} no longer exists")
+            raise Unsendable(f"connection {connection_id} no longer exists")
         cls = connector_class(connection.connector)
-        if not hasattr(cls, "deliver"):
-            raise Undeliverable(f"connection {connection.name!r} ({connection.connector}) "
-                                "cannot deliver outbound events")
+        if not hasattr(cls, "send"):
+            raise Unsendable(f"connection {connection.name!r} ({connection.connector}) "
+                             "cannot send outbound events")
         services = Services(config=dict(self.config), redis=self.redis, connection_id=connection_id)
         return cls(connection.settings or {}, connection.credentials, services)
 

@@ -1,6 +1,7 @@
 """Helpers for the outbox tests: the S1 mapping exactly as documented, a Loops destination
-served by the simulator, worker processes started with outbox settings, and a stand-in
-for the supervisor's periodic drain."""
+served by the simulator, worker processes started with outbox settings (and, for tests
+that kill one between send and record, a pause there), and a stand-in for the
+supervisor's periodic drain."""
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 from tests.simulators.harness import SimulatorServer
 from tests.simulators.loops import LoopsAPI
 from tests.support import ROOT, WorkerProcess, process_env
+from tests.worker.pausing_outbox_worker import PAUSE_VARIABLE
 
 with open(os.path.join(ROOT, "docs", "examples", "loops_s1_mappings.json")) as _f:
     S1_MAPPINGS = json.load(_f)
@@ -29,6 +31,39 @@ FAST = {
     "OUTBOX_DRAIN_BUDGET_SECONDS": 5.0,
     "OUTBOX_HTTP_TIMEOUT_SECONDS": 5.0,
 }
+
+
+NOMINATION = {
+    "nominator": {"email": "alice@example.com", "first_name": "Alice"},
+    "nominee": {"email": "bob@example.com", "name": "Bob Stone"},
+    "live_url": "https://awards.example/bob",
+}
+
+
+@pytest.fixture
+def fast(app):
+    """FAST in the test's app (in-process drains)."""
+    app.config.update(FAST)
+
+
+def outbox_rows():
+    """Every outbox row, oldest first, in a fresh snapshot."""
+    from sqlalchemy import select
+
+    from webapp.extensions import db
+    from webapp.models import OutboxEvent
+
+    db.session.rollback()
+    return db.session.execute(select(OutboxEvent).order_by(OutboxEvent.id)).scalars().all()
+
+
+def vote(voter, idempotency_key=None):
+    """Publish a vote_cast event for <voter>@example.com (uncommitted)."""
+    from webapp import outbox
+    from webapp.extensions import db
+
+    return outbox.publish(db.session, "vote_cast", f"vote-{voter}", {"voter": {"email": f"{voter}@example.com"}},
+                          idempotency_key=idempotency_key)
 
 
 def worker_env(**overrides):
@@ -76,26 +111,35 @@ def loops_connection(make_connection, sim, *, name="loops", mappings=None, **set
 
 
 class ConfiguredWorker(WorkerProcess):
-    """A real `python -m worker` process with extra environment (outbox settings)."""
+    """A real `python -m worker` process with extra environment (outbox settings).
+    `pause_after_send` (seconds): its sender waits that long between the destination's
+    acceptance and recording it (tests/worker/pausing_outbox_worker.py)."""
 
-    def __init__(self, app, env=None, queues=None, **kwargs):
+    def __init__(self, app, env=None, queues=None, pause_after_send=None, **kwargs):
         super().__init__(app, **kwargs)
         self.env = env or {}
         self.queues = queues
+        self.pause_after_send = pause_after_send
 
     def start(self):
-        args = [sys.executable, "-m", "worker", "--name", self.name] + (["--burst"] if self.burst else [])
+        env = dict(self.env)
+        module = "worker"
+        if self.pause_after_send:
+            module = "tests.worker.pausing_outbox_worker"
+            env[PAUSE_VARIABLE] = str(self.pause_after_send)
+        args = [sys.executable, "-m", module, "--name", self.name] + (["--burst"] if self.burst else [])
         if self.queues:
             args += ["--queues", self.queues]
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=process_env(self.app, **self.env), stdout=self.log,
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=process_env(self.app, **env), stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
 
 @pytest.fixture
 def outbox_workers(app):
-    """outbox_workers.start(env=worker_env(...)) starts a real worker; all killed at teardown."""
+    """outbox_workers.start(env=worker_env(...), pause_after_send=None, ...) starts a real
+    worker; all killed at teardown."""
     started = []
 
     class Workers:
@@ -110,11 +154,11 @@ def outbox_workers(app):
 
 
 def status_counts():
-    from webapp import outbox
     from webapp.extensions import db
+    from webapp.outbox import queries
 
     db.session.rollback()  # a fresh snapshot
-    return outbox.counts(db.session)
+    return queries.counts(db.session)
 
 
 def drain_until(predicate, timeout=60, interval=0.3, message="the outbox to drain"):
@@ -134,7 +178,7 @@ def drain_until(predicate, timeout=60, interval=0.3, message="the outbox to drai
 
 
 def _dead_reasons():
-    from webapp import outbox
     from webapp.extensions import db
+    from webapp.outbox import DEAD, queries
 
-    return [(row.id, row.attempts, row.last_error) for row in outbox.list_events(db.session, status=outbox.DEAD)]
+    return [(row.id, row.attempts, row.last_error) for row in queries.list_events(db.session, status=DEAD)]

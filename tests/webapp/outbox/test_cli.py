@@ -1,5 +1,5 @@
 """`flask outbox drain|list|retry|discard`, run through Flask's CLI runner."""
-from tests.outbox_support import FAST, loops, loops_connection  # noqa: F401  (fixture)
+from tests.webapp.outbox.support import FAST, loops, loops_connection  # noqa: F401  (fixture)
 from webapp import outbox
 from webapp.extensions import db
 from webapp.models import OutboxEvent
@@ -9,7 +9,7 @@ def _vote(voter):
     return outbox.publish(db.session, "vote_cast", f"vote-{voter}", {"voter": {"email": f"{voter}@example.com"}}).ids
 
 
-def test_drain_delivers_inline_and_reports_counts(app, make_connection, loops):
+def test_drain_sends_inline_and_reports_counts(app, make_connection, loops):
     app.config.update(FAST)
     loops_connection(make_connection, loops)
     _vote("carol"), _vote("dave")

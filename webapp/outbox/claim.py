@@ -1,0 +1,169 @@
+"""Claiming rows and settling them: the worker's side of the outbox (docs/OUTBOX.md,
+"Sending" and "Failures"). worker/outbox_sender.py is the loop that uses it.
+
+Per-key order: a row is never claimed while an older row with the same key is pending or
+processing. A dead row no longer holds its key back (a person decides what happens to it).
+
+Every change after publish is a conditional UPDATE on the row's status and, for a worker,
+on its claim (claimed_by and the attempt number), so a worker whose lease ran out can
+never overwrite the outcome of the worker that took the row over.
+"""
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from flask import current_app
+from sqlalchemy import and_, exists, or_, select, text, update
+from sqlalchemy.orm import aliased
+
+from .. import metrics
+from ..models import Connection, OutboxEvent, utcnow
+from .statuses import ACTIVE, DEAD, DONE, PENDING, PROCESSING
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Claimed:
+    """One row a worker holds: what to send, and the claim every later write is tied to."""
+
+    id: int
+    connection_id: int
+    type: str
+    key: str
+    payload: dict
+    idempotency_key: str
+    attempts: int
+    max_attempts: int
+    claimed_by: str
+    lease_until: object
+    claimed_at: float = field(default_factory=time.monotonic)
+
+
+def claim(session, claimed_by, *, limit=1, lease_seconds=None, event_id=None, skip_connections=(), now=None):
+    """Claim up to `limit` due rows, oldest first, for one worker; commits. Due: pending and
+    past next_attempt_at, or processing with an expired lease (its worker died). Never a row
+    with an older pending or processing row of the same key, never one of a disabled
+    destination or of `skip_connections` (breaker open).
+
+    PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED, so concurrent workers take disjoint rows
+    without waiting on each other. SQLite: one UPDATE whose subquery picks the rows; SQLite
+    runs one writer at a time, so the pick and the claim are atomic."""
+    now = now or utcnow()
+    lease_seconds = current_app.config["OUTBOX_LEASE_SECONDS"] if lease_seconds is None else lease_seconds
+    lease_until = now + timedelta(seconds=lease_seconds)
+    cand, older = aliased(OutboxEvent, name="cand"), aliased(OutboxEvent, name="older")
+    query = (
+        select(cand.id)
+        .where(
+            or_(and_(cand.status == PENDING, cand.next_attempt_at <= now),
+                and_(cand.status == PROCESSING, cand.lease_until < now)),
+            ~exists().where(older.key == cand.key, older.id < cand.id, older.status.in_(ACTIVE)),
+            cand.connection_id.in_(select(Connection.id).where(Connection.enabled.is_(True))),
+        )
+        .order_by(cand.id)
+        .limit(limit)
+    )
+    if event_id is not None:
+        query = query.where(cand.id == event_id)
+    if skip_connections:
+        query = query.where(cand.connection_id.not_in(list(skip_connections)))
+    claim_update = (
+        update(OutboxEvent)
+        .values(status=PROCESSING, attempts=OutboxEvent.attempts + 1, lease_until=lease_until,
+                claimed_by=claimed_by, updated_at=now)
+        .returning(OutboxEvent.id, OutboxEvent.connection_id, OutboxEvent.type, OutboxEvent.key,
+                   OutboxEvent.payload, OutboxEvent.idempotency_key, OutboxEvent.attempts,
+                   OutboxEvent.max_attempts)
+        .execution_options(synchronize_session=False)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        _relaxed_commit(session)
+        ids = session.execute(query.with_for_update(skip_locked=True)).scalars().all()
+        rows = session.execute(claim_update.where(OutboxEvent.id.in_(ids))).all() if ids else []
+    else:
+        rows = session.execute(claim_update.where(OutboxEvent.id.in_(query.scalar_subquery()))).all()
+    session.commit()
+    return sorted((Claimed(*row, claimed_by=claimed_by, lease_until=lease_until) for row in rows),
+                  key=lambda c: c.id)
+
+
+def _owned(c):
+    return (OutboxEvent.id == c.id, OutboxEvent.status == PROCESSING,
+            OutboxEvent.claimed_by == c.claimed_by, OutboxEvent.attempts == c.attempts)
+
+
+def _relaxed_commit(session):
+    """PostgreSQL: this transaction's commit need not wait for the WAL flush. A worker's
+    claims and outcomes may be lost in a database crash, and that only means a row is
+    sent again (at-least-once, same idempotency key), never that one is lost;
+    publishing, in the app's transaction, keeps full durability."""
+    session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+
+
+def _settle(session, c, values):
+    if session.get_bind().dialect.name == "postgresql":
+        _relaxed_commit(session)
+    result = session.execute(update(OutboxEvent).where(*_owned(c)).values(**values)
+                             .execution_options(synchronize_session=False))
+    session.commit()
+    if result.rowcount != 1:
+        log.warning("outbox event %s: claim lost before its outcome was recorded (lease expired?)", c.id)
+        return False
+    return True
+
+
+def mark_done(session, c, now=None):
+    now = now or utcnow()
+    settled = _settle(session, c, {"status": DONE, "delivered_at": now, "lease_until": None,
+                                   "last_error": None, "updated_at": now})
+    if settled:
+        metrics.inc("outbox_events", status=DONE)
+        created_at = session.execute(select(OutboxEvent.created_at).where(OutboxEvent.id == c.id)).scalar()
+        session.commit()  # end the read's transaction; nothing is pending
+        if created_at is not None:
+            metrics.observe("outbox_delivery_latency_seconds", max(0.0, (now - created_at).total_seconds()))
+    return settled
+
+
+def mark_failed(session, c, reason, *, permanent=False, retry_after=None, now=None):
+    """After a failed attempt: dead at once when permanent or out of attempts, else pending
+    with the next attempt time. Returns the new status, or None if the claim was lost."""
+    now = now or utcnow()
+    reason = (reason or "unknown error")[:2000]
+    if permanent:
+        values = {"status": DEAD, "last_error": reason}
+    elif c.attempts >= c.max_attempts:
+        values = {"status": DEAD, "last_error": f"{reason} (gave up after {c.attempts} attempts)"}
+    else:
+        delay = backoff_seconds(c.attempts)
+        if retry_after:
+            delay = max(delay, float(retry_after))
+        values = {"status": PENDING, "last_error": reason, "next_attempt_at": now + timedelta(seconds=delay)}
+    values.update(lease_until=None, updated_at=now)
+    if not _settle(session, c, values):
+        return None
+    metrics.inc("outbox_events", status=values["status"])
+    return values["status"]
+
+
+def release(session, c, not_before=None, reason=None, now=None):
+    """Give a claimed row back without counting its attempt: the breaker is open, the
+    lease is too short to start it safely, or it was the breaker's probe and failed."""
+    now = now or utcnow()
+    values = {"status": PENDING, "attempts": OutboxEvent.attempts - 1, "lease_until": None, "updated_at": now,
+              "next_attempt_at": max(now, not_before) if not_before else now}
+    if reason:
+        values["last_error"] = reason[:2000]
+    return _settle(session, c, values)
+
+
+def backoff_seconds(attempts):
+    """Exponential in the attempts made, with jitter: half fixed, half random, so retries of
+    many events spread out but none comes back almost at once."""
+    base = current_app.config["OUTBOX_BACKOFF_BASE_SECONDS"]
+    cap = current_app.config["OUTBOX_BACKOFF_MAX_SECONDS"]
+    ceiling = min(cap, base * 2 ** max(0, attempts - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
