@@ -19,8 +19,10 @@ OUTBOX_MAX_ATTEMPTS). Connectors never decide this themselves: they raise the cl
     ConfigError, HttpError       never                              failed                         HTTP 400/422 (or the connector's
       (other 4xx)                                                                                 permanent statuses): dead at once;
                                                                                                   otherwise like TransientError
-    BadRecord                    -                                  the record is skipped, the     dead at once (a mapping it cannot
-                                                                    run goes on                    satisfy)
+    BadRecord                    -                                  the record is skipped, the     -
+                                                                    run goes on
+    MappingError, Unsendable     -                                  -                              dead at once (the event cannot be
+                                                                                                  mapped, or has no destination)
     anything else (a bug)        -                                  failed ("internal")            retried after backoff, spends one
     breaker probe failure        -                                  -                              given back: no attempt spent
 
@@ -34,6 +36,8 @@ import requests
 from sqlalchemy.exc import OperationalError
 
 from .connectors.errors import AuthError, BadRecord, ConfigError, RateLimited, TransientError
+from .connectors.http import HttpError
+from .connectors.mapping import MappingError
 
 # -- request: inside one HTTP call -------------------------------------------------------
 
@@ -88,6 +92,44 @@ PERMANENT_STATUSES = (400, 422)
 # already paces requests, so such a 429 is a near miss at a window's edge, not a reason to
 # push the event back by a backoff.
 OUTBOX_INLINE_RATE_LIMIT_WAIT = 2.0
+
+
+class Unsendable(Exception):
+    """An outbox event that can never be sent as it is (its destination is gone, or is not
+    an outbound destination)."""
+
+
+@dataclass(frozen=True)
+class OutboxVerdict:
+    # "dead": never retried. "retry": retried after max(backoff, Retry-After), spending an
+    # attempt. "provider": the destination is unwell: counts towards its breaker, and is
+    # retried after backoff spending an attempt, unless it was the breaker's probe.
+    outcome: str
+    reason: str
+    retry_after: float | None = None
+    needs_reauth: bool = False  # the connection is marked needs_reauth
+    provider_answered: bool = False  # the destination is up (the request was wrong): breaker reset
+    unexpected: bool = False  # a bug: logged with its traceback
+
+
+def for_outbox(exc, permanent_statuses=PERMANENT_STATUSES):
+    """What a failed send of an outbox event becomes."""
+    if isinstance(exc, (Unsendable, MappingError)):
+        return OutboxVerdict("dead", str(exc))
+    if isinstance(exc, HttpError):
+        if exc.status in permanent_statuses:
+            return OutboxVerdict("dead", str(exc), provider_answered=True)
+        return OutboxVerdict("provider", str(exc))
+    if isinstance(exc, RateLimited):
+        return OutboxVerdict("retry", str(exc), retry_after=exc.retry_after)
+    if isinstance(exc, AuthError):
+        return OutboxVerdict("provider", str(exc), needs_reauth=True)
+    if isinstance(exc, (TransientError, ConfigError)):
+        return OutboxVerdict("provider", str(exc))
+    if isinstance(exc, requests.RequestException):
+        return OutboxVerdict("provider", f"{type(exc).__name__} talking to the destination")
+    # The reason stays short and free of data: the traceback is in the worker's log.
+    return OutboxVerdict("provider", f"unexpected {type(exc).__name__}; see the worker log", unexpected=True)
 
 
 def outbox_backoff(attempts, base, cap):

@@ -14,14 +14,12 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 
-import requests
 from flask import current_app
 from sqlalchemy import update
 
+from webapp import retry_policy
 from webapp.connectors.base import Services, connector_class
-from webapp.connectors.errors import AuthError, ConfigError, RateLimited, TransientError
-from webapp.connectors.http import HttpError
-from webapp.connectors.mapping import MappingError
+from webapp.connectors.errors import RateLimited
 from webapp.extensions import db
 from webapp.models import Connection, utcnow
 from webapp.outbox.breaker import Breaker
@@ -30,19 +28,6 @@ from webapp.outbox.enqueue import DRAIN_KICK_KEY, DRAINING_KEY, KICK_KEY, reques
 from webapp.outbox.statuses import DEAD
 
 log = logging.getLogger(__name__)
-
-# What a destination answers when the request itself is wrong; a connector may widen it.
-PERMANENT_STATUSES = (400, 422)
-# A 429 asking for at most this many seconds is waited out once, in place (wait for
-# Retry-After, then go on, as a sync does: docs/ARCHITECTURE.md): our limiter already paces
-# requests, so such a 429 is a near miss at a window's edge, not a reason to push the event
-# back by a backoff.
-INLINE_RATE_LIMIT_WAIT = 2.0
-
-
-class Unsendable(Exception):
-    """The row can never be sent as it is (no such destination, not an action)."""
-
 
 @dataclass
 class DrainResult:
@@ -194,28 +179,22 @@ class OutboxSender:
         try:
             connector = self._destination(destination)
             note = self._request(connector, claimed)
-        except Unsendable as exc:
-            self._failed(claimed, str(exc), permanent=True)
-        except MappingError as exc:
-            self._failed(claimed, str(exc), permanent=True)
-        except HttpError as exc:
-            if exc.status in getattr(connector, "permanent_statuses", PERMANENT_STATUSES):
+        except Exception as exc:
+            # What the failure becomes is webapp/retry_policy.py's decision ("outbox").
+            verdict = retry_policy.for_outbox(
+                exc, getattr(connector, "permanent_statuses", retry_policy.PERMANENT_STATUSES))
+            if verdict.unexpected:
+                log.exception("outbox event %s: unexpected error", claimed.id)
+            if verdict.needs_reauth:
+                self._needs_reauth(destination, exc)
+            if verdict.provider_answered:
                 self.breaker.success(destination)  # the provider is up; the request is wrong
-                self._failed(claimed, str(exc), permanent=True)
+            if verdict.outcome == "dead":
+                self._failed(claimed, verdict.reason, permanent=True)
+            elif verdict.outcome == "retry":
+                self._failed(claimed, verdict.reason, retry_after=verdict.retry_after)
             else:
-                self._provider_failed(claimed, exc)
-        except RateLimited as exc:
-            self._failed(claimed, str(exc), retry_after=exc.retry_after)
-        except AuthError as exc:
-            self._needs_reauth(destination, exc)
-            self._provider_failed(claimed, exc)
-        except (TransientError, ConfigError) as exc:
-            self._provider_failed(claimed, exc)
-        except requests.RequestException as exc:
-            self._provider_failed(claimed, f"{type(exc).__name__} talking to the destination")
-        except Exception as exc:  # a bug: count it, keep the reason short and free of data
-            log.exception("outbox event %s: unexpected error", claimed.id)
-            self._provider_failed(claimed, f"unexpected {type(exc).__name__}; see the worker log")
+                self._provider_failed(claimed, verdict.reason)
         else:
             self.breaker.success(destination)
             if mark_done(self.session, claimed):
@@ -230,7 +209,7 @@ class OutboxSender:
             return connector.send(claimed.payload, claimed.idempotency_key)
         except RateLimited as exc:
             wait = 1.0 if exc.retry_after is None else exc.retry_after
-            if wait > INLINE_RATE_LIMIT_WAIT:
+            if wait > retry_policy.OUTBOX_INLINE_RATE_LIMIT_WAIT:
                 raise
             time.sleep(wait)
             return connector.send(claimed.payload, claimed.idempotency_key)
@@ -272,10 +251,10 @@ class OutboxSender:
     def _build(self, connection_id):
         connection = self.session.get(Connection, connection_id)
         if connection is None:
-            raise Unsendable(f"connection {connection_id} no longer exists")
+            raise retry_policy.Unsendable(f"connection {connection_id} no longer exists")
         cls = connector_class(connection.connector)
         if not hasattr(cls, "send"):
-            raise Unsendable(f"connection {connection.name!r} ({connection.connector}) "
+            raise retry_policy.Unsendable(f"connection {connection.name!r} ({connection.connector}) "
                              "cannot send outbound events")
         services = Services(config=dict(self.config), redis=self.redis, connection_id=connection_id)
         return cls(connection.settings or {}, connection.credentials, services)

@@ -47,6 +47,28 @@ def test_outbox_backoff_doubles_with_half_of_it_random_and_honours_retry_after()
     for attempts, ceiling in ((1, 10), (2, 20), (3, 40), (20, 3600)):
         waits = [retry_policy.outbox_backoff(attempts, 10, 3600) for _ in range(100)]
         assert all(ceiling / 2 <= w <= ceiling for w in waits), attempts
+        assert max(waits) - min(waits) > ceiling / 10, "jittered, not one fixed delay"
     assert retry_policy.outbox_retry_delay(1, 120, 10, 3600) == 120
     assert 5 <= retry_policy.outbox_retry_delay(1, None, 10, 3600) <= 10
     assert retry_policy.outbox_gives_up(8, 8) and not retry_policy.outbox_gives_up(7, 8)
+
+
+@pytest.mark.parametrize("exc, outcome, extra", [
+    (retry_policy.Unsendable("connection 3 no longer exists"), "dead", {}),
+    (HttpError("422 bad email", 422), "dead", {"provider_answered": True}),
+    (HttpError("404", 404), "provider", {}),
+    (RateLimited("429", retry_after=30), "retry", {"retry_after": 30}),
+    (AuthError("401"), "provider", {"needs_reauth": True}),
+    (TransientError("503"), "provider", {}),
+    (requests.ConnectionError("reset"), "provider", {}),
+    (KeyError("bug"), "provider", {"unexpected": True}),
+])
+def test_a_failed_outbox_send_is_dead_only_when_the_event_itself_is_wrong(exc, outcome, extra):
+    verdict = retry_policy.for_outbox(exc)
+    assert verdict.outcome == outcome
+    for name, value in extra.items():
+        assert getattr(verdict, name) == value, name
+
+
+def test_a_connector_may_widen_the_permanent_statuses():
+    assert retry_policy.for_outbox(HttpError("409", 409), permanent_statuses=(400, 409, 422)).outcome == "dead"

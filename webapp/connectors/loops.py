@@ -23,7 +23,6 @@ from .base import Connector, register
 from .errors import ConfigError
 from .http import HttpError, parse_json
 from .mapping import MappingError, context_for, render, rules_for
-from .ratelimit import make_rate_limiter
 
 DEFAULT_BASE_URL = "https://app.loops.so/api"
 # Loops allows 10 requests/s per team. A request reaches Loops some time after our limiter
@@ -122,11 +121,11 @@ class LoopsConnector(Connector):
             if not api_key:
                 raise ConfigError("the Loops connection has no api_key credential")
             team = hashlib.sha256(api_key.encode()).hexdigest()[:16]
-            timeout = float(self.services.config.get("OUTBOX_HTTP_TIMEOUT_SECONDS", 10))
+            timeout = float(self.services.config["OUTBOX_HTTP_TIMEOUT_SECONDS"])
             # Connect and read each get the timeout; past that a dead worker's slot lapses.
             self._max_in_flight = 2 * timeout + 1
-            self._limiter = make_rate_limiter(self.services.redis, f"loops:{team}",
-                                              tuple(self.settings.get("rate_limit") or DEFAULT_RATE_LIMIT))
+            self._limiter = self.services.rate_limiter(f"loops:{team}",
+                                                       tuple(self.settings.get("rate_limit") or DEFAULT_RATE_LIMIT))
             self._http = self.services.http(
                 self.settings.get("base_url") or DEFAULT_BASE_URL,
                 auth=BearerAuth(api_key),

@@ -9,7 +9,6 @@ on its claim (claimed_by and the attempt number), so a worker whose lease ran ou
 never overwrite the outcome of the worker that took the row over.
 """
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -18,7 +17,7 @@ from flask import current_app
 from sqlalchemy import and_, exists, or_, select, text, update
 from sqlalchemy.orm import aliased
 
-from .. import metrics
+from .. import metrics, retry_policy
 from ..models import Connection, OutboxEvent, utcnow
 from .statuses import ACTIVE, DEAD, DONE, PENDING, PROCESSING
 
@@ -135,12 +134,11 @@ def mark_failed(session, c, reason, *, permanent=False, retry_after=None, now=No
     reason = (reason or "unknown error")[:2000]
     if permanent:
         values = {"status": DEAD, "last_error": reason}
-    elif c.attempts >= c.max_attempts:
+    elif retry_policy.outbox_gives_up(c.attempts, c.max_attempts):
         values = {"status": DEAD, "last_error": f"{reason} (gave up after {c.attempts} attempts)"}
     else:
-        delay = backoff_seconds(c.attempts)
-        if retry_after:
-            delay = max(delay, float(retry_after))
+        delay = retry_policy.outbox_retry_delay(c.attempts, retry_after, current_app.config["OUTBOX_BACKOFF_BASE_SECONDS"],
+                                                current_app.config["OUTBOX_BACKOFF_MAX_SECONDS"])
         values = {"status": PENDING, "last_error": reason, "next_attempt_at": now + timedelta(seconds=delay)}
     values.update(lease_until=None, updated_at=now)
     if not _settle(session, c, values):
@@ -158,12 +156,3 @@ def release(session, c, not_before=None, reason=None, now=None):
     if reason:
         values["last_error"] = reason[:2000]
     return _settle(session, c, values)
-
-
-def backoff_seconds(attempts):
-    """Exponential in the attempts made, with jitter: half fixed, half random, so retries of
-    many events spread out but none comes back almost at once."""
-    base = current_app.config["OUTBOX_BACKOFF_BASE_SECONDS"]
-    cap = current_app.config["OUTBOX_BACKOFF_MAX_SECONDS"]
-    ceiling = min(cap, base * 2 ** max(0, attempts - 1))
-    return ceiling / 2 + random.uniform(0, ceiling / 2)

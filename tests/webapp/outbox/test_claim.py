@@ -14,7 +14,7 @@ from tests.webapp.outbox.support import (  # noqa: F401  (fixtures)
 from webapp import outbox
 from webapp.extensions import db
 from webapp.models import utcnow
-from webapp.outbox.claim import backoff_seconds, claim, mark_done, mark_failed
+from webapp.outbox.claim import claim, mark_done, mark_failed
 
 
 def test_newer_event_of_a_key_waits_while_an_older_one_is_pending_or_processing(app, fast, make_connection, loops):
@@ -85,11 +85,3 @@ def test_concurrent_claimers_take_disjoint_events(app, make_connection, loops):
     assert errors == []
     assert len(taken) == len(set(taken)) == 120
     assert {r.status for r in outbox_rows()} == {"done"}
-
-
-def test_backoff_grows_exponentially_with_jitter(app, fast):
-    app.config.update(OUTBOX_BACKOFF_BASE_SECONDS=10, OUTBOX_BACKOFF_MAX_SECONDS=300)
-    for attempts, ceiling in ((1, 10), (2, 20), (4, 80), (9, 300)):
-        samples = [backoff_seconds(attempts) for _ in range(200)]
-        assert all(ceiling / 2 <= s <= ceiling for s in samples)
-        assert max(samples) - min(samples) > ceiling / 10  # jittered, not one fixed delay
