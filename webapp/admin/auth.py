@@ -25,7 +25,7 @@ from wtforms.validators import DataRequired, Length
 
 from ..extensions import db, redis_ext
 from ..models import User, utcnow
-from . import bp
+from .blueprint import bp
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from ..connectors.errors import ConfigError
 from ..extensions import db
 from ..models import Connection
 from ..schedules import firing, parser
-from . import bp
+from .blueprint import bp
 
 def _value(text):
     """Settings are JSON: numbers, booleans, lists and objects typed as such, the rest as text."""

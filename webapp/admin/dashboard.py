@@ -12,7 +12,7 @@ from ..connectors.errors import ConfigError
 from ..extensions import db
 from ..models import ACTIVE_STATUSES, Connection, Run
 from ..schedules.parser import ScheduleError, parse
-from . import bp
+from .blueprint import bp
 
 SYNC_MODES = ("full", "incremental", "range")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
