@@ -4,7 +4,7 @@
                                          [--rounds 3] [--failovers 3]
 
 Slots: N connections are due at once. Baseline: a bare loop of runs.trigger(trigger=
-"schedule") (insert + enqueue, what any caller pays). Supervisor: schedules.fire_due(),
+"schedule") (insert + enqueue, what any caller pays). Supervisor: firing.fire_due(),
 which adds the exactly-once bookkeeping (the conditional UPDATE of next_run_at in the
 run's transaction, the active-run check). Ratio = baseline seconds / supervisor seconds.
 
@@ -29,7 +29,8 @@ TTL, TICK = 1.0, 0.1
 def measure_slots(app, n, rounds):
     from sqlalchemy import update
 
-    from webapp import runs, schedules
+    from webapp import runs
+    from webapp.schedules import firing
     from webapp.extensions import db
     from webapp.models import CANCELLED, Connection, Run
 
@@ -54,7 +55,7 @@ def measure_slots(app, n, rounds):
         db.session.execute(update(Connection).values(next_run_at=due))
         db.session.commit()
         started = time.perf_counter()
-        outcomes = schedules.fire_due(due)
+        outcomes = firing.fire_due(due)
         supervisor = time.perf_counter() - started
         assert sum(o.action == "enqueued" for o in outcomes) == n, outcomes[:3]
         settle()

@@ -3,7 +3,8 @@ import click
 from flask.cli import AppGroup
 from sqlalchemy import select
 
-from webapp import alerts, retention, schedules
+from webapp import alerts, retention
+from webapp.schedules import parser as schedules
 from webapp.extensions import db, redis_ext
 from webapp.models import Connection, utcnow
 

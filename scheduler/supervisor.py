@@ -32,10 +32,11 @@ from rq.job import Job, JobStatus
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
-from webapp import alerts, outbox, retention, runs, schedules
+from webapp import alerts, outbox, retention, runs
 from webapp.extensions import db, redis_ext
 from webapp.models import SupervisorState
 from webapp.queue import DEFAULT, queue
+from webapp.schedules import firing
 
 from . import recovery
 from .clock import system_clock
@@ -170,8 +171,8 @@ class Supervisor:
         return self.leading
 
     def enqueue_due(self, now):
-        schedules.plan_next_runs(now)
-        outcomes = schedules.fire_due(now, requested_by="supervisor")
+        firing.plan_next_runs(now)
+        outcomes = firing.fire_due(now, requested_by="supervisor")
         for o in outcomes:
             slot = o.slot.isoformat(timespec="minutes")
             missed = f" ({o.missed} slots coalesced into one run)" if o.missed > 1 else ""

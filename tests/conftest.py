@@ -88,7 +88,7 @@ def app(request, _databases, redis_url, tmp_path_factory):
         yield application
         db.session.remove()
         db.engine.dispose()
-        from webapp.webhooks.store import dispose
+        from webapp.webhooks.delivery_writer import dispose
 
         dispose(application)
 

@@ -1,4 +1,4 @@
-"""Alert conditions (SPEC §9; S2, S3), computed from the rows, never hard-coded.
+"""Alert conditions, computed from the rows, never hard-coded (docs/SUPERVISOR.md, "Alerts").
 
     consecutive_failures  a connection's last N finished syncs all failed
     no_recent_success     a scheduled connection has not completed a sync within N hours
@@ -42,7 +42,6 @@ NO_RECENT_SUCCESS = "no_recent_success"
 STALE_RUNS = "stale_runs"
 DEAD_OUTBOX = "dead_outbox"
 SUPERVISOR_SILENT = "supervisor_silent"
-KINDS = (CONSECUTIVE_FAILURES, NO_RECENT_SUCCESS, STALE_RUNS, DEAD_OUTBOX, SUPERVISOR_SILENT)
 WORKER_LOST = "worker_lost"  # the error_class runs.sweep_stale gives a run whose worker vanished
 
 

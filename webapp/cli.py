@@ -13,6 +13,7 @@ from .connectors.errors import ConfigError
 from .extensions import db, redis_ext
 from .models import ACTIVE_STATUSES, STATUSES, TERMINAL_STATUSES, Connection, Run, RunEvent
 from .progress import read_snapshot
+from .schedules.parser import ScheduleError, normalize
 
 sync_cli = AppGroup("sync", help="Run, list, inspect and cancel syncs.")
 connections_cli = AppGroup("connections", help="Add, list and show connections.")
@@ -209,8 +210,6 @@ def add_command(name, connector, setting_pairs, settings_json, credentials_json,
         _fail("credentials are not valid JSON")  # the text itself is never echoed
     if db.session.execute(select(Connection).where(Connection.name == name)).scalar_one_or_none():
         _fail(f"a connection named {name!r} exists")
-    from .schedules import ScheduleError, normalize
-
     try:
         schedule = normalize(schedule)
     except ScheduleError as exc:

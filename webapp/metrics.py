@@ -1,4 +1,4 @@
-"""Prometheus metrics at /metrics (SPEC §9).
+"""Prometheus metrics at /metrics (protected by SYNCHUB_METRICS_TOKEN, docs/DEPLOY.md).
 
 Events are counted in-process and flushed to Redis hashes (HINCRBYFLOAT), so every web
 process, RQ work horse (a new process per job) and supervisor, on any machine, adds to

@@ -4,8 +4,10 @@ from datetime import datetime, timezone
 from sqlalchemy import Index, UniqueConstraint, text
 
 from .extensions import db
+from .schedules.parser import ScheduleError, parse as parse_schedule
 
-# The one status vocabulary (SPEC §4): DB, Redis, API, UI and CLI all use these strings.
+# The one status vocabulary: the database, Redis, the API, the admin and the CLI all use
+# these strings, so no layer translates a status and none can disagree about one.
 QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = "queued", "running", "completed", "failed", "cancelled"
 ACTIVE_STATUSES = (QUEUED, RUNNING)
 TERMINAL_STATUSES = (COMPLETED, FAILED, CANCELLED)
@@ -13,7 +15,6 @@ STATUSES = ACTIVE_STATUSES + TERMINAL_STATUSES
 
 MODES = ("full", "incremental", "range", "record")
 TRIGGERS = ("manual", "schedule", "webhook", "event", "cli", "api")
-HEALTH = ("ok", "failing", "needs_reauth")
 
 # A partial index is what makes "one active run per connection" a database guarantee:
 # two processes racing to insert can't both succeed, whatever machine they run on.
@@ -61,11 +62,10 @@ class Connection(db.Model):
     @property
     def manual_only(self):
         """Never triggered automatically. An unreadable schedule counts as manual: a
-        connection must not start running by itself because of a typo."""
-        from .schedules import ScheduleError, parse
-
+        connection must not start running by itself because of a typo. (The parser is pure:
+        no database, no Flask, nothing that imports this module.)"""
         try:
-            return parse(self.schedule).manual
+            return parse_schedule(self.schedule).manual
         except ScheduleError:
             return True
 

@@ -287,16 +287,6 @@ def owned(run_id, attempt):
     return (Run.id == run_id, Run.status == RUNNING, Run.attempt == attempt)
 
 
-def heartbeat(run_id, attempt, session=None):
-    session = session or db.session
-    result = session.execute(
-        update(Run).where(*owned(run_id, attempt)).values(heartbeat_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
-    return result.rowcount == 1
-
-
 def record_page(run_id, attempt, *, checkpoint, counts, processed, total, phase):
     """Inside the page's transaction (no commit): checkpoint, counters and progress.
     Returns (still_owned, cancel_requested). If not owned the caller must roll back."""

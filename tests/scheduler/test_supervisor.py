@@ -10,9 +10,11 @@ from sqlalchemy import select
 from scheduler.clock import FileClock
 from scheduler.leader import LEADER_KEY, holder
 from scheduler.supervisor import HEARTBEAT_KEY, Step, Supervisor, parse_maintenance_jobs
+from tests.support import wait_for
 from webapp.extensions import db
 from webapp.models import Run, SupervisorState, utcnow
 from webapp.queue import DEFAULT, queue
+from worker.engine import Heartbeat
 
 T0 = datetime(2030, 1, 1, 0, 0)
 
@@ -154,6 +156,21 @@ def test_leader_that_cannot_reach_its_database_hands_the_lease_over(app, redis, 
     assert holder(redis) == "healthy"
 
 
+def _one_heartbeat(app, run_id, attempt):
+    """Let the worker's heartbeat thread (worker/engine.py) move the run's heartbeat, then stop it."""
+    def heartbeat_at():
+        db.session.rollback()  # a fresh read, not this session's snapshot
+        return db.session.scalar(select(Run.heartbeat_at).where(Run.id == run_id))
+
+    before = heartbeat_at()
+    beat = Heartbeat(app, run_id, attempt, interval=0.01)
+    beat.start()
+    try:
+        wait_for(lambda: heartbeat_at() != before, timeout=10, message="the heartbeat to move")
+    finally:
+        beat.stop()
+
+
 def test_sweep_judges_heartbeats_by_its_own_monotonic_clock_not_by_wall_clock_jumps(app, make_connection):
     from webapp import runs as run_rules
 
@@ -166,7 +183,7 @@ def test_sweep_judges_heartbeats_by_its_own_monotonic_clock_not_by_wall_clock_ju
 
     assert supervisor.sweep(now=utcnow() + timedelta(days=1)) == []  # a clock a day ahead sweeps nothing
     ticks[0] += stale_after / 2
-    assert run_rules.heartbeat(run.id, attempt)  # the worker is alive: its heartbeat moves
+    _one_heartbeat(app, run.id, attempt)  # the worker is alive: its heartbeat moves
     assert supervisor.sweep(now=utcnow() + timedelta(days=1)) == []
     ticks[0] += stale_after - 0.01
     assert supervisor.sweep() == []  # unchanged, but not yet for the whole threshold

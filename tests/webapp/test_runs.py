@@ -5,9 +5,23 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
+from tests.support import wait_for
 from webapp import runs
 from webapp.extensions import db
 from webapp.models import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, Run, RunEvent, utcnow
+from worker.engine import Heartbeat
+
+
+def _heartbeat_finds_the_run_taken(app, run_id, attempt):
+    """The worker's heartbeat thread (worker/engine.py) of a worker that still believes it
+    runs `attempt`: it stops, with `lost` set, at its first beat once the run is not its own."""
+    beat = Heartbeat(app, run_id, attempt, interval=0.01)
+    beat.start()
+    try:
+        wait_for(lambda: beat.lost, timeout=10, message="the heartbeat to find its run taken")
+    finally:
+        beat.stop()
+    return beat.lost
 
 
 def test_second_trigger_returns_active_run(app, make_connection):
@@ -103,7 +117,7 @@ def test_orphaned_running_run_is_cancelled_directly_and_zombie_cannot_flip_it(ap
     assert runs.cancel(run.id, now=later) == CANCELLED
     # The worker was only paused, not dead: it wakes up and tries to finish and to checkpoint.
     assert not runs.finish(run.id, attempt, COMPLETED)
-    assert not runs.heartbeat(run.id, attempt)
+    assert _heartbeat_finds_the_run_taken(app, run.id, attempt)
     db.session.expire_all()
     assert db.session.get(Run, run.id).status == CANCELLED
 
@@ -125,7 +139,7 @@ def test_sweep_requeues_stale_run_then_fails_it_when_attempts_run_out(app, make_
     attempt = runs.claim(run.id, "w1")
     future = utcnow() + timedelta(seconds=app.config["STALE_AFTER_SECONDS"] + 1)
     assert runs.sweep_stale(now=future) == [(run.id, QUEUED)]
-    assert not runs.heartbeat(run.id, attempt)  # the old attempt lost the run
+    assert _heartbeat_finds_the_run_taken(app, run.id, attempt)  # the old attempt lost the run
     second = runs.claim(run.id, "w2")
     assert second == attempt + 1
     future = utcnow() + timedelta(seconds=app.config["STALE_AFTER_SECONDS"] + 1)

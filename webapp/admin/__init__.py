@@ -8,10 +8,9 @@ protected without doing anything. Templates extend "admin/base.html", the one la
 """
 import importlib
 
-from flask import Blueprint, redirect, request, url_for
+from flask import redirect, request, url_for
 
-bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates",
-               static_folder="static", static_url_path="/static")
+from .blueprint import bp
 
 # The navigation bar, in order: (endpoint, label). Add your page's line here.
 NAV = (

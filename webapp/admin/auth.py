@@ -26,7 +26,7 @@ from wtforms.validators import DataRequired, Length
 from .. import redis_keys
 from ..extensions import db, redis_ext
 from ..models import User, utcnow
-from . import bp
+from .blueprint import bp
 
 log = logging.getLogger(__name__)
 

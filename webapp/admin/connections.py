@@ -7,13 +7,13 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from werkzeug.routing import BuildError
 
-from .. import schedules
 from ..connectors import load_all
 from ..connectors.base import REGISTRY
 from ..connectors.errors import ConfigError
 from ..extensions import db
 from ..models import Connection
-from . import bp
+from ..schedules import firing, parser
+from .blueprint import bp
 
 def _value(text):
     """Settings are JSON: numbers, booleans, lists and objects typed as such, the rest as text."""
@@ -56,7 +56,7 @@ def parse_form(cls, form, stored_credentials):
         value = form.get(f"credential.{field}", "")
         if value.strip():
             credentials[field] = value.strip()
-    schedule = schedules.parse(form.get("schedule", "").strip() or "manual").text
+    schedule = parser.parse(form.get("schedule", "").strip() or "manual").text
     return name, settings, credentials, schedule, bool(form.get("enabled"))
 
 
@@ -127,7 +127,7 @@ def _save(cls, connection, created):
     connection.name, connection.settings, connection.schedule, connection.enabled = name, settings, schedule, enabled
     connection.credentials = credentials
     if timing_changed:
-        schedules.reschedule(connection)  # a new schedule takes effect from its next slot
+        firing.reschedule(connection)  # a new schedule takes effect from its next slot
     if created:
         db.session.add(connection)
     try:

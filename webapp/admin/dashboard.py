@@ -5,13 +5,14 @@ from flask import flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import func, select
 
-from .. import runs, schedules
+from .. import runs
 from ..connectors import load_all
 from ..connectors.base import REGISTRY
 from ..connectors.errors import ConfigError
 from ..extensions import db
 from ..models import ACTIVE_STATUSES, Connection, Run
-from . import bp
+from ..schedules.parser import ScheduleError, parse
+from .blueprint import bp
 
 SYNC_MODES = ("full", "incremental", "range")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -67,8 +68,8 @@ def connection_rows():
 
 def _describe(text):
     try:
-        return schedules.parse(text).describe()
-    except schedules.ScheduleError as exc:
+        return parse(text).describe()
+    except ScheduleError as exc:
         return f"unreadable ({exc}); treated as manual"
 
 

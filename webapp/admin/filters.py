@@ -2,7 +2,7 @@
 from datetime import datetime, timezone
 
 from ..models import utcnow
-from . import bp
+from .blueprint import bp
 
 
 @bp.app_template_filter("utc")

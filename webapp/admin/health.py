@@ -2,7 +2,7 @@
 from flask import render_template
 
 from ..health import health_report, readiness
-from . import bp
+from .blueprint import bp
 
 
 @bp.route("/health")

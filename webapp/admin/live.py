@@ -13,7 +13,7 @@ from ..extensions import db, sock
 from ..live import hub
 from ..models import TERMINAL_STATUSES, Run
 from ..run_view import record_errors, run_state
-from . import bp
+from .blueprint import bp
 
 
 @bp.before_request

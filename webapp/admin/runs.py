@@ -9,7 +9,7 @@ from .. import runs
 from ..extensions import db
 from ..run_view import activity, record_errors, run_state
 from ..models import ACTIVE_STATUSES, STATUSES, TRIGGERS, Connection, Run
-from . import bp
+from .blueprint import bp
 
 PAGE_SIZE = 50
 

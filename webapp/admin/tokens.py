@@ -10,7 +10,7 @@ from sqlalchemy import select
 from ..api.auth import create_token, hash_token, revoke_token, token_name
 from ..extensions import db
 from ..models import ApiToken
-from . import bp
+from .blueprint import bp
 
 
 def _page(status=200, **context):

@@ -19,10 +19,10 @@ from .common import BAD_REQUEST, NOT_FOUND, UNAUTHORIZED, ApiError, find_connect
 
 
 def _tick():
-    from .. import schedules
+    from ..schedules import firing
 
-    schedules.plan_next_runs()
-    return schedules.fire_due(requested_by="cron")
+    firing.plan_next_runs()
+    return firing.fire_due(requested_by="cron")
 
 
 def _cleanup():

@@ -23,8 +23,7 @@ from .. import metrics
 from ..connectors.errors import ConfigError
 from ..extensions import db, redis_ext
 from ..models import utcnow
-from . import dispatch, signatures, targets
-from . import store as delivery_store
+from . import delivery_writer, dispatch, signatures, targets
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +95,7 @@ def receive(connection_key, raw_body, headers, content_type, now=None):
         return reject(415, "unsupported_media_type", "Content-Type must be application/json", connection_key)
     try:
         return _receive(connection_key, raw_body, headers, now)
-    except (SQLAlchemyError, delivery_store.DeliveryNotStored):
+    except (SQLAlchemyError, delivery_writer.DeliveryNotStored):
         db.session.rollback()
         log.exception("webhook for %s: database error", connection_key)
         return _unavailable(connection_key, headers)
@@ -148,8 +147,8 @@ def store(connection_id, event_id, event_type, headers, raw_body):
     event id) constraint decides races: of parallel duplicates exactly one insert wins;
     the others count themselves on it."""
     kept = {name: headers[name] for name in KEPT_HEADERS if headers.get(name)}
-    return delivery_store.insert_delivery(connection_id, event_id, str(event_type)[:100] if event_type else None,
-                                          utcnow(), kept, raw_body)
+    return delivery_writer.insert_delivery(connection_id, event_id, str(event_type)[:100] if event_type else None,
+                                           utcnow(), kept, raw_body)
 
 
 def rejected_counts():

@@ -15,7 +15,7 @@ from webapp.extensions import db
 from webapp.credentials import encrypt_credentials
 from webapp.models import Connection, Run, WebhookDelivery
 from webapp.runs import get_connection
-from webapp.webhooks import dispatch, ingest, store
+from webapp.webhooks import delivery_writer, dispatch, ingest
 
 from . import signing
 
@@ -182,7 +182,7 @@ def test_delivery_store_reconnects_after_the_database_dropped_its_connections(ap
         return client.post("/webhooks/shop", data=body, headers=signing.standard_headers(body, secret))
 
     assert post(1).status_code == 200  # the delivery engine now holds an open connection
-    database = store.engine().url.database
+    database = delivery_writer.engine().url.database
     db.session.remove()  # the test's own session holds no connection while they are ended
     with db.engine.connect() as admin:  # a real fault: the server ends every other session
         killed = admin.exec_driver_sql(

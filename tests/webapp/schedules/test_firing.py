@@ -1,88 +1,21 @@
-"""Schedules: parsing with actionable errors, slot arithmetic, and firing due slots exactly once."""
+"""Firing schedules: each due slot becomes one run, exactly once, whatever races for it."""
 import logging
 import multiprocessing
 from datetime import datetime, timedelta
 
-import pytest
 from sqlalchemy import select
 
-from webapp import runs, schedules
+from webapp import runs
 from webapp.extensions import db
 from webapp.models import Connection, Run
 from webapp.queue import LOW, queue
+from webapp.schedules import firing
 
 T0 = datetime(2030, 1, 1, 0, 0)
 
 
 def minutes(n):
     return T0 + timedelta(minutes=n)
-
-
-# -- parsing -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("text, normalized, kind", [
-    ("manual", "manual", "manual"),
-    (" Manual ", "manual", "manual"),
-    ("every:5", "every:5", "every"),
-    ("EVERY: 15", "every:15", "every"),
-    ("hourly:0", "hourly:0", "hourly"),
-    ("hourly:59", "hourly:59", "hourly"),
-    ("cron:*/15  * * * *", "cron:*/15 * * * *", "cron"),
-    ("cron:30 2 * * 1-5", "cron:30 2 * * 1-5", "cron"),
-    ("cron:@Daily", "cron:@daily", "cron"),
-])
-def test_parse_accepts_each_form_and_normalizes_it(text, normalized, kind):
-    schedule = schedules.parse(text)
-    assert (schedule.text, schedule.kind) == (normalized, kind)
-
-
-@pytest.mark.parametrize("text, hint", [
-    ("", "empty"),
-    ("weekly:1", "use manual, every:<minutes>"),
-    ("every 5 minutes", "unknown schedule"),
-    ("every:0", "between 1 and"),
-    ("every:five", "whole number of minutes"),
-    ("hourly:60", "between 0 and 59"),
-    ("hourly:", "minute of the hour"),
-    ("cron:", "needs an expression"),
-    ("cron:* * *", "has 5 fields"),
-    ("cron:*/5 * * * * *", "has 5 fields"),
-    ("cron:61 * * * *", "not a valid cron expression"),
-    ("cron:0 0 30 2 *", "never matches a real date"),
-    ("cron:@sometimes", "unknown alias"),
-])
-def test_parse_rejects_bad_schedules_with_an_actionable_message(text, hint):
-    with pytest.raises(schedules.ScheduleError, match=hint) as info:
-        schedules.parse(text)
-    assert isinstance(info.value, ValueError)  # forms can treat it as a plain validation error
-
-
-def test_every_n_minutes_falls_on_multiples_of_n():
-    five = schedules.parse("every:5")
-    assert five.next_after(datetime(2030, 1, 1, 10, 3, 59)) == datetime(2030, 1, 1, 10, 5)
-    assert five.next_after(datetime(2030, 1, 1, 10, 5)) == datetime(2030, 1, 1, 10, 10)  # strictly after
-    assert schedules.parse("every:60").next_after(datetime(2030, 1, 1, 10, 0, 1)) == datetime(2030, 1, 1, 11, 0)
-
-
-def test_hourly_fires_at_its_minute_of_the_next_hour_once_past_it():
-    hourly = schedules.parse("hourly:20")
-    assert hourly.next_after(datetime(2030, 1, 1, 10, 19, 59)) == datetime(2030, 1, 1, 10, 20)
-    assert hourly.next_after(datetime(2030, 1, 1, 10, 20)) == datetime(2030, 1, 1, 11, 20)
-    assert hourly.next_after(datetime(2030, 12, 31, 23, 30)) == datetime(2031, 1, 1, 0, 20)
-
-
-def test_cron_next_slot_comes_from_the_expression():
-    assert schedules.next_run("cron:30 2 * * 1-5", datetime(2030, 1, 4, 3, 0)) == datetime(2030, 1, 7, 2, 30)  # Fri -> Mon
-    assert schedules.next_run("manual", T0) is None
-
-
-def test_missed_slots_are_counted_up_to_now():
-    assert schedules.missed_slots(schedules.parse("every:5"), minutes(5), minutes(5)) == 1
-    assert schedules.missed_slots(schedules.parse("every:5"), minutes(5), minutes(27)) == 5
-
-
-# -- firing --------------------------------------------------------------------------------
 
 
 def _finish_queued_runs():
@@ -100,8 +33,8 @@ def _slots(connection_name):
 
 def _simulate(start, end, step=1):
     for k in range(start, end + 1, step):
-        schedules.plan_next_runs(minutes(k))
-        schedules.fire_due(minutes(k))
+        firing.plan_next_runs(minutes(k))
+        firing.fire_due(minutes(k))
         _finish_queued_runs()
 
 
@@ -132,7 +65,7 @@ def test_slot_is_skipped_and_logged_while_the_previous_run_is_active(app, make_c
     from scheduler.supervisor import Supervisor
 
     conn = make_connection(name="busy", schedule="every:5")
-    schedules.plan_next_runs(minutes(0))
+    firing.plan_next_runs(minutes(0))
     active = runs.trigger(conn, trigger="manual", enqueue=False).run
     supervisor = Supervisor(app, name="s1")
     with caplog.at_level(logging.INFO, logger="scheduler"):
@@ -145,8 +78,8 @@ def test_slot_is_skipped_and_logged_while_the_previous_run_is_active(app, make_c
 
 def test_missed_slots_are_coalesced_into_one_run(app, make_connection, redis):
     make_connection(name="five", schedule="every:5")
-    schedules.plan_next_runs(minutes(0))
-    outcomes = schedules.fire_due(minutes(32))  # the supervisor was down for half an hour
+    firing.plan_next_runs(minutes(0))
+    outcomes = firing.fire_due(minutes(32))  # the supervisor was down for half an hour
     assert [(o.action, o.missed) for o in outcomes] == [("enqueued", 6)]
     assert runs.get_connection("five").next_run_at == minutes(35)
 
@@ -162,7 +95,7 @@ def test_disabled_connection_gets_no_run_and_no_next_run_time(app, make_connecti
 
 def test_unusable_schedule_is_never_triggered_and_logged_once(app, make_connection, redis, caplog):
     make_connection(name="typo", schedule="every:0")
-    with caplog.at_level(logging.ERROR, logger="webapp.schedules"):
+    with caplog.at_level(logging.ERROR, logger="webapp.schedules.firing"):
         _simulate(0, 10)
     assert db.session.execute(select(Run)).first() is None
     assert caplog.text.count("unusable schedule") == 1
@@ -170,25 +103,25 @@ def test_unusable_schedule_is_never_triggered_and_logged_once(app, make_connecti
 
 def test_unknown_schedule_mode_is_refused_and_the_slot_used_up(app, make_connection, redis):
     make_connection(name="odd", schedule="every:5", settings={"schedule_mode": "range"})
-    schedules.plan_next_runs(minutes(0))
-    outcomes = schedules.fire_due(minutes(5))
+    firing.plan_next_runs(minutes(0))
+    outcomes = firing.fire_due(minutes(5))
     assert outcomes[0].action == "refused" and "schedule_mode" in outcomes[0].reason
     assert runs.get_connection("odd").next_run_at == minutes(10)
 
 
 def test_schedule_mode_setting_picks_the_mode_of_scheduled_runs(app, make_connection, redis):
     make_connection(name="delta", schedule="every:5", settings={"schedule_mode": "incremental"})
-    schedules.plan_next_runs(minutes(0))
-    schedules.fire_due(minutes(5))
+    firing.plan_next_runs(minutes(0))
+    firing.fire_due(minutes(5))
     assert db.session.execute(select(Run.mode, Run.trigger)).one() == ("incremental", "schedule")
 
 
 def test_reschedule_applies_a_new_schedule_at_once(app, make_connection):
     conn = make_connection(name="edit", schedule="hourly:0")
     conn.schedule = "every:5"
-    assert schedules.reschedule(conn, now=datetime(2030, 1, 1, 10, 2)) == datetime(2030, 1, 1, 10, 5)
+    assert firing.reschedule(conn, now=datetime(2030, 1, 1, 10, 2)) == datetime(2030, 1, 1, 10, 5)
     conn.schedule = "manual"
-    assert schedules.reschedule(conn) is None
+    assert firing.reschedule(conn) is None
 
 
 def _race_fire_due(config, barrier, results):
@@ -197,7 +130,7 @@ def _race_fire_due(config, barrier, results):
     child = create_app(config)
     with child.app_context():
         barrier.wait()
-        outcomes = schedules.fire_due(minutes(5))
+        outcomes = firing.fire_due(minutes(5))
         results.put([(o.connection, o.action) for o in outcomes])
 
 
@@ -206,7 +139,7 @@ def test_concurrent_supervisors_enqueue_each_slot_once(app, make_connection, red
     names = [f"c{i}" for i in range(4)]
     for name in names:
         make_connection(name=name, schedule="every:5")
-    schedules.plan_next_runs(minutes(0))
+    firing.plan_next_runs(minutes(0))
     callers = 6
     ctx = multiprocessing.get_context("fork")
     barrier, results = ctx.Barrier(callers), ctx.Queue()

@@ -1,6 +1,7 @@
-"""Storing deliveries by group commit: rows that arrive while the database is busy go in
-together, duplicates within a batch are counted, and a row the database refuses fails
-alone. The database is made busy for real: another connection holds the write lock."""
+"""Committing deliveries through the group-commit writer: rows that arrive while the
+database is busy go in together, duplicates within a batch are counted, and a row the
+database refuses fails alone. The database is made busy for real: another connection holds
+the write lock."""
 import threading
 import time
 from datetime import datetime, timezone
@@ -10,7 +11,7 @@ from sqlalchemy import create_engine, func, select
 
 from webapp.extensions import db
 from webapp.models import WebhookDelivery
-from webapp.webhooks import store
+from webapp.webhooks import delivery_writer
 
 
 class WriteLockHolder:
@@ -41,9 +42,9 @@ def _submit_all(app, rows):
     def submit(index, connection_id, event_id):
         with app.app_context():
             try:
-                outcomes[index] = store.insert_delivery(connection_id, event_id, "item.updated",
+                outcomes[index] = delivery_writer.insert_delivery(connection_id, event_id, "item.updated",
                                                         datetime.now(timezone.utc).replace(tzinfo=None), {}, b"{}")
-            except store.DeliveryNotStored as exc:
+            except delivery_writer.DeliveryNotStored as exc:
                 outcomes[index] = exc
 
     threads = [threading.Thread(target=submit, args=(index, *row)) for index, row in enumerate(rows)]
@@ -74,7 +75,7 @@ def test_rows_arriving_while_the_database_is_busy_go_in_as_one_batch(app, make_c
     app.config["WEBHOOK_DB_WRITERS"] = 1
     shop = make_connection(name="shop")
     with app.app_context():
-        writer = store.writer()
+        writer = delivery_writer.writer()
     rows = [(shop.id, "first")] + [(shop.id, f"evt-{n}") for n in range(20)] + [(shop.id, "evt-7")]
     threads, outcomes = _submit_all(app, rows)
     with WriteLockHolder(app.config["SQLALCHEMY_DATABASE_URI"]):
@@ -104,7 +105,7 @@ def test_a_row_the_database_refuses_fails_alone(app, make_connection):
     app.config["WEBHOOK_DB_WRITERS"] = 1
     shop = make_connection(name="shop")
     with app.app_context():
-        writer = store.writer()
+        writer = delivery_writer.writer()
     no_such_connection = shop.id + 1000
     rows = [(shop.id, "first"), (shop.id, "good-1"), (no_such_connection, "bad"), (shop.id, "good-2")]
     threads, outcomes = _submit_all(app, rows)
@@ -117,7 +118,7 @@ def test_a_row_the_database_refuses_fails_alone(app, make_connection):
     for thread in threads:
         thread.join(30)
 
-    assert isinstance(outcomes[2], store.DeliveryNotStored)  # the foreign key refused it
+    assert isinstance(outcomes[2], delivery_writer.DeliveryNotStored)  # the foreign key refused it
     assert "foreign key" in str(outcomes[2]).lower()
     for index in (0, 1, 3):
         assert outcomes[index][1] is False
@@ -145,4 +146,4 @@ def test_many_threads_each_get_their_own_row_once(app, make_connection, writers)
         assert answers[0][0] == answers[1][0], event_id
     assert _stored_count() == 80
     with app.app_context():
-        assert store.writer()._free == writers  # every turn handed back
+        assert delivery_writer.writer()._free == writers  # every turn handed back
