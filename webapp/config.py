@@ -31,7 +31,9 @@ class Config:
         # "json" for one JSON object per line (run id, connection, attempt... as fields).
         self.LOG_FORMAT = os.environ.get("SYNCHUB_LOG_FORMAT", "text")
         self.LOG_LEVEL = os.environ.get("SYNCHUB_LOG_LEVEL", "INFO")
-        self.SYNCHUB_QUEUE_PREFIX = os.environ.get("SYNCHUB_QUEUE_PREFIX", "synchub")
+        # Every Redis key, RQ queue and job id of this install starts with it (webapp/queue.py),
+        # so installs sharing one Redis server stay apart. Letters, digits, "-" and "_".
+        self.REDIS_PREFIX = os.environ.get("SYNCHUB_REDIS_PREFIX", "synchub")
         # A running run refreshes its heartbeat this often, from a background thread, so a
         # slow page (a long Retry-After, say) never looks like a dead worker.
         self.HEARTBEAT_SECONDS = _float("SYNCHUB_HEARTBEAT_SECONDS", 10)

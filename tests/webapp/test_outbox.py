@@ -13,6 +13,7 @@ from tests.outbox_support import FAST, loops, loops_connection  # noqa: F401  (f
 from webapp import outbox
 from webapp.extensions import db
 from webapp.models import OutboxEvent, User, utcnow
+from webapp.queue import queue_name
 from worker.delivery import drain
 
 NOMINATION = {
@@ -48,7 +49,7 @@ def test_rolled_back_transaction_leaves_no_event_and_enqueues_nothing(app, redis
     db.session.rollback()
     assert _rows() == []
     assert db.session.scalar(select(func.count()).select_from(User)) == 0
-    assert Queue("high", connection=redis).count == 0 and redis.get(outbox.KICK_KEY) is None
+    assert Queue(queue_name("high"), connection=redis).count == 0 and redis.get(outbox.KICK_KEY) is None
 
 
 def test_event_is_invisible_to_others_until_the_callers_commit(app, make_connection, loops):
@@ -69,7 +70,7 @@ def test_commit_enqueues_one_delivery_job_and_a_queued_job_covers_later_commits(
     loops_connection(make_connection, loops)
     first = outbox.publish(db.session, "nomination_approved", "nom-1", NOMINATION)
     db.session.commit()
-    queue = Queue("high", connection=redis)
+    queue = Queue(queue_name("high"), connection=redis)
     jobs = queue.jobs
     assert [(j.func_name, j.args) for j in jobs] == [("worker.jobs.deliver_event", (first.ids[0],))]
     _vote("carol")
@@ -89,9 +90,9 @@ def test_a_flag_left_by_a_job_whose_worker_died_does_not_hold_back_deliveries(ap
     from rq.job import JobStatus
 
     loops_connection(make_connection, loops)
-    for flag, queue_name, enqueue in ((outbox.KICK_KEY, "high", lambda: outbox.request_delivery(1)),
-                                      (outbox.DRAIN_KICK_KEY, "default", outbox.enqueue_drain)):
-        queue = Queue(queue_name, connection=redis)
+    for flag, name, enqueue in ((outbox.KICK_KEY, "high", lambda: outbox.request_delivery(1)),
+                                (outbox.DRAIN_KICK_KEY, "default", outbox.enqueue_drain)):
+        queue = Queue(queue_name(name), connection=redis)
         assert enqueue()
         assert not enqueue()  # waiting in its queue: it will claim after any later commit
         assert queue.count == 1
