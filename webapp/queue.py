@@ -165,6 +165,10 @@ def enqueue_unless_pending(marker, queue_name, func, *, marker_ttl, args=(), kin
     ttl_ms = int(marker_ttl * 1000)
     for _ in range(_REPLACE_ATTEMPTS):
         new_id = job_id(kind)
+        if trust_seconds >= marker_ttl:
+            # Every live marker is trusted: SET NX alone decides, neither its age nor its job matters.
+            created = client.set(marker, new_id, nx=True, px=ttl_ms)
+            return _enqueue(client, marker, queue_name, func, args, new_id, options) if created else None
         with client.pipeline(transaction=False) as pipe:
             pipe.set(marker, new_id, nx=True, px=ttl_ms)
             pipe.get(marker)
