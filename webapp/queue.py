@@ -11,7 +11,7 @@ import uuid
 
 import redis
 from flask import current_app
-from rq import Queue
+from rq import Queue, Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from sqlalchemy import String, cast, literal
@@ -26,7 +26,7 @@ EXECUTE_RUN = "worker.jobs.execute_run"
 
 # RQ allows only these characters in a job id, and job ids start with the prefix.
 _PREFIX_RULE = re.compile(r"[A-Za-z0-9_-]+")
-_RUN_JOB_TAIL = re.compile(r"run-(\d+)-(\d+)")
+_RUN_JOB_TAIL = re.compile(r"(\d+)-(\d+)")
 
 
 # -- names -------------------------------------------------------------------------------
@@ -59,6 +59,13 @@ def queue_lengths(connection=None):
     return {name: queue(name, connection).count for name in PRIORITY_ORDER}
 
 
+def workers(connection=None):
+    """The RQ workers of this install (those listening to one of its queues), by name."""
+    client = connection or redis_ext.client
+    keys = sorted({key for name in PRIORITY_ORDER for key in Worker.all_keys(queue=queue(name, client))})
+    return [worker for worker in (Worker.find_by_key(key, connection=client) for key in keys) if worker is not None]
+
+
 # -- job ids -----------------------------------------------------------------------------
 
 
@@ -78,12 +85,12 @@ def run_job_id_sql(id_column, attempt=1):
     return literal(f"{prefix()}-run-") + cast(id_column, String) + literal(f"-{attempt}")
 
 
-def parse_run_job_id(job_id):
+def parse_run_job_id(value):
     """(run id, attempt) of a run job id of this install; (None, None) for any other id."""
     head = f"{prefix()}-run-"
-    if not job_id or not job_id.startswith(head):
+    if not value or not value.startswith(head):
         return None, None
-    match = _RUN_JOB_TAIL.fullmatch("run-" + job_id[len(head):])
+    match = _RUN_JOB_TAIL.fullmatch(value[len(head):])
     return (int(match.group(1)), int(match.group(2))) if match else (None, None)
 
 
@@ -192,9 +199,10 @@ def release(marker, connection=None):
     (connection or redis_ext.client).delete(marker)
 
 
-def _pending(client, job_id, age, grace_seconds, running_is_pending):
+def _pending(client, marked_id, age, grace_seconds, running_is_pending):
+    """Does the job `marked_id`, named by a marker `age` seconds old, still cover callers?"""
     try:
-        job = Job.fetch(job_id, connection=client)
+        job = Job.fetch(marked_id, connection=client)
     except NoSuchJobError:
         return age < grace_seconds
     status = job.get_status(refresh=False)

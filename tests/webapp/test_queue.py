@@ -123,6 +123,22 @@ def test_a_failed_enqueue_removes_its_marker(app, redis):
     assert _enqueue() is not None
 
 
+def test_the_workers_of_an_install_are_those_on_its_queues(app, redis):
+    from worker.worker import SynchubWorker
+
+    ours = SynchubWorker(app, name="ours")
+    app.config["REDIS_PREFIX"] = "other"
+    theirs = SynchubWorker(app, name="theirs")
+    app.config["REDIS_PREFIX"] = "synchub"
+    for worker in (ours, theirs):
+        worker.register_birth()
+    try:
+        assert [worker.name for worker in queue.workers()] == ["ours"]
+    finally:
+        for worker in (ours, theirs):
+            worker.register_death()
+
+
 def _install(tmp_path, redis_url, name, prefix):
     """An install of its own: its own database (ids from 1), one Redis shared with the others."""
     app = make_app(f"sqlite:///{tmp_path / name}.db", redis_url, str(tmp_path / name), REDIS_PREFIX=prefix)
