@@ -78,6 +78,7 @@ def main():
         from webapp import create_app, runs
         from webapp.extensions import db, redis_ext
         from webapp.models import Connection, Run
+        from webapp.queue import queue_name
 
         app = create_app()
         with app.app_context():
@@ -109,7 +110,7 @@ def main():
             reset()
             workers = Workers(1, env, redis_ext.client)
             try:
-                queue = Queue("default", connection=redis_ext.client)
+                queue = Queue(queue_name("default"), connection=redis_ext.client)
                 finished = finished_jobs(queue)
                 bare = _timed(lambda: [queue.enqueue_call("bench.capacity.noop") for _ in range(args.runs)],
                               lambda: finished() >= args.runs)

@@ -113,6 +113,7 @@ class Bench:
 
         from webapp.extensions import db, redis_ext
         from webapp.models import OutboxEvent
+        from webapp.queue import queue_name
 
         with self.app.app_context():
             client = redis_ext.client
@@ -129,7 +130,7 @@ class Bench:
                 started = time.perf_counter()
                 give_up = time.monotonic() + 600
                 for _ in range(workers):
-                    Queue("default", connection=client).enqueue_call("worker.jobs.drain_outbox", timeout=900)
+                    Queue(queue_name("default"), connection=client).enqueue_call("worker.jobs.drain_outbox", timeout=900)
                 while True:
                     db.session.rollback()
                     done = db.session.scalar(select(func.count()).select_from(OutboxEvent)

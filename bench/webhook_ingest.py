@@ -1,7 +1,8 @@
 """Sustained webhook ingest (signature verified, delivery stored and answered; then its
 record run created and enqueued on RQ's high queue by the dispatch job in a real worker)
 next to a bare Flask endpoint that returns 200, measured in the same run under the same
-gunicorn configuration (the Procfile's: gthread, 2 processes x 64 threads).
+gunicorn configuration (gunicorn.conf.py's: gthread, 2 processes x 64 threads, the web
+process's GIL switch interval).
 
     .venv/bin/python -m bench.webhook_ingest [--backend postgresql|sqlite] [--seconds 10]
                                              [--connections 32] [--half-seconds 10]
@@ -39,9 +40,8 @@ from flask import Flask
 from bench.common import ROOT, ThrowawayDatabase, free_port
 from tests.support import TEST_KEY, RedisServer
 
-# The baseline: what gunicorn + Flask cost with no work at all, under the interpreter
-# setting wsgi.py gives the app's web processes (when gunicorn imports this module).
-sys.setswitchinterval(float(os.environ.get("SYNCHUB_WEB_SWITCH_INTERVAL", "0.001")))
+# The baseline: what gunicorn + Flask cost with no work at all (served with the app's
+# gunicorn.conf.py, so under the same interpreter settings).
 bare_app = Flask("bare")
 
 
@@ -118,7 +118,7 @@ def serve(target, workdir, database_url, redis_url, workers, threads):
     port = free_port()
     env = dict(os.environ, DATABASE_URL=database_url, REDIS_URL=redis_url, SYNCHUB_INSTANCE_PATH=workdir,
                SYNCHUB_ENCRYPTION_KEYS=TEST_KEY, SYNCHUB_LOG_LEVEL="WARNING", PYTHONPATH=ROOT)
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--threads", str(threads),
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--threads", str(threads),
                              "--workers", str(workers), "--bind", f"127.0.0.1:{port}", target],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

@@ -1,4 +1,4 @@
-"""Leadership: a Redis lease with expiry, renewed while leading (SPEC §9).
+"""Leadership: a Redis lease with expiry, renewed while leading.
 
 Any number of supervisors may run; the one holding the lease key leads. The holder
 renews it every tick; if it dies, the key expires after LEADER_TTL_SECONDS and the next

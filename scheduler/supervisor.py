@@ -1,19 +1,17 @@
-"""The supervisor loop: small step functions, run on their cadence by the `schedule` library.
+"""The supervisor loop: the periodic jobs (webapp/periodic.py), each run on its cadence by
+the `schedule` library, the leader-only ones only while this supervisor holds the lease.
 
 Every step takes `now` from the injected clock (business time: slots, heartbeats, alert
 windows); the cadence and the leader lease use real time. Tests call the steps directly
 with any `now`, so they never sleep through an hour.
 
-    tick            every SUPERVISOR_TICK_SECONDS, every supervisor:
-                      renew/take the lease; if leading, plan and fire due schedules;
-                      write the heartbeat (Redis key + `supervisors` row)
-    sweep           leader, every SWEEP_INTERVAL_SECONDS: stale running runs -> requeued or failed
-    requeue_lost    leader, same cadence: queued runs whose RQ job is gone -> enqueued again
-    reconcile_rq    leader, same cadence: RQ registries brought in line with the job table
-    alerts          leader, every ALERT_INTERVAL_SECONDS: open/clear alerts, notify
-    retention       leader, every RETENTION_INTERVAL_SECONDS: delete old history
-    outbox_drain    leader, every OUTBOX_DRAIN_INTERVAL_SECONDS: a drain job, unless one waits queued
-    maintenance:*   leader, each at its own interval: RQ jobs enqueued by dotted name
+Two steps are this supervisor's own versions of jobs of the list, because they need its
+state:
+    tick    every SUPERVISOR_TICK_SECONDS, every supervisor: renew/take the lease; if
+            leading, plan and fire due schedules; write the heartbeat (Redis key +
+            `supervisors` row)
+    sweep   leader: running runs whose heartbeat this supervisor has seen unchanged for
+            STALE_AFTER_SECONDS -> requeued or failed
 """
 import json
 import logging
@@ -27,32 +25,20 @@ from typing import Callable
 
 import redis
 import schedule as schedule_lib
-from rq.exceptions import NoSuchJobError
-from rq.job import Job, JobStatus
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
-from webapp import alerts, outbox, retention, runs
+from webapp import periodic, runs
+from webapp.schedules import firing
 from webapp.extensions import db, redis_ext
 from webapp.models import SupervisorState
-from webapp.queue import DEFAULT, queue
-from webapp.schedules import firing
 
-from . import recovery
 from .clock import system_clock
 from .leader import Lease
 
 log = logging.getLogger("scheduler")
 
-# Periodic maintenance jobs: (dotted function name, interval in seconds or the config key
-# holding it; 0 turns a job off), enqueued by the leader on the default queue and executed
-# by the RQ workers. Add new ones here; operators can add more without code through
-# SYNCHUB_MAINTENANCE_JOBS="pkg.module.func=seconds,...".
-MAINTENANCE_JOBS = ()  # the outbox drain is a step of its own (outbox_drain)
-
 HEARTBEAT_KEY = "synchub:supervisors:heartbeat:{name}"
-# RQ states in which a maintenance job is still pending: don't pile another on top.
-_PENDING_JOB_STATUSES = (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
 
 
 @dataclass(frozen=True)
@@ -61,35 +47,6 @@ class Step:
     interval: float  # seconds of real time between runs
     func: Callable[[datetime], object]
     leader_only: bool = True
-
-
-def parse_maintenance_jobs(value):
-    """"a.b.func=30,c.d.other=60" (or a list of (name, seconds)) -> ((name, seconds), ...)."""
-    if not value:
-        return ()
-    items = value.split(",") if isinstance(value, str) else value
-    jobs = []
-    for item in items:
-        if isinstance(item, str):
-            if not item.strip():
-                continue
-            name, sep, seconds = item.strip().partition("=")
-            if not sep:
-                raise ValueError(f"maintenance job {item!r}: write it as dotted.function=seconds")
-        else:
-            name, seconds = item
-        name = name.strip()
-        parts = name.split(".")
-        if len(parts) < 2 or not all(p.isidentifier() for p in parts):
-            raise ValueError(f"maintenance job {name!r}: needs a dotted function name like pkg.module.func")
-        try:
-            seconds = float(seconds)
-        except (TypeError, ValueError):
-            raise ValueError(f"maintenance job {name!r}: interval {seconds!r} is not a number of seconds") from None
-        if seconds <= 0:
-            raise ValueError(f"maintenance job {name!r}: the interval must be positive")
-        jobs.append((name, seconds))
-    return tuple(jobs)
 
 
 class Supervisor:
@@ -103,17 +60,8 @@ class Supervisor:
         self.pid = os.getpid()
         self.clock = clock or system_clock
         self.leading = False
-        self.maintenance_jobs = self._maintenance_jobs()
         self._stop = threading.Event()
         self._lease = None
-
-    def _maintenance_jobs(self):
-        jobs = []
-        for name, interval in MAINTENANCE_JOBS:
-            seconds = float(self.config.get(interval) or 0) if isinstance(interval, str) else interval
-            if seconds > 0:
-                jobs.append((name, seconds))
-        return tuple(jobs) + parse_maintenance_jobs(self.config.get("MAINTENANCE_JOBS"))
 
     @property
     def redis(self):
@@ -128,21 +76,9 @@ class Supervisor:
     # -- the steps -------------------------------------------------------------------------
 
     def steps(self):
-        c = self.config
-        sweep_every = c["SWEEP_INTERVAL_SECONDS"]
-        return [
-            Step("tick", c["SUPERVISOR_TICK_SECONDS"], self.tick, leader_only=False),
-            Step("sweep", sweep_every, self.sweep),
-            Step("requeue_lost", sweep_every, self.requeue_lost),
-            Step("reconcile_rq", sweep_every, self.reconcile_rq),
-            Step("webhooks", sweep_every, self.process_webhooks),
-            Step("alerts", c["ALERT_INTERVAL_SECONDS"], self.check_alerts),
-            Step("retention", c["RETENTION_INTERVAL_SECONDS"], self.cleanup),
-        ] + ([Step("outbox_drain", c["OUTBOX_DRAIN_INTERVAL_SECONDS"], self.drain_outbox)]
-             if c.get("OUTBOX_DRAIN_INTERVAL_SECONDS") else []) + [
-            Step(f"maintenance:{name}", interval, self._maintenance_step(name))
-            for name, interval in self.maintenance_jobs
-        ]
+        own = {"tick": self.tick, "sweep": self.sweep}
+        return [Step(job.name, seconds, own.get(job.name, job.run), job.leader_only)
+                for job, seconds in periodic.scheduled(self.config)]
 
     def tick(self, now=None):
         """One beat: leadership, due schedules (when leading), heartbeat. The heartbeat is
@@ -234,52 +170,6 @@ class Supervisor:
         for run_id, status in outcomes:
             log.warning("sweep: run=%s had no heartbeat, now %s", run_id, status)
         return outcomes
-
-    def requeue_lost(self, now=None):
-        return recovery.requeue_lost(now or self.clock(), connection=self.redis)
-
-    def reconcile_rq(self, now=None):
-        return recovery.reconcile_registries(now or self.clock(), connection=self.redis)
-
-    def process_webhooks(self, now=None):
-        """Deliveries whose dispatch was never kicked or whose dispatcher died get their runs."""
-        from webapp.webhooks.dispatch import dispatch_pending
-
-        return dispatch_pending(now=now or self.clock())
-
-    def check_alerts(self, now=None):
-        return alerts.sync_alerts(now or self.clock())
-
-    def cleanup(self, now=None):
-        return retention.cleanup(now or self.clock())
-
-    def drain_outbox(self, now=None):
-        """SPEC §7's periodic drain. Not a fixed-id maintenance job: that one stays "started"
-        in RQ for 90 s after its worker is SIGKILLed, and no drain was enqueued meanwhile."""
-        return outbox.enqueue_drain(self.redis)
-
-    def _maintenance_step(self, func_name):
-        def step(now=None):
-            return self.enqueue_maintenance(func_name)
-        return step
-
-    def enqueue_maintenance(self, func_name):
-        """Enqueue `func_name` unless its previous job is still pending. Returns True if enqueued."""
-        job_id = "maintenance-" + func_name.replace(".", "_")  # RQ ids: letters, digits, _ and -
-        try:
-            job = Job.fetch(job_id, connection=self.redis)
-        except NoSuchJobError:
-            job = None
-        if job is not None:
-            if job.get_status(refresh=False) in _PENDING_JOB_STATUSES:
-                log.debug("maintenance: %s still pending, not enqueued again", func_name)
-                return False
-            job.delete()
-        queue(DEFAULT, self.redis).enqueue_call(func_name, job_id=job_id, timeout=self.config["JOB_TIMEOUT_SECONDS"],
-                                                result_ttl=600, failure_ttl=24 * 3600,
-                                                description=f"maintenance {func_name}")
-        log.info("maintenance: enqueued %s", func_name)
-        return True
 
     # -- running them ----------------------------------------------------------------------
 

@@ -13,7 +13,6 @@ BLUEPRINT_MODULES = (
 # Extra CLI groups: (module, AppGroup attribute).
 CLI_GROUPS = (
     ("webapp.admin.cli", "users_cli"), ("webapp.admin.cli", "secrets_cli"),
-    ("scheduler.cli", "supervisor_cli"),
     ("webapp.outbox.cli", "outbox_cli"),
     ("webapp.api.cli", "tokens_cli"),
 )

@@ -61,10 +61,10 @@ def check_redis():
 
 
 def check_workers():
-    from rq import Worker
+    from .queue import workers as install_workers
 
     try:
-        workers = Worker.all(connection=redis_ext.client)
+        workers = install_workers()
     except redis.RedisError:
         return False, "cannot list workers: Redis is unreachable"
     if not workers:

@@ -7,12 +7,11 @@ from datetime import timedelta
 
 import redis
 from flask import Blueprint, current_app, jsonify
-from rq import Worker
 from sqlalchemy import func, select, text
 
 from .extensions import db, redis_ext
 from .models import QUEUED, RUNNING, Alert, Run, SupervisorState, utcnow
-from .queue import queue_lengths
+from .queue import queue_lengths, workers
 
 bp = Blueprint("health", __name__)
 
@@ -53,7 +52,7 @@ def _naive(value):
 def workers_report(client):
     """RQ workers with their heartbeats, newest registered first."""
     rows = []
-    for worker in Worker.all(connection=client):
+    for worker in workers(client):
         rows.append({
             "name": worker.name,
             "hostname": worker.hostname,

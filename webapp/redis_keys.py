@@ -11,18 +11,32 @@ Redis without reading or taking each other's keys, queues or jobs.
     <prefix>:supervisors:heartbeat:<name>     a supervisor's heartbeat
     <prefix>:webhooks:rejected                counts of refused webhook requests
     <prefix>:outbox:...                       the outbox's sending jobs and breakers (webapp/outbox)
-    RQ queues and job ids                     named by webapp/queue.py with the same prefix
+    <prefix>:webhooks:dispatch-kick           the pending webhook dispatch job (webapp/webhooks/dispatch.py)
+    <prefix>:maintenance:<function>           an operator's periodic job (webapp/periodic.py)
+    <prefix>:<queue name>                     RQ queues; RQ job ids are "<prefix>-<kind>-..." (webapp/queue.py)
 
 The database row is the truth; these keys carry queues, locks, budgets and live views.
 """
+import re
+
 from flask import current_app
+
+# RQ allows only these characters in a job id, and job ids start with the prefix.
+_PREFIX_RULE = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def prefix():
-    return current_app.config["REDIS_PREFIX"]
+    """This install's prefix."""
+    return checked(current_app.config["REDIS_PREFIX"])
+
+
+def checked(value):
+    if not _PREFIX_RULE.fullmatch(value or ""):
+        raise ValueError(f"The Redis prefix {value!r} (SYNCHUB_REDIS_PREFIX) may hold only letters, digits, '-' and '_'.")
+    return value
 
 
 def key(*parts, prefix_=None):
-    """"<prefix>:<part>:<part>...". `prefix_` for code that holds the settings but may run
-    without an app context (a connector's Services)."""
-    return ":".join((prefix_ if prefix_ is not None else prefix(), *(str(part) for part in parts)))
+    """"<prefix>:<part>:<part>..." (key("a", "b") -> "synchub:a:b"). `prefix_` for code that
+    holds the settings but may run without an app context (a connector's Services)."""
+    return ":".join((prefix() if prefix_ is None else checked(prefix_), *(str(part) for part in parts)))

@@ -16,7 +16,7 @@ from typing import NamedTuple
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import String, bindparam, cast, literal, select, text, update
+from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from .connectors.errors import ConfigError
@@ -39,6 +39,7 @@ from .models import (
     RunEvent,
     utcnow,
 )
+from .queue import enqueue_execute_run, run_job_id, run_job_id_sql
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +55,6 @@ class TriggerRefused(ConfigError):
 class TriggerResult:
     run: Run
     created: bool  # False: an active run already existed and is returned instead
-
-
-def _job_id(run_id, attempt):
-    # Each queued period gets its own RQ job id, so a requeued run never collides with
-    # the finished RQ job of its previous attempt.
-    return f"run-{run_id}-{attempt + 1}"
 
 
 def check_trigger(connection, mode, trigger, record_key=None):
@@ -112,7 +107,7 @@ def trigger(
         try:
             db.session.add(run)
             db.session.flush()
-            run.rq_job_id = _job_id(run.id, 0)
+            run.rq_job_id = run_job_id(run.id, 1)
             db.session.add(RunEvent(run_id=run.id, message=f"queued by {trigger}" + (f" ({requested_by})" if requested_by else "")))
             db.session.commit()
         except IntegrityError:
@@ -176,7 +171,7 @@ def add_record_runs(connection, events, *, trigger="webhook", requested_by=None)
 
 def _insert_runs(new, trigger):
     """{record key: QueuedRun} for the rows of `new` ({record key: row}), inserted with
-    their RQ job ids (_job_id(run id, 0)). PostgreSQL hands out the ids first, so each
+    their RQ job ids (queue.run_job_id(run id, 1)). PostgreSQL hands out the ids first, so each
     row goes in complete; SQLite has no sequence to ask: the rows go in, then are read
     back and given their job ids."""
     table = Run.__table__
@@ -184,15 +179,15 @@ def _insert_runs(new, trigger):
         ids = db.session.execute(text("SELECT nextval(pg_get_serial_sequence('runs', 'id')) "
                                       "FROM generate_series(1, :n)"), {"n": len(new)}).scalars().all()
         for run_id, row in zip(ids, new.values()):
-            row.update(id=run_id, rq_job_id=_job_id(run_id, 0))
+            row.update(id=run_id, rq_job_id=run_job_id(run_id, 1))
         db.session.execute(table.insert(), list(new.values()))
         return {key: QueuedRun(row["id"], row["rq_job_id"], "record", trigger) for key, row in new.items()}
     db.session.execute(table.insert(), list(new.values()))
     rows = queued_record_runs(next(iter(new.values()))["connection_id"], list(new))
-    # The same id as _job_id(run_id, 0), computed by the database for the whole batch.
+    # The same id as run_job_id(run_id, 1), computed by the database for the whole batch.
     db.session.execute(update(table).where(table.c.id.in_([row.id for row in rows]))
-                       .values(rq_job_id=literal("run-") + cast(table.c.id, String) + literal("-1")))
-    return {row.record_key: QueuedRun(row.id, _job_id(row.id, 0), "record", trigger) for row in rows}
+                       .values(rq_job_id=run_job_id_sql(table.c.id, 1)))
+    return {row.record_key: QueuedRun(row.id, run_job_id(row.id, 1), "record", trigger) for row in rows}
 
 
 def announce_created(connection, created):
@@ -234,8 +229,6 @@ def active_run(connection_id):
 def enqueue_run(run):
     """Hand a queued run to RQ. If Redis is down the row stays queued and the supervisor's
     sweep (requeue_lost) enqueues it later: nothing is lost, only delayed."""
-    from .queue import enqueue_execute_run
-
     try:
         enqueue_execute_run(run)
         return True
@@ -359,7 +352,7 @@ def retry_later(run_id, attempt, *, error_class, error_message):
     result = db.session.execute(
         update(Run).where(*owned(run_id, attempt))
         .values(status=QUEUED, error_class=error_class, error_message=error_message,
-                rq_job_id=_job_id(run_id, attempt))
+                rq_job_id=run_job_id(run_id, attempt + 1))
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
@@ -456,7 +449,7 @@ def sweep_stale(now=None, stale_after=None, candidates=None):
             values = dict(status=CANCELLED, finished_at=now, error_message=f"cancelled; worker lost (no heartbeat since {since})")
             new_status, message = CANCELLED, "cancelled: its worker was lost"
         elif attempt < max_attempts:
-            values = dict(status=QUEUED, rq_job_id=_job_id(run_id, attempt), error_class="worker_lost",
+            values = dict(status=QUEUED, rq_job_id=run_job_id(run_id, attempt + 1), error_class="worker_lost",
                           error_message=f"worker lost: no heartbeat since {since}")
             new_status, message = QUEUED, f"worker lost (no heartbeat since {since}); requeued to resume from checkpoint"
         else:

@@ -665,7 +665,7 @@ def outbox_machinery(stack):
     live = {w.name for w in Worker.all(connection=stack.redis)}
     jobs = []
     for name in ("high", "default"):
-        q = Queue(name, connection=stack.redis)
+        q = Queue(f"synchub:{name}", connection=stack.redis)  # webapp.queue.queue_name, default prefix
         ids = list(q.get_job_ids()) + list(q.started_job_registry.get_job_ids())
         for job in Job.fetch_many(ids, connection=stack.redis):
             if job is not None and job.func_name in ("worker.jobs.drain_outbox", "worker.jobs.deliver_event"):

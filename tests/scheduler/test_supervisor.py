@@ -9,10 +9,11 @@ from sqlalchemy import select
 
 from scheduler.clock import FileClock
 from scheduler.leader import LEADER_KEY, holder
-from scheduler.supervisor import HEARTBEAT_KEY, Step, Supervisor, parse_maintenance_jobs
+from scheduler.supervisor import HEARTBEAT_KEY, Step, Supervisor
 from tests.support import wait_for
 from webapp.extensions import db
 from webapp.models import Run, SupervisorState, utcnow
+from webapp.periodic import parse_maintenance_jobs
 from webapp.queue import DEFAULT, queue
 from worker.engine import Heartbeat
 
@@ -94,24 +95,36 @@ def test_outbox_drain_step_enqueues_a_drain_unless_one_waits_in_its_queue(app, r
     supervisor = Supervisor(app, name="s1")
     [step] = [s for s in supervisor.steps() if s.name == "outbox_drain"]
     assert step.interval == app.config["OUTBOX_DRAIN_INTERVAL_SECONDS"]
-    first = supervisor.drain_outbox()
-    assert first and supervisor.drain_outbox() is None  # the first still waits
+    first = step.func(T0)
+    assert first and step.func(T0) is None  # the first still waits
     [job_id] = queue(DEFAULT).get_job_ids()
     assert job_id == first and Job.fetch(job_id, connection=redis).func_name == "worker.jobs.drain_outbox"
     # Once it has started, the next turn enqueues again: a started drain may belong to a
     # worker killed since (here even before the job cleared the flag).
     job, _ = queue(DEFAULT).dequeue_any([queue(DEFAULT)], None, connection=redis)
     job.set_status(JobStatus.STARTED)
-    assert supervisor.drain_outbox() not in (None, first)
+    assert step.func(T0) not in (None, first)
     app.config["OUTBOX_DRAIN_INTERVAL_SECONDS"] = 0
     assert "outbox_drain" not in [s.name for s in Supervisor(app, name="s2").steps()]
 
 
-def test_maintenance_jobs_are_configurable_and_can_be_turned_off(app, redis):
+def test_maintenance_jobs_are_configurable_and_never_pile_up(app, redis):
     app.config["MAINTENANCE_JOBS"] = "pkg.jobs.compact=600, pkg.jobs.report=3600"
     app.config["OUTBOX_DRAIN_INTERVAL_SECONDS"] = 0
     supervisor = Supervisor(app, name="s1")
-    assert supervisor.maintenance_jobs == (("pkg.jobs.compact", 600.0), ("pkg.jobs.report", 3600.0))
+    steps = {s.name: s for s in supervisor.steps() if s.name.startswith("maintenance:")}
+    assert {name: s.interval for name, s in steps.items()} == {
+        "maintenance:pkg.jobs.compact": 600.0, "maintenance:pkg.jobs.report": 3600.0}
+    compact = steps["maintenance:pkg.jobs.compact"]
+    first = compact.func(T0)
+    assert first.func_name == "pkg.jobs.compact" and queue(DEFAULT).get_job_ids() == [first.id]
+    assert compact.func(T0) is None  # waiting in its queue
+    job, _ = queue(DEFAULT).dequeue_any([queue(DEFAULT)], None, connection=redis)
+    job.set_status(JobStatus.STARTED)
+    assert compact.func(T0) is None  # running: still pending
+    job.set_status(JobStatus.FINISHED)
+    second = compact.func(T0)
+    assert second is not None and second.id != first.id
 
 
 @pytest.mark.parametrize("value, hint", [

@@ -8,6 +8,7 @@ from tests.support import ROOT, process_env, wait_for
 from webapp import logs
 from webapp.extensions import db
 from webapp.models import Connection, Run
+from webapp.queue import run_job_id
 
 
 def _json_lines(text):
@@ -36,7 +37,7 @@ def test_one_run_can_be_followed_across_cli_and_worker_by_run_id(app, make_conne
     assert worker_lines and {e["process"] for e in worker_lines}.isdisjoint({e["process"] for e in cli_lines})
     started = next(e for e in worker_lines if "started" in e["message"])
     assert started["connection"] == "demo" and started["trigger"] == "cli" and started["attempt"] == 1
-    assert started["rq_job_id"] == f"run-{run_id}-1"
+    assert started["rq_job_id"] == run_job_id(run_id, 1)
 
 
 def test_redaction_defeats_secrets_in_exceptions_urls_and_provider_bodies(app, make_connection, capsys):

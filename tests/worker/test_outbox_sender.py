@@ -28,6 +28,7 @@ from webapp.extensions import db
 from webapp.models import OutboxEvent, utcnow
 from webapp.outbox import queries
 from worker.outbox_sender import drain
+from webapp.queue import queue_name
 
 ALICE, BOB, CAROL, DAVE, ERIN = (f"{n}@example.com" for n in ("alice", "bob", "carol", "dave", "erin"))
 
@@ -220,7 +221,7 @@ def test_periodic_drain_goes_on_after_the_worker_running_it_is_sigkilled(app, re
         outbox.publish(db.session, "vote_cast", f"vote-{n}", {"voter": {"email": f"voter{n}@example.com"}},
                        idempotency_key=f"vote-{n}")
     db.session.commit()
-    Queue("high", connection=redis).empty()  # the real-time job would hide the drain's absence
+    Queue(queue_name("high"), connection=redis).empty()  # the real-time job would hide the drain's absence
     drain_step.func(None)
     wait_for(lambda: loops.api.contacts(), timeout=30, message="the doomed worker's drain to reach Loops")
     doomed.kill(signal.SIGKILL)  # mid-send: the drain job dies "started", its row "processing"

@@ -1,8 +1,8 @@
-"""Cron endpoints, for platforms without a supervisor daemon (SPEC §9, S1, S5): an external
+"""Cron endpoints, for platforms without a supervisor daemon: an external
 cron POSTs here with the shared secret (X-Cron-Secret or Authorization: Bearer; never a
-query string), compared in constant time. (The outbox drain is POST /api/cron/outbox/drain,
-in outbox.py.) Each job is idempotent under concurrent calls:
-they all rest on conditional updates, unique indexes or Redis NX keys.
+query string), compared in constant time. POST /api/cron/<job> runs one of the periodic
+jobs of webapp/periodic.py that make sense without a daemon; each is idempotent under
+concurrent calls. (The outbox drain is POST /api/cron/outbox/drain, in outbox.py.)
 """
 import dataclasses
 import json
@@ -13,41 +13,10 @@ from flask import jsonify
 
 from .. import runs
 from ..connectors.errors import ConfigError
+from ..periodic import CRON_JOBS
 from . import bp
 from .auth import require_cron_secret
 from .common import BAD_REQUEST, NOT_FOUND, UNAUTHORIZED, ApiError, find_connection, json_body, responses
-
-
-def _tick():
-    from ..schedules import firing
-
-    firing.plan_next_runs()
-    return firing.fire_due(requested_by="cron")
-
-
-def _cleanup():
-    from .. import retention
-
-    return retention.cleanup()
-
-
-def _sweep():
-    return [{"run_id": run_id, "status": status} for run_id, status in runs.sweep_stale()]
-
-
-def _webhooks():
-    from ..webhooks.dispatch import dispatch_pending
-
-    return {"deliveries_enqueued": dispatch_pending()}
-
-
-# name: (what it does, function). The function's result is returned as JSON.
-JOBS = {
-    "tick": ("queue the scheduled syncs that are due (one run per slot, whoever calls)", _tick),
-    "cleanup": ("delete history older than the retention windows", _cleanup),
-    "sweep": ("settle running runs whose worker stopped sending heartbeats", _sweep),
-    "webhooks": ("enqueue the runs of webhook deliveries stored while Redis was down", _webhooks),
-}
 
 
 def _jsonable(value):
@@ -64,10 +33,10 @@ def _jsonable(value):
 @bp.post("/cron/<job>")
 @require_cron_secret
 def run_job(job):
-    if job not in JOBS:
-        raise ApiError(404, "not_found", f"no cron job {job!r}; known: {', '.join(JOBS)}")
+    if job not in CRON_JOBS:
+        raise ApiError(404, "not_found", f"no cron job {job!r}; known: {', '.join(CRON_JOBS)}")
     try:
-        result = JOBS[job][1]()
+        result = CRON_JOBS[job].run(None)
     except (redis.RedisError, OSError) as exc:
         raise ApiError(503, "unavailable", f"Redis is unavailable ({type(exc).__name__}); call again later",
                        {"Retry-After": "30"}) from None
@@ -96,10 +65,10 @@ _CRON = [{"cronSecret": []}, {"cronBearer": []}]
 
 OPENAPI_PATHS = {
     "/api/cron/{job}": {"post": {
-        "summary": "Run a maintenance job: " + "; ".join(f"{name}: {text}" for name, (text, _) in JOBS.items()),
+        "summary": "Run a maintenance job: " + "; ".join(f"{name}: {job.description}" for name, job in CRON_JOBS.items()),
         "security": _CRON, "tags": ["cron"],
         "parameters": [{"name": "job", "in": "path", "required": True,
-                        "schema": {"type": "string", "enum": list(JOBS)}}],
+                        "schema": {"type": "string", "enum": list(CRON_JOBS)}}],
         "responses": responses(200, {"type": "object", "required": ["job", "result"], "properties": {
             "job": {"type": "string"}, "result": {"description": "what the job did"}}},
             UNAUTHORIZED, NOT_FOUND, (503, "Redis is unavailable; call again later")),

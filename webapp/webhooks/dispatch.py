@@ -1,8 +1,9 @@
 """Stored deliveries become record runs, off the request path.
 
 The endpoint (ingest.py) verifies, stores and answers; then `kick()` makes sure a dispatch
-job is queued on RQ's "webhooks" queue (workers take it before anything else). That job (worker.jobs.dispatch_webhooks) calls
-`dispatch_pending()`, which takes the "received" deliveries in batches: claim a batch,
+job is queued on RQ's "webhooks" queue (workers take it before anything else). That job
+(worker.jobs.dispatch_webhooks) calls `dispatch_until_empty()`, and the safety net calls
+`dispatch_pending()`: both take the "received" deliveries in batches: claim a batch,
 create its record runs and record the outcome of every delivery in ONE transaction, then
 enqueue the new runs in one Redis round trip. A claim is never committed on its own, so a
 dispatcher that dies mid-batch leaves its deliveries "received" for the next one, and a
@@ -30,16 +31,17 @@ from ..connectors.base import Services, connector_class
 from ..connectors.errors import ConfigError
 from ..extensions import db, redis_ext
 from ..models import QUEUED, Connection, Run, WebhookDelivery, utcnow
-from ..queue import WEBHOOKS, enqueue_execute_runs, queue
+from .. import queue, redis_keys
+from ..queue import WEBHOOKS, enqueue_execute_runs
 
 log = logging.getLogger(__name__)
 
 RECEIVED, DISPATCHING, ENQUEUED, IGNORED, FAILED = "received", "dispatching", "enqueued", "ignored", "failed"
 DISPATCH_JOB = "worker.jobs.dispatch_webhooks"
-# Set by a request that wants a dispatcher (SET NX: the one that sets it queues the job),
-# deleted by that job when it finds nothing left, followed by one last look. The expiry
-# bounds the damage if the job itself is lost (the supervisor's step is the safety net).
-KICK_KEY = "synchub:webhooks:dispatch-kick"
+# The marker of the pending dispatch job (queue.enqueue_unless_pending), released by that
+# job when it finds nothing left, before one last look. It is trusted for its whole life:
+# looking at its job would triple this hot path's round trips, and a lost job only holds
+# dispatching back until the marker expires (the supervisor's step is the safety net).
 KICK_TTL_SECONDS = 30
 KICK_STATE = "synchub_webhook_kick"
 BATCH_SIZE = 200
@@ -53,32 +55,36 @@ def connector_for(connection):
     return connector_class(connection.connector)(connection.settings, connection.credentials, services)
 
 
+def kick_marker():
+    return redis_keys.key("webhooks", "dispatch-kick")
+
+
 def kick():
     """After a delivery is committed: make sure a dispatch job will see it. Returns False
     when Redis is away (the supervisor's step dispatches the delivery later).
 
     A process that asked Redis less than WEBHOOK_KICK_DEBOUNCE_SECONDS ago does not ask
     again: under load that round trip cost as much as storing the delivery. It is safe
-    because a dispatch job, after deleting the key, waits that long before its last look
-    (run_dispatch_job): any request that skipped the SET had asked before the delete, or
-    while a job that had not yet deleted the key was pending, so a last look is still to
-    come after its commit.
+    because a dispatch job, after releasing the marker, waits that long before its last
+    look (worker.jobs.dispatch_webhooks): any request that skipped asking had asked before
+    the release, or while a job that had not yet released the marker was pending, so a
+    last look is still to come after its commit.
     """
     state = current_app.extensions.setdefault(KICK_STATE, {"asked_at": None})
-    debounce = current_app.config.get("WEBHOOK_KICK_DEBOUNCE_SECONDS", 0.05)
+    debounce = current_app.config["WEBHOOK_KICK_DEBOUNCE_SECONDS"]
     asked_at = state["asked_at"]
     now = time.monotonic()
     if asked_at is not None and now - asked_at < debounce:
         return True
     # Recorded before asking, so the other threads of this process do not all ask at once.
-    # Still safe: the dispatcher that deletes the key does so after this SET is answered.
+    # Still safe: the dispatcher that releases the marker does so after this ask is answered.
     state["asked_at"] = now
     try:
-        client = redis_ext.client
-        if client.set(KICK_KEY, "1", nx=True, ex=KICK_TTL_SECONDS):
-            queue(WEBHOOKS, client).enqueue_call(DISPATCH_JOB, timeout=current_app.config["JOB_TIMEOUT_SECONDS"],
-                                                 result_ttl=60, failure_ttl=7 * 24 * 3600,
-                                                 description="dispatch webhook deliveries")
+        queue.enqueue_unless_pending(
+            kick_marker(), WEBHOOKS, DISPATCH_JOB, kind="webhook-dispatch",
+            marker_ttl=KICK_TTL_SECONDS, trust_seconds=KICK_TTL_SECONDS,
+            timeout=current_app.config["JOB_TIMEOUT_SECONDS"], result_ttl=60, failure_ttl=7 * 24 * 3600,
+            description="dispatch webhook deliveries")
         return True
     except (redis.RedisError, OSError) as exc:
         state["asked_at"] = None  # nobody may skip on the strength of a question that failed
@@ -86,20 +92,24 @@ def kick():
         return False
 
 
-def run_dispatch_job():
-    """The dispatch job's body: dispatch until nothing is left; then delete the kick, wait
-    out the requests' debounce, and look once more (see kick())."""
-    total = _dispatch_until_empty()
-    redis_ext.client.delete(KICK_KEY)
-    time.sleep(current_app.config.get("WEBHOOK_KICK_DEBOUNCE_SECONDS", 0.05) * 1.2 + 0.01)
-    return total + _dispatch_until_empty()
+def release_kick():
+    """The dispatch job's side: from here on it looks again, so new deliveries need a new job."""
+    queue.release(kick_marker())
+
+
+def last_look_delay():
+    """How long a dispatch job waits between releasing the marker and its last look: the
+    web processes' debounce, with a margin (see kick())."""
+    return current_app.config["WEBHOOK_KICK_DEBOUNCE_SECONDS"] * 1.2 + 0.01
 
 
 def _batch_size():
     return SQLITE_BATCH_SIZE if db.session.get_bind().dialect.name == "sqlite" else BATCH_SIZE
 
 
-def _dispatch_until_empty():
+def dispatch_until_empty():
+    """Dispatch every "received" delivery, however fresh, in batches. Returns how many are
+    now enqueued."""
     total, size = 0, _batch_size()
     while True:
         claimed, enqueued = _dispatch_batch(size, cutoff=None)

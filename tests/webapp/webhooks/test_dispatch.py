@@ -14,6 +14,7 @@ from tests.support import ROOT, kill_session, process_env
 from webapp.extensions import db
 from webapp.credentials import encrypt_credentials
 from webapp.models import Connection, Run, WebhookDelivery
+from webapp.queue import HIGH, queue
 from webapp.runs import get_connection
 from webapp.webhooks import delivery_writer, dispatch, ingest
 
@@ -61,7 +62,7 @@ def test_parallel_dispatchers_give_each_delivery_its_runs_once(app, make_connect
         [run_id] = delivery.run_ids
         record = int(delivery.provider_event_id.removeprefix("msg_")) % 50
         assert runs[run_id].record_key == f"items:item-{record:07d}"
-    assert sorted(redis.lrange("rq:queue:high", 0, -1)) == sorted(run.rq_job_id.encode() for run in runs.values())
+    assert sorted(queue(HIGH).get_job_ids()) == sorted(run.rq_job_id for run in runs.values())
 
 
 # A dispatcher process that claims a batch and creates its runs, then is SIGKILLed just
@@ -135,40 +136,6 @@ def test_connection_changed_through_the_orm_in_this_process_is_seen_at_once(app,
     body = signing.dumps({"type": "item.updated", "data": {"id": "item-0000002"}})
     assert client.post("/webhooks/shop", data=body, headers=signing.standard_headers(body, old)).status_code == 401
     assert client.post("/webhooks/shop", data=body, headers=signing.standard_headers(body, new)).status_code == 200
-
-
-def test_delivery_that_skipped_the_kick_is_caught_by_the_dispatchers_last_look(app, make_connection, redis):
-    secret = signing.whsec()
-    make_connection(name="shop", credentials={"webhook_secret": secret})
-    app.config["WEBHOOK_KICK_DEBOUNCE_SECONDS"] = 1.0
-    client = app.test_client()
-
-    def post(n):
-        body = signing.dumps({"type": "item.updated", "data": {"id": f"item-{n:07d}"}})
-        return client.post("/webhooks/shop", data=body, headers=signing.standard_headers(body, secret)).get_json()
-
-    first = post(1)  # asks Redis: the key is set and a dispatch job queued
-    assert redis.llen("rq:queue:webhooks") == 1
-    results = []
-
-    def job():
-        with app.app_context():
-            results.append(dispatch.run_dispatch_job())
-            db.session.remove()
-
-    runner = threading.Thread(target=job)
-    runner.start()
-    deadline = time.monotonic() + 10
-    while redis.exists(dispatch.KICK_KEY) and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert not redis.exists(dispatch.KICK_KEY)  # the job found nothing left and dropped the kick
-    second = post(2)  # within the debounce: this process does not ask Redis again
-    assert not redis.exists(dispatch.KICK_KEY) and redis.llen("rq:queue:webhooks") == 1
-    runner.join(10)
-    assert results == [2]  # the job's last look, after the debounce, found the second delivery
-    db.session.rollback()
-    for answer in (first, second):
-        assert db.session.get(WebhookDelivery, answer["delivery_id"]).outcome == "enqueued"
 
 
 @pytest.mark.parametrize("app", [b for b in BACKENDS if b == "postgresql"], indirect=True)

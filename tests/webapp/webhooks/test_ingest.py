@@ -1,15 +1,16 @@
 """The ingest flow: each refusal has its status and JSON reason and stores nothing; an
 accepted delivery is stored once per event id and becomes record runs on the high queue."""
 import pytest
-from rq import Queue
 from sqlalchemy import func, select
 
 from tests.conftest import make_app
 from tests.support import free_port
 from webapp.extensions import db
 from webapp.models import Run, WebhookDelivery
+from webapp.queue import HIGH, WEBHOOKS, queue
 from webapp.runs import get_connection
 from webapp.webhooks import dispatch, ingest
+from worker.jobs import dispatch_webhooks
 
 from . import signing
 
@@ -98,8 +99,8 @@ def test_accepted_delivery_is_stored_then_dispatched_to_a_record_run_on_the_high
     [delivery] = _deliveries()
     assert delivery.raw_body == body and delivery.provider_event_id == "msg_42"
     assert delivery.outcome == "received" and delivery.run_ids == [] and _run_count() == 0
-    high = Queue("high", connection=redis)
-    [kicked] = Queue("webhooks", connection=redis).jobs  # the request only stored it and asked for a dispatcher
+    high = queue(HIGH)
+    [kicked] = queue(WEBHOOKS).jobs  # the request only stored it and asked for a dispatcher
     assert kicked.func_name == dispatch.DISPATCH_JOB and high.job_ids == []
 
     run_ids = _dispatched(answer)
@@ -112,12 +113,12 @@ def test_accepted_delivery_is_stored_then_dispatched_to_a_record_run_on_the_high
 def test_a_burst_of_deliveries_kicks_one_dispatcher(client, secret, redis):
     for n in range(5):
         _post(client, secret, {"type": "item.updated", "data": {"id": f"item-{n:07d}"}})
-    assert [job.func_name for job in Queue("webhooks", connection=redis).jobs] == [dispatch.DISPATCH_JOB]
-    assert dispatch.run_dispatch_job() == 5
+    assert [job.func_name for job in queue(WEBHOOKS).jobs] == [dispatch.DISPATCH_JOB]
+    assert dispatch_webhooks() == 5
     assert _run_count() == 5
-    # The dispatcher dropped the kick before it looked: the next delivery queues a new one.
+    # The dispatcher released the marker before it looked: the next delivery queues a new one.
     _post(client, secret, {"type": "item.updated", "data": {"id": "item-0000099"}})
-    assert [job.func_name for job in Queue("webhooks", connection=redis).jobs] == [dispatch.DISPATCH_JOB] * 2
+    assert [job.func_name for job in queue(WEBHOOKS).jobs] == [dispatch.DISPATCH_JOB] * 2
 
 
 def test_duplicate_event_id_is_answered_2xx_and_counted_once_stored(client, secret):
@@ -214,9 +215,8 @@ def test_supervisor_step_gives_pending_deliveries_their_runs(app, secret):
 
     body = signing.dumps({"type": "item.updated", "data": {"id": "item-0000007"}})
     delivery_id, _ = ingest.store(get_connection("shop").id, "msg_while_redis_down", "item.updated", {}, body)
-    supervisor = Supervisor(app, name="s-webhooks")
-    assert "webhooks" in [step.name for step in supervisor.steps()]
-    assert supervisor.process_webhooks(now=utcnow()) == 0  # too fresh: a kicked dispatcher may have it
-    assert supervisor.process_webhooks(now=utcnow() + timedelta(seconds=30)) == 1
+    [step] = [step for step in Supervisor(app, name="s-webhooks").steps() if step.name == "webhooks"]
+    assert step.func(utcnow()) == {"deliveries_enqueued": 0}  # too fresh: a kicked dispatcher may have it
+    assert step.func(utcnow() + timedelta(seconds=30)) == {"deliveries_enqueued": 1}
     db.session.expire_all()
     assert db.session.get(WebhookDelivery, delivery_id).outcome == "enqueued"

@@ -11,7 +11,6 @@ Both are idempotent and safe with several supervisors: a duplicate enqueue costs
 job, because runs.claim() only lets one worker take a queued run.
 """
 import logging
-import re
 from datetime import timedelta
 
 import redis
@@ -22,24 +21,17 @@ from rq.job_lifecycle import record_job_failure
 from rq.registry import StartedJobRegistry, clean_registries
 from sqlalchemy import select
 
-from webapp import runs
-from webapp.extensions import db, redis_ext
-from webapp.models import QUEUED, RUNNING, TERMINAL_STATUSES, Run, utcnow
-from webapp.queue import PRIORITY_ORDER, queue
+from . import runs
+from .extensions import db, redis_ext
+from .models import QUEUED, RUNNING, TERMINAL_STATUSES, Run, utcnow
+from .queue import PRIORITY_ORDER, parse_run_job_id, queue, run_job_id
 
 log = logging.getLogger(__name__)
 
-# runs._job_id: "run-<run id>-<attempt it will execute>"
-RUN_JOB_ID = re.compile(r"^run-(\d+)-(\d+)$")
 # RQ states from which a job will never execute again.
 DEAD_JOB_STATUSES = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
 QUEUE_SCAN_LIMIT = 10000
 WORKER_LOST = "worker_lost"  # the error_class runs.sweep_stale gives a run whose worker vanished
-
-
-def parse_run_job_id(job_id):
-    match = RUN_JOB_ID.match(job_id or "")
-    return (int(match.group(1)), int(match.group(2))) if match else (None, None)
 
 
 def _fetch(job_id, connection):
@@ -93,17 +85,8 @@ def requeue_lost(now=None, grace_seconds=None, connection=None):
 
 def _job_statuses(job_ids, connection):
     """RQ status of each job (None: no such job), in one round trip."""
-    with connection.pipeline(transaction=False) as pipe:
-        for job_id in job_ids:
-            pipe.hget(Job.key_for(job_id), "status")
-        raw = pipe.execute()
-    statuses = []
-    for value in raw:
-        try:
-            statuses.append(JobStatus(value.decode()) if value else None)
-        except ValueError:
-            statuses.append(JobStatus.QUEUED)  # a status this RQ doesn't know: leave the job alone
-    return statuses
+    return [job.get_status(refresh=False) if job is not None else None
+            for job in Job.fetch_many(job_ids, connection=connection)]
 
 
 def reconcile_registries(now=None, grace_seconds=None, connection=None):
@@ -143,7 +126,7 @@ def _execution_is_over(job_attempt, run, now, grace):
         return False  # dequeued, not claimed yet
     swept = run.error_class == WORKER_LOST  # the sweep already judged this attempt's worker dead
     if run.status == QUEUED:
-        return swept and run.rq_job_id != f"run-{run.id}-{job_attempt}"
+        return swept and run.rq_job_id != run_job_id(run.id, job_attempt)
     if run.status in TERMINAL_STATUSES:
         # Otherwise give a live worker time to finish its own RQ bookkeeping after the row.
         return swept or (run.finished_at is not None and run.finished_at < now - grace)
