@@ -130,7 +130,7 @@ class Bench:
                 started = time.perf_counter()
                 give_up = time.monotonic() + 600
                 for _ in range(workers):
-                    Queue(queue_name("default"), connection=client).enqueue_call("worker.jobs.drain_outbox", timeout=900)
+                    Queue(queue_name("default"), connection=client).enqueue_call("worker.jobs.send_due_outbox_events", timeout=900)
                 while True:
                     db.session.rollback()
                     done = db.session.scalar(select(func.count()).select_from(OutboxEvent)

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 import redis as redis_lib
 
 from bench.common import ThrowawayDatabase
+from scheduler.supervisor import heartbeat_key
 
 TTL, TICK = 1.0, 0.1
 
@@ -79,7 +80,7 @@ def measure_failover(app, client, failovers):
             _wait(lambda: holder(client) in {p.name for p in alive}, 60)
             leader = next(p for p in alive if p.name == holder(client))
             # Let the follower finish starting up: it must be ticking, not importing.
-            _wait(lambda: all(client.exists(f"synchub:supervisors:heartbeat:{p.name}") for p in alive), 60)
+            _wait(lambda: all(client.exists(heartbeat_key(p.name, "synchub")) for p in alive), 60)
             time.sleep(3 * TICK)
             leader.kill(signal.SIGKILL)
             killed = time.monotonic()

@@ -14,9 +14,15 @@ import time
 
 import redis
 
+from webapp import redis_keys
+
 log = logging.getLogger(__name__)
 
-LEADER_KEY = "synchub:supervisors:leader"
+
+
+def leader_key(prefix=None):
+    """The lease's key: "<prefix>:supervisors:leader" (the app's prefix when not given)."""
+    return redis_keys.key("supervisors", "leader", prefix_=prefix)
 
 # Take the lease if free, renew it if ours: one atomic step.
 _ACQUIRE_OR_RENEW = """
@@ -40,14 +46,14 @@ return 0
 
 
 class Lease:
-    def __init__(self, client, name, ttl_seconds, key=LEADER_KEY, monotonic=time.monotonic):
+    def __init__(self, client, name, ttl_seconds, key=None, monotonic=time.monotonic):
         self.client = client
         self.name = name
         # A token per process: a restarted supervisor with the same name must win the lease
         # fairly, not inherit the dead one's.
         self.token = f"{name}#{secrets.token_hex(4)}"
         self.ttl_ms = max(1, int(ttl_seconds * 1000))
-        self.key = key
+        self.key = key or leader_key()
         self.monotonic = monotonic
         self._held_until = 0.0
         self._acquire_or_renew = client.register_script(_ACQUIRE_OR_RENEW)
@@ -78,10 +84,10 @@ class Lease:
             return False  # it expires by itself
 
 
-def holder(client, key=LEADER_KEY):
+def holder(client, key=None):
     """The name of the supervisor holding the lease, or None."""
     try:
-        value = client.get(key)
+        value = client.get(key or leader_key())
     except redis.RedisError:
         return None
     return value.decode().rsplit("#", 1)[0] if value else None

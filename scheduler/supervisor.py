@@ -28,7 +28,7 @@ import schedule as schedule_lib
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
-from webapp import periodic, runs
+from webapp import periodic, redis_keys, runs
 from webapp.schedules import firing
 from webapp.extensions import db, redis_ext
 from webapp.models import SupervisorState
@@ -38,7 +38,11 @@ from .leader import Lease
 
 log = logging.getLogger("scheduler")
 
-HEARTBEAT_KEY = "synchub:supervisors:heartbeat:{name}"
+
+
+def heartbeat_key(name, prefix=None):
+    """A supervisor's heartbeat in Redis: "<prefix>:supervisors:heartbeat:<name>"."""
+    return redis_keys.key("supervisors", "heartbeat", name, prefix_=prefix)
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,7 @@ class Supervisor:
 
     def heartbeat(self, now):
         try:
-            self.redis.set(HEARTBEAT_KEY.format(name=self.name),
+            self.redis.set(heartbeat_key(self.name),
                            json.dumps({"at": now.isoformat() + "Z", "leader": self.leading, "pid": self.pid,
                                        "host": self.hostname}),
                            ex=max(1, int(self.config["ALERT_SUPERVISOR_SILENT_SECONDS"])))

@@ -17,11 +17,12 @@ import redis
 from flask import Blueprint, Response, current_app, request
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from . import redis_keys
 from sqlalchemy import func, select
 
 log = logging.getLogger(__name__)
 
-KEY = "synchub:metrics"
 # name -> (kind, help, label names). Kinds: counter | histogram.
 METRICS = {
     "runs_started": ("counter", "Runs queued, by connection and trigger", ("connection", "trigger")),
@@ -49,6 +50,7 @@ class _Buffer:
         self.values = defaultdict(float)
         self.configured_url = None
         self.instance_path = None
+        self.key = None  # "<prefix>:metrics", set by init_app: the flush thread has no app context
         self.thread = None
 
     @property
@@ -75,6 +77,8 @@ class _Buffer:
         return values
 
     def flush(self, client=None):
+        if self.key is None:
+            return  # no app was made in this process: nowhere to send them
         values = self.take()
         if not values:
             return
@@ -86,7 +90,7 @@ class _Buffer:
                 client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
             pipe = client.pipeline(transaction=False)
             for field, amount in values.items():
-                pipe.hincrbyfloat(KEY, field, amount)
+                pipe.hincrbyfloat(self.key, field, amount)
             pipe.execute()
         except (redis.RedisError, TypeError, ValueError) as exc:
             # Metrics must never break a sync: keep the numbers for the next flush.
@@ -142,6 +146,7 @@ def flush():
 def init_app(app):
     _buffer.configured_url = app.config.get("REDIS_URL") or None
     _buffer.instance_path = app.instance_path
+    _buffer.key = redis_keys.key("metrics", prefix_=app.config["REDIS_PREFIX"])
 
 
 def _le(bound):
@@ -182,7 +187,7 @@ class _Collector:
         from .extensions import redis_ext
 
         try:
-            raw = redis_ext.client.hgetall(KEY)
+            raw = redis_ext.client.hgetall(redis_keys.key("metrics"))
         except redis.RedisError:
             raw = {}
         series = defaultdict(dict)

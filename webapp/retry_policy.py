@@ -35,8 +35,7 @@ from dataclasses import dataclass
 import requests
 from sqlalchemy.exc import OperationalError
 
-from .connectors.errors import AuthError, BadRecord, ConfigError, RateLimited, TransientError
-from .connectors.http import HttpError
+from .connectors.errors import AuthError, BadRecord, ConfigError, HttpError, RateLimited, TransientError
 from .connectors.mapping import MappingError
 
 # -- request: inside one HTTP call -------------------------------------------------------

@@ -24,7 +24,8 @@ from webapp.extensions import db
 from webapp.models import Connection, utcnow
 from webapp.outbox.breaker import Breaker
 from webapp.outbox.claim import claim, mark_done, mark_failed, release
-from webapp.outbox.enqueue import DRAIN_KICK_KEY, DRAINING_KEY, KICK_KEY, request_delivery
+from webapp import queue
+from webapp.outbox.enqueue import active_senders_key, drain_job_marker, request_sending, send_job_marker
 from webapp.outbox.statuses import DEAD
 
 log = logging.getLogger(__name__)
@@ -44,23 +45,23 @@ class DrainResult:
 
 def run_send_event_job(event_id, *, redis_client, worker_name=None):
     """RQ job: the real-time attempt for `event_id`, then whatever else is due."""
-    _clear_kick(redis_client, KICK_KEY)
+    _release(redis_client, send_job_marker())
     return drain(redis_client=redis_client, worker_name=worker_name, first_event_id=event_id).as_dict()
 
 
 def run_send_due_job(*, redis_client, worker_name=None):
     """RQ job: send everything due (the periodic drain)."""
-    _clear_kick(redis_client, DRAIN_KICK_KEY)
+    _release(redis_client, drain_job_marker())
     return drain(redis_client=redis_client, worker_name=worker_name).as_dict()
 
 
-def _clear_kick(client, key):
-    # From here on this job claims after any commit that found the flag set, so those
+def _release(client, marker):
+    # From here on this job claims after any commit that found the marker set, so those
     # events are covered; new ones must enqueue another job.
     try:
-        client.delete(key)
+        queue.release(marker, client)
     except Exception as exc:
-        log.warning("outbox: could not clear %s (%s)", key, type(exc).__name__)
+        log.warning("outbox: could not release %s (%s)", marker, type(exc).__name__)
 
 
 def drain(*, redis_client=None, worker_name=None, first_event_id=None, budget_seconds=None, max_events=None):
@@ -78,6 +79,7 @@ class OutboxSender:
         self.redis = redis_client
         # Unique per drain, so even a later drain of the same worker is a different claimer.
         self.claimer = f"{worker_name or 'worker'}/{uuid.uuid4().hex[:8]}"
+        self.active_key = active_senders_key()
         self.breaker = Breaker.from_config(redis_client, self.config)
         self.lease_seconds = float(self.config["OUTBOX_LEASE_SECONDS"])
         self.batch = int(self.config["OUTBOX_CLAIM_BATCH"])
@@ -114,7 +116,7 @@ class OutboxSender:
                 if max_events is None and self.redis is not None:
                     # Out of time with work perhaps left: a fresh job carries on.
                     self._retire()
-                    request_delivery(client=self.redis)
+                    request_sending(client=self.redis)
         finally:
             self._retire()
             self.breaker.close()
@@ -138,7 +140,7 @@ class OutboxSender:
         if refresh and now < self._announced_until - self.announce_seconds / 2:
             return
         try:
-            self.redis.zadd(DRAINING_KEY, {self.claimer: now + self.announce_seconds})
+            self.redis.zadd(self.active_key, {self.claimer: now + self.announce_seconds})
             self._announced_until = now + self.announce_seconds
         except Exception as exc:
             log.warning("outbox: could not announce the drain (%s)", type(exc).__name__)
@@ -148,8 +150,8 @@ class OutboxSender:
             return
         self._announced_until = 0.0
         try:
-            self.redis.zrem(DRAINING_KEY, self.claimer)
-            self.redis.zremrangebyscore(DRAINING_KEY, "-inf", time.time())  # lapsed, e.g. killed workers
+            self.redis.zrem(self.active_key, self.claimer)
+            self.redis.zremrangebyscore(self.active_key, "-inf", time.time())  # lapsed, e.g. killed workers
         except Exception as exc:
             log.warning("outbox: could not retire the drain (%s)", type(exc).__name__)
 

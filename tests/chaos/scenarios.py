@@ -17,7 +17,7 @@ from datetime import datetime
 
 import requests
 
-from scheduler.leader import holder
+from scheduler.leader import holder, leader_key
 from tests.support import wait_for
 from tests.webapp.webhooks.signing import standard_headers, whsec
 
@@ -176,14 +176,14 @@ def worker_restart_same_name(stack, rng):
 
 
 def supervisor_sigkill(stack, rng):
-    leader = wait_for(lambda: holder(stack.redis), timeout=15, message="a leading supervisor")
+    leader = wait_for(lambda: holder(stack.redis, leader_key("synchub")), timeout=15, message="a leading supervisor")
     name = leader.removeprefix("chaos-")
     time.sleep(rng.uniform(0, 1.0))  # anywhere in its tick
     killed_at = time.monotonic()
     stack.procs[name].kill(signal.SIGKILL)
     violations = []
     try:
-        wait_for(lambda: holder(stack.redis) not in (None, leader), timeout=15, interval=0.02,
+        wait_for(lambda: holder(stack.redis, leader_key("synchub")) not in (None, leader), timeout=15, interval=0.02,
                  message="another supervisor leading")
     except AssertionError as exc:
         violations.append(str(exc))
@@ -668,15 +668,15 @@ def outbox_machinery(stack):
         q = Queue(f"synchub:{name}", connection=stack.redis)  # webapp.queue.queue_name, default prefix
         ids = list(q.get_job_ids()) + list(q.started_job_registry.get_job_ids())
         for job in Job.fetch_many(ids, connection=stack.redis):
-            if job is not None and job.func_name in ("worker.jobs.drain_outbox", "worker.jobs.deliver_event"):
+            if job is not None and job.func_name in ("worker.jobs.send_due_outbox_events", "worker.jobs.send_outbox_event"):
                 jobs.append(f"{job.id[:40]} {job.func_name.rsplit('.', 1)[-1]} {job.get_status(refresh=False)} "
                             f"worker={job.worker_name} alive={job.worker_name in live if job.worker_name else None}")
     draining = [(m.decode(), round(s - now, 1)) for m, s in
-                stack.redis.zrange("synchub:outbox:draining", 0, -1, withscores=True)]
+                stack.redis.zrange("synchub:outbox:sending", 0, -1, withscores=True)]
     breakers = {k.decode(): {f.decode(): v.decode() for f, v in stack.redis.hgetall(k).items()}
                 for k in stack.redis.keys("synchub:outbox:breaker:*") if stack.redis.type(k) == b"hash"}
     probes = {k.decode(): stack.redis.pttl(k) for k in stack.redis.keys("synchub:outbox:breaker:*:probe")}
-    kicks = {k: stack.redis.pttl(k) for k in ("synchub:outbox:kick", "synchub:outbox:drain-queued")}
+    kicks = {k: stack.redis.pttl(k) for k in ("synchub:outbox:send-job", "synchub:outbox:drain-job")}
     return (f"now={now:.1f} jobs={jobs} draining={draining} breakers={breakers} probes={probes} "
             f"kicks(pttl ms)={kicks}")
 

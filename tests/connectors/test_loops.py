@@ -12,7 +12,7 @@ from tests.webapp.outbox.support import S1_MAPPINGS
 from tests.simulators.loops import LoopsAPI
 from webapp.connectors.base import Services, connector_class
 from webapp.connectors.errors import AuthError, ConfigError, TransientError
-from webapp.connectors.http import HttpError
+from webapp.connectors.errors import HttpError
 from webapp.connectors.loops import LoopsConnector
 from webapp.connectors.mapping import MappingError
 

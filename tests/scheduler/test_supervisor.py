@@ -8,8 +8,8 @@ from rq.job import Job, JobStatus
 from sqlalchemy import select
 
 from scheduler.clock import FileClock
-from scheduler.leader import LEADER_KEY, holder
-from scheduler.supervisor import HEARTBEAT_KEY, Step, Supervisor
+from scheduler.leader import holder, leader_key
+from scheduler.supervisor import Step, Supervisor, heartbeat_key
 from tests.support import wait_for
 from webapp.extensions import db
 from webapp.models import Run, SupervisorState, utcnow
@@ -30,9 +30,9 @@ def test_tick_writes_the_heartbeat_to_redis_and_the_database(app, redis):
     supervisor.tick()
     row = _state("s1")
     assert row.last_tick_at == T0 and row.is_leader and row.pid == supervisor.pid
-    beat = json.loads(redis.get(HEARTBEAT_KEY.format(name="s1")))
+    beat = json.loads(redis.get(heartbeat_key("s1")))
     assert beat["at"] == "2030-01-01T00:00:00Z" and beat["leader"] is True
-    assert redis.ttl(HEARTBEAT_KEY.format(name="s1")) > 0
+    assert redis.ttl(heartbeat_key("s1")) > 0
     supervisor.tick(T0 + timedelta(minutes=1))
     assert _state("s1").last_tick_at == T0 + timedelta(minutes=1)
 
@@ -63,7 +63,7 @@ def test_new_leader_takes_over_and_clears_the_dead_leaders_flag(app, redis):
     dead, survivor = Supervisor(app, name="dead"), Supervisor(app, name="survivor")
     dead.tick(T0)
     survivor.tick(T0)
-    redis.delete(LEADER_KEY)  # the dead leader's lease expired
+    redis.delete(leader_key())  # the dead leader's lease expired
     survivor.tick(T0 + timedelta(seconds=5))
     assert survivor.leading and _state("survivor").is_leader
     assert not _state("dead").is_leader  # it could not clear its own flag
@@ -98,7 +98,7 @@ def test_outbox_drain_step_enqueues_a_drain_unless_one_waits_in_its_queue(app, r
     first = step.func(T0)
     assert first and step.func(T0) is None  # the first still waits
     [job_id] = queue(DEFAULT).get_job_ids()
-    assert job_id == first and Job.fetch(job_id, connection=redis).func_name == "worker.jobs.drain_outbox"
+    assert job_id == first and Job.fetch(job_id, connection=redis).func_name == "worker.jobs.send_due_outbox_events"
     # Once it has started, the next turn enqueues again: a started drain may belong to a
     # worker killed since (here even before the job cleared the flag).
     job, _ = queue(DEFAULT).dequeue_any([queue(DEFAULT)], None, connection=redis)

@@ -4,8 +4,7 @@ import requests
 from sqlalchemy.exc import OperationalError
 
 from webapp import retry_policy
-from webapp.connectors.errors import AuthError, BadRecord, ConfigError, RateLimited, TransientError
-from webapp.connectors.http import HttpError
+from webapp.connectors.errors import AuthError, BadRecord, ConfigError, HttpError, RateLimited, TransientError
 
 
 @pytest.mark.parametrize("exc, error_class, retry, health", [

@@ -29,6 +29,14 @@ class ConfigError(SyncError):
     """Settings a person must fix (bad base URL, unknown stream, missing credential)."""
 
 
+class HttpError(ConfigError):
+    """A 4xx other than 401/403/429. `status` lets a connector treat e.g. 404 or 409 itself."""
+
+    def __init__(self, message, status):
+        super().__init__(message)
+        self.status = status
+
+
 class BadRecord(SyncError):
     """One record is unusable. The engine skips it, logs `key` and the reason, and goes on."""
 

@@ -34,8 +34,7 @@ from requests.adapters import HTTPAdapter
 from . import pagination
 from .auth import BearerAuth, OAuth2RefreshToken
 from .base import Connector, Page, Param, Stream, register
-from .errors import BadRecord, ConfigError
-from .http import HttpError
+from .errors import BadRecord, ConfigError, HttpError
 
 DEFAULT_BASE_URL = "https://services.leadconnectorhq.com"
 API_VERSION = "2021-07-28"

@@ -29,7 +29,7 @@ from .. import metrics, retry_policy
 from requests.adapters import HTTPAdapter
 
 from .auth import BasicAuth, BearerAuth, HeaderKeyAuth, OAuth2ClientCredentials  # noqa: F401 (re-export)
-from .errors import AuthError, ConfigError, RateLimited, TransientError
+from .errors import AuthError, ConfigError, HttpError, RateLimited, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +37,6 @@ log = logging.getLogger(__name__)
 POOL_SIZE = 10
 
 _SENSITIVE_PARAM = re.compile(r"key|token|secret|passw|signature|sig$|auth|credential|session", re.I)
-
-
-class HttpError(ConfigError):
-    """A 4xx other than 401/403/429. `status` lets a connector treat e.g. 404 or 409 itself."""
-
-    def __init__(self, message, status):
-        super().__init__(message)
-        self.status = status
 
 
 class _Retry(Exception):

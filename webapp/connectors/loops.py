@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 from .. import metrics
 from .auth import BearerAuth
 from .base import Connector, register
-from .errors import ConfigError
-from .http import HttpError, parse_json
+from .errors import ConfigError, HttpError
+from .http import parse_json
 from .mapping import MappingError, context_for, render, rules_for
 
 DEFAULT_BASE_URL = "https://app.loops.so/api"

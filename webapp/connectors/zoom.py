@@ -30,8 +30,7 @@ from urllib.parse import quote
 
 from .auth import OAuth2ClientCredentials
 from .base import Connector, Page, Param, Stream, register
-from .errors import BadRecord, ConfigError
-from .http import HttpError
+from .errors import BadRecord, ConfigError, HttpError
 
 log = logging.getLogger(__name__)
 

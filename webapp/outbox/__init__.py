@@ -14,9 +14,9 @@ The loop that claims rows and sends them is worker/outbox_sender.py.
 Other areas and apps use what is imported here: `from webapp import outbox`, then
 `outbox.publish(...)`, `outbox.enqueue_drain()`; the rest is imported from its module.
 """
-from .enqueue import enqueue_drain, request_delivery
+from .enqueue import enqueue_drain, request_sending
 from .publish import PublishError, Published, publish
 from .statuses import ACTIVE, DEAD, DONE, PENDING, PROCESSING
 
 __all__ = ["ACTIVE", "DEAD", "DONE", "PENDING", "PROCESSING", "PublishError", "Published", "enqueue_drain",
-           "publish", "request_delivery"]
+           "publish", "request_sending"]

@@ -19,6 +19,7 @@ import logging
 import time
 from datetime import timedelta
 
+from .. import redis_keys
 from ..models import utcnow
 
 log = logging.getLogger(__name__)
@@ -42,11 +43,12 @@ return 1
 class Breaker:
     """The breakers as one sender (one drain) sees them. Not shared between threads."""
 
-    PREFIX = "synchub:outbox:breaker:"
-    REGISTRY = "synchub:outbox:breakers"
-
-    def __init__(self, client, *, threshold, cooldown, max_cooldown, probe_seconds, clock=time.time):
+    def __init__(self, client, *, redis_prefix, threshold, cooldown, max_cooldown, probe_seconds, clock=time.time):
         self.client = client
+        # "<prefix>:outbox:breaker:<destination>" (a hash; ":probe" the probe lock), and the
+        # set of destinations that have one (webapp/redis_keys.py).
+        self.prefix = redis_keys.key("outbox", "breaker", "", prefix_=redis_prefix)
+        self.registry = redis_keys.key("outbox", "breakers", prefix_=redis_prefix)
         self.threshold = threshold
         self.cooldown = cooldown
         self.max_cooldown = max_cooldown
@@ -65,7 +67,7 @@ class Breaker:
         # The probe lock outlives the probe's one request, but no more: the lock of a worker
         # killed while probing keeps every other worker off the destination until it lapses.
         probe_seconds = min(float(config["OUTBOX_LEASE_SECONDS"]), 2 * float(config["OUTBOX_HTTP_TIMEOUT_SECONDS"]) + 10)
-        return cls(client, threshold=config["OUTBOX_BREAKER_THRESHOLD"],
+        return cls(client, redis_prefix=config["REDIS_PREFIX"], threshold=config["OUTBOX_BREAKER_THRESHOLD"],
                    cooldown=config["OUTBOX_BREAKER_COOLDOWN_SECONDS"],
                    max_cooldown=config["OUTBOX_BREAKER_MAX_COOLDOWN_SECONDS"],
                    probe_seconds=probe_seconds)
@@ -81,18 +83,18 @@ class Breaker:
         if self.client is None:
             return {}
         try:
-            members = self.client.smembers(self.REGISTRY)
+            members = self.client.smembers(self.registry)
             self._troubled = {int(m) for m in members}
             blocked = {}
             now = self.clock()
             for member in members:
                 destination = int(member)
-                failures, open_until = self.client.hmget(self.PREFIX + str(destination), "failures", "open_until")
+                failures, open_until = self.client.hmget(self.prefix + str(destination), "failures", "open_until")
                 failures, open_until = int(failures or 0), float(open_until or 0)
                 if open_until > now:
                     blocked[destination] = open_until
                 elif failures >= self.threshold and destination not in self._probes:
-                    won = self.client.set(f"{self.PREFIX}{destination}:probe", 1, nx=True,
+                    won = self.client.set(f"{self.prefix}{destination}:probe", 1, nx=True,
                                           px=int(self.probe_seconds * 1000))
                     if won:
                         self._probes.add(destination)
@@ -119,8 +121,8 @@ class Breaker:
         self._troubled.discard(destination)
         try:
             pipe = self.client.pipeline(transaction=False)
-            pipe.delete(self.PREFIX + str(destination), f"{self.PREFIX}{destination}:probe")
-            pipe.srem(self.REGISTRY, destination)
+            pipe.delete(self.prefix + str(destination), f"{self.prefix}{destination}:probe")
+            pipe.srem(self.registry, destination)
             pipe.execute()
         except Exception as exc:
             log.warning("outbox breaker unavailable (%s)", type(exc).__name__)
@@ -143,11 +145,11 @@ class Breaker:
             return False
         self._troubled.add(destination)
         try:
-            opened = self._script(keys=[self.PREFIX + str(destination), self.REGISTRY],
+            opened = self._script(keys=[self.prefix + str(destination), self.registry],
                                   args=[self.threshold, self.clock(), self.cooldown, self.max_cooldown, destination])
             if destination in self._probes:
                 self._probes.discard(destination)
-                self.client.delete(f"{self.PREFIX}{destination}:probe")
+                self.client.delete(f"{self.prefix}{destination}:probe")
             if opened:
                 log.warning("outbox: destination %s keeps failing; breaker open", destination)
             return bool(opened)
@@ -170,7 +172,7 @@ class Breaker:
         if self.client is None:
             return None
         try:
-            value = self.client.hget(self.PREFIX + str(destination), "open_until")
+            value = self.client.hget(self.prefix + str(destination), "open_until")
         except Exception:
             return None
         value = float(value or 0)
@@ -190,6 +192,6 @@ class Breaker:
                 continue
             self._probes.discard(destination)
             try:
-                self.client.delete(f"{self.PREFIX}{destination}:probe")
+                self.client.delete(f"{self.prefix}{destination}:probe")
             except Exception:
                 pass

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from ..connectors.errors import ConfigError
 from ..models import Connection, OutboxEvent, utcnow
-from .enqueue import request_delivery
+from .enqueue import request_sending
 from .statuses import PENDING
 
 MAX_TYPE = 100
@@ -168,7 +168,7 @@ def _after_commit(session):
     session.info.pop(_DESTINATIONS_KEY, None)
     new = session.info.pop(_SESSION_KEY, None)
     if new:
-        request_delivery(min(new), destinations=set(new.values()))
+        request_sending(min(new), destinations=set(new.values()))
 
 
 @event.listens_for(Session, "after_rollback")

@@ -5,7 +5,7 @@ import logging
 from sqlalchemy import delete, func, select, update
 
 from ..models import OUTBOX_STATUSES, OutboxEvent, utcnow
-from .enqueue import request_delivery
+from .enqueue import request_sending
 from .statuses import DEAD, PENDING
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def retry(session, ids, now=None):
     session.commit()
     if result.rowcount:
         log.info("outbox: %s event(s) retried", result.rowcount)
-        request_delivery(min(ids))
+        request_sending(min(ids))
     return result.rowcount
 
 

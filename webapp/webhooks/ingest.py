@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import redis
 from sqlalchemy.exc import SQLAlchemyError
 
-from .. import metrics
+from .. import metrics, redis_keys
 from ..connectors.errors import ConfigError
 from ..extensions import db, redis_ext
 from ..models import utcnow
@@ -27,7 +27,6 @@ from . import delivery_writer, dispatch, signatures, targets
 
 log = logging.getLogger(__name__)
 
-REJECTED_COUNTER = "synchub:webhooks:rejected"
 # Headers worth keeping with a delivery for the admin page: signature material is public
 # once sent; Authorization (HaloPSA's Basic credentials) is never kept.
 KEPT_HEADERS = ("content-type", "user-agent", "webhook-id", "webhook-timestamp", "webhook-signature",
@@ -52,7 +51,7 @@ def reject(status, code, reason, connection_key=None, headers=None):
     label = str(connection_key) if str(connection_key) in _scheme_cache else "(unknown)"
     metrics.inc("webhook_deliveries", connection=label, verdict=code)
     try:
-        redis_ext.client.hincrby(REJECTED_COUNTER, f"{label}:{code}", 1)
+        redis_ext.client.hincrby(redis_keys.key("webhooks", "rejected"), f"{label}:{code}", 1)
     except (redis.RedisError, OSError):
         pass  # a counter is not worth failing (or slowing) a rejection for
     return Answer(status, {"error": code, "reason": reason}, headers or {})
@@ -154,7 +153,7 @@ def store(connection_id, event_id, event_type, headers, raw_body):
 def rejected_counts():
     """{"<connection>:<code>": count} of rejected requests, or {} when Redis is away."""
     try:
-        raw = redis_ext.client.hgetall(REJECTED_COUNTER)
+        raw = redis_ext.client.hgetall(redis_keys.key("webhooks", "rejected"))
     except (redis.RedisError, OSError):
         return {}
     return {k.decode(): int(v) for k, v in raw.items()}

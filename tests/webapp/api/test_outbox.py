@@ -6,7 +6,7 @@ from tests.webapp.outbox.support import loops, loops_connection  # noqa: F401  (
 from webapp.api.auth import create_token
 from webapp.extensions import db
 from webapp.models import OutboxEvent
-from webapp.outbox.enqueue import DRAIN_KICK_KEY
+from webapp.outbox.enqueue import drain_job_marker
 from webapp.queue import queue_name
 
 VOTE = {"type": "vote_cast", "key": "vote-1", "payload": {"voter": {"email": "carol@example.com"}}}
@@ -40,7 +40,7 @@ def test_publish_answers_202_with_the_event_ids_and_a_repeat_is_a_duplicate(app,
     assert _count() == 1
     row = db.session.get(OutboxEvent, first.get_json()["event_ids"][0])
     assert (row.idempotency_key, row.key, row.status) == ("vote-1.0", "carol@example.com", "pending")
-    assert [j.func_name for j in Queue(queue_name("high"), connection=redis).jobs] == ["worker.jobs.deliver_event"]
+    assert [j.func_name for j in Queue(queue_name("high"), connection=redis).jobs] == ["worker.jobs.send_outbox_event"]
 
 
 def test_a_batch_is_published_all_or_nothing(app, make_connection, loops):
@@ -102,7 +102,7 @@ def test_cron_drain_needs_the_secret_and_queues_one_drain_at_a_time(app, redis):
     assert first.status_code == 202 and first.get_json()["enqueued"] is True
     second = client.post("/api/cron/outbox/drain", headers={"X-Cron-Secret": "cron-s3cret"})
     assert second.status_code == 202 and second.get_json()["enqueued"] is False
-    assert [j.func_name for j in Queue(queue_name("default"), connection=redis).jobs] == ["worker.jobs.drain_outbox"]
-    redis.delete(DRAIN_KICK_KEY)  # the queued job started
+    assert [j.func_name for j in Queue(queue_name("default"), connection=redis).jobs] == ["worker.jobs.send_due_outbox_events"]
+    redis.delete(drain_job_marker())  # the queued job started
     third = client.post("/api/cron/outbox/drain", headers={"X-Cron-Secret": "cron-s3cret"})
     assert third.get_json()["enqueued"] is True

@@ -91,7 +91,7 @@ def test_breaker_decides_what_a_failure_costs_and_how_long_rows_wait(redis):
     now = [1000.0]
 
     def breaker():
-        return Breaker(redis, threshold=2, cooldown=10, max_cooldown=60, probe_seconds=30, clock=lambda: now[0])
+        return Breaker(redis, redis_prefix="synchub", threshold=2, cooldown=10, max_cooldown=60, probe_seconds=30, clock=lambda: now[0])
 
     sender, rival = breaker(), breaker()
     assert sender.blocked() == {} and sender.held_until(7) is None

@@ -5,20 +5,21 @@ from rq import Queue
 from tests.webapp.outbox.support import NOMINATION, loops, loops_connection, vote  # noqa: F401  (fixture)
 from webapp import outbox
 from webapp.extensions import db
-from webapp.outbox.enqueue import DRAIN_KICK_KEY, KICK_KEY, enqueue_drain, request_delivery
+from webapp.outbox.enqueue import drain_job_marker, enqueue_drain, request_sending, send_job_marker
+from webapp.queue import queue_name
 
 
 def test_commit_enqueues_one_delivery_job_and_a_queued_job_covers_later_commits(app, redis, make_connection, loops):
     loops_connection(make_connection, loops)
     first = outbox.publish(db.session, "nomination_approved", "nom-1", NOMINATION)
     db.session.commit()
-    queue = Queue("high", connection=redis)
+    queue = Queue(queue_name("high"), connection=redis)
     jobs = queue.jobs
-    assert [(j.func_name, j.args) for j in jobs] == [("worker.jobs.deliver_event", (first.ids[0],))]
+    assert [(j.func_name, j.args) for j in jobs] == [("worker.jobs.send_outbox_event", (first.ids[0],))]
     vote("carol")
     db.session.commit()
     assert queue.count == 1  # the queued job has not started: it will claim carol's row too
-    redis.delete(KICK_KEY)  # what the job does when it starts
+    redis.delete(send_job_marker())  # what the job does when it starts
     second = vote("dave")
     db.session.commit()
     assert [j.args for j in queue.jobs] == [(first.ids[0],), (second.ids[0],)]
@@ -32,9 +33,9 @@ def test_a_flag_left_by_a_job_whose_worker_died_does_not_hold_back_deliveries(ap
     from rq.job import JobStatus
 
     loops_connection(make_connection, loops)
-    for flag, queue_name, enqueue in ((KICK_KEY, "high", lambda: request_delivery(1)),
-                                      (DRAIN_KICK_KEY, "default", enqueue_drain)):
-        queue = Queue(queue_name, connection=redis)
+    for flag, name, enqueue in ((send_job_marker(), "high", lambda: request_sending(1)),
+                                (drain_job_marker(), "default", enqueue_drain)):
+        queue = Queue(queue_name(name), connection=redis)
         assert enqueue()
         assert not enqueue()  # waiting in its queue: it will claim after any later commit
         assert queue.count == 1

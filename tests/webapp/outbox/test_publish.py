@@ -17,7 +17,8 @@ from webapp import outbox
 from webapp.extensions import db
 from webapp.models import User
 from webapp.outbox.claim import claim
-from webapp.outbox.enqueue import KICK_KEY
+from webapp.outbox.enqueue import send_job_marker
+from webapp.queue import queue_name
 
 
 def test_rolled_back_transaction_leaves_no_event_and_enqueues_nothing(app, redis, make_connection, loops):
@@ -28,7 +29,7 @@ def test_rolled_back_transaction_leaves_no_event_and_enqueues_nothing(app, redis
     db.session.rollback()
     assert outbox_rows() == []
     assert db.session.scalar(select(func.count()).select_from(User)) == 0
-    assert Queue("high", connection=redis).count == 0 and redis.get(KICK_KEY) is None
+    assert Queue(queue_name("high"), connection=redis).count == 0 and redis.get(send_job_marker()) is None
 
 
 def test_event_is_invisible_to_others_until_the_callers_commit(app, make_connection, loops):
