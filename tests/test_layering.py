@@ -6,11 +6,11 @@
    there is one, else on `pkg`. `importlib.import_module(...)` depends on every string in
    that file naming one of our modules, absolutely or relative to the file's package
    (that is how webapp/__init__.py and webapp/admin/__init__.py register blueprints).
-   A package is not made to depend on its own parent by being inside it: Python runs a
-   parent package's __init__ before the module, but that order is not a dependency the
-   module chose, and a package's __init__ importing its submodules to register them (the
-   admin's view modules) is the usual way to build a package. Only what a file imports
-   counts; a submodule that imports its package back (`from . import bp`) is a cycle.
+   Being inside a package is not a dependency on it: Python runs the package's __init__
+   first, but the module did not ask for that. So a package's __init__ may import its own
+   submodules (to register their views, say) as long as none of them imports the package
+   back: `from . import bp` in such a submodule is a cycle (give `bp` a module of its own,
+   as webapp/admin/blueprint.py does).
 2. webapp does not import worker or scheduler: webapp is the domain and the web app, and
    the worker and the supervisor are built on it. The only exceptions are the CLI commands
    that run worker code in the CLI's own process (`flask sync run --inline`, `flask outbox
@@ -20,6 +20,7 @@
    in the database and in Redis.
 """
 import ast
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,12 +46,16 @@ def find_modules():
     return modules
 
 
+@dataclass(frozen=True, repr=False)
 class Import:
     """One dependency: `module` imports `target`, inside `function` (None: at module level),
     or by name (a string given to importlib.import_module)."""
 
-    def __init__(self, module, target, function, line, by_name=False):
-        self.module, self.target, self.function, self.line, self.by_name = module, target, function, line, by_name
+    module: str
+    target: str
+    function: str | None
+    line: int
+    by_name: bool = False
 
     def __repr__(self):
         if self.by_name:
@@ -60,6 +65,8 @@ class Import:
 
 
 class _Collector(ast.NodeVisitor):
+    """The imports of one file, each with the function it is written in."""
+
     def __init__(self, module, is_package, modules):
         self.module, self.modules = module, modules
         self.package = module if is_package else module.rpartition(".")[0]
@@ -100,7 +107,8 @@ class _Collector(ast.NodeVisitor):
         else:
             base = node.module
         for alias in node.names:
-            target = f"{base}.{alias.name}" if f"{base}.{alias.name}" in self.modules else self._known(base)
+            submodule = f"{base}.{alias.name}"
+            target = submodule if submodule in self.modules else self._known(base)
             if target:
                 self._add(target, node)
 

@@ -204,7 +204,7 @@ def queued_record_runs(connection_id, record_keys):
     for every batch. Its predicate is spelled out literally, not bound (neither database
     can prove a partial index's predicate from parameters), and SQLite is told which index
     to take: without statistics it preferred the status index for an IN list, a scan of
-    every queued run (10 ms a batch with a backlog of 30,000 queued runs, against 0.02 ms)."""
+    every queued run (docs/PERFORMANCE.md, "Webhook ingest")."""
     hint = "INDEXED BY uq_runs_one_queued_record" if db.session.get_bind().dialect.name == "sqlite" else ""
     statement = text(f"SELECT id, record_key, rq_job_id FROM runs {hint} WHERE connection_id = :connection_id "
                      f"AND record_key IN :record_keys AND {QUEUED_RECORD_WHERE}")

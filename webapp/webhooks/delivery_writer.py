@@ -6,7 +6,8 @@ its own transaction; a row whose (connection, provider event id) was stored befo
 came twice in the batch, is a duplicate and is counted on the stored delivery.
 
 The statement is plain SQL on a pooled DBAPI connection of an engine of its own: SQLAlchemy
-Core cost as much again as the driver's own time (docs/PERFORMANCE.md, "Webhook ingest").
+Core cost as much again as the driver's own time (docs/PERFORMANCE.md, "Webhook intake as
+named components").
 Without pre-ping, a connection the database dropped fails its first use: the batch is then
 retried once on a fresh connection, which is safe because the INSERT is idempotent. A row
 the database refuses (bad data) fails only its own request: the batch is retried row by row.
@@ -186,7 +187,8 @@ def _pg_execute(cursor, sql, params):
 def _sqlite_execute(cursor, sql, params, dbapi):
     """Execute, waiting for the write lock in short steps. SQLite's own busy handler (the
     busy_timeout set on every connection) sleeps 1, 2, 5 ... up to 100 ms between tries,
-    which put whole batches of a dispatcher's length into a delivery's latency."""
+    which puts whole dispatcher transactions into a delivery's latency; this loop's p99 is
+    several times lower (docs/PERFORMANCE.md, "Webhook intake as named components")."""
     # This engine's connections serve only this loop. They never checkpoint the WAL either:
     # the committing writer does that synchronously (an fsync of the database file), and
     # the dispatcher, which commits after every batch of deliveries, can take that wait.

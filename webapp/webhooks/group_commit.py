@@ -5,9 +5,8 @@ Why: a webhook is acknowledged only after its delivery is committed (a 2xx means
 and a commit is the expensive part of a small INSERT (a WAL flush on PostgreSQL, the write
 lock and a WAL append on SQLite). Committed one per request, every delivery paid for it and
 the database served a connection per busy thread; in groups, a commit is paid per batch and
-the database serves a few writers. Measured with bench/webhook_ingest.py: PostgreSQL's CPU
-per delivery down 35%, and one writer per process better than two (docs/PERFORMANCE.md,
-"Webhook ingest").
+the database serves a few writers. What that saves, and why one writer per process is the
+default, is measured in docs/PERFORMANCE.md ("Webhook ingest").
 
 How: a thread hands its row over with submit(). If fewer than `writers` batches are being
 written, it writes one itself: every row queued at that moment, its own among them.

@@ -7,8 +7,8 @@
 A delivery is committed before anything is acknowledged, so a 2xx always means "stored".
 The request does nothing more: its record runs are created by the dispatcher
 (dispatch.py), in batches, in a worker. That keeps a delivery to one INSERT and one Redis
-SET, where creating a run, its event and its RQ job inline cost 8 ms of the web process's
-CPU per delivery (bench/webhook_ingest.py). Rejected requests store nothing: they are
+SET, where creating a run, its event and its RQ job inline cost the web process several
+times more CPU per delivery (docs/PERFORMANCE.md, "Webhook ingest"). Rejected requests store nothing: they are
 logged and counted in Redis (best effort).
 """
 import hashlib
