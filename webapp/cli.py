@@ -8,7 +8,7 @@ from flask.cli import AppGroup
 from sqlalchemy import select
 
 from . import runs
-from .connectors.base import connector_class
+from .connectors import connector_class
 from .connectors.errors import ConfigError
 from .extensions import db, redis_ext
 from .models import ACTIVE_STATUSES, STATUSES, TERMINAL_STATUSES, Connection, Run, RunEvent

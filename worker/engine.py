@@ -15,7 +15,8 @@ from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
 from webapp import metrics, retry_policy, runs
-from webapp.connectors.base import ReadRequest, Services, connector_class
+from webapp.connectors import connector_class
+from webapp.connectors.base import ReadRequest, Services
 from webapp.connectors.errors import BadRecord, ConfigError
 from webapp.extensions import db
 from webapp.logs import log_context

@@ -18,7 +18,8 @@ from flask import current_app
 from sqlalchemy import update
 
 from webapp import retry_policy
-from webapp.connectors.base import Services, connector_class
+from webapp.connectors import connector_class
+from webapp.connectors.base import Services
 from webapp.connectors.errors import RateLimited
 from webapp.extensions import db
 from webapp.models import Connection, utcnow

@@ -10,7 +10,8 @@ import requests
 
 from tests.webapp.outbox.support import S1_MAPPINGS
 from tests.simulators.loops import LoopsAPI
-from webapp.connectors.base import Services, connector_class
+from webapp.connectors import connector_class
+from webapp.connectors.base import Services
 from webapp.connectors.errors import AuthError, ConfigError, TransientError
 from webapp.connectors.errors import HttpError
 from webapp.connectors.loops import LoopsConnector

@@ -1,10 +1,6 @@
 """The JSON API (/api/...): token-authenticated. Each area adds a module that attaches
-its routes to `bp`, imported at the bottom so the routes exist once the blueprint does."""
-from flask import Blueprint
-
-bp = Blueprint("api", __name__, url_prefix="/api")
-
-API_MODULES = ("outbox", "common", "runs", "events", "cron", "stats", "records", "openapi")  # modules of this package that add routes to bp, e.g. ("runs", "events")
+its routes to `bp` (webapp/api/blueprint.py) and names it in API_MODULES."""
+from .blueprint import API_MODULES, bp
 
 
 def load_routes():

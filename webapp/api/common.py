@@ -3,7 +3,7 @@ connection lookup, keyset pagination. Errors look like {"error": code, "reason":
 from flask import jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import bp
+from .blueprint import bp
 
 # Row ids are 32-bit integers in PostgreSQL: a bigger number can only be "not found".
 MAX_ID = 2**31 - 1

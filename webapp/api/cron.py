@@ -14,7 +14,7 @@ from flask import jsonify
 from .. import runs
 from ..connectors.errors import ConfigError
 from ..periodic import CRON_JOBS
-from . import bp
+from .blueprint import bp
 from .auth import require_cron_secret
 from .common import BAD_REQUEST, NOT_FOUND, UNAUTHORIZED, ApiError, find_connection, json_body, responses
 

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from .. import runs
 from ..extensions import db
 from ..models import Connection
-from . import bp
+from .blueprint import bp
 from .auth import require_token
 from .common import BAD_REQUEST, TOKEN, UNAUTHORIZED, ApiError, json_body, responses
 

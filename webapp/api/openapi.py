@@ -8,7 +8,7 @@ import importlib
 
 from flask import jsonify
 
-from . import API_MODULES, bp
+from .blueprint import API_MODULES, bp
 
 _NULLABLE_STRING = {"type": "string", "nullable": True}
 _NULLABLE_TIME = {"type": "string", "format": "date-time", "nullable": True}

@@ -13,7 +13,7 @@ from .. import outbox
 from ..outbox import queries
 from ..extensions import db
 from ..models import OUTBOX_STATUSES, OutboxEvent
-from . import bp
+from .blueprint import bp
 from .auth import require_cron_secret, require_token
 from .common import error_response
 

@@ -18,11 +18,11 @@ from datetime import datetime, timedelta
 from flask import current_app, jsonify, request
 from sqlalchemy import and_, case, or_, select
 
-from ..connectors.base import connector_class
+from ..connectors import connector_class
 from ..connectors.errors import ConfigError
 from ..extensions import db
 from ..models import Record, utcnow
-from . import bp
+from .blueprint import bp
 from .auth import require_token
 from .common import BAD_REQUEST, NOT_FOUND, TOKEN, UNAUTHORIZED, ApiError, find_connection, page_args, responses
 

@@ -4,12 +4,12 @@ from flask import jsonify, request
 from sqlalchemy import select
 
 from .. import runs
-from ..connectors.base import connector_class
+from ..connectors import connector_class
 from ..connectors.errors import ConfigError
 from ..extensions import db, redis_ext
 from ..models import STATUSES, TERMINAL_STATUSES, TRIGGERS, Connection, Run, RunEvent
 from ..progress import read_snapshot
-from . import bp
+from .blueprint import bp
 from .auth import require_token
 from .common import (BAD_REQUEST, NOT_FOUND, TOKEN, UNAUTHORIZED, ApiError, choice, find_connection, json_body,
                      page_args, parse_id, responses)

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from ..extensions import db
 from ..health import health_report, readiness
 from ..models import STATUSES, TERMINAL_STATUSES, Run, utcnow
-from . import bp
+from .blueprint import bp
 from .auth import require_token
 from .common import BAD_REQUEST, NOT_FOUND, TOKEN, UNAUTHORIZED, ApiError, find_connection, responses
 

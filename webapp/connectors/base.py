@@ -206,12 +206,3 @@ def register(cls):
     REGISTRY[cls.name] = cls
     return cls
 
-
-def connector_class(name):
-    from . import load_all
-
-    load_all()
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"unknown connector {name!r}; known: {', '.join(sorted(REGISTRY))}") from None

@@ -116,7 +116,7 @@ def _destinations(session, type, connection):
     Read on a connection of its own, outside the caller's transaction: on SQLite a
     transaction that reads before it writes can be refused its write when another process
     committed in between, and the caller's transaction must not be put at that risk."""
-    from ..connectors.base import connector_class
+    from ..connectors import connector_class
 
     query = select(Connection.id, Connection.name, Connection.connector, Connection.settings,
                    Connection.enabled).order_by(Connection.id)

@@ -27,7 +27,8 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .. import runs
-from ..connectors.base import Services, connector_class
+from ..connectors import connector_class
+from ..connectors.base import Services
 from ..connectors.errors import ConfigError
 from ..extensions import db, redis_ext
 from ..models import QUEUED, Connection, Run, WebhookDelivery, utcnow

@@ -9,7 +9,7 @@ bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
 @bp.post("/<connection_key>")
 def receive(connection_key):
-    limit = current_app.config.get("WEBHOOK_MAX_BYTES", 1024 * 1024)
+    limit = current_app.config["WEBHOOK_MAX_BYTES"]
     if request.content_length is not None and request.content_length > limit:
         return _answer(ingest.reject(413, "too_large", f"the body is over the {limit}-byte limit", connection_key))
     raw = request.stream.read(limit + 1)  # bounded even when no Content-Length was sent

@@ -3,7 +3,7 @@
 Looking the connection up, pinging the pool and decrypting its secret cost more than the
 rest of a delivery's request together (bench/webhook_ingest.py), and a connection's
 webhook settings change rarely. So each web process keeps what it read for
-WEBHOOK_CONNECTION_CACHE_SECONDS (default 5). A change made through the ORM in this
+WEBHOOK_CONNECTION_CACHE_SECONDS (webapp/config.py). A change made through the ORM in this
 process drops the entry at once; another process sees it within that many seconds —
 providers that rotate signing keys (Standard Webhooks) send both signatures meanwhile.
 Unknown names are never cached: anyone can POST to any URL.
@@ -15,7 +15,8 @@ from flask import current_app, has_app_context
 from sqlalchemy import event
 
 from .. import runs
-from ..connectors.base import Connector, Services, connector_class
+from ..connectors import connector_class
+from ..connectors.base import Connector, Services
 from ..models import Connection
 
 EXTENSION_KEY = "synchub_webhook_targets"
@@ -43,7 +44,7 @@ def lookup(key):
     if "\x00" in text or len(text) > 100 or (text.isdigit() and (not text.isascii() or int(text) > 2**31 - 1)):
         raise LookupError(key)
     cache = current_app.extensions.setdefault(EXTENSION_KEY, {})
-    ttl = current_app.config.get("WEBHOOK_CONNECTION_CACHE_SECONDS", 5.0)
+    ttl = current_app.config["WEBHOOK_CONNECTION_CACHE_SECONDS"]
     entry = cache.get(text)
     now = time.monotonic()
     if entry is not None and entry[0] > now:
