@@ -1,5 +1,7 @@
 """The schedule language: parsing with actionable errors, and slot arithmetic."""
+import ast
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +74,12 @@ def test_cron_next_slot_comes_from_the_expression():
 def test_missed_slots_are_counted_up_to_now():
     assert parser.missed_slots(parser.parse("every:5"), minutes(5), minutes(5)) == 1
     assert parser.missed_slots(parser.parse("every:5"), minutes(5), minutes(27)) == 5
+
+
+def test_the_parser_imports_no_database_no_flask_and_nothing_that_fires():
+    """models.py imports the parser (Connection.manual_only): it must stay pure."""
+    tree = ast.parse(Path(parser.__file__).read_text())
+    imported = {("." * node.level) + (node.module or "") if isinstance(node, ast.ImportFrom) else alias.name
+                for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+                for alias in node.names}
+    assert imported == {"dataclasses", "datetime", "croniter", "..connectors.errors"}
