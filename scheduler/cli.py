@@ -4,7 +4,7 @@ from flask.cli import AppGroup
 from sqlalchemy import select
 
 from webapp import alerts, retention
-from webapp.schedules import parser as schedules
+from webapp.schedules import parser
 from webapp.extensions import db, redis_ext
 from webapp.models import Connection, utcnow
 
@@ -70,8 +70,8 @@ def schedules_command():
     """Every connection's schedule and next run."""
     for conn in db.session.execute(select(Connection).order_by(Connection.name)).scalars():
         try:
-            described = schedules.parse(conn.schedule).describe()
-        except schedules.ScheduleError as exc:
+            described = parser.parse(conn.schedule).describe()
+        except parser.ScheduleError as exc:
             described = f"UNUSABLE: {exc}"
         state = "" if conn.enabled else " (disabled)"
         click.echo(f"{conn.name:<30} {described:<40} next: {_when(conn.next_run_at)}{state}")
