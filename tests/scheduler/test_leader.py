@@ -70,10 +70,10 @@ def test_nobody_leads_while_redis_is_down():
     server = RedisServer().start()
     try:
         client = redis_lib.Redis.from_url(server.url, socket_timeout=1, socket_connect_timeout=1)
-        lease = Lease(client, "a", 30)
+        lease = Lease(client, "a", 30, key="test:leader")
         assert lease.acquire_or_renew()
         server.stop()
         assert not lease.acquire_or_renew() and not lease.held
-        assert holder(client) is None
+        assert holder(client, "test:leader") is None
     finally:
         server.stop()
