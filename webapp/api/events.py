@@ -1,4 +1,4 @@
-"""App event triggers (SPEC §5 "Event", S5): the app says something happened; the syncs
+"""App event triggers (scenario S5 in README): the app says something happened; the syncs
 configured for that event type are queued and the call returns at once (202).
 
 Per connection, in settings["event_triggers"]:
