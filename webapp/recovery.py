@@ -1,7 +1,8 @@
 """Make Redis agree with the job table again (the database row is the source of truth).
 
 requeue_lost: a `queued` run whose RQ job is gone (Redis flushed or restarted, or the job
-    failed before it could claim the run) is enqueued again under its rq_job_id.
+    failed before it could claim the run, or it waits in a queue of another prefix) is
+    enqueued again under its rq_job_id.
 reconcile_registries: RQ's StartedJobRegistry still lists the job of a run whose worker
     was killed (RQ would only notice after its own execution TTL); such entries, and queue
     entries for runs that are already finished or moved on to a later attempt, are settled
@@ -24,7 +25,7 @@ from sqlalchemy import select
 from . import runs
 from .extensions import db, redis_ext
 from .models import QUEUED, RUNNING, TERMINAL_STATUSES, Run, utcnow
-from .queue import PRIORITY_ORDER, parse_run_job_id, queue, run_job_id
+from .queue import PRIORITY_ORDER, parse_run_job_id, queue, queue_name, run_job_id
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def requeue_lost(now=None, grace_seconds=None, connection=None):
             continue
         if runs.enqueue_run(run):
             requeued.append(run_id)
-            why = "job missing" if status is None else f"job {status.value}"
+            why = "job missing or in a queue nobody serves" if status is None else f"job {status.value}"
             runs.log_event(run_id, f"re-enqueued: its queue entry was lost ({why})", level="warning", commit=True)
             log.warning("requeue_lost: run=%s job=%s re-enqueued (%s)", run_id, job_id, why)
         db.session.rollback()
@@ -84,8 +85,10 @@ def requeue_lost(now=None, grace_seconds=None, connection=None):
 
 
 def _job_statuses(job_ids, connection):
-    """RQ status of each job (None: no such job), in one round trip."""
-    return [job.get_status(refresh=False) if job is not None else None
+    """RQ status of each job, in one round trip. None: no such job, or it sits in a queue no
+    worker of this install serves (one named before SYNCHUB_REDIS_PREFIX was set or changed)."""
+    ours = {queue_name(name) for name in PRIORITY_ORDER}
+    return [job.get_status(refresh=False) if job is not None and job.origin in ours else None
             for job in Job.fetch_many(job_ids, connection=connection)]
 
 

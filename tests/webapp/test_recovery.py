@@ -2,6 +2,7 @@
 queue entries of runs that will never run are removed."""
 from datetime import timedelta
 
+from rq import Queue
 from sqlalchemy import select
 
 from tests.conftest import one_backend
@@ -9,7 +10,7 @@ from tests.support import wait_for
 from webapp import recovery, runs
 from webapp.extensions import db
 from webapp.models import COMPLETED, QUEUED, Record, Run, utcnow
-from webapp.queue import DEFAULT, queue
+from webapp.queue import DEFAULT, EXECUTE_RUN, queue
 
 pytestmark = one_backend
 
@@ -49,3 +50,12 @@ def test_queue_entries_of_runs_that_will_never_run_are_removed(app, make_connect
     assert recovery.reconcile_registries() == {"started": 0, "queued": 1}
     assert queue(DEFAULT).get_job_ids() == [live.rq_job_id]
     assert _run(live.id).status == QUEUED
+
+
+def test_a_run_whose_job_waits_in_a_queue_nobody_serves_is_re_enqueued(app, make_connection, redis):
+    """Jobs queued before the queues were named under the prefix (or before it changed)."""
+    run = runs.trigger(make_connection(), enqueue=False).run
+    Queue("default", connection=redis).enqueue_call(EXECUTE_RUN, args=(run.id,), job_id=run.rq_job_id)
+    later = utcnow() + timedelta(seconds=app.config["LOST_JOB_GRACE_SECONDS"] + 1)
+    assert recovery.requeue_lost(later) == [run.id]
+    assert queue(DEFAULT).job_ids == [run.rq_job_id] and Queue("default", connection=redis).count == 0
