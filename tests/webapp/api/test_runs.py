@@ -29,6 +29,19 @@ def test_trigger_returns_201_then_200_with_the_same_active_run(client, auth, mak
     assert (run["trigger"], run["mode"], run["params"], run["status"]) == ("api", "range", {"fiscal_year": 2027}, "queued")
 
 
+def test_trigger_refused_by_the_connections_trigger_policy_is_409_with_the_reason(client, auth, make_connection):
+    make_connection(name="zoom", schedule="manual")  # manual-only by default: API triggers still welcome
+    make_connection(name="hooks", schedule="hourly:0", settings={"allowed_triggers": ["manual", "webhook"]})
+    assert client.post("/api/connections/zoom/runs", json={}, headers=auth).status_code == 201
+    refused = client.post("/api/connections/hooks/runs", json={"mode": "full"}, headers=auth)
+    assert refused.status_code == 409
+    assert refused.get_json() == {"error": "trigger_refused", "reason": "API triggers are off for connection 'hooks'"}
+    assert [r.connection.name for r in db.session.query(Run)] == ["zoom"]
+    shown = client.get("/api/connections/hooks", headers=auth).get_json()["connection"]
+    assert shown["allowed_triggers"] == ["manual", "webhook"]
+    assert client.get("/api/connections/zoom", headers=auth).get_json()["connection"]["allowed_triggers"] == ["manual", "api"]
+
+
 def test_trigger_errors_are_json_with_stable_codes(client, auth, make_connection):
     make_connection(name="off", enabled=False)
     make_connection(name="on")
