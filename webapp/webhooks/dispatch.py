@@ -249,7 +249,7 @@ def webhooks_off(connection):
     except runs.TriggerOff as exc:
         return str(exc)
     except runs.TriggerRefused:
-        return None
+        pass  # disabled
     return None
 
 

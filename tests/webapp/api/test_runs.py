@@ -2,6 +2,7 @@
 pagination, progress, cancel, events; errors are JSON with a stable code."""
 from sqlalchemy import update
 
+from tests.support import TAKES_WEBHOOKS
 from webapp import runs
 from webapp.extensions import db
 from webapp.models import ApiToken, Run, utcnow
@@ -69,7 +70,7 @@ def test_unknown_api_url_and_wrong_method_answer_json(client, auth):
 
 
 def test_list_runs_filters_and_pages_newest_first(client, auth, make_connection):
-    a, b = make_connection(name="a"), make_connection(name="b")
+    a, b = make_connection(name="a", settings=TAKES_WEBHOOKS), make_connection(name="b")
     ids = []
     for n in range(5):
         ids.append(runs.trigger(a, mode="record", record_key=f"items:{n}", trigger="webhook", enqueue=False).run.id)

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.conftest import BACKENDS
-from tests.support import ROOT, kill_session, process_env
+from tests.support import ROOT, TAKES_WEBHOOKS, kill_session, process_env
 from webapp.extensions import db
 from webapp.credentials import encrypt_credentials
 from webapp.models import Connection, Run, WebhookDelivery
@@ -32,7 +32,7 @@ def _fresh_count(model, *where):
 
 
 def test_parallel_dispatchers_give_each_delivery_its_runs_once(app, make_connection, redis):
-    shop = make_connection(name="shop", credentials={"webhook_secret": signing.whsec()})
+    shop = make_connection(name="shop", settings=TAKES_WEBHOOKS, credentials={"webhook_secret": signing.whsec()})
     # 120 deliveries about 50 records: some records are named by several deliveries.
     for n in range(120):
         _store(shop.id, n, n % 50)
@@ -84,7 +84,7 @@ with app.app_context():
 
 
 def test_dispatcher_killed_before_its_commit_leaves_the_batch_for_the_next(app, make_connection, redis):
-    shop = make_connection(name="shop", credentials={"webhook_secret": signing.whsec()})
+    shop = make_connection(name="shop", settings=TAKES_WEBHOOKS, credentials={"webhook_secret": signing.whsec()})
     for n in range(30):
         _store(shop.id, n, n)
     child = subprocess.Popen([sys.executable, "-c", KILLED_DISPATCHER], cwd=ROOT, env=process_env(app),
@@ -105,7 +105,7 @@ def test_dispatcher_killed_before_its_commit_leaves_the_batch_for_the_next(app, 
 
 def test_connection_changes_made_elsewhere_are_seen_within_the_cache_time(app, make_connection):
     old, new = signing.whsec(), signing.whsec()
-    shop = make_connection(name="shop", credentials={"webhook_secret": old})
+    shop = make_connection(name="shop", settings=TAKES_WEBHOOKS, credentials={"webhook_secret": old})
     app.config["WEBHOOK_CONNECTION_CACHE_SECONDS"] = 0.5
     client = app.test_client()
 
@@ -126,7 +126,7 @@ def test_connection_changes_made_elsewhere_are_seen_within_the_cache_time(app, m
 
 def test_connection_changed_through_the_orm_in_this_process_is_seen_at_once(app, make_connection):
     old, new = signing.whsec(), signing.whsec()
-    make_connection(name="shop", credentials={"webhook_secret": old})
+    make_connection(name="shop", settings=TAKES_WEBHOOKS, credentials={"webhook_secret": old})
     client = app.test_client()
     body = signing.dumps({"type": "item.updated", "data": {"id": "item-0000001"}})
     assert client.post("/webhooks/shop", data=body, headers=signing.standard_headers(body, old)).status_code == 200
@@ -141,7 +141,7 @@ def test_connection_changed_through_the_orm_in_this_process_is_seen_at_once(app,
 @pytest.mark.parametrize("app", [b for b in BACKENDS if b == "postgresql"], indirect=True)
 def test_delivery_store_reconnects_after_the_database_dropped_its_connections(app, make_connection):
     secret = signing.whsec()
-    make_connection(name="shop", credentials={"webhook_secret": secret})
+    make_connection(name="shop", settings=TAKES_WEBHOOKS, credentials={"webhook_secret": secret})
     client = app.test_client()
 
     def post(n):
