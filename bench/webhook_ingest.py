@@ -107,7 +107,9 @@ def prepare(workdir, database_url, redis_url):
         from webapp.models import Connection
 
         upgrade()
-        connection = Connection(name="shop", connector="sandbox", settings={})
+        # A manual schedule takes webhooks only when its trigger policy says so.
+        connection = Connection(name="shop", connector="sandbox",
+                                settings={"allowed_triggers": ["manual", "webhook", "api"]})
         connection.credentials = {"webhook_secret": secret}
         db.session.add(connection)
         db.session.commit()

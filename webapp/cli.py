@@ -7,7 +7,7 @@ import click
 from flask.cli import AppGroup
 from sqlalchemy import select
 
-from . import runs
+from . import runs, trigger_policy
 from .connectors import connector_class
 from .connectors.errors import ConfigError
 from .extensions import db, redis_ext
@@ -203,6 +203,11 @@ def add_command(name, connector, setting_pairs, settings_json, credentials_json,
             settings[key] = json.loads(value)
         except ValueError:
             settings[key] = value
+    if settings.get(trigger_policy.SETTING) is not None:
+        try:
+            settings[trigger_policy.SETTING] = trigger_policy.validate(settings[trigger_policy.SETTING])
+        except ValueError as exc:
+            _fail(str(exc))
     raw = sys.stdin.read() if credentials_stdin else credentials_json
     try:
         credentials = json.loads(raw) if raw else {}
@@ -251,6 +256,7 @@ def show_command(connection):
     click.echo(f"id:          {conn.id}\nname:        {conn.name}\nconnector:   {conn.connector}\n"
                f"schedule:    {conn.schedule}\nenabled:     {conn.enabled}\nhealth:      {conn.health}"
                + (f" ({conn.health_message})" if conn.health_message else ""))
+    click.echo("triggers:    " + trigger_policy.describe(conn.settings, conn.manual_only))
     click.echo("settings:    " + json.dumps(conn.settings, sort_keys=True))
     try:
         keys = sorted(conn.credentials)

@@ -5,6 +5,7 @@ from sqlalchemy import Index, UniqueConstraint, text
 
 from .extensions import db
 from .schedules.parser import ScheduleError, parse as parse_schedule
+from .trigger_policy import allowed_triggers
 
 # The one status vocabulary: the database, Redis, the API, the admin and the CLI all use
 # these strings, so no layer translates a status and none can disagree about one.
@@ -68,6 +69,11 @@ class Connection(db.Model):
             return parse_schedule(self.schedule).manual
         except ScheduleError:
             return True
+
+    @property
+    def allowed_triggers(self):
+        """The triggers that may start this connection's runs (webapp/trigger_policy.py)."""
+        return allowed_triggers(self.settings, self.manual_only)
 
     def __repr__(self):  # never the credentials
         return f"<Connection {self.id} {self.name!r} {self.connector}>"

@@ -20,7 +20,7 @@ from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from .connectors.errors import ConfigError
-from . import metrics
+from . import metrics, trigger_policy
 from .extensions import db
 from .logs import log_context
 from .models import (
@@ -43,12 +43,17 @@ from .queue import enqueue_execute_run, run_job_id, run_job_id_sql
 
 log = logging.getLogger(__name__)
 
-# Triggers that happen without a person asking. A manual-only connection refuses them all.
-AUTOMATIC_TRIGGERS = ("schedule", "event")
+# Triggers that happen without a person asking: a disabled connection refuses them.
+AUTOMATIC_TRIGGERS = ("schedule", "event", "webhook")
 
 
 class TriggerRefused(ConfigError):
-    """The trigger is not allowed for this connection (disabled, manual-only, bad mode)."""
+    """The trigger is not allowed for this connection (disabled, trigger policy, bad mode)."""
+
+
+class TriggerOff(TriggerRefused):
+    """The connection's trigger policy does not let this trigger start runs
+    (webapp/trigger_policy.py): a decision, not a fault. A webhook refused so is "ignored"."""
 
 
 @dataclass
@@ -58,17 +63,19 @@ class TriggerResult:
 
 
 def check_trigger(connection, mode, trigger, record_key=None):
-    """Raise TriggerRefused when this connection may not start such a run."""
+    """Raise TriggerRefused when this connection may not start such a run: TriggerOff when
+    its trigger policy says no (the one place that decides it, for every trigger)."""
     if mode not in MODES:
         raise TriggerRefused(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     if trigger not in TRIGGERS:
         raise TriggerRefused(f"unknown trigger {trigger!r}")
     if mode == "record" and not record_key:
         raise TriggerRefused("a record run needs a record_key")
-    if trigger in AUTOMATIC_TRIGGERS and connection.manual_only:
-        raise TriggerRefused(f"connection {connection.name!r} is manual-only: {trigger} triggers are refused")
-    if trigger in AUTOMATIC_TRIGGERS + ("webhook",) and not connection.enabled:
+    if trigger in AUTOMATIC_TRIGGERS and not connection.enabled:
         raise TriggerRefused(f"connection {connection.name!r} is disabled")
+    reason = trigger_policy.refusal(connection, trigger)
+    if reason is not None:
+        raise TriggerOff(reason)
 
 
 def trigger(

@@ -37,7 +37,8 @@ def connections(stack):
         {"name": "api", "connector": "rest", "settings": {
             "base_url": stack.sim_url, "rate_limit": list(stack.client_rate), "streams": {"items": API_STREAM}}},
         {"name": "sched", "connector": "sandbox", "schedule": "every:1", "settings": {"records": 30, "page_size": 10}},
-        {"name": "hooks", "connector": "sandbox", "settings": {"records": 1000},
+        {"name": "hooks", "connector": "sandbox", "settings": {"records": 1000,
+                                                               "allowed_triggers": ["manual", "webhook", "api"]},
          "credentials": {"webhook_secret": WEBHOOK_SECRET}},
         *sandbox,
         {"name": "loops", "connector": "loops", "credentials": {"api_key": "loops-test-key"}, "settings": {

@@ -18,9 +18,11 @@ def _ticket_ids(expected):
 
 
 def _connection(make_connection, api, name="ghl-s4", **settings):
+    # A manual schedule that takes webhooks: S4's wiring says so in its trigger policy.
     return make_connection(name=name, connector="highlevel", credentials={"token": "pit-sim-token"},
                            settings={"base_url": api.server.url, "location_id": api.location_id,
-                                     "webhook_public_key": api.public_key_pem, **settings})
+                                     "webhook_public_key": api.public_key_pem,
+                                     "allowed_triggers": ["manual", "webhook", "api"], **settings})
 
 
 def _assert_tickets_match_quantities(conn, api):

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from werkzeug.wrappers import Response
 
 from tests.simulators.harness import SimulatorServer
+from tests.support import TAKES_WEBHOOKS
 from webapp import alerts, runs
 from webapp.extensions import db
 from webapp.models import COMPLETED, FAILED, RUNNING, Alert, OutboxEvent, SupervisorState, utcnow
@@ -82,7 +83,7 @@ def test_a_new_streak_after_recovery_fires_a_new_alert(app, make_connection):
 
 
 def test_record_runs_neither_count_as_failures_nor_as_recovery(app, make_connection):
-    conn = make_connection(name="ghl")
+    conn = make_connection(name="ghl", settings=TAKES_WEBHOOKS)
     for _ in range(3):
         _finished_run(conn, FAILED)
     record = runs.trigger(conn, mode="record", record_key="orders:1", trigger="webhook", enqueue=False).run

@@ -71,3 +71,19 @@ def test_connections_add_encrypts_credentials_and_never_prints_them(app):
     conn = db.session.query(Connection).filter_by(name="api").one()
     assert "very-secret-value" not in conn.credentials_encrypted
     assert conn.credentials == {"token": "very-secret-value"}
+
+
+def test_connections_show_states_the_trigger_policy_and_add_refuses_an_unreadable_one(app):
+    added = flask(app, "connections", "add", "orders", "--connector", "sandbox",
+                  "--setting", 'allowed_triggers=["webhook", "manual"]')
+    assert added.returncode == 0, added.stderr
+    assert "triggers:    manual (admin and CLI), webhook\n" in flask(app, "connections", "show", "orders").stdout
+    assert flask(app, "connections", "add", "zoom", "--connector", "sandbox").returncode == 0
+    assert ("triggers:    manual (admin and CLI), API (the default for a manual-only connection)"
+            in flask(app, "connections", "show", "zoom").stdout)
+    typo = flask(app, "connections", "add", "typo", "--connector", "sandbox", "--setting", "allowed_triggers=cli")
+    assert typo.returncode != 0 and "allowed_triggers must be a list" in typo.stdout + typo.stderr
+    db.session.expire_all()
+    assert db.session.query(Connection).filter_by(name="orders").one().settings == {
+        "allowed_triggers": ["manual", "webhook"]}
+    assert db.session.query(Connection).filter_by(name="typo").first() is None

@@ -2,7 +2,7 @@
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.simulators.harness import RecordsAPI, SimulatorServer, make_records
-from tests.support import wait_for
+from tests.support import TAKES_WEBHOOKS, wait_for
 from webapp import runs
 from webapp.extensions import db
 from webapp.models import Run
@@ -80,7 +80,7 @@ def test_webhook_verdicts_are_counted(app, make_connection):
     import time
 
     secret = base64.b64encode(b"k" * 24).decode()
-    make_connection(name="hooks", credentials={"webhook_secret": "whsec_" + secret})
+    make_connection(name="hooks", settings=TAKES_WEBHOOKS, credentials={"webhook_secret": "whsec_" + secret})
     body = json.dumps({"type": "item.updated", "data": {"id": "item-0000001"}}).encode()
     stamp = str(int(time.time()))
     signature = base64.b64encode(hmac_lib.new(b"k" * 24, f"msg_1.{stamp}.".encode() + body, hashlib.sha256).digest())

@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from tests.support import wait_for
+from tests.support import TAKES_WEBHOOKS, wait_for
 from webapp import runs
 from webapp.extensions import db
 from webapp.models import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, Run, RunEvent, utcnow
@@ -82,7 +82,7 @@ def test_manual_only_connection_refuses_automatic_triggers(app, make_connection)
 
 
 def test_record_runs_run_beside_a_sync_and_are_deduplicated_per_record(app, make_connection):
-    conn = make_connection()
+    conn = make_connection(settings=TAKES_WEBHOOKS)
     full = runs.trigger(conn, enqueue=False).run
     a1 = runs.trigger(conn, mode="record", record_key="items:item-1", trigger="webhook", enqueue=False)
     a2 = runs.trigger(conn, mode="record", record_key="items:item-1", trigger="webhook", enqueue=False)

@@ -2,6 +2,7 @@
 import threading
 import time
 
+from tests.support import TAKES_WEBHOOKS
 from tests.webapp.webhooks import signing
 from webapp.extensions import db
 from webapp.models import WebhookDelivery
@@ -12,7 +13,7 @@ from worker.jobs import dispatch_webhooks
 
 def test_delivery_that_skipped_the_kick_is_caught_by_the_dispatchers_last_look(app, make_connection, redis):
     secret = signing.whsec()
-    make_connection(name="shop", credentials={"webhook_secret": secret})
+    make_connection(name="shop", settings=TAKES_WEBHOOKS, credentials={"webhook_secret": secret})
     app.config["WEBHOOK_KICK_DEBOUNCE_SECONDS"] = 1.0
     client = app.test_client()
 

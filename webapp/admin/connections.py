@@ -1,5 +1,6 @@
 """Create and edit connections. Credentials are write-only: the form shows which keys are
-stored, never their values; a blank credential field keeps what is stored."""
+stored, never their values; a blank credential field keeps what is stored. The trigger
+policy (webapp/trigger_policy.py) has its own fields: the default, or the ticked triggers."""
 import json
 
 from flask import current_app, flash, redirect, render_template, request, url_for
@@ -13,7 +14,10 @@ from ..connectors.errors import ConfigError
 from ..extensions import db
 from ..models import Connection
 from ..schedules import firing, parser
+from .. import trigger_policy
+from ..trigger_policy import POLICY_TRIGGERS, SETTING as POLICY_SETTING
 from .blueprint import bp
+
 
 def _value(text):
     """Settings are JSON: numbers, booleans, lists and objects typed as such, the rest as text."""
@@ -32,8 +36,9 @@ def connectors():
     return dict(sorted(REGISTRY.items()))
 
 
-def parse_form(cls, form, stored_credentials):
-    """(name, settings, credentials, schedule, enabled) from the form, or ValueError."""
+def parse_form(cls, form, stored_credentials, stored_policy=None):
+    """(name, settings, credentials, schedule, enabled) from the form, or ValueError. A form
+    without the trigger policy's fields (not this page's) keeps the stored policy."""
     name = form.get("name", "").strip()
     if not name or len(name) > 100:
         raise ValueError("a name of 1 to 100 characters is required")
@@ -49,6 +54,12 @@ def parse_form(cls, form, stored_credentials):
         settings.pop(field, None)
         if text:
             settings[field] = _value(text)
+    # The policy's own fields decide it, whatever the other settings' JSON says.
+    settings.pop(POLICY_SETTING, None)
+    if form.get("trigger_policy") == "custom":
+        settings[POLICY_SETTING] = trigger_policy.validate(form.getlist("triggers"))
+    elif "trigger_policy" not in form and stored_policy is not None:
+        settings[POLICY_SETTING] = stored_policy
     credentials = dict(stored_credentials)
     for field in cls.credential_fields:
         if form.get(f"clear.{field}"):
@@ -72,7 +83,7 @@ def _form_context(cls, connection, form=None):
     settings = dict(connection.settings or {}) if connection else {}
     fields = {f: (form.get(f"setting.{f}", "") if form else _display(settings[f]) if f in settings else "")
               for f in cls.settings_fields}
-    extra = {k: v for k, v in settings.items() if k not in cls.settings_fields}
+    extra = {k: v for k, v in settings.items() if k not in cls.settings_fields and k != POLICY_SETTING}
     stored = sorted((connection.credentials or {}).keys()) if connection and connection.credentials_encrypted else []
     return {
         "cls": cls,
@@ -84,7 +95,25 @@ def _form_context(cls, connection, form=None):
         "schedule": form.get("schedule", "") if form else (connection.schedule if connection else "manual"),
         "enabled": bool(form.get("enabled")) if form else (connection.enabled if connection else True),
         "webhook_url": webhook_url(connection) if connection else None,
+        **_policy_context(connection, form),
     }
+
+
+def _policy_context(connection, form):
+    """The trigger policy's fields: "default" or "custom", and which triggers are ticked
+    (under the default, the ones it allows now, so that choosing "only these" starts there)."""
+    if form:
+        custom = form.get("trigger_policy") == "custom"
+        ticked = [t for t in POLICY_TRIGGERS if t in form.getlist("triggers")]
+    else:
+        settings, manual_only = (connection.settings or {}, connection.manual_only) if connection else ({}, True)
+        custom = trigger_policy.is_explicit(settings)
+        stored = settings.get(POLICY_SETTING)
+        ticked = ([t for t in POLICY_TRIGGERS if t in stored] if custom and isinstance(stored, list)
+                  else list(trigger_policy.allowed_triggers(settings, manual_only)))
+    return {"trigger_policy": "custom" if custom else "default", "ticked_triggers": ticked,
+            "policy_triggers": [(t, trigger_policy.LABELS[t]) for t in POLICY_TRIGGERS],
+            "policy_words": trigger_policy.describe(connection.settings, connection.manual_only) if connection else None}
 
 
 @bp.route("/connections/new", methods=["GET", "POST"])
@@ -114,7 +143,8 @@ def connection_edit(connection_id):
 def _save(cls, connection, created):
     try:
         stored = connection.credentials if connection.credentials_encrypted else {}
-        name, settings, credentials, schedule, enabled = parse_form(cls, request.form, stored)
+        name, settings, credentials, schedule, enabled = parse_form(
+            cls, request.form, stored, (connection.settings or {}).get(POLICY_SETTING))
         if "mappings" in settings and hasattr(cls, "validate_mappings"):
             cls.validate_mappings(settings["mappings"])  # a malformed rule is refused now, not at each publish
         taken = db.session.execute(select(Connection.id).where(func.lower(Connection.name) == name.lower(),
@@ -123,7 +153,9 @@ def _save(cls, connection, created):
             raise ValueError(f"another connection is already named {name!r}")
     except (ValueError, ConfigError) as exc:
         return _invalid(cls, connection if not created else None, str(exc))
-    timing_changed = created or (connection.schedule, connection.enabled) != (schedule, enabled)
+    allowed = trigger_policy.allowed_triggers(settings, parser.parse(schedule).manual)
+    timing_changed = created or (connection.schedule, connection.enabled, connection.allowed_triggers) != (
+        schedule, enabled, allowed)
     connection.name, connection.settings, connection.schedule, connection.enabled = name, settings, schedule, enabled
     connection.credentials = credentials
     if timing_changed:

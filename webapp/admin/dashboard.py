@@ -5,7 +5,7 @@ from flask import flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import func, select
 
-from .. import runs
+from .. import runs, trigger_policy
 from ..connectors import load_all
 from ..connectors.base import REGISTRY
 from ..connectors.errors import ConfigError
@@ -63,7 +63,9 @@ def connection_rows():
     active = {run.connection_id: run for run in db.session.execute(
         select(Run).where(Run.status.in_(ACTIVE_STATUSES), Run.mode != "record")).scalars()}
     return [{"connection": c, "last_run": last_runs.get(c.id), "active_run": active.get(c.id),
-             "options": sync_options(c), "schedule": _describe(c.schedule)} for c in connections]
+             "options": sync_options(c), "schedule": _describe(c.schedule),
+             "triggers": trigger_policy.describe(c.settings, c.manual_only),
+             "manual_allowed": "manual" in c.allowed_triggers} for c in connections]
 
 
 def _describe(text):

@@ -46,7 +46,8 @@ def run_job(job):
 @bp.post("/cron/sync/<key>")
 @require_cron_secret
 def cron_sync(key):
-    """A scheduled sync of one connection (trigger "schedule": manual-only ones refuse).
+    """A scheduled sync of one connection (trigger "schedule": manual-only connections and
+    those whose trigger policy takes no schedule refuse).
     Concurrent calls get the same active run."""
     connection = find_connection(key)
     body = json_body()
@@ -84,7 +85,8 @@ OPENAPI_PATHS = {
                 "params": {"type": "object"}}}}}},
         "responses": dict(
             responses(201, {"$ref": "#/components/schemas/TriggeredRun"}, BAD_REQUEST, UNAUTHORIZED, NOT_FOUND,
-                      (409, "the connection refuses scheduled triggers (manual-only or disabled)"),
+                      (409, "the connection refuses scheduled triggers (manual-only, its trigger policy "
+                            "takes no schedule, or disabled)"),
                       description="a new run was queued"),
             **{"200": {"description": "a run was already active; it is returned instead",
                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TriggeredRun"}}}}}),

@@ -8,6 +8,11 @@ Per connection, in settings["event_triggers"]:
 
 A parameter that is exactly "{data.<path>}" takes the event's value with its type (2027
 stays a number); a reference inside a longer string is formatted into it.
+
+A connection that refuses the trigger (its trigger policy takes no events, it is disabled,
+the event lacks a parameter) is listed under "refused" with the reason, and the others
+still get their runs (202). When every configured connection refused, nothing was started:
+409, with the same lists.
 """
 import re
 
@@ -89,8 +94,15 @@ def post_event():
     if not isinstance(data, dict):
         raise ApiError(400, "bad_request", "data must be an object")
     queued, refused = fire(event_type, data)
+    if refused and not queued:
+        reason = "; ".join(f"{r['connection']}: {r['reason']}" for r in refused)
+        return jsonify(error="trigger_refused", reason=f"no sync was started ({reason})", type=event_type,
+                       runs=queued, refused=refused), 409
     return jsonify(type=event_type, runs=queued, refused=refused), 202
 
+
+_REFUSED = {"type": "array", "items": {"type": "object", "required": ["connection", "reason"], "properties": {
+    "connection": {"type": "string"}, "reason": {"type": "string"}}}}
 
 OPENAPI_PATHS = {
     "/api/events": {"post": {
@@ -100,14 +112,21 @@ OPENAPI_PATHS = {
             "type": "object", "required": ["type"], "properties": {
                 "type": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,100}$", "example": "fiscal_year.created"},
                 "data": {"type": "object", "example": {"fiscal_year": 2027}}}}}}},
-        "responses": responses(202, {"type": "object", "required": ["type", "runs", "refused"], "properties": {
-            "type": {"type": "string"},
-            "runs": {"type": "array", "items": {"type": "object", "required": ["run_id", "connection", "created", "status"],
-                                                "properties": {"run_id": {"type": "integer"}, "connection": {"type": "string"},
-                                                               "created": {"type": "boolean"}, "status": {"type": "string"},
-                                                               "mode": {"type": "string"}, "params": {"type": "object"}}}},
-            "refused": {"type": "array", "items": {"type": "object", "required": ["connection", "reason"], "properties": {
-                "connection": {"type": "string"}, "reason": {"type": "string"}}}}}},
-            BAD_REQUEST, UNAUTHORIZED, description="accepted; the runs are queued"),
+        "responses": dict(
+            responses(202, {"type": "object", "required": ["type", "runs", "refused"], "properties": {
+                "type": {"type": "string"},
+                "runs": {"type": "array", "items": {"type": "object", "required": ["run_id", "connection", "created", "status"],
+                                                    "properties": {"run_id": {"type": "integer"}, "connection": {"type": "string"},
+                                                                   "created": {"type": "boolean"}, "status": {"type": "string"},
+                                                                   "mode": {"type": "string"}, "params": {"type": "object"}}}},
+                "refused": _REFUSED}},
+                BAD_REQUEST, UNAUTHORIZED, description="accepted; the runs are queued"),
+            **{"409": {"description": "every connection configured for this event refused it (its trigger policy "
+                                      "takes no events, it is disabled, the event lacks a parameter): no sync was started",
+                       "content": {"application/json": {"schema": {"allOf": [
+                           {"$ref": "#/components/schemas/Error"},
+                           {"type": "object", "required": ["runs", "refused"], "properties": {
+                               "type": {"type": "string"}, "runs": {"type": "array", "maxItems": 0},
+                               "refused": _REFUSED}}]}}}}}),
     }},
 }

@@ -8,6 +8,7 @@ import importlib
 
 from flask import jsonify
 
+from ..trigger_policy import POLICY_TRIGGERS
 from .blueprint import API_MODULES, bp
 
 _NULLABLE_STRING = {"type": "string", "nullable": True}
@@ -63,6 +64,9 @@ COMPONENTS = {
                        "properties": {
                            "id": {"type": "integer"}, "name": {"type": "string"}, "connector": {"type": "string"},
                            "schedule": {"type": "string"}, "enabled": {"type": "boolean"},
+                           "allowed_triggers": {"type": "array", "description": "the triggers that may start its runs "
+                                                "(its trigger policy; cli counts as manual)",
+                                                "items": {"type": "string", "enum": list(POLICY_TRIGGERS)}},
                            "health": {"type": "string", "enum": ["ok", "failing", "needs_reauth"]},
                            "health_message": _NULLABLE_STRING, "next_run_at": _NULLABLE_TIME,
                            "has_credentials": {"type": "boolean"}, "webhook_url": {"type": "string"}}},

@@ -24,6 +24,7 @@ def connection_dict(connection):
         "connector": connection.connector,
         "schedule": connection.schedule,
         "enabled": connection.enabled,
+        "allowed_triggers": list(connection.allowed_triggers),
         "health": connection.health,
         "health_message": connection.health_message,
         "next_run_at": connection.next_run_at.isoformat() + "Z" if connection.next_run_at else None,
@@ -171,7 +172,8 @@ OPENAPI_PATHS = {
                 "streams": {"type": "array", "items": {"type": "string"}}}}}}},
         "responses": dict(
             responses(201, {"$ref": "#/components/schemas/TriggeredRun"}, BAD_REQUEST, UNAUTHORIZED, NOT_FOUND,
-                      (409, "the connection refuses this trigger (disabled, manual-only, unknown connector)"),
+                      (409, "the connection refuses this trigger: its trigger policy takes no API triggers, "
+                            "or it cannot run (unknown connector)"),
                       description="a new run was queued"),
             **{"200": {"description": "a run was already active; it is returned instead",
                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TriggeredRun"}}}}}),

@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 from .. import runs
 from ..extensions import db
 from ..models import Connection, utcnow
+from ..trigger_policy import allowed_triggers
 from .parser import MANUAL, ScheduleError, missed_slots, parse
 
 log = logging.getLogger(__name__)
@@ -26,9 +27,11 @@ SCHEDULE_MODES = ("full", "incremental")
 
 def reschedule(connection, now=None):
     """Set `connection.next_run_at` for its current schedule (no commit). Whoever edits a
-    schedule calls this, so a shortened interval takes effect at once."""
+    schedule (or the trigger policy, or the enabled flag) calls this, so a shortened
+    interval takes effect at once."""
     schedule = parse(connection.schedule)
-    connection.next_run_at = None if schedule.manual or not connection.enabled else schedule.next_after(now or utcnow())
+    schedulable = not schedule.manual and connection.enabled and "schedule" in connection.allowed_triggers
+    connection.next_run_at = schedule.next_after(now or utcnow()) if schedulable else None
     return connection.next_run_at
 
 
@@ -59,17 +62,21 @@ def _parsed_or_none(connection_id, name, text):
 
 def plan_next_runs(now=None):
     """Keep next_run_at true to each connection's schedule: set it for scheduled, enabled
-    connections that have none; clear it for manual, disabled or unusable ones. Returns the
-    number of connections changed. Conditional on the value read, like everything else."""
+    connections that have none; clear it for manual, disabled or unusable ones, and for
+    those whose trigger policy takes no schedule. Returns the number of connections
+    changed. Conditional on the value read, like everything else (a policy changed
+    meanwhile is caught at the slot: runs.check_trigger refuses it)."""
     now = now or utcnow()
     rows = db.session.execute(
-        select(Connection.id, Connection.name, Connection.schedule, Connection.enabled, Connection.next_run_at)
+        select(Connection.id, Connection.name, Connection.schedule, Connection.enabled, Connection.next_run_at,
+               Connection.settings)
     ).all()
     db.session.rollback()
     changed = 0
-    for connection_id, name, text, enabled, next_run_at in rows:
+    for connection_id, name, text, enabled, next_run_at, settings in rows:
         schedule = _parsed_or_none(connection_id, name, text)
-        schedulable = schedule is not None and not schedule.manual and enabled
+        schedulable = (schedule is not None and not schedule.manual and enabled
+                       and "schedule" in allowed_triggers(settings, manual_only=False))
         if schedulable and next_run_at is None:
             target = schedule.next_after(now)
         elif not schedulable and next_run_at is not None:

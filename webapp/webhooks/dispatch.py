@@ -10,8 +10,9 @@ dispatcher that dies mid-batch leaves its deliveries "received" for the next one
 delivery's runs exist exactly when its outcome says so.
 
 Outcomes: "received" (stored; its runs not yet created, or created but not yet handed to
-RQ because Redis was down), "enqueued", "ignored" (the connector maps it to nothing),
-"failed" (with the reason). The supervisor's periodic step and POST /api/cron/webhooks call
+RQ because Redis was down), "enqueued", "ignored" (the connector maps it to nothing, or
+the connection's trigger policy takes no webhooks: then with the reason), "failed" (with
+the reason). The supervisor's periodic step and POST /api/cron/webhooks call
 `dispatch_pending(min_age_seconds=5)`: the safety net for a lost kick (Redis down when the
 delivery arrived, a dispatch job lost with its worker).
 """
@@ -226,6 +227,8 @@ def _plan(candidates):
             plans[row.id] = ("settled", connection, (FAILED, list(row.run_ids or []), error))
         elif row.run_ids:
             plans[row.id] = ("waiting", connection, list(row.run_ids))
+        elif connection.webhooks_off is not None:
+            plans[row.id] = ("settled", connection, (IGNORED, [], connection.webhooks_off))
         else:
             try:
                 events = [tuple(event) for event in connector.webhook_events(json.loads(row.raw_body))]
@@ -237,11 +240,27 @@ def _plan(candidates):
     return plans
 
 
+def webhooks_off(connection):
+    """Why the connection's trigger policy takes no webhooks, or None. A disabled connection
+    is not "off": its deliveries fail with that reason where their runs would be created,
+    and can be replayed once it is enabled again."""
+    try:
+        runs.check_trigger(connection, "record", "webhook", record_key="-")
+    except runs.TriggerOff as exc:
+        return str(exc)
+    except runs.TriggerRefused:
+        pass  # disabled
+    return None
+
+
 def _connection_and_connector(connection_id):
-    """(what runs.check_trigger and add_record_runs read of the connection, its connector
-    or None, an error or None). Plain values: they outlive the read transaction."""
+    """(what runs.check_trigger and add_record_runs read of the connection, with
+    `webhooks_off`; its connector or None; an error or None). Plain values: they outlive
+    the read transaction. One read per connection and batch, whatever its deliveries."""
     row = db.session.get(Connection, connection_id)
-    connection = SimpleNamespace(id=row.id, name=row.name, enabled=row.enabled, manual_only=row.manual_only)
+    connection = SimpleNamespace(id=row.id, name=row.name, enabled=row.enabled, manual_only=row.manual_only,
+                                 settings=dict(row.settings or {}))
+    connection.webhooks_off = webhooks_off(connection)
     try:
         return connection, connector_for(row), None
     except (ConfigError, ValueError) as exc:
@@ -263,6 +282,10 @@ def _settle_fresh(connection, mapped, settled):
     """Record runs for [(delivery id, events)] of one connection; returns the runs created."""
     try:
         all_runs, created = runs.add_record_runs(connection, [e for _id, events in mapped for e in events])
+    except runs.TriggerOff as exc:
+        for delivery_id, _events in mapped:
+            settled[delivery_id] = (IGNORED, [], str(exc))
+        return []
     except runs.TriggerRefused as exc:
         for delivery_id, _events in mapped:
             settled[delivery_id] = (FAILED, [], str(exc))
@@ -306,11 +329,15 @@ def _enqueue(to_enqueue, settled):
 
 def replay(delivery_id, requested_by=None):
     """Re-create the record runs of a stored delivery (the admin's Replay button): runs
-    are triggered again whatever its outcome was. Returns the run ids it caused."""
+    are triggered again whatever its outcome was, unless the connection's trigger policy
+    takes no webhooks (then "ignored" again, with the reason). Returns the run ids it caused."""
     delivery = db.session.get(WebhookDelivery, delivery_id)
     if delivery is None:
         raise LookupError(f"no webhook delivery {delivery_id}")
     connection = db.session.get(Connection, delivery.connection_id)
+    off = webhooks_off(connection)
+    if off is not None:
+        return _settle_one(delivery, [], IGNORED, off)
     connector = connector_for(connection)
     payload = json.loads(delivery.raw_body)
     try:

@@ -146,6 +146,76 @@ def test_invalid_connection_form_says_what_to_fix_and_saves_nothing(client, make
     assert connection.settings == {"records": 5} and connection.name == "demo"
 
 
+def _card(html, connection):
+    card = html[html.index('id="connection-%d"' % connection.id):]
+    return card[:card.index("</article>")]
+
+
+def _policy_fields(html):
+    """(the checked trigger_policy radio, the ticked triggers) of a connection form."""
+    policy = re.search(r'name="trigger_policy" value="(\w+)" checked', html).group(1)
+    return policy, re.findall(r'name="triggers" value="(\w+)" checked', html)
+
+
+def test_trigger_policy_is_shown_in_words_and_saved_with_the_form(client, make_connection):
+    from webapp.extensions import db
+
+    connection = make_connection(name="zoom", schedule="manual", settings={"records": 5})
+    edit = f"/admin/connections/{connection.id}/edit"
+    assert _policy_fields(client.get(edit).get_data(as_text=True)) == ("default", ["manual", "api"])
+    assert ("manual (admin and CLI), API (the default for a manual-only connection)"
+            in _card(client.get("/admin/").get_data(as_text=True), connection))
+
+    form = {"name": "zoom", "schedule": "manual", "enabled": "1", "setting.records": "5",
+            "extra_settings": '{"allowed_triggers": ["event"]}',  # the policy's own fields win
+            "trigger_policy": "custom", "triggers": ["webhook", "manual"]}
+    assert _post(client, edit, form, page=edit).status_code == 302
+    db.session.expire_all()
+    assert connection.settings == {"records": 5, "allowed_triggers": ["manual", "webhook"]}
+    html = client.get(edit).get_data(as_text=True)
+    assert _policy_fields(html) == ("custom", ["manual", "webhook"])
+    assert "allowed_triggers" not in re.search(r"<textarea[^>]*>(.*?)</textarea>", html, re.S).group(1)
+    card = _card(client.get("/admin/").get_data(as_text=True), connection)
+    assert "manual (admin and CLI), webhook</dd>" in card and "Sync now</button>" in card
+
+    # Without manual: no Sync now button, and a forged Sync now is refused with the reason.
+    _post(client, edit, dict(form, triggers=["webhook"]), page=edit)
+    card = _card(client.get("/admin/").get_data(as_text=True), connection)
+    assert "Sync now</button>" not in card and "Sync now is off" in card
+    refused = _post(client, f"/admin/connections/{connection.id}/sync", {"mode": "full"})
+    assert refused.headers["Location"] == "/admin/" and _runs() == []
+    assert "manual (admin and CLI) triggers are off for connection" in client.get("/admin/").get_data(as_text=True)
+
+    # A form without the policy's fields keeps it; choosing the default removes it.
+    _post(client, edit, {k: v for k, v in form.items() if k not in ("trigger_policy", "triggers")}, page=edit)
+    db.session.expire_all()
+    assert connection.settings["allowed_triggers"] == ["webhook"]
+    _post(client, edit, dict(form, trigger_policy="default"), page=edit)
+    db.session.expire_all()
+    assert connection.settings == {"records": 5}
+
+
+def test_a_policy_without_schedule_leaves_a_scheduled_connection_no_next_run(client, make_connection):
+    from webapp.extensions import db
+    from webapp.schedules import firing
+
+    connection = make_connection(name="hourly", schedule="hourly:0")
+    firing.plan_next_runs()
+    db.session.expire_all()
+    assert connection.next_run_at is not None
+    edit = f"/admin/connections/{connection.id}/edit"
+    assert _policy_fields(client.get(edit).get_data(as_text=True)) == (
+        "default", ["manual", "schedule", "webhook", "event", "api"])
+    _post(client, edit, {"name": "hourly", "schedule": "hourly:0", "enabled": "1", "trigger_policy": "custom",
+                         "triggers": ["manual", "event"]}, page=edit)
+    db.session.expire_all()
+    assert connection.next_run_at is None
+    firing.plan_next_runs()  # the supervisor's planner agrees
+    db.session.expire_all()
+    assert connection.next_run_at is None
+    assert "none: the trigger policy takes no schedule" in _card(client.get("/admin/").get_data(as_text=True), connection)
+
+
 def test_loops_connection_with_a_malformed_mapping_is_refused_with_the_reason(client, make_connection):
     from webapp.extensions import db
     from webapp.models import Connection

@@ -56,10 +56,31 @@ def test_event_refusals_are_reported_per_connection(client, auth, make_connectio
     assert [r["connection"] for r in body["refused"]] == ["manual"] and "manual-only" in body["refused"][0]["reason"]
     db.session.query(Run).delete()
     db.session.commit()
-    missing = _post(client, auth, {"type": "fiscal_year.created", "data": {}}).get_json()
+    response = _post(client, auth, {"type": "fiscal_year.created", "data": {}})
+    assert response.status_code == 409  # every configured connection refused: nothing was started
+    missing = response.get_json()
     assert missing["runs"] == [] and {r["connection"] for r in missing["refused"]} == {"manual", "halo"}
     assert "no fiscal_year" in {r["connection"]: r["reason"] for r in missing["refused"]}["halo"]
     assert db.session.query(Run).count() == 0
+
+
+def test_event_refused_by_every_configured_connection_is_409_with_the_reasons(client, auth, make_connection):
+    # Takes webhooks, not events: the event starts nothing, and says why.
+    make_connection(name="halo", schedule="hourly:0",
+                    settings={"event_triggers": FISCAL, "allowed_triggers": ["manual", "schedule", "webhook"]})
+    response = _post(client, auth, {"type": "fiscal_year.created", "data": {"fiscal_year": 2027}})
+    assert response.status_code == 409
+    body = response.get_json()
+    assert body["error"] == "trigger_refused" and "event triggers are off for connection 'halo'" in body["reason"]
+    assert body["runs"] == [] and body["refused"] == [
+        {"connection": "halo", "reason": "event triggers are off for connection 'halo'"}]
+    assert db.session.query(Run).count() == 0
+    # A second connection that takes the event: 202, and the refusal is still reported.
+    make_connection(name="halo2", schedule="hourly:0", settings={"event_triggers": FISCAL})
+    mixed = _post(client, auth, {"type": "fiscal_year.created", "data": {"fiscal_year": 2027}})
+    assert mixed.status_code == 202
+    assert [r["connection"] for r in mixed.get_json()["runs"]] == ["halo2"]
+    assert [r["connection"] for r in mixed.get_json()["refused"]] == ["halo"]
 
 
 def test_second_event_while_the_sync_is_queued_returns_the_same_run(client, auth, make_connection):

@@ -2,6 +2,7 @@
 pagination, progress, cancel, events; errors are JSON with a stable code."""
 from sqlalchemy import update
 
+from tests.support import TAKES_WEBHOOKS
 from webapp import runs
 from webapp.extensions import db
 from webapp.models import ApiToken, Run, utcnow
@@ -27,6 +28,19 @@ def test_trigger_returns_201_then_200_with_the_same_active_run(client, auth, mak
     run = first.get_json()["run"]
     assert again.get_json()["run"]["id"] == run["id"]
     assert (run["trigger"], run["mode"], run["params"], run["status"]) == ("api", "range", {"fiscal_year": 2027}, "queued")
+
+
+def test_trigger_refused_by_the_connections_trigger_policy_is_409_with_the_reason(client, auth, make_connection):
+    make_connection(name="zoom", schedule="manual")  # manual-only by default: API triggers still welcome
+    make_connection(name="hooks", schedule="hourly:0", settings={"allowed_triggers": ["manual", "webhook"]})
+    assert client.post("/api/connections/zoom/runs", json={}, headers=auth).status_code == 201
+    refused = client.post("/api/connections/hooks/runs", json={"mode": "full"}, headers=auth)
+    assert refused.status_code == 409
+    assert refused.get_json() == {"error": "trigger_refused", "reason": "API triggers are off for connection 'hooks'"}
+    assert [r.connection.name for r in db.session.query(Run)] == ["zoom"]
+    shown = client.get("/api/connections/hooks", headers=auth).get_json()["connection"]
+    assert shown["allowed_triggers"] == ["manual", "webhook"]
+    assert client.get("/api/connections/zoom", headers=auth).get_json()["connection"]["allowed_triggers"] == ["manual", "api"]
 
 
 def test_trigger_errors_are_json_with_stable_codes(client, auth, make_connection):
@@ -56,7 +70,7 @@ def test_unknown_api_url_and_wrong_method_answer_json(client, auth):
 
 
 def test_list_runs_filters_and_pages_newest_first(client, auth, make_connection):
-    a, b = make_connection(name="a"), make_connection(name="b")
+    a, b = make_connection(name="a", settings=TAKES_WEBHOOKS), make_connection(name="b")
     ids = []
     for n in range(5):
         ids.append(runs.trigger(a, mode="record", record_key=f"items:{n}", trigger="webhook", enqueue=False).run.id)

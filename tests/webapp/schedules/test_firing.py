@@ -52,13 +52,27 @@ def test_simulated_hour_enqueues_each_slot_once_on_the_low_queue(app, make_conne
 
 
 def test_manual_only_connection_is_never_enqueued_whatever_its_other_fields_say(app, make_connection, redis):
-    for name, text in (("manual", "manual"), ("shouting", "MANUAL"), ("padded", " manual ")):
-        conn = make_connection(name=name, schedule=text, settings={"schedule_mode": "incremental"})
+    every_trigger = {"allowed_triggers": ["manual", "schedule", "webhook", "event", "api"]}
+    for name, text, settings in (("manual", "manual", {}), ("shouting", "MANUAL", {}), ("padded", " manual ", {}),
+                                 ("zoom", "manual", every_trigger)):  # a policy cannot give it slots
+        conn = make_connection(name=name, schedule=text, settings={"schedule_mode": "incremental", **settings})
         conn.next_run_at = T0 - timedelta(days=1)  # as if it was scheduled once
     db.session.commit()
     _simulate(0, 24 * 60, step=7)
     assert db.session.execute(select(Run)).first() is None
     assert all(c.next_run_at is None for c in db.session.execute(select(Connection)).scalars())
+
+
+def test_scheduled_connection_whose_trigger_policy_takes_no_schedule_gets_no_slot(app, make_connection, redis):
+    conn = make_connection(name="events-only", schedule="every:5", settings={"allowed_triggers": ["event", "manual"]})
+    conn.next_run_at = minutes(5)  # planned before the policy was set
+    db.session.commit()
+    outcomes = firing.fire_due(minutes(5))  # a slot already planned is refused, with the reason
+    assert [(o.action, o.reason) for o in outcomes] == [
+        ("refused", "schedule triggers are off for connection 'events-only'")]
+    _simulate(5, 60)
+    assert db.session.execute(select(Run)).first() is None
+    assert runs.get_connection("events-only").next_run_at is None
 
 
 def test_slot_is_skipped_and_logged_while_the_previous_run_is_active(app, make_connection, redis, caplog):

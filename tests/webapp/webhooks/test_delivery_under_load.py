@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 
 from tests.conftest import make_app
 from tests.simulators.harness import SimulatorServer
-from tests.support import RedisServer, WorkerProcess, wait_for
+from tests.support import TAKES_WEBHOOKS, RedisServer, WorkerProcess, wait_for
 from webapp.extensions import db
 from webapp.models import COMPLETED, Record, Run, WebhookDelivery
 from webapp.webhooks.dispatch import dispatch_pending
@@ -38,7 +38,7 @@ def _send_all(url, deliveries, threads=25):
 
 def test_parallel_duplicates_store_one_delivery_and_one_run_per_event(app, make_connection, redis):
     secret = signing.whsec()
-    make_connection(name="shop", credentials={"webhook_secret": secret})
+    make_connection(name="shop", settings=TAKES_WEBHOOKS, credentials={"webhook_secret": secret})
     ids = [i % 40 for i in range(100)]  # 100 deliveries of 40 distinct event ids, interleaved
     with SimulatorServer(app) as server:
         responses = _send_all(f"{server.url}/webhooks/shop", _deliveries(secret, ids))
@@ -61,7 +61,7 @@ def test_parallel_duplicates_store_one_delivery_and_one_run_per_event(app, make_
 
 def test_deliveries_during_a_redis_outage_are_acknowledged_stored_and_processed_after(app, make_connection, tmp_path):
     secret = signing.whsec()
-    make_connection(name="shop", credentials={"webhook_secret": secret})
+    make_connection(name="shop", settings=TAKES_WEBHOOKS, credentials={"webhook_secret": secret})
     private = RedisServer().start()
     worker = None
     try:

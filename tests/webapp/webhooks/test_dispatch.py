@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.conftest import BACKENDS
-from tests.support import ROOT, kill_session, process_env
+from tests.support import ROOT, TAKES_WEBHOOKS, kill_session, process_env
 from webapp.extensions import db
 from webapp.credentials import encrypt_credentials
 from webapp.models import Connection, Run, WebhookDelivery
@@ -32,7 +32,7 @@ def _fresh_count(model, *where):
 
 
 def test_parallel_dispatchers_give_each_delivery_its_runs_once(app, make_connection, redis):
-    shop = make_connection(name="shop", credentials={"webhook_secret": signing.whsec()})
+    shop = make_connection(name="shop", settings=TAKES_WEBHOOKS, credentials={"webhook_secret": signing.whsec()})
     # 120 deliveries about 50 records: some records are named by several deliveries.
     for n in range(120):
         _store(shop.id, n, n % 50)
@@ -84,7 +84,7 @@ with app.app_context():
 
 
 def test_dispatcher_killed_before_its_commit_leaves_the_batch_for_the_next(app, make_connection, redis):
-    shop = make_connection(name="shop", credentials={"webhook_secret": signing.whsec()})
+    shop = make_connection(name="shop", settings=TAKES_WEBHOOKS, credentials={"webhook_secret": signing.whsec()})
     for n in range(30):
         _store(shop.id, n, n)
     child = subprocess.Popen([sys.executable, "-c", KILLED_DISPATCHER], cwd=ROOT, env=process_env(app),
@@ -105,7 +105,7 @@ def test_dispatcher_killed_before_its_commit_leaves_the_batch_for_the_next(app, 
 
 def test_connection_changes_made_elsewhere_are_seen_within_the_cache_time(app, make_connection):
     old, new = signing.whsec(), signing.whsec()
-    shop = make_connection(name="shop", credentials={"webhook_secret": old})
+    shop = make_connection(name="shop", settings=TAKES_WEBHOOKS, credentials={"webhook_secret": old})
     app.config["WEBHOOK_CONNECTION_CACHE_SECONDS"] = 0.5
     client = app.test_client()
 
@@ -126,7 +126,7 @@ def test_connection_changes_made_elsewhere_are_seen_within_the_cache_time(app, m
 
 def test_connection_changed_through_the_orm_in_this_process_is_seen_at_once(app, make_connection):
     old, new = signing.whsec(), signing.whsec()
-    make_connection(name="shop", credentials={"webhook_secret": old})
+    make_connection(name="shop", settings=TAKES_WEBHOOKS, credentials={"webhook_secret": old})
     client = app.test_client()
     body = signing.dumps({"type": "item.updated", "data": {"id": "item-0000001"}})
     assert client.post("/webhooks/shop", data=body, headers=signing.standard_headers(body, old)).status_code == 200
@@ -141,7 +141,7 @@ def test_connection_changed_through_the_orm_in_this_process_is_seen_at_once(app,
 @pytest.mark.parametrize("app", [b for b in BACKENDS if b == "postgresql"], indirect=True)
 def test_delivery_store_reconnects_after_the_database_dropped_its_connections(app, make_connection):
     secret = signing.whsec()
-    make_connection(name="shop", credentials={"webhook_secret": secret})
+    make_connection(name="shop", settings=TAKES_WEBHOOKS, credentials={"webhook_secret": secret})
     client = app.test_client()
 
     def post(n):
@@ -159,3 +159,91 @@ def test_delivery_store_reconnects_after_the_database_dropped_its_connections(ap
     second = post(2)
     assert second.status_code == 200 and second.get_json()["status"] == "accepted"
     assert _fresh_count(WebhookDelivery) == 2
+
+
+# -- the trigger policy (docs/CONNECTORS.md, "Trigger policy") -----------------------------
+
+ZOOM_SECRET = "zoom-secret-token-" + "y" * 8
+
+
+def _zoom_s2(make_connection, **settings):
+    """S2's connection: the real Zoom connector, schedule `manual`, no trigger policy."""
+    return make_connection(name="zoom-s2", connector="zoom", schedule="manual", settings=settings,
+                           credentials={"account_id": "acc", "client_id": "id", "client_secret": "secret",
+                                        "webhook_secret_token": ZOOM_SECRET})
+
+
+def _webinar_updated(client, n):
+    body = signing.dumps({"event": "webinar.updated", "event_ts": 1767225600000 + n,
+                          "payload": {"account_id": "acc", "object": {"id": 81234567890 + n}}})
+    return client.post("/webhooks/zoom-s2", data=body, headers=signing.zoom_headers(body, ZOOM_SECRET))
+
+
+def _deliveries():
+    db.session.expire_all()
+    return db.session.execute(select(WebhookDelivery).order_by(WebhookDelivery.id)).scalars().all()
+
+
+def _connection_reads_during(action):
+    """How many SELECTs on the connections table `action` sends to the database."""
+    from sqlalchemy import event
+
+    seen = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("SELECT") and "FROM connections" in statement:
+            seen.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        action()
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
+    return len(seen)
+
+
+def test_manual_only_zoom_connection_stores_signed_webhooks_as_ignored_and_starts_no_run(app, make_connection, redis):
+    _zoom_s2(make_connection)
+    client = app.test_client()
+    for n in range(3):
+        response = _webinar_updated(client, n)
+        assert response.status_code == 200 and response.get_json()["status"] == "accepted"  # Zoom gets its 2xx
+    # One read of the connection for the whole batch, not one per delivery.
+    assert _connection_reads_during(lambda: dispatch.dispatch_pending(min_age_seconds=0)) == 1
+    deliveries = _deliveries()
+    assert len(deliveries) == 3  # stored: nothing lost
+    for delivery in deliveries:
+        assert (delivery.outcome, delivery.run_ids) == ("ignored", [])
+        assert delivery.error == "connection 'zoom-s2' is manual-only: webhook triggers are refused"
+    assert _fresh_count(Run) == 0 and queue(HIGH).get_job_ids() == []
+    # Replay gives the same answer.
+    assert dispatch.replay(deliveries[0].id, requested_by="admin@example.com") == []
+    assert _deliveries()[0].outcome == "ignored" and _fresh_count(Run) == 0
+
+
+def test_webhook_refused_by_an_explicit_policy_is_ignored_and_replays_once_webhooks_are_allowed(
+        app, make_connection, redis):
+    zoom = _zoom_s2(make_connection, allowed_triggers=["manual", "event"])
+    zoom.schedule = "hourly:0"
+    db.session.commit()
+    assert _webinar_updated(app.test_client(), 1).status_code == 200
+    assert dispatch.dispatch_pending(min_age_seconds=0) == 0
+    [delivery] = _deliveries()
+    assert (delivery.outcome, delivery.error) == ("ignored", "webhook triggers are off for connection 'zoom-s2'")
+    get_connection("zoom-s2").settings = {"allowed_triggers": ["manual", "webhook"]}
+    db.session.commit()
+    [run_id] = dispatch.replay(delivery.id, requested_by="admin@example.com")
+    [delivery] = _deliveries()
+    run = db.session.get(Run, run_id)
+    assert (delivery.outcome, delivery.error, delivery.run_ids) == ("enqueued", None, [run_id])
+    assert (run.trigger, run.record_key) == ("webhook", "webinars:81234567891")
+
+
+def test_manual_connection_whose_policy_takes_webhooks_gets_its_record_runs(app, make_connection, redis):
+    _zoom_s2(make_connection, allowed_triggers=["manual", "webhook", "api"])  # S4's wiring
+    assert _webinar_updated(app.test_client(), 2).status_code == 200
+    assert dispatch.dispatch_pending(min_age_seconds=0) == 1
+    [delivery] = _deliveries()
+    [run] = db.session.execute(select(Run)).scalars().all()
+    assert (delivery.outcome, delivery.run_ids) == ("enqueued", [run.id])
+    assert (run.mode, run.trigger, run.record_key) == ("record", "webhook", "webinars:81234567892")

@@ -4,7 +4,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.conftest import make_app
-from tests.support import free_port
+from tests.support import TAKES_WEBHOOKS, free_port
 from webapp.extensions import db
 from webapp.models import Run, WebhookDelivery
 from webapp.queue import HIGH, WEBHOOKS, queue
@@ -18,7 +18,7 @@ from . import signing
 @pytest.fixture
 def secret(make_connection):
     value = signing.whsec()
-    make_connection(name="shop", credentials={"webhook_secret": value})
+    make_connection(name="shop", settings=TAKES_WEBHOOKS, credentials={"webhook_secret": value})
     return value
 
 

@@ -9,6 +9,7 @@ import time
 import pytest
 from sqlalchemy import func, select
 
+from tests.support import TAKES_WEBHOOKS
 from webapp.extensions import db
 from webapp.models import Run, WebhookDelivery
 from webapp.webhooks import dispatch
@@ -46,7 +47,7 @@ def _assert_accepted(response, record_key):
 @pytest.fixture
 def standard(make_connection):
     secret = signing.whsec()
-    make_connection(name="std", credentials={"webhook_secret": secret})
+    make_connection(name="std", settings=TAKES_WEBHOOKS, credentials={"webhook_secret": secret})
     body = signing.dumps({"type": "item.updated", "data": {"id": "item-0000007"}})
     return secret, body
 
@@ -119,7 +120,7 @@ def test_standard_reserialised_json_fails(client, standard):
 @pytest.fixture
 def zoom(make_connection):
     secret = "zoom-secret-token-" + "x" * 8
-    make_connection(name="zoom", connector="test-zoom-scheme", credentials={"webhook_secret_token": secret})
+    make_connection(name="zoom", connector="test-zoom-scheme", settings=TAKES_WEBHOOKS, credentials={"webhook_secret_token": secret})
     body = signing.dumps({"event": "webinar.updated", "event_ts": 1767225600000,
                           "payload": {"account_id": "acc", "object": {"id": 81234567890}}})
     return secret, body
@@ -200,7 +201,7 @@ def highlevel(make_connection):
     ed_private, ed_pem = signing.ed25519_keypair()
     rsa_private, rsa_pem = signing.rsa_keypair()
     make_connection(name="ghl", connector="test-highlevel-scheme",
-                    settings={"webhook_public_key": ed_pem, "webhook_legacy_public_key": rsa_pem})
+                    settings={"webhook_public_key": ed_pem, "webhook_legacy_public_key": rsa_pem, **TAKES_WEBHOOKS})
     return ed_private, rsa_private
 
 
@@ -266,7 +267,7 @@ def test_highlevel_reserialised_json_fails(client, highlevel):
 
 @pytest.fixture
 def halo(make_connection):
-    make_connection(name="halo", connector="test-halopsa-scheme",
+    make_connection(name="halo", connector="test-halopsa-scheme", settings=TAKES_WEBHOOKS,
                     credentials={"webhook_username": "halo-hook", "webhook_password": "s3cret-pass"})
     return signing.dumps({"id": 4711, "summary": "printer on fire"})
 

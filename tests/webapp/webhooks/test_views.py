@@ -3,6 +3,7 @@ the runs caused, escapes provider data, and Replay (CSRF-checked) queues the run
 import pytest
 from sqlalchemy import select
 
+from tests.support import TAKES_WEBHOOKS
 from tests.webapp.admin.support import admin_user, csrf_token, login, new_client  # noqa: F401  (fixture)
 from webapp.extensions import db
 from webapp.models import Run, WebhookDelivery
@@ -21,7 +22,7 @@ def admin(app, admin_user):  # noqa: F811
 @pytest.fixture
 def delivered(app, make_connection):
     secret = signing.whsec()
-    make_connection(name="shop", credentials={"webhook_secret": secret})
+    make_connection(name="shop", settings=TAKES_WEBHOOKS, credentials={"webhook_secret": secret})
     body = signing.dumps({"type": "item.updated", "data": {"id": "item-0000004"}, "note": "<script>alert(1)</script>"})
     response = app.test_client().post("/webhooks/shop", data=body,
                                       headers=signing.standard_headers(body, secret, msg_id="msg_page_1"))

@@ -6,7 +6,7 @@ import pytest
 import requests
 
 from tests.browser import OUTPUT, desktop_page
-from tests.support import wait_for
+from tests.support import TAKES_WEBHOOKS, wait_for
 from tests.webapp.admin.support import (  # noqa: F401
     PASSWORD,
     _servers,
@@ -30,7 +30,7 @@ def page():
 def test_a_delivery_appears_on_the_page_and_replay_queues_it_again(app, page, live_server, admin_user, make_connection,  # noqa: F811
                                                                     workers):
     secret = signing.whsec()
-    make_connection(name="shop", credentials={"webhook_secret": secret})
+    make_connection(name="shop", settings=TAKES_WEBHOOKS, credentials={"webhook_secret": secret})
     workers.start()  # runs the dispatch job the delivery kicks
     body = signing.dumps({"type": "item.updated", "data": {"id": "item-0000012"}})
     sent = requests.post(f"{live_server.url}/webhooks/shop", data=body, timeout=10,
