@@ -4,6 +4,7 @@ that kill one between send and record, a pause there), and a stand-in for the
 supervisor's periodic drain."""
 import json
 import os
+from datetime import timedelta
 import subprocess
 import sys
 import time
@@ -102,6 +103,28 @@ def loops():
     sim = Loops()
     yield sim
     sim.stop()
+
+
+def make_due(*event_ids):
+    """What the passing of a backoff does: the rows' next attempt is now. Tests move time
+    this way instead of sleeping through a window a busy machine could overshoot."""
+    from sqlalchemy import update
+
+    from webapp.extensions import db
+    from webapp.models import OutboxEvent, utcnow
+
+    query = update(OutboxEvent).values(next_attempt_at=utcnow() - timedelta(seconds=1))
+    if event_ids:
+        query = query.where(OutboxEvent.id.in_(event_ids))
+    db.session.execute(query)
+    db.session.commit()
+
+
+def end_breaker_cooldown(redis, destination):
+    """What the passing of a breaker's cooldown does: it may be probed now."""
+    from webapp import redis_keys
+
+    redis.hset(redis_keys.key("outbox", "breaker", destination), "open_until", time.time() - 1)
 
 
 def loops_connection(make_connection, sim, *, name="loops", mappings=None, **settings):

@@ -4,9 +4,11 @@ import time
 from datetime import timedelta
 
 from tests.webapp.outbox.support import (  # noqa: F401  (fixtures)
+    end_breaker_cooldown,
     fast,
     loops,
     loops_connection,
+    make_due,
     outbox_rows,
     vote,
 )
@@ -19,8 +21,10 @@ from worker.outbox_sender import OutboxSender, drain
 
 def test_breaker_stops_hammering_a_failing_destination_without_burning_attempts_then_probes(
         app, fast, redis, make_connection, loops):
-    app.config.update(OUTBOX_BREAKER_THRESHOLD=3, OUTBOX_BREAKER_COOLDOWN_SECONDS=0.3)
-    loops_connection(make_connection, loops)
+    # Cooldowns far longer than the test: time passes by end_breaker_cooldown and make_due,
+    # never by sleeping through a window.
+    app.config.update(OUTBOX_BREAKER_THRESHOLD=3, OUTBOX_BREAKER_COOLDOWN_SECONDS=60)
+    destination = loops_connection(make_connection, loops).id
     for n in range(12):
         vote(f"voter{n}")
     db.session.commit()
@@ -29,17 +33,20 @@ def test_breaker_stops_hammering_a_failing_destination_without_burning_attempts_
     assert loops.api.requests == 3  # then the breaker opened
     assert (first.retrying, first.released) == (3, first.claimed - 3)
     assert sorted(r.attempts for r in outbox_rows()) == [0] * 9 + [1] * 3
-    assert drain(redis_client=redis).claimed == 0 and loops.api.requests == 3
-    time.sleep(0.35)
+    make_due()
+    assert drain(redis_client=redis).claimed == 0 and loops.api.requests == 3  # due, but the breaker is open
+    end_breaker_cooldown(redis, destination)
+    make_due()
     probe = drain(redis_client=redis)
-    assert loops.api.requests == 4  # one probe, failed: open again, for 0.6 s
+    assert loops.api.requests == 4  # one probe, failed: open again, for twice the cooldown
     assert (probe.retrying, probe.released) == (0, probe.claimed)  # a probe costs no attempt either
     assert sorted(r.attempts for r in outbox_rows()) == [0] * 9 + [1] * 3
     assert sum("breaker probe: attempt not counted" in (r.last_error or "") for r in outbox_rows()) == 1
     loops.api.outage = None
-    time.sleep(0.2)
+    make_due()
     assert drain(redis_client=redis).claimed == 0
-    time.sleep(0.5)
+    end_breaker_cooldown(redis, destination)
+    make_due()
     assert drain(redis_client=redis).done == 12
     assert loops.api.requests == 4 + 12
     assert sorted(r.attempts for r in outbox_rows()) == [1] * 9 + [2] * 3
