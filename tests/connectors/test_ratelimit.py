@@ -185,4 +185,6 @@ def test_a_slot_counts_from_its_answer_and_a_dead_holders_slot_lapses(shared, li
     started = time.monotonic()
     for _ in range(3):  # at once, after a window, then once the dead slot has lapsed
         limiter.acquire()
-    assert 0.2 + 0.3 - 0.02 <= time.monotonic() - started < 0.2 + 0.3 + 0.3
+    # Not before the dead slot lapsed and a window passed; and not forever (the bound is loose:
+    # how soon after that this thread runs again is the machine's business).
+    assert 0.2 + 0.3 - 0.02 <= time.monotonic() - started < 5
