@@ -17,8 +17,7 @@ from rq.job import Job, JobStatus
 from sqlalchemy import String, cast, literal
 
 from .extensions import redis_ext
-from .redis_keys import key as redis_key
-from .redis_keys import prefix
+from . import redis_keys
 
 WEBHOOKS, HIGH, DEFAULT, LOW = "webhooks", "high", "default", "low"
 # Workers listen in this order: webhook dispatch jobs (short, they create record runs)
@@ -34,7 +33,7 @@ _RUN_JOB_TAIL = re.compile(r"(\d+)-(\d+)")
 
 def queue_name(name):
     """The RQ queue behind one of the names above: "high" -> "synchub:high"."""
-    return redis_key(name)
+    return redis_keys.key(name)
 
 
 def queue(name, connection=None):
@@ -58,23 +57,23 @@ def workers(connection=None):
 
 def job_id(kind):
     """A new, unique job id: "<prefix>-<kind>-<32 hex digits>"."""
-    return f"{prefix()}-{kind}-{uuid.uuid4().hex}"
+    return f"{redis_keys.prefix()}-{kind}-{uuid.uuid4().hex}"
 
 
 def run_job_id(run_id, attempt):
     """The job id of attempt `attempt` (1, 2, ...) of run `run_id`. Each queued period of a
     run has its own, so a requeued run never collides with its previous attempt's job."""
-    return f"{prefix()}-run-{run_id}-{attempt}"
+    return f"{redis_keys.prefix()}-run-{run_id}-{attempt}"
 
 
 def run_job_id_sql(id_column, attempt=1):
     """run_job_id(id, attempt) as an SQL expression of a runs id column (bulk inserts)."""
-    return literal(f"{prefix()}-run-") + cast(id_column, String) + literal(f"-{attempt}")
+    return literal(f"{redis_keys.prefix()}-run-") + cast(id_column, String) + literal(f"-{attempt}")
 
 
 def parse_run_job_id(value):
     """(run id, attempt) of a run job id of this install; (None, None) for any other id."""
-    head = f"{prefix()}-run-"
+    head = f"{redis_keys.prefix()}-run-"
     if not value or not value.startswith(head):
         return None, None
     match = _RUN_JOB_TAIL.fullmatch(value[len(head):])

@@ -27,13 +27,12 @@ from flask import current_app
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 
-from .. import runs
+from .. import queue, redis_keys, runs, trigger_policy
 from ..connectors import connector_class
 from ..connectors.base import Services
 from ..connectors.errors import ConfigError
 from ..extensions import db, redis_ext
 from ..models import QUEUED, Connection, Run, WebhookDelivery, utcnow
-from .. import queue, redis_keys
 from ..queue import WEBHOOKS, enqueue_execute_runs
 
 log = logging.getLogger(__name__)
@@ -244,13 +243,7 @@ def webhooks_off(connection):
     """Why the connection's trigger policy takes no webhooks, or None. A disabled connection
     is not "off": its deliveries fail with that reason where their runs would be created,
     and can be replayed once it is enabled again."""
-    try:
-        runs.check_trigger(connection, "record", "webhook", record_key="-")
-    except runs.TriggerOff as exc:
-        return str(exc)
-    except runs.TriggerRefused:
-        pass  # disabled
-    return None
+    return trigger_policy.refusal(connection, "webhook") if connection.enabled else None
 
 
 def _connection_and_connector(connection_id):
