@@ -464,7 +464,7 @@ def failed_sync_deletes_nothing(stack, rng):
 
 def concurrent_sync_now(stack, rng):
     """100 Sync-now requests at once over HTTP: one run is created, all 100 get it."""
-    wait_terminal(stack, [r["id"] for r in stack.query("SELECT id FROM runs WHERE status IN ('queued','running')")])
+    wait_terminal(stack, [r["id"] for r in stack.query("SELECT id FROM runs WHERE status IN ('waiting','queued','running')")])
     mutate_provider(stack, rng)
     barrier = threading.Barrier(100)
     started = time.monotonic()
