@@ -156,8 +156,8 @@ def trigger(
             # the active one started (Temporal's buffer_one).
             if mode == "record" or (trigger != "schedule" and (existing.params_key or _key_of(existing)) == key):
                 return TriggerResult(existing, False, "active")
-            run = _insert(Run(status=WAITING, **fields),
-                          f"waiting for run {existing.id} to end; {note}")
+            run = _insert(Run(status=WAITING, **fields), f"waiting for run {existing.id} to end (asked for by "
+                                                         f"{trigger}{f', {requested_by}' if requested_by else ''})")
             if run is None:
                 continue  # an identical follow-up won the race: the next turn returns it
             announce_created(connection, [run])

@@ -57,7 +57,8 @@ def parse_sync_form(connection, form):
 
 def connection_rows():
     connections = db.session.execute(select(Connection).order_by(Connection.name)).scalars().all()
-    last_ids = select(func.max(Run.id)).where(Run.mode != "record").group_by(Run.connection_id)
+    # The last run that started (a waiting one is shown as the active sync or as "Then").
+    last_ids = select(func.max(Run.id)).where(Run.mode != "record", Run.status != WAITING).group_by(Run.connection_id)
     last_runs = {run.connection_id: run for run in
                  db.session.execute(select(Run).where(Run.id.in_(last_ids))).scalars()}
     active, waiting = {}, {}
