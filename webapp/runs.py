@@ -495,11 +495,12 @@ def retry_later(run_id, attempt, *, error_class, error_message, delay=0.0, now=N
         values.update(status=WAITING, not_before=not_before)
         message += f" after a pause, at {_clock(not_before)}"
     result = db.session.execute(
-        update(Run).where(*owned(run_id, attempt)).values(**values).execution_options(synchronize_session=False)
+        update(Run).where(*owned(run_id, attempt), Run.cancel_requested.is_(False)).values(**values)
+        .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
         db.session.rollback()
-        return None
+        return _cancel_instead(run_id, attempt)
     db.session.add(RunEvent(run_id=run_id, level="warning", message=message))
     db.session.commit()
     if values["status"] == QUEUED:
@@ -526,7 +527,7 @@ def defer(run_id, attempt, *, seconds, reason, now=None):
     not_before = (now or utcnow()) + timedelta(seconds=seconds)
     sentence = f"{reason} until {_clock(not_before)}"
     result = db.session.execute(
-        update(Run).where(*owned(run_id, attempt))
+        update(Run).where(*owned(run_id, attempt), Run.cancel_requested.is_(False))
         .values(status=WAITING, not_before=not_before, attempt=attempt - 1, deferrals=Run.deferrals + 1,
                 rq_job_id=run_job_id(run_id, attempt, run.deferrals + 1), error_class="rate_limited",
                 error_message=sentence)
@@ -534,11 +535,20 @@ def defer(run_id, attempt, *, seconds, reason, now=None):
     )
     if result.rowcount != 1:
         db.session.rollback()
-        return None
+        return _cancel_instead(run_id, attempt)
     db.session.add(RunEvent(run_id=run_id, level="warning",
                             message=f"{sentence}; attempt {attempt} given back, will resume from checkpoint"))
     db.session.commit()
     return WAITING
+
+
+def _cancel_instead(run_id, attempt):
+    """A run asked to stop must not go back to waiting or the queue (it would sit there, an
+    hour maybe, only to be cancelled when taken): it is cancelled now. None when the run is
+    no longer this attempt's at all."""
+    if finish(run_id, attempt, CANCELLED, error_message="cancelled; it was between attempts"):
+        return CANCELLED
+    return None
 
 
 def _clock(moment):

@@ -224,3 +224,16 @@ def test_twenty_concurrent_identical_triggers_during_an_active_sync_make_one_fol
     assert sum(created for _, created, _ in outcomes) == 1
     assert {outcome for _, _, outcome in outcomes} == {"follow_up", "coalesced"}
     assert _count(status=WAITING) == 1 and _count(status=RUNNING) == 1
+
+
+@pytest.mark.parametrize("change", ["defer", "retry"])
+def test_a_run_whose_cancel_was_asked_is_cancelled_instead_of_waiting(app, make_connection, change):
+    conn = make_connection(schedule="every:60")
+    run = runs.trigger(conn, enqueue=False).run
+    attempt = _start(run)
+    runs.cancel(run.id)  # running: the flag is set, the worker has not seen it yet
+    if change == "defer":
+        status = runs.defer(run.id, attempt, seconds=3600, reason="waiting for Sandbox's rate limit")
+    else:
+        status = runs.retry_later(run.id, attempt, error_class="transient", error_message="503", delay=60)
+    assert status == CANCELLED and _status(run.id) == CANCELLED
