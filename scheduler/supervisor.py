@@ -119,6 +119,9 @@ class Supervisor:
             if o.action == "enqueued":
                 log.info("schedule: enqueued run=%s connection=%s slot=%s next=%s%s", o.run_id, o.connection, slot,
                          o.next_run_at.isoformat(timespec="minutes"), missed)
+            elif o.action == "follow_up":
+                log.info("schedule: connection=%s slot=%s met an active sync: run=%s waits to follow it (buffer_one)",
+                         o.connection, slot, o.run_id)
             elif o.action == "skipped_active":
                 log.info("schedule: skipped connection=%s slot=%s: run=%s is still active", o.connection, slot, o.run_id)
             elif o.action == "refused":

@@ -58,6 +58,9 @@ def make_app(database_url, redis_url, instance_path, **overrides):
         "RUN_MAX_ATTEMPTS": 3,
         "HTTP_BACKOFF_BASE_SECONDS": 0.05,
         "HTTP_BACKOFF_MAX_SECONDS": 0.5,
+        # Retries come back at once unless a test is about the pause between attempts
+        # (tests/webapp/test_runs_waiting.py, tests/worker/test_run_waiting.py set it).
+        "RUN_RETRY_BASE_SECONDS": 0.0,
     }
     config.update(overrides)
     return create_app(config)

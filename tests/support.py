@@ -108,6 +108,7 @@ def process_env(app, **extra):
         "SYNCHUB_RUN_MAX_ATTEMPTS": str(app.config["RUN_MAX_ATTEMPTS"]),
         "SYNCHUB_HTTP_BACKOFF_BASE_SECONDS": str(app.config["HTTP_BACKOFF_BASE_SECONDS"]),
         "SYNCHUB_HTTP_BACKOFF_MAX_SECONDS": str(app.config["HTTP_BACKOFF_MAX_SECONDS"]),
+        "SYNCHUB_RUN_RETRY_BASE_SECONDS": str(app.config["RUN_RETRY_BASE_SECONDS"]),
         "SYNCHUB_LOG_LEVEL": "WARNING",
         "PYTHONPATH": ROOT,
     })

@@ -11,7 +11,7 @@ from . import runs, trigger_policy
 from .connectors import connector_class
 from .connectors.errors import ConfigError
 from .extensions import db, redis_ext
-from .models import ACTIVE_STATUSES, STATUSES, TERMINAL_STATUSES, Connection, Run, RunEvent
+from .models import RUNNING, STATUSES, TERMINAL_STATUSES, Connection, Run, RunEvent
 from .progress import read_snapshot
 from .schedules.parser import ScheduleError, normalize
 
@@ -71,7 +71,13 @@ def run_command(connection, mode, since, until, streams, param_pairs, inline, fo
     except (LookupError, ConfigError) as exc:
         _fail(str(exc))
     run = result.run
-    if not result.created:
+    if result.outcome == "follow_up":
+        click.echo(f"run {run.id}: {mode} sync of {conn.name}, waiting: run {result.active.id} (another sync of this "
+                   "connection) is active; this one starts when it ends")
+        if inline:
+            click.echo(f"a worker will run it; follow with: flask sync status {run.id}")
+            return
+    elif not result.created:
         click.echo(f"run {run.id} is already {run.status} for {conn.name}; following it instead")
         inline = False
     else:
@@ -110,7 +116,10 @@ def _print_run(run):
     c = run.counters
     click.echo(f"run {run.id} {run.status} ({run.mode}, {run.trigger}, attempt {run.attempt}/{run.max_attempts})")
     click.echo("  " + ", ".join(f"{k} {v}" for k, v in c.items()))
-    if run.error_message:
+    reason = runs.waiting_reason(run)
+    if reason:
+        click.echo(f"  {reason}")
+    elif run.error_message:
         click.echo(f"  error ({run.error_class}): {run.error_message}")
 
 
@@ -143,7 +152,7 @@ def status_command(run_id, as_json):
     if run is None:
         _fail(f"no run {run_id}")
     if as_json:
-        click.echo(json.dumps(run.to_dict(), indent=2))
+        click.echo(json.dumps(runs.run_dict(run), indent=2))
         return
     _print_run(run)
     events = db.session.execute(select(RunEvent).where(RunEvent.run_id == run_id)
@@ -156,12 +165,12 @@ def status_command(run_id, as_json):
 @sync_cli.command("cancel")
 @click.argument("run_id", type=int)
 def cancel_command(run_id):
-    """Cancel a queued or running run (also one whose worker is gone)."""
+    """Cancel a waiting, queued or running run (also one whose worker is gone)."""
     try:
         status = runs.cancel(run_id, requested_by="cli")
     except LookupError as exc:
         _fail(str(exc))
-    if status in ACTIVE_STATUSES:
+    if status == RUNNING:
         click.echo(f"run {run_id}: cancel requested; the worker stops at the next page")
     else:
         click.echo(f"run {run_id}: {status}")

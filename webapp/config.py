@@ -69,6 +69,13 @@ SETTINGS = (
         ("STALE_AFTER_SECONDS", "SYNCHUB_STALE_AFTER_SECONDS", 180.0, float,
          "a running run whose heartbeat has not changed for this long is resumed elsewhere (or failed)"),
         ("RUN_MAX_ATTEMPTS", "SYNCHUB_RUN_MAX_ATTEMPTS", 3, int, "attempts of a run before it is failed"),
+        ("RUN_RETRY_BASE_SECONDS", "SYNCHUB_RUN_RETRY_BASE_SECONDS", 10.0, float,
+         "pause before a failed run's second attempt; each further pause is three times longer (with "
+         "jitter); 0 requeues at once"),
+        ("RUN_RETRY_MAX_SECONDS", "SYNCHUB_RUN_RETRY_MAX_SECONDS", 900.0, float,
+         "longest pause between two attempts of a run"),
+        ("RUN_MAX_DEFERRALS", "SYNCHUB_RUN_MAX_DEFERRALS", 48, int,
+         "times a run may wait out a provider's long rate limit (giving its attempt back) before it fails"),
         ("JOB_TIMEOUT_SECONDS", "SYNCHUB_JOB_TIMEOUT_SECONDS", 6 * 3600, int,
          "RQ's hard time limit for one run job; liveness is judged by the heartbeat, so set it above your "
          "longest full sync"),
@@ -88,7 +95,8 @@ SETTINGS = (
          "first backoff step of those retries"),
         ("HTTP_BACKOFF_MAX_SECONDS", "SYNCHUB_HTTP_BACKOFF_MAX_SECONDS", 30.0, float, "longest backoff step"),
         ("HTTP_MAX_RETRY_AFTER_SECONDS", "SYNCHUB_HTTP_MAX_RETRY_AFTER_SECONDS", 300.0, float,
-         "longest Retry-After waited inside a job; a longer one gives the run back to the queue"),
+         "longest Retry-After waited inside a job; a run told to wait longer waits (status `waiting`, "
+         "no attempt spent) and the supervisor queues it again when the time comes"),
     ),
     _settings(
         "webhooks",

@@ -213,7 +213,7 @@ class _Collector:
         from .extensions import db
         from .models import ACTIVE_STATUSES, QUEUED, Connection, Run, SupervisorState, utcnow
 
-        active = GaugeMetricFamily("synchub_runs_active", "Runs queued or running", labels=("connection", "status"))
+        active = GaugeMetricFamily("synchub_runs_active", "Runs waiting, queued or running", labels=("connection", "status"))
         rows = db.session.execute(
             select(Connection.name, Run.status, func.count()).join(Connection, Run.connection_id == Connection.id)
             .where(Run.status.in_(ACTIVE_STATUSES)).group_by(Connection.name, Run.status)).all()

@@ -9,8 +9,11 @@ from .trigger_policy import allowed_triggers
 
 # The one status vocabulary: the database, Redis, the API, the admin and the CLI all use
 # these strings, so no layer translates a status and none can disagree about one.
-QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = "queued", "running", "completed", "failed", "cancelled"
-ACTIVE_STATUSES = (QUEUED, RUNNING)
+WAITING, QUEUED, RUNNING = "waiting", "queued", "running"
+COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
+# waiting: the run exists but may not start yet: it follows the connection's active sync
+# (a follow-up), or it is deferred until `not_before` (a long rate limit, a backoff).
+ACTIVE_STATUSES = (WAITING, QUEUED, RUNNING)  # not finished: may be cancelled
 TERMINAL_STATUSES = (COMPLETED, FAILED, CANCELLED)
 STATUSES = ACTIVE_STATUSES + TERMINAL_STATUSES
 
@@ -21,8 +24,15 @@ TRIGGERS = ("manual", "schedule", "webhook", "event", "cli", "api")
 # two processes racing to insert can't both succeed, whatever machine they run on.
 # Queries that should use one of these indexes repeat its predicate literally (runs.py):
 # neither database can prove a partial index's predicate from bound parameters.
-ACTIVE_SYNC_WHERE = "status IN ('queued', 'running') AND mode <> 'record'"
-QUEUED_RECORD_WHERE = "status = 'queued' AND mode = 'record'"
+#
+# The active sync of a connection is queued, running, or deferred (waiting with a
+# not_before: it has started and will resume, so it keeps its place). A follow-up (waiting,
+# no not_before) is not active: at most one per connection and parameter set waits.
+ACTIVE_SYNC_WHERE = ("mode <> 'record' AND (status IN ('queued', 'running') "
+                     "OR (status = 'waiting' AND not_before IS NOT NULL))")
+FOLLOW_UP_WHERE = "mode <> 'record' AND status = 'waiting' AND not_before IS NULL"
+# A record run not yet started: queued, or deferred (waiting) after a long rate limit.
+QUEUED_RECORD_WHERE = "mode = 'record' AND status IN ('queued', 'waiting')"
 
 
 def utcnow():
@@ -114,6 +124,14 @@ class Run(db.Model):
     rq_job_id = db.Column(db.String(100), nullable=True)
     worker_name = db.Column(db.String(200), nullable=True)
     cancel_requested = db.Column(db.Boolean, nullable=False, default=False)
+    # waiting runs: not to be queued before this instant (a deferral or a backoff); None for
+    # a follow-up, which is queued when the connection's active sync ends.
+    not_before = db.Column(db.DateTime, nullable=True)
+    # Times this run gave its attempt back because the provider asked us to come later.
+    deferrals = db.Column(db.Integer, nullable=False, default=0)
+    # What makes two syncs "the same": mode, params and streams (runs.params_key). A trigger
+    # that matches the active run returns it; one that does not follows it up.
+    params_key = db.Column(db.String(40), nullable=True)
 
     connection = db.relationship("Connection", lazy="joined")
 
@@ -124,6 +142,14 @@ class Run(db.Model):
             unique=True,
             sqlite_where=text(ACTIVE_SYNC_WHERE),
             postgresql_where=text(ACTIVE_SYNC_WHERE),
+        ),
+        Index(
+            "uq_runs_one_follow_up",
+            "connection_id",
+            "params_key",
+            unique=True,
+            sqlite_where=text(FOLLOW_UP_WHERE),
+            postgresql_where=text(FOLLOW_UP_WHERE),
         ),
         Index(
             "uq_runs_one_queued_record",
@@ -175,6 +201,8 @@ class Run(db.Model):
             "error_class": self.error_class,
             "error_message": self.error_message,
             "cancel_requested": self.cancel_requested,
+            "not_before": _iso(self.not_before),
+            "deferrals": self.deferrals,
         }
 
 

@@ -49,6 +49,10 @@ def _sweep(now):
     return [{"run_id": run_id, "status": status} for run_id, status in runs.sweep_stale(now)]
 
 
+def _promote(now):
+    return {"queued": runs.promote_waiting(now)}
+
+
 def _webhooks(now):
     return {"deliveries_enqueued": dispatch.dispatch_pending(now=now)}
 
@@ -63,6 +67,9 @@ JOBS = (
                 "SUPERVISOR_TICK_SECONDS", _fire_schedules, leader_only=False, cron=True),
     PeriodicJob("sweep", "settle running runs whose worker stopped sending heartbeats",
                 "SWEEP_INTERVAL_SECONDS", _sweep, cron=True),
+    # After the sweep: a follow-up whose predecessor's worker died starts once the sweep settled it.
+    PeriodicJob("promote", "queue the waiting runs whose time has come or whose predecessor ended",
+                "SUPERVISOR_TICK_SECONDS", _promote, cron=True),
     PeriodicJob("requeue_lost", "enqueue again the queued runs whose RQ job is gone",
                 "SWEEP_INTERVAL_SECONDS", recovery.requeue_lost),
     PeriodicJob("reconcile_rq", "bring RQ's registries in line with the job table",

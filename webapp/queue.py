@@ -25,7 +25,7 @@ WEBHOOKS, HIGH, DEFAULT, LOW = "webhooks", "high", "default", "low"
 PRIORITY_ORDER = (WEBHOOKS, HIGH, DEFAULT, LOW)
 EXECUTE_RUN = "worker.jobs.execute_run"
 
-_RUN_JOB_TAIL = re.compile(r"(\d+)-(\d+)")
+_RUN_JOB_TAIL = re.compile(r"(\d+)-(\d+)(?:-d\d+)?")
 
 
 # -- names -------------------------------------------------------------------------------
@@ -60,10 +60,12 @@ def job_id(kind):
     return f"{redis_keys.prefix()}-{kind}-{uuid.uuid4().hex}"
 
 
-def run_job_id(run_id, attempt):
+def run_job_id(run_id, attempt, deferrals=0):
     """The job id of attempt `attempt` (1, 2, ...) of run `run_id`. Each queued period of a
-    run has its own, so a requeued run never collides with its previous attempt's job."""
-    return f"{redis_keys.prefix()}-run-{run_id}-{attempt}"
+    run has its own, so a requeued run never collides with its previous attempt's job; a
+    deferred run gives its attempt back and comes back as the same attempt, told apart by
+    its number of deferrals ("-d<n>")."""
+    return f"{redis_keys.prefix()}-run-{run_id}-{attempt}" + (f"-d{deferrals}" if deferrals else "")
 
 
 def run_job_id_sql(id_column, attempt=1):

@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from . import runs
 from .extensions import db, redis_ext
-from .models import QUEUED, RUNNING, TERMINAL_STATUSES, Run, utcnow
+from .models import QUEUED, RUNNING, TERMINAL_STATUSES, WAITING, Run, utcnow
 from .queue import PRIORITY_ORDER, parse_run_job_id, queue, queue_name, run_job_id
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,8 @@ def _runs_by_id(run_ids):
     if not run_ids:
         return {}
     rows = db.session.execute(
-        select(Run.id, Run.status, Run.attempt, Run.rq_job_id, Run.error_class, Run.finished_at)
+        select(Run.id, Run.status, Run.attempt, Run.rq_job_id, Run.error_class, Run.finished_at,
+               Run.heartbeat_at)
         .where(Run.id.in_(run_ids))
     ).all()
     db.session.rollback()
@@ -125,6 +126,8 @@ def _execution_is_over(job_attempt, run, now, grace):
     """Does the job table say the execution of attempt `job_attempt` has ended?"""
     if run is None or run.attempt > job_attempt:
         return True  # deleted, or a later attempt has started
+    if run.status == WAITING:  # it gave its attempt back or pauses: no execution goes on
+        return run.heartbeat_at is None or run.heartbeat_at < now - grace
     if run.attempt < job_attempt:
         return False  # dequeued, not claimed yet
     swept = run.error_class == WORKER_LOST  # the sweep already judged this attempt's worker dead

@@ -10,10 +10,14 @@ what delay, and whether the retry spends one of the attempts (RUN_MAX_ATTEMPTS,
 OUTBOX_MAX_ATTEMPTS). Connectors never decide this themselves: they raise the class.
 
     error                        request (in the call)             run                           outbox event
-    RateLimited, Retry-After     wait it out if <= max_retry_after  requeued at once, spends one   retried after max(backoff, Retry-After),
-      within the call's bounds   (at most 2 x max_retries times)   (when the call gave up)        spends one
-    TransientError (5xx, 408,    full-jitter backoff, at most       requeued at once, spends one   retried after backoff, spends one;
-      timeouts, resets)          max_retries times                                                counts towards the breaker
+    RateLimited, Retry-After     wait it out if <= max_retry_after  requeued after the run         retried after max(backoff, Retry-After),
+      within the call's bounds   (at most 2 x max_retries times)   backoff, spends one            spends one
+                                                                   (when the call gave up)
+    QuotaExhausted: Retry-After  raised at once                    waits until then (status       retried after max(backoff, Retry-After),
+      > max_retry_after                                            waiting), no attempt spent;    spends one
+                                                                   fails after RUN_MAX_DEFERRALS
+    TransientError (5xx, 408,    full-jitter backoff, at most       requeued after the run         retried after backoff, spends one;
+      timeouts, resets)          max_retries times                 backoff, spends one            counts towards the breaker
     AuthError (401/403)          one token renewal on a 401         failed, connection             retried after backoff, spends one;
                                                                     needs_reauth                   connection needs_reauth, breaker
     ConfigError, HttpError       never                              failed                         HTTP 400/422 (or the connector's
@@ -27,7 +31,11 @@ OUTBOX_MAX_ATTEMPTS). Connectors never decide this themselves: they raise the cl
     breaker probe failure        -                                  -                              given back: no attempt spent
 
 A requeued run resumes from its checkpoint; attempts used up turn "retry" into "failed"
-(or "dead" for an outbox event) with the reason.
+(or "dead" for an outbox event) with the reason. The run backoff is the pause between two
+attempts of a run: RUN_RETRY_BASE_SECONDS, then three times longer each time (10 s, 30 s,
+90 s, ... by default), at most RUN_RETRY_MAX_SECONDS, each +-20 % at random so the runs of
+one outage do not all come back in the same second; the run waits (status waiting) and
+the supervisor queues it when the pause is over.
 """
 import random
 from dataclasses import dataclass
@@ -35,7 +43,8 @@ from dataclasses import dataclass
 import requests
 from sqlalchemy.exc import OperationalError
 
-from .connectors.errors import AuthError, BadRecord, ConfigError, HttpError, RateLimited, TransientError
+from .connectors.errors import (AuthError, BadRecord, ConfigError, HttpError, QuotaExhausted, RateLimited,
+                                TransientError)
 from .connectors.mapping import MappingError
 
 # -- request: inside one HTTP call -------------------------------------------------------
@@ -65,21 +74,32 @@ def request_waits_out(retry_after, max_retry_after):
 @dataclass(frozen=True)
 class RunVerdict:
     error_class: str  # stored on the run: "auth", "config", "rate_limited", "transient", "internal"
-    retry: bool  # requeued (resuming from the checkpoint) while attempts are left
+    retry: bool  # requeued (resuming from the checkpoint) while attempts are left, after run_backoff
     health: str = "failing"  # the connection's health when the run fails
+    defer_seconds: float | None = None  # wait this long giving the attempt back (no retry, no failure)
 
 
 def for_run(exc):
-    """What a failed attempt of a run becomes. A retry spends an attempt and is requeued at once."""
+    """What a failed attempt of a run becomes."""
     if isinstance(exc, AuthError):
         return RunVerdict("auth", retry=False, health="needs_reauth")
     if isinstance(exc, (ConfigError, BadRecord)):  # a BadRecord here is one the engine could not skip
         return RunVerdict("config", retry=False)
+    if isinstance(exc, QuotaExhausted):
+        return RunVerdict("rate_limited", retry=False, defer_seconds=float(exc.retry_after))
     if isinstance(exc, RateLimited):
         return RunVerdict("rate_limited", retry=True)
     if isinstance(exc, (TransientError, requests.RequestException, OperationalError)):
         return RunVerdict("transient", retry=True)
     return RunVerdict("internal", retry=False)
+
+
+def run_backoff(attempt, base, cap):
+    """Seconds to pause before the attempt after failed attempt `attempt` (1, 2, ...):
+    base, 3 x base, 9 x base ..., at most cap, each +-20 % at random. 0 when base is 0."""
+    if base <= 0:
+        return 0.0
+    return min(cap, base * 3 ** max(0, attempt - 1)) * random.uniform(0.8, 1.2)
 
 
 # -- outbox: an event after a failed send ------------------------------------------------

@@ -5,6 +5,7 @@ from datetime import timezone
 
 from sqlalchemy import func, select
 
+from . import runs
 from .extensions import db, redis_ext
 from .models import TERMINAL_STATUSES, RunEvent
 from .progress import read_snapshot
@@ -24,7 +25,11 @@ def run_state(run, snapshot=None, client=None):
         "run_id": run.id, "status": run.status, "cancel_requested": run.cancel_requested,
         "error_class": run.error_class, "error_message": run.error_message,
         "finished_at": run.finished_at.isoformat() + "Z" if run.finished_at else None,
+        "not_before": run.not_before.isoformat() + "Z" if run.not_before else None,
+        "waiting_reason": runs.waiting_reason(run),
     }
+    if from_row["waiting_reason"]:  # the reason says it all, the last error included
+        from_row.update(error_class=None, error_message=None)
     if not snapshot or run.status in TERMINAL_STATUSES:
         from_row.update(phase=run.phase or snapshot_phase(run, state), processed=run.processed, total=run.total,
                         percent=run.percent, counters=run.counters)
@@ -39,7 +44,7 @@ def run_state(run, snapshot=None, client=None):
 
 
 def snapshot_phase(run, state):
-    return state.get("phase") or ("waiting for a worker" if run.status == "queued" else None)
+    return state.get("phase") or {"queued": "waiting for a worker", "waiting": "waiting"}.get(run.status)
 
 
 def activity(run_id, state):

@@ -3,20 +3,27 @@ status (and, for a worker, on its attempt number), so a late or zombie worker ca
 overwrite a run that finished, was cancelled, or was handed to another worker.
 
 Transitions:
+    (new)   --trigger-->          queued, or waiting (a follow-up of the active sync)
+    waiting --promote-->          queued     (the active sync ended, or not_before has come)
+    waiting --cancel-->           cancelled
     queued  --claim-->            running
     queued  --cancel-->           cancelled
     running --finish-->           completed | failed | cancelled
     running --retry / sweep-->    queued     (attempts remain; resumes from its checkpoint)
+    running --retry with pause--> waiting    (not_before: backoff between attempts)
+    running --defer-->            waiting    (not_before: a long Retry-After; the attempt is given back)
     running --sweep-->            failed     (no heartbeat, attempts used up)
     running --cancel (orphan)-->  cancelled  (no heartbeat: nobody left to notice the flag)
 """
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from typing import NamedTuple
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import bindparam, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from .connectors.errors import ConfigError
@@ -28,12 +35,14 @@ from .models import (
     CANCELLED,
     COMPLETED,
     FAILED,
+    FOLLOW_UP_WHERE,
     MODES,
     QUEUED,
     QUEUED_RECORD_WHERE,
     RUNNING,
     TERMINAL_STATUSES,
     TRIGGERS,
+    WAITING,
     Connection,
     Run,
     RunEvent,
@@ -56,10 +65,23 @@ class TriggerOff(TriggerRefused):
     (webapp/trigger_policy.py): a decision, not a fault. A webhook refused so is "ignored"."""
 
 
+TRIGGER_OUTCOMES = ("queued", "follow_up", "active", "coalesced", "skipped")
+
+
 @dataclass
 class TriggerResult:
+    """What a trigger did. `outcome`:
+        queued     a new run, queued to start now
+        follow_up  a new waiting run that starts when `active` (another sync) ends
+        active     the active run has these parameters: it is returned, nothing new
+        coalesced  an identical follow-up (or deferred run) was already waiting: it is returned
+        skipped    a scheduled slot met an active run and the overlap policy says skip
+    """
+
     run: Run
-    created: bool  # False: an active run already existed and is returned instead
+    created: bool  # a new row was inserted
+    outcome: str = "queued"
+    active: Run | None = None  # the connection's active sync when it was not `run` itself
 
 
 def check_trigger(connection, mode, trigger, record_key=None):
@@ -78,6 +100,16 @@ def check_trigger(connection, mode, trigger, record_key=None):
         raise TriggerOff(reason)
 
 
+def params_key(mode, params, streams):
+    """What makes two syncs the same run: mode, parameters (empty values dropped, so an
+    empty date field is no parameter) and the set of streams. A stable digest, so the
+    database can keep one waiting follow-up per connection and key."""
+    params = {k: v for k, v in (params or {}).items() if v not in (None, "", [], {})}
+    canonical = json.dumps({"mode": mode, "params": params, "streams": sorted(streams or [])},
+                           sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha1(canonical.encode()).hexdigest()
+
+
 def trigger(
     connection,
     *,
@@ -90,45 +122,130 @@ def trigger(
     max_attempts=None,
     enqueue=True,
 ):
-    """Insert a queued run, or return the active one. Commits. Enqueues after commit.
+    """Start a sync, or say why none was needed. Commits; enqueues after the commit.
 
-    The partial unique index decides races: of many concurrent callers (any process, any
-    machine) exactly one insert succeeds; the rest read back and return that run.
+    Every trigger counts (docs/ARCHITECTURE.md, "Follow-up runs"): one that meets an active
+    sync with the same parameters gets that run; with other parameters it gets a waiting
+    follow-up, which is queued when the active sync ends. A scheduled slot that meets an
+    active sync follows the overlap policy (webapp/trigger_policy.py): skipped and logged,
+    or one buffered follow-up. Partial unique indexes decide every race, on any
+    number of processes and machines: one active sync per connection, one waiting
+    follow-up per connection and parameter set, one queued run per record.
     """
     check_trigger(connection, mode, trigger, record_key)
     connection_id = connection.id
-    config = current_app.config
+    record_key = record_key if mode == "record" else None
+    key = None if mode == "record" else params_key(mode, params, streams)
+    fields = dict(connection_id=connection_id, mode=mode, params=params or {}, trigger=trigger,
+                  requested_by=requested_by, streams=list(streams or []), record_key=record_key, params_key=key,
+                  attempt=0, max_attempts=max_attempts or current_app.config["RUN_MAX_ATTEMPTS"])
+    note = f"queued by {trigger}" + (f" ({requested_by})" if requested_by else "")
     for _ in range(20):
-        run = Run(
-            connection_id=connection_id,
-            mode=mode,
-            params=params or {},
-            trigger=trigger,
-            requested_by=requested_by,
-            streams=list(streams or []),
-            record_key=record_key if mode == "record" else None,
-            status=QUEUED,
-            attempt=0,
-            max_attempts=max_attempts or config["RUN_MAX_ATTEMPTS"],
-        )
-        try:
-            db.session.add(run)
-            db.session.flush()
-            run.rq_job_id = run_job_id(run.id, 1)
-            db.session.add(RunEvent(run_id=run.id, message=f"queued by {trigger}" + (f" ({requested_by})" if requested_by else "")))
-            db.session.commit()
-        except IntegrityError:
-            db.session.rollback()
+        waiting = _follow_up_for(connection_id, key) if key else None
+        if waiting is not None:
+            return TriggerResult(waiting, False, "coalesced", active_run(connection_id))
+        run = _insert(Run(status=QUEUED, **fields), note)
+        if run is None:
             existing = _active_for(connection_id, mode, record_key)
-            if existing is not None:
-                return TriggerResult(existing, False)
-            continue  # it finished between our insert and our read: try again
+            if existing is None:
+                continue  # it finished between our insert and our read: try again
+            if trigger == "schedule" and not trigger_policy.follows_up(connection.settings, trigger):
+                _note_skipped(existing, requested_by or trigger)
+                return TriggerResult(existing, False, "skipped")
+            # A buffered slot follows up even a sync like itself: the data has moved on since
+            # the active one started (Temporal's buffer_one).
+            if mode == "record" or (trigger != "schedule" and (existing.params_key or _key_of(existing)) == key):
+                return TriggerResult(existing, False, "active")
+            run = _insert(Run(status=WAITING, **fields), f"waiting for run {existing.id} to end (asked for by "
+                                                         f"{trigger}{f', {requested_by}' if requested_by else ''})")
+            if run is None:
+                continue  # an identical follow-up won the race: the next turn returns it
+            announce_created(connection, [run])
+            # The active run may have ended before our insert was visible to its promotion.
+            promote_waiting(connection_id=connection_id)
+            db.session.refresh(run)
+            if run.status == WAITING:
+                return TriggerResult(run, True, "follow_up", existing)
+            return TriggerResult(run, True)
         announce_created(connection, [run])
         if enqueue:
             with log_context(run_id=run.id, connection=connection.name, trigger=trigger, mode=mode):
                 enqueue_run(run)
         return TriggerResult(run, True)
     raise RuntimeError(f"could not insert or find an active run for connection {connection_id}")
+
+
+def _insert(run, note):
+    """Insert `run` with its first job id and log line, committed; None when a unique index
+    refused it (the transaction is rolled back)."""
+    try:
+        db.session.add(run)
+        db.session.flush()
+        run.rq_job_id = run_job_id(run.id, 1)
+        db.session.add(RunEvent(run_id=run.id, message=note))
+        db.session.commit()
+        return run
+    except IntegrityError:
+        db.session.rollback()
+        return None
+
+
+def _key_of(run):
+    return params_key(run.mode, run.params, run.streams)
+
+
+def _note_skipped(active, who):
+    """Overlap policy skip: the slot is logged on the history of the run it met."""
+    db.session.add(RunEvent(run_id=active.id, message=f"a scheduled slot was skipped: this run was still active "
+                                                      f"(overlap policy: skip; {who})"))
+    db.session.commit()
+
+
+def _follow_up_for(connection_id, key):
+    # FOLLOW_UP_WHERE written literally, so the partial index serves it (models.py).
+    return db.session.execute(select(Run).where(Run.connection_id == connection_id, Run.params_key == key,
+                                                text(FOLLOW_UP_WHERE))).scalars().first()
+
+
+def promote_waiting(now=None, connection_id=None):
+    """Queue the waiting runs that may start: follow-ups of connections with no active
+    sync (oldest first, one per connection: it becomes the active sync), and deferred runs
+    whose `not_before` has come. Returns the ids queued. Every change is conditional
+    (still waiting, still due) and the one-active-sync index refuses a second active run,
+    so any number of callers at once queue each run exactly once. Called when a run ends
+    and on every supervisor tick (webapp/periodic.py)."""
+    now = now or utcnow()
+    query = (select(Run.id, Run.connection_id, Run.mode, Run.not_before)
+             .where(Run.status == WAITING, or_(Run.not_before.is_(None), Run.not_before <= now))
+             .order_by(Run.not_before.is_(None), Run.id))  # deferred ones first: they hold their place
+    if connection_id is not None:
+        query = query.where(Run.connection_id == connection_id)
+    rows = db.session.execute(query).all()
+    db.session.rollback()
+    promoted, blocked = [], set()
+    for run_id, run_connection_id, mode, not_before in rows:
+        if not_before is None and run_connection_id in blocked:
+            continue
+        due = Run.not_before.is_(None) if not_before is None else Run.not_before <= now
+        try:
+            result = db.session.execute(update(Run).where(Run.id == run_id, Run.status == WAITING, due)
+                                        .values(status=QUEUED, not_before=None)
+                                        .execution_options(synchronize_session=False))
+            if result.rowcount != 1:
+                db.session.rollback()
+                continue
+            db.session.add(RunEvent(run_id=run_id, message="queued: its wait is over" if not_before
+                                    else "queued: the sync it followed has ended"))
+            db.session.commit()
+        except IntegrityError:  # another sync of the connection is active: this one keeps waiting
+            db.session.rollback()
+            blocked.add(run_connection_id)
+            continue
+        if mode != "record":
+            blocked.add(run_connection_id)
+        promoted.append(run_id)
+        enqueue_run(db.session.get(Run, run_id))
+    return promoted
 
 
 class QueuedRun(NamedTuple):
@@ -279,6 +396,8 @@ def _settle_cancel_requested_queued(run_id):
         .execution_options(synchronize_session=False)
     )
     db.session.commit()
+    if result.rowcount == 1:
+        promote_after(run_id)
     return result.rowcount == 1
 
 
@@ -329,7 +448,17 @@ def finish(run_id, attempt, status, *, error_class=None, error_message=None, cou
             db.session.rollback()
     if ok:
         count_finished(run_id, status)
+        if commit:
+            promote_after(run_id)
     return ok
+
+
+def promote_after(run_id):
+    """A run ended: the connection's next waiting sync may start."""
+    connection_id = db.session.execute(select(Run.connection_id).where(Run.id == run_id)).scalar_one_or_none()
+    db.session.rollback()
+    if connection_id is not None:
+        promote_waiting(connection_id=connection_id)
 
 
 def count_finished(run_id, status):
@@ -344,9 +473,11 @@ def count_finished(run_id, status):
         metrics.observe("run_duration_seconds", (finished_at - started_at).total_seconds(), connection=name, status=status)
 
 
-def retry_later(run_id, attempt, *, error_class, error_message):
-    """running -> queued for another attempt (resuming from the checkpoint), or -> failed
-    when attempts are used up. Returns the new status, or None if the run wasn't ours."""
+def retry_later(run_id, attempt, *, error_class, error_message, delay=0.0, now=None):
+    """running -> queued for another attempt (resuming from the checkpoint), or -> waiting
+    until `delay` seconds from now when the retry policy asks for a pause between attempts,
+    or -> failed when attempts are used up. Returns the new status, or None if the run
+    wasn't ours."""
     run = db.session.get(Run, run_id)
     db.session.expire(run)
     if run.attempt != attempt or run.status != RUNNING:
@@ -356,20 +487,102 @@ def retry_later(run_id, attempt, *, error_class, error_message):
         ok = finish(run_id, attempt, FAILED, error_class=error_class,
                     error_message=f"{error_message} (gave up after {attempt} attempts)")
         return FAILED if ok else None
+    values = dict(status=QUEUED, error_class=error_class, error_message=error_message,
+                  rq_job_id=run_job_id(run_id, attempt + 1, run.deferrals))
+    message = f"attempt {attempt} failed ({error_class}: {error_message}); will resume from checkpoint"
+    if delay > 0:
+        not_before = (now or utcnow()) + timedelta(seconds=delay)
+        values.update(status=WAITING, not_before=not_before)
+        message += f" after a pause, at {_clock(not_before)}"
     result = db.session.execute(
-        update(Run).where(*owned(run_id, attempt))
-        .values(status=QUEUED, error_class=error_class, error_message=error_message,
-                rq_job_id=run_job_id(run_id, attempt + 1))
+        update(Run).where(*owned(run_id, attempt), Run.cancel_requested.is_(False)).values(**values)
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
         db.session.rollback()
-        return None
-    db.session.add(RunEvent(run_id=run_id, level="warning",
-                            message=f"attempt {attempt} failed ({error_class}: {error_message}); will resume from checkpoint"))
+        return _cancel_instead(run_id, attempt)
+    db.session.add(RunEvent(run_id=run_id, level="warning", message=message))
     db.session.commit()
-    enqueue_run(db.session.get(Run, run_id))
-    return QUEUED
+    if values["status"] == QUEUED:
+        enqueue_run(db.session.get(Run, run_id))
+    return values["status"]
+
+
+def defer(run_id, attempt, *, seconds, reason, now=None):
+    """running -> waiting until `seconds` from now, giving the attempt back: the provider
+    asked us to come back later (a Retry-After longer than a worker may wait), which is no
+    failure. The run keeps its place as the connection's active sync and resumes from its
+    checkpoint. Past RUN_MAX_DEFERRALS it fails instead, with the reason. Returns the new
+    status, or None if the run wasn't ours."""
+    run = db.session.get(Run, run_id)
+    db.session.expire(run)
+    if run.attempt != attempt or run.status != RUNNING:
+        db.session.rollback()
+        return None
+    limit = current_app.config["RUN_MAX_DEFERRALS"]
+    if run.deferrals >= limit:
+        ok = finish(run_id, attempt, FAILED, error_class="rate_limited",
+                    error_message=f"{reason}; gave up after waiting {limit} times")
+        return FAILED if ok else None
+    not_before = (now or utcnow()) + timedelta(seconds=seconds)
+    sentence = f"{reason} until {_clock(not_before)}"
+    result = db.session.execute(
+        update(Run).where(*owned(run_id, attempt), Run.cancel_requested.is_(False))
+        .values(status=WAITING, not_before=not_before, attempt=attempt - 1, deferrals=Run.deferrals + 1,
+                rq_job_id=run_job_id(run_id, attempt, run.deferrals + 1), error_class="rate_limited",
+                error_message=sentence)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        db.session.rollback()
+        return _cancel_instead(run_id, attempt)
+    db.session.add(RunEvent(run_id=run_id, level="warning",
+                            message=f"{sentence}; attempt {attempt} given back, will resume from checkpoint"))
+    db.session.commit()
+    return WAITING
+
+
+def _cancel_instead(run_id, attempt):
+    """A run asked to stop must not go back to waiting or the queue (it would sit there, an
+    hour maybe, only to be cancelled when taken): it is cancelled now. None when the run is
+    no longer this attempt's at all."""
+    if finish(run_id, attempt, CANCELLED, error_message="cancelled; it was between attempts"):
+        return CANCELLED
+    return None
+
+
+def _clock(moment):
+    """A time for people: 14:05 UTC today, or with its date."""
+    if moment.date() == utcnow().date():
+        return moment.strftime("%H:%M UTC")
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def run_dict(run):
+    """A run as the API and `sync status --json` show it: the row plus, for a waiting
+    run, why it waits."""
+    return {**run.to_dict(), "waiting_reason": waiting_reason(run)}
+
+
+def triggered_dict(result):
+    """The answer to a trigger (API and CLI): what happened, the run, and the active sync
+    it waits for."""
+    return {"run": run_dict(result.run), "created": result.created, "outcome": result.outcome,
+            "active_run": run_dict(result.active) if result.active is not None else None}
+
+
+def waiting_reason(run):
+    """Why a waiting run has not started, in words; None for other runs."""
+    if run.status != WAITING:
+        return None
+    if run.not_before is None:
+        active = active_run(run.connection_id)
+        return (f"waiting for run {active.id} of this connection to end" if active is not None
+                else "waiting to be queued: the sync it followed has ended")
+    if run.error_class == "rate_limited":
+        return run.error_message or f"waiting for the provider's rate limit until {_clock(run.not_before)}"
+    return (f"waiting until {_clock(run.not_before)} before attempt {run.attempt + 1} of {run.max_attempts}"
+            + (f" (the last one failed: {run.error_message})" if run.error_message else ""))
 
 
 def cancel(run_id, requested_by=None, now=None):
@@ -381,16 +594,18 @@ def cancel(run_id, requested_by=None, now=None):
     """
     now = now or utcnow()
     who = f" by {requested_by}" if requested_by else ""
-    result = db.session.execute(
-        update(Run).where(Run.id == run_id, Run.status == QUEUED)
-        .values(status=CANCELLED, cancel_requested=True, finished_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount == 1:
-        db.session.add(RunEvent(run_id=run_id, message=f"cancelled while queued{who}"))
-        db.session.commit()
-        count_finished(run_id, CANCELLED)
-        return CANCELLED
+    for status in (QUEUED, WAITING):
+        result = db.session.execute(
+            update(Run).where(Run.id == run_id, Run.status == status)
+            .values(status=CANCELLED, cancel_requested=True, finished_at=now, not_before=None)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:
+            db.session.add(RunEvent(run_id=run_id, message=f"cancelled while {status}{who}"))
+            db.session.commit()
+            count_finished(run_id, CANCELLED)
+            promote_after(run_id)
+            return CANCELLED
     stale_before = now - timedelta(seconds=current_app.config["STALE_AFTER_SECONDS"])
     result = db.session.execute(
         update(Run).where(Run.id == run_id, Run.status == RUNNING, Run.heartbeat_at < stale_before)
@@ -402,6 +617,7 @@ def cancel(run_id, requested_by=None, now=None):
         db.session.add(RunEvent(run_id=run_id, message=f"cancelled{who}; its worker was gone"))
         db.session.commit()
         count_finished(run_id, CANCELLED)
+        promote_after(run_id)
         return CANCELLED
     result = db.session.execute(
         update(Run).where(Run.id == run_id, Run.status == RUNNING, Run.cancel_requested.is_(False))
@@ -472,6 +688,7 @@ def sweep_stale(now=None, stale_after=None, candidates=None):
         metrics.inc("stale_runs_swept", action=new_status)
         if new_status != QUEUED:
             count_finished(run_id, new_status)
+            promote_after(run_id)
         with log_context(run_id=run_id, attempt=attempt):
             log.warning("run %s: %s", run_id, message)
         outcomes.append((run_id, new_status))

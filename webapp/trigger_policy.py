@@ -8,8 +8,15 @@ except on a connection whose schedule is `manual`: a manual-only connection take
 (admin, CLI) and API triggers only, no schedule, event or webhook.
 
 runs.check_trigger asks `refusal()` for every run whatever started it; the webhook
-dispatcher, the schedule planner and the pages read `allowed_triggers()`. Pure: no
-database, no Flask (models.py imports it).
+dispatcher, the schedule planner and the pages read `allowed_triggers()`.
+
+The overlap policy (settings "overlap_policy", like Temporal's schedule overlap policies)
+says what a scheduled slot does when it meets an active sync with other parameters:
+`skip` (the default: the slot is logged on the active run's history) or `buffer_one` (one
+waiting follow-up, which starts when the active sync ends). Events, manual, API and CLI
+triggers always follow up: a person or a program asked for that sync.
+
+Pure: no database, no Flask (models.py imports it).
 """
 
 SETTING = "allowed_triggers"
@@ -18,6 +25,30 @@ POLICY_TRIGGERS = ("manual", "schedule", "webhook", "event", "api")
 MANUAL_ONLY_DEFAULT = ("manual", "api")
 LABELS = {"manual": "manual (admin and CLI)", "schedule": "schedule", "webhook": "webhook",
           "event": "event", "api": "API"}
+
+
+OVERLAP_SETTING = "overlap_policy"
+OVERLAP_POLICIES = ("skip", "buffer_one")
+OVERLAP_LABELS = {"skip": "skip the slot (logged on the active run)",
+                  "buffer_one": "buffer one: run it after the active sync"}
+
+
+def overlap_policy(settings):
+    """The connection's overlap policy; anything unreadable counts as the default, skip."""
+    value = (settings or {}).get(OVERLAP_SETTING) if isinstance(settings, dict) else None
+    return value if value in OVERLAP_POLICIES else "skip"
+
+
+def follows_up(settings, trigger):
+    """Does a `trigger` that meets an active sync with other parameters get a waiting
+    follow-up (True), or is it skipped?"""
+    return trigger != "schedule" or overlap_policy(settings) == "buffer_one"
+
+
+def validate_overlap(value):
+    if value not in OVERLAP_POLICIES:
+        raise ValueError(f"{OVERLAP_SETTING} must be one of {', '.join(OVERLAP_POLICIES)}")
+    return value
 
 
 def policy_name(trigger):

@@ -20,7 +20,7 @@ from webapp.connectors.base import ReadRequest, Services
 from webapp.connectors.errors import BadRecord, ConfigError
 from webapp.extensions import db
 from webapp.logs import log_context
-from webapp.models import CANCELLED, COMPLETED, FAILED, Connection, Run, StreamState, utcnow
+from webapp.models import CANCELLED, COMPLETED, FAILED, QUEUED, WAITING, Connection, Run, StreamState, utcnow
 from webapp.progress import ProgressPublisher
 
 from . import store
@@ -98,6 +98,8 @@ class RunExecution:
         except Exception as exc:
             # What a failed attempt becomes is webapp/retry_policy.py's decision ("run").
             verdict = retry_policy.for_run(exc)
+            if verdict.defer_seconds is not None:
+                return self._defer(verdict.defer_seconds, exc)
             if verdict.retry:
                 return self._retry(verdict.error_class, exc)
             if verdict.error_class == "internal":  # a bug: fail loudly with the class, never loop on it
@@ -263,26 +265,46 @@ class RunExecution:
 
     def _retry(self, error_class, exc):
         message = str(exc) or type(exc).__name__
-        # A database restart fails the page and then this requeue too; giving up at once left the
-        # run `running` until the stale sweep (STALE_AFTER_SECONDS, 180 s by default). Wait for
-        # the server a while instead (the heartbeat goes on meanwhile), then leave it to the sweep.
+        pause = retry_policy.run_backoff(self.attempt, self.config["RUN_RETRY_BASE_SECONDS"],
+                                         self.config["RUN_RETRY_MAX_SECONDS"])
+        status = self._settle(lambda: runs.retry_later(self.run_id, self.attempt, error_class=error_class,
+                                                       error_message=message, delay=pause))
+        if status == FAILED:
+            self._set_health("failing", message)
+        if status:
+            word = {QUEUED: "retrying", WAITING: "waiting"}.get(status, status)
+            self._publish(word, f"{error_class}: {message}" + (f"; next attempt in {pause:.0f}s" if pause else ""),
+                          status=status)
+        return status
+
+    def _defer(self, seconds, exc):
+        """The provider asked us to come back later than a worker may wait: give the
+        attempt back and wait (webapp/retry_policy.py)."""
+        reason = f"waiting for {self.connector.provider_name()}'s rate limit"
+        status = self._settle(lambda: runs.defer(self.run_id, self.attempt, seconds=seconds, reason=reason))
+        if status == FAILED:
+            self._set_health("failing", str(exc))
+        if status:
+            self._publish(status, f"{reason} ({exc})", status=status)
+        log.warning("run %s: %s (%s)", self.run_id, reason, exc)
+        return status
+
+    def _settle(self, change):
+        """Apply a state change after a failed attempt. A database restart fails the page and
+        then this change too; giving up at once left the run `running` until the stale sweep
+        (STALE_AFTER_SECONDS, 180 s by default). Wait for the server a while instead (the
+        heartbeat goes on meanwhile), then leave it to the sweep."""
         deadline = time.monotonic() + DATABASE_WAIT_SECONDS
         delay = 0.2
         while True:
             try:
                 db.session.rollback()
-                status = runs.retry_later(self.run_id, self.attempt, error_class=error_class, error_message=message)
-                break
+                return change()
             except OperationalError:
                 if time.monotonic() + delay > deadline:
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        if status == FAILED:
-            self._set_health("failing", message)
-        if status:
-            self._publish("retrying" if status == "queued" else "failed", f"{error_class}: {message}", status=status)
-        return status
 
     # -- helpers -----------------------------------------------------------------------
     def _connector(self, connection):

@@ -31,6 +31,9 @@ TIMING = {
     "SYNCHUB_LEADER_TTL_SECONDS": "2",
     "SYNCHUB_LOST_JOB_GRACE_SECONDS": "1",
     "SYNCHUB_RUN_MAX_ATTEMPTS": "5",
+    # Pauses between attempts really happen (waiting, then queued by a supervisor), in seconds.
+    "SYNCHUB_RUN_RETRY_BASE_SECONDS": "0.5",
+    "SYNCHUB_RUN_RETRY_MAX_SECONDS": "2",
     "SYNCHUB_HTTP_BACKOFF_BASE_SECONDS": "0.1",
     "SYNCHUB_HTTP_BACKOFF_MAX_SECONDS": "1",
     "SYNCHUB_HTTP_MAX_RETRIES": "6",
@@ -49,7 +52,7 @@ TIMING = {
     "SYNCHUB_OUTBOX_MAX_ATTEMPTS": "30",
 }
 STALE_AFTER = float(TIMING["SYNCHUB_STALE_AFTER_SECONDS"])
-ACTIVE = ("queued", "running")
+ACTIVE = ("waiting", "queued", "running")
 
 
 class Proc:

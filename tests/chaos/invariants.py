@@ -33,6 +33,8 @@ class ActiveRunSampler:
                 rows = self.stack.query(
                     "SELECT connection_id, count(*) AS n FROM runs WHERE status IN ('queued', 'running') "
                     "AND mode <> 'record' GROUP BY connection_id HAVING count(*) > 1 "
+                    "UNION ALL SELECT connection_id, count(*) AS n FROM runs WHERE status = 'waiting' "
+                    "AND not_before IS NULL AND mode <> 'record' GROUP BY connection_id, params_key HAVING count(*) > 1 "
                     "UNION ALL SELECT connection_id, count(*) AS n FROM runs WHERE status = 'queued' "
                     "AND mode = 'record' GROUP BY connection_id, record_key HAVING count(*) > 1")
             except Exception:  # the database-restart fault drops this connection too
@@ -42,10 +44,10 @@ class ActiveRunSampler:
 
 
 def all_runs_terminal(stack):
-    active = [r["id"] for r in stack.query("SELECT id FROM runs WHERE status IN ('queued', 'running')")]
+    active = [r["id"] for r in stack.query("SELECT id FROM runs WHERE status IN ('waiting', 'queued', 'running')")]
     if wait_terminal(stack, active):
         return []
-    stuck = stack.query("SELECT id, status, attempt FROM runs WHERE status IN ('queued', 'running')")
+    stuck = stack.query("SELECT id, status, attempt FROM runs WHERE status IN ('waiting', 'queued', 'running')")
     return [f"runs still active {SETTLE_TIMEOUT:.0f}s after the fault: {[dict(r) for r in stuck]}"]
 
 

@@ -127,6 +127,39 @@ def worker_sigkill(stack, rng):
     return _api_sync_with_fault(stack, rng, inject)
 
 
+def follow_up_worker_sigkill(stack, rng):
+    """A sync with other parameters is asked for while a full sync runs: it waits as a
+    follow-up (an identical request coalesces into it); then the full sync's worker is
+    SIGKILLed. The sweep resumes the full sync, the follow-up starts only after it ends:
+    both complete, in order, each exactly once, the records exactly the provider's."""
+    mutate_provider(stack, rng)
+    active = trigger(stack, "api")
+    wait_mid_sync(stack, active, rng)
+    violations = []
+    asked = [stack.api("POST", "/connections/api/runs", json={"mode": "incremental"}) for _ in range(2)]
+    answers = [(a.status_code, a.json().get("outcome"), a.json()["run"]["id"], a.json()["run"]["status"]) for a in asked]
+    follow = answers[0][2]
+    if [(code, outcome) for code, outcome, _, _ in answers] != [(201, "follow_up"), (200, "coalesced")] \
+            or answers[1][2] != follow or answers[0][3] != "waiting":
+        violations.append(f"the follow-up was not one waiting run: {answers}")
+    stack.worker_named(run_row(stack, active)["worker_name"]).kill(signal.SIGKILL)
+    started = time.monotonic()
+    if wait_terminal(stack, [active, follow]):
+        expect_completed(stack, [active, follow], violations)
+        first, second = run_row(stack, active), run_row(stack, follow)
+        if second["started_at"] is not None and first["finished_at"] is not None \
+                and second["started_at"] < first["finished_at"]:
+            violations.append(f"follow-up {follow} started at {second['started_at']}, before run {active} "
+                              f"ended at {first['finished_at']}")
+        if second["attempt"] != 1:
+            violations.append(f"follow-up {follow} took {second['attempt']} attempts; it never met a fault")
+    count = stack.query("SELECT count(*) AS n FROM runs r JOIN connections c ON c.id = r.connection_id "
+                        "WHERE c.name = 'api' AND r.id > :id", id=active)[0]["n"]
+    if count != 1:
+        violations.append(f"{count} runs were made after run {active}; one follow-up expected")
+    return {"faults": 1, "recover": time.monotonic() - started, "violations": violations, "api_run": follow}
+
+
 def worker_sigterm(stack, rng):
     def inject(run_id):
         worker = stack.worker_named(run_row(stack, run_id)["worker_name"])
@@ -464,7 +497,7 @@ def failed_sync_deletes_nothing(stack, rng):
 
 def concurrent_sync_now(stack, rng):
     """100 Sync-now requests at once over HTTP: one run is created, all 100 get it."""
-    wait_terminal(stack, [r["id"] for r in stack.query("SELECT id FROM runs WHERE status IN ('queued','running')")])
+    wait_terminal(stack, [r["id"] for r in stack.query("SELECT id FROM runs WHERE status IN ('waiting','queued','running')")])
     mutate_provider(stack, rng)
     barrier = threading.Barrier(100)
     started = time.monotonic()
@@ -688,6 +721,7 @@ OWN_CLUSTER = {"database_restart"}
 SCENARIOS = {
     "worker_sigkill": worker_sigkill,
     "worker_sigterm": worker_sigterm,
+    "follow_up_worker_sigkill": follow_up_worker_sigkill,
     "worker_restart_same_name": worker_restart_same_name,
     "supervisor_sigkill": supervisor_sigkill,
     "redis_restart": redis_restart,

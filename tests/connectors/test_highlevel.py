@@ -110,17 +110,18 @@ def test_order_details_are_fetched_concurrently_within_the_rate_limit(serve, lim
     api = HighLevelAPI(orders=25, products=3, rate_limit=(10, 1.0))
     server = serve(api)
     api.latency = 0.05
-    # A test's one-second window magnifies scheduling jitter on a busy machine: a wider margin
-    # than production's quarter second in ten keeps the provider's count exact.
+    # A test's one-second window magnifies scheduling jitter on a busy machine (a CI run saw a
+    # request counted in the wrong window with a 0.2 s margin): half a second of margin keeps
+    # the provider's count exact.
     services = Services(config=FAST, redis=redis_lib.Redis.from_url(limiter_redis_url), connection_id="t")
-    connector = HighLevelConnector(_settings(server, rate_limit=[10, 1.2]), {"token": "pit-sim-token"}, services)
+    connector = HighLevelConnector(_settings(server, rate_limit=[10, 1.5]), {"token": "pit-sim-token"}, services)
     started = time.monotonic()
     page = connector.read_page(connector.stream("orders"), ReadRequest("full"), None)
     elapsed = time.monotonic() - started
     assert len(page.records) == 25 and page.next_state is None
     assert api.violations == 0
     assert api.window.busiest == 10  # the budget was used to the full, never beyond it
-    assert 2.4 <= elapsed < 5.0  # 27 requests at 10 per 1.2 s: rate-bound, not latency-bound
+    assert 3.0 <= elapsed < 7.0  # 27 requests at 10 per 1.5 s: rate-bound, not latency-bound
 
 
 def test_rotated_refresh_token_is_stored_at_once_and_never_spent_twice(app, make_connection, redis, serve):

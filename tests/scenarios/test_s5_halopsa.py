@@ -2,6 +2,7 @@
 syncs the latest fiscal year (with the access token expiring mid-sync), the app's
 `fiscal_year.created` event (POST /api/events) syncs the new year and makes it the latest,
 and agent mappings from the connection's settings are applied to every synced ticket."""
+import threading
 from datetime import date, datetime, timedelta
 
 from scheduler.supervisor import Supervisor
@@ -89,4 +90,57 @@ def test_hourly_sync_of_the_latest_fiscal_year_and_an_event_for_a_new_one(app, m
     assert asked["startdate"] == f"{new_start}T00:00:00"
     _assert_tickets(conn, api, set(api.between(start, last_day)) | set(created))
     assert db.session.query(Run).filter(Run.trigger == "schedule").count() == 2
+    assert api.violations == 0
+
+
+@one_backend
+def test_an_event_for_a_new_fiscal_year_during_the_hourly_sync_waits_and_then_syncs_exactly_that_year(
+        app, make_connection, workers, serve):
+    calendar = FiscalCalendar(7, 1)
+    current = calendar.year_of(date.today())
+    first_day = date.fromisoformat(calendar.range(current - 1)[0])
+    api = HaloAPI(tickets=120, agents=2, first_date=first_day.isoformat(), days=(date.today() - first_day).days)
+    api.server = serve(api)
+    conn = make_connection(name="halo-s5-busy", connector="halopsa", schedule="hourly:0", credentials={
+        "client_id": "halo-client", "client_secret": "halo-client-secret"}, settings={
+        "base_url": api.server.url, "fiscal_year_start_month": 7, "fiscal_years": [current - 1, current],
+        "schedule_mode": "incremental", "page_size": 10,
+        "event_triggers": {"fiscal_year.created": {"mode": "range", "params": {"fiscal_year": "{data.fiscal_year}"},
+                                                   "streams": ["tickets"]}}})
+    # The hourly sync's first page of tickets is held until the events have been sent.
+    held, release = threading.Event(), threading.Event()
+    api.after(1, lambda: (held.set(), release.wait(60)), path="/api/Tickets")
+    workers.start()
+    supervisor = Supervisor(app, name="s5-busy-supervisor")
+    supervisor.tick(utcnow())
+    hourly_id = _hourly_run(supervisor, conn)
+    assert held.wait(60), "the hourly sync never asked for tickets"
+
+    new_year = current + 1
+    new_start = date.fromisoformat(calendar.range(new_year)[0])
+    created = api.add_tickets(12, start=datetime.combine(new_start, datetime.min.time()), step=timedelta(days=3))
+    token = create_token("s5-busy-app")
+    client = app.test_client()
+    answers = [client.post("/api/events", json={"type": "fiscal_year.created", "data": {"fiscal_year": new_year}},
+                           headers={"Authorization": f"Bearer {token}"}) for _ in range(3)]
+    assert [a.status_code for a in answers] == [202, 202, 202]
+    first, *repeats = [a.json["runs"][0] for a in answers]
+    assert (first["outcome"], first["status"], first["active_run_id"]) == ("follow_up", "waiting", hourly_id)
+    assert first["waiting_reason"] == f"waiting for run {hourly_id} of this connection to end"
+    assert [(r["outcome"], r["run_id"]) for r in repeats] == [("coalesced", first["run_id"])] * 2
+    assert db.session.get(Run, first["run_id"]).status == "waiting"
+
+    release.set()
+    hourly = finished(hourly_id)
+    follow_up = finished(first["run_id"])
+    assert hourly.status == COMPLETED and follow_up.status == COMPLETED
+    assert follow_up.started_at >= hourly.finished_at  # after the active one, never beside it
+    assert (follow_up.trigger, follow_up.params, follow_up.streams) == ("event", {"fiscal_year": new_year}, ["tickets"])
+    # Exactly the new year's tickets: every ticket request of the follow-up asked for that year only.
+    assert follow_up.seen == follow_up.created == len(created)
+    new_start_arg = f"{new_start}T00:00:00"
+    asked = [e.args for e in api.server.log.entries("/api/Tickets")]
+    assert sum(1 for a in asked if a.get("startdate") == new_start_arg) >= 2  # at least two pages of 10
+    assert {str(i) for i in created} <= set(records(conn.id, "tickets"))
+    assert db.session.query(Run).filter(Run.connection_id == conn.id).count() == 2
     assert api.violations == 0

@@ -57,6 +57,21 @@ def test_sync_status_list_and_cancel(app, make_connection):
     assert json.loads(status.stdout)["status"] == "cancelled"
 
 
+def test_sync_run_during_another_sync_waits_and_status_says_why(app, make_connection):
+    make_connection(name="demo", settings={"records": 10})
+    first = int(flask(app, "sync", "run", "demo", "--queue", "--no-follow").stdout.split()[1].rstrip(":"))
+    follow = flask(app, "sync", "run", "demo", "--mode", "range", "--since", "2026-01-01", "--queue", "--no-follow")
+    assert follow.returncode == 0, follow.stderr
+    assert f"waiting: run {first} (another sync of this connection) is active" in follow.stdout
+    run_id = int(follow.stdout.split()[1].rstrip(":"))
+    shown = json.loads(flask(app, "sync", "status", str(run_id), "--json").stdout)
+    assert (shown["status"], shown["not_before"]) == ("waiting", None)
+    assert shown["waiting_reason"] == f"waiting for run {first} of this connection to end"
+    text = flask(app, "sync", "status", str(run_id)).stdout
+    assert f"run {run_id} waiting" in text and f"waiting for run {first} of this connection to end" in text
+    assert "cancelled" in flask(app, "sync", "cancel", str(run_id)).stdout
+
+
 def test_connections_add_encrypts_credentials_and_never_prints_them(app):
     added = flask(app, "connections", "add", "api", "--connector", "rest",
                   "--setting", "base_url=http://127.0.0.1:9", "--setting", 'streams={"items": {"path": "/items"}}',

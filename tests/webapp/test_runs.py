@@ -24,11 +24,12 @@ def _heartbeat_finds_the_run_taken(app, run_id, attempt):
     return beat.lost
 
 
-def test_second_trigger_returns_active_run(app, make_connection):
+def test_a_trigger_with_the_active_runs_parameters_returns_it(app, make_connection):
     conn = make_connection()
     first = runs.trigger(conn, enqueue=False)
-    second = runs.trigger(conn, mode="incremental", trigger="api", enqueue=False)
-    assert first.created and not second.created
+    # Other trigger, same sync (an empty parameter is no parameter): the active run serves it.
+    second = runs.trigger(conn, params={"since": ""}, trigger="api", enqueue=False)
+    assert first.created and not second.created and second.outcome == "active"
     assert second.run.id == first.run.id
     assert db.session.scalar(select(func.count()).select_from(Run)) == 1
 

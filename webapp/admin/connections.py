@@ -15,7 +15,7 @@ from ..extensions import db
 from ..models import Connection
 from ..schedules import firing, parser
 from .. import trigger_policy
-from ..trigger_policy import POLICY_TRIGGERS, SETTING as POLICY_SETTING
+from ..trigger_policy import OVERLAP_SETTING, POLICY_TRIGGERS, SETTING as POLICY_SETTING
 from .blueprint import bp
 
 
@@ -60,6 +60,10 @@ def parse_form(cls, form, stored_credentials, stored_policy=None):
         settings[POLICY_SETTING] = trigger_policy.validate(form.getlist("triggers"))
     elif "trigger_policy" not in form and stored_policy is not None:
         settings[POLICY_SETTING] = stored_policy
+    overlap = form.get("overlap_policy", "").strip()
+    settings.pop(OVERLAP_SETTING, None)
+    if overlap and overlap != "skip":  # skip is the default: stored only when it differs
+        settings[OVERLAP_SETTING] = trigger_policy.validate_overlap(overlap)
     credentials = dict(stored_credentials)
     for field in cls.credential_fields:
         if form.get(f"clear.{field}"):
@@ -83,7 +87,8 @@ def _form_context(cls, connection, form=None):
     settings = dict(connection.settings or {}) if connection else {}
     fields = {f: (form.get(f"setting.{f}", "") if form else _display(settings[f]) if f in settings else "")
               for f in cls.settings_fields}
-    extra = {k: v for k, v in settings.items() if k not in cls.settings_fields and k != POLICY_SETTING}
+    extra = {k: v for k, v in settings.items()
+             if k not in cls.settings_fields and k not in (POLICY_SETTING, OVERLAP_SETTING)}
     stored = sorted((connection.credentials or {}).keys()) if connection and connection.credentials_encrypted else []
     return {
         "cls": cls,
@@ -111,7 +116,9 @@ def _policy_context(connection, form):
         stored = settings.get(POLICY_SETTING)
         ticked = ([t for t in POLICY_TRIGGERS if t in stored] if custom and isinstance(stored, list)
                   else list(trigger_policy.allowed_triggers(settings, manual_only)))
+    overlap = form.get("overlap_policy") if form else trigger_policy.overlap_policy(connection.settings if connection else {})
     return {"trigger_policy": "custom" if custom else "default", "ticked_triggers": ticked,
+            "overlap_policy": overlap, "overlap_policies": list(trigger_policy.OVERLAP_LABELS.items()),
             "policy_triggers": [(t, trigger_policy.LABELS[t]) for t in POLICY_TRIGGERS],
             "policy_words": trigger_policy.describe(connection.settings, connection.manual_only) if connection else None}
 

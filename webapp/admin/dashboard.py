@@ -10,7 +10,7 @@ from ..connectors import load_all
 from ..connectors.base import REGISTRY
 from ..connectors.errors import ConfigError
 from ..extensions import db
-from ..models import ACTIVE_STATUSES, Connection, Run
+from ..models import ACTIVE_STATUSES, WAITING, Connection, Run
 from ..schedules.parser import ScheduleError, parse
 from .blueprint import bp
 
@@ -57,12 +57,20 @@ def parse_sync_form(connection, form):
 
 def connection_rows():
     connections = db.session.execute(select(Connection).order_by(Connection.name)).scalars().all()
-    last_ids = select(func.max(Run.id)).where(Run.mode != "record").group_by(Run.connection_id)
+    # The last run that started (a waiting one is shown as the active sync or as "Then").
+    last_ids = select(func.max(Run.id)).where(Run.mode != "record", Run.status != WAITING).group_by(Run.connection_id)
     last_runs = {run.connection_id: run for run in
                  db.session.execute(select(Run).where(Run.id.in_(last_ids))).scalars()}
-    active = {run.connection_id: run for run in db.session.execute(
-        select(Run).where(Run.status.in_(ACTIVE_STATUSES), Run.mode != "record")).scalars()}
+    active, waiting = {}, {}
+    for run in db.session.execute(select(Run).where(Run.status.in_(ACTIVE_STATUSES), Run.mode != "record")
+                                  .order_by(Run.id)).scalars():
+        # The active sync (a deferred run holds that place too); follow-ups are counted apart.
+        if run.status == WAITING and run.not_before is None:
+            waiting.setdefault(run.connection_id, []).append(run)
+        else:
+            active[run.connection_id] = run
     return [{"connection": c, "last_run": last_runs.get(c.id), "active_run": active.get(c.id),
+             "follow_ups": waiting.get(c.id, []),
              "options": sync_options(c), "schedule": _describe(c.schedule),
              "triggers": trigger_policy.describe(c.settings, c.manual_only),
              "manual_allowed": "manual" in c.allowed_triggers} for c in connections]
@@ -90,7 +98,10 @@ def sync_now(connection_id):
     except (ValueError, ConfigError) as exc:
         flash(f"{connection.name}: {exc}", "error")
         return redirect(url_for("admin.dashboard"))
-    if not result.created:
-        flash(f"{connection.name} already has run {result.run.id} {result.run.status}: showing it instead "
-              "of starting another.", "info")
+    if result.outcome == "follow_up":
+        flash(f"{connection.name} is busy with run {result.active.id}: run {result.run.id} waits and starts when "
+              "it ends.", "info")
+    elif not result.created:
+        flash(f"{connection.name} already has run {result.run.id} {result.run.status} for this sync: showing it "
+              "instead of starting another.", "info")
     return redirect(url_for("admin.run_page", run_id=result.run.id))

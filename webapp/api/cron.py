@@ -59,7 +59,7 @@ def cron_sync(key):
         result = runs.trigger(connection, mode=mode, params=params, trigger="schedule", requested_by="cron")
     except ConfigError as exc:
         raise ApiError(409, "trigger_refused", str(exc)) from None
-    return jsonify(run=result.run.to_dict(), created=result.created), 201 if result.created else 200
+    return jsonify(runs.triggered_dict(result)), 201 if result.created else 200
 
 
 _CRON = [{"cronSecret": []}, {"cronBearer": []}]

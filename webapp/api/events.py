@@ -9,6 +9,10 @@ Per connection, in settings["event_triggers"]:
 A parameter that is exactly "{data.<path>}" takes the event's value with its type (2027
 stays a number); a reference inside a longer string is formatted into it.
 
+A sync already active on a connection with the same parameters is returned; one with other
+parameters (another fiscal year, say) gets a waiting follow-up, which starts when the
+active sync ends: an event is never lost for meeting a running sync (runs.trigger).
+
 A connection that refuses the trigger (its trigger policy takes no events, it is disabled,
 the event lacks a parameter) is listed under "refused" with the reason, and the others
 still get their runs (202). When every configured connection refused, nothing was started:
@@ -21,7 +25,7 @@ from sqlalchemy import select
 
 from .. import runs
 from ..extensions import db
-from ..models import Connection
+from ..models import STATUSES, Connection
 from .blueprint import bp
 from .auth import require_token
 from .common import BAD_REQUEST, TOKEN, UNAUTHORIZED, ApiError, json_body, responses
@@ -80,7 +84,9 @@ def fire(event_type, data):
             refused.append({"connection": connection.name, "reason": str(exc)})
             continue
         queued.append({"run_id": result.run.id, "connection": connection.name, "created": result.created,
-                       "status": result.run.status, "mode": result.run.mode, "params": result.run.params})
+                       "outcome": result.outcome, "status": result.run.status, "mode": result.run.mode,
+                       "params": result.run.params, "active_run_id": result.active.id if result.active else None,
+                       "waiting_reason": runs.waiting_reason(result.run)})
     return queued, refused
 
 
@@ -117,8 +123,14 @@ OPENAPI_PATHS = {
                 "type": {"type": "string"},
                 "runs": {"type": "array", "items": {"type": "object", "required": ["run_id", "connection", "created", "status"],
                                                     "properties": {"run_id": {"type": "integer"}, "connection": {"type": "string"},
-                                                                   "created": {"type": "boolean"}, "status": {"type": "string"},
-                                                                   "mode": {"type": "string"}, "params": {"type": "object"}}}},
+                                                                   "created": {"type": "boolean"},
+                                                                   "outcome": {"type": "string", "enum": list(runs.TRIGGER_OUTCOMES),
+                                                                               "description": "as for POST /api/connections/{key}/runs"},
+                                                                   "status": {"type": "string", "enum": list(STATUSES)},
+                                                                   "mode": {"type": "string"}, "params": {"type": "object"},
+                                                                   "active_run_id": {"type": "integer", "nullable": True,
+                                                                                     "description": "the active sync a follow-up waits for"},
+                                                                   "waiting_reason": {"type": "string", "nullable": True}}}},
                 "refused": _REFUSED}},
                 BAD_REQUEST, UNAUTHORIZED, description="accepted; the runs are queued"),
             **{"409": {"description": "every connection configured for this event refused it (its trigger policy "

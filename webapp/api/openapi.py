@@ -8,6 +8,8 @@ import importlib
 
 from flask import jsonify
 
+from ..models import STATUSES
+from ..runs import TRIGGER_OUTCOMES
 from ..trigger_policy import POLICY_TRIGGERS
 from .blueprint import API_MODULES, bp
 
@@ -38,7 +40,7 @@ COMPONENTS = {
                     "record_key": _NULLABLE_STRING,
                     "trigger": {"type": "string", "enum": ["manual", "schedule", "webhook", "event", "cli", "api"]},
                     "requested_by": _NULLABLE_STRING,
-                    "status": {"type": "string", "enum": ["queued", "running", "completed", "failed", "cancelled"]},
+                    "status": {"type": "string", "enum": list(STATUSES)},
                     "attempt": {"type": "integer"},
                     "max_attempts": {"type": "integer"},
                     "counters": {"$ref": "#/components/schemas/Counters"},
@@ -52,10 +54,21 @@ COMPONENTS = {
                     "finished_at": _NULLABLE_TIME,
                     "error_class": _NULLABLE_STRING,
                     "error_message": _NULLABLE_STRING,
-                    "cancel_requested": {"type": "boolean"}}},
-        "TriggeredRun": {"type": "object", "required": ["run", "created"], "properties": {
+                    "cancel_requested": {"type": "boolean"},
+                    "not_before": {**_NULLABLE_TIME, "description": "waiting: not queued before this instant "
+                                                                    "(a provider's rate limit, a pause between attempts)"},
+                    "deferrals": {"type": "integer", "description": "times the run waited out a long rate limit"},
+                    "waiting_reason": {**_NULLABLE_STRING, "description": "waiting: why, in words"}}},
+        "TriggeredRun": {"type": "object", "required": ["run", "created", "outcome"], "properties": {
             "run": {"$ref": "#/components/schemas/Run"},
-            "created": {"type": "boolean", "description": "false: the already active run is returned"}}},
+            "created": {"type": "boolean", "description": "a new run was made (queued, or waiting as a follow-up)"},
+            "outcome": {"type": "string", "enum": list(TRIGGER_OUTCOMES), "description":
+                        "queued: a new run starts now; follow_up: a new run waits for the active sync "
+                        "(active_run) to end; active: the active sync has these parameters and is returned; "
+                        "coalesced: an identical run was already waiting and is returned; skipped: a scheduled "
+                        "slot met an active sync (overlap policy skip)"},
+            "active_run": {"allOf": [{"$ref": "#/components/schemas/Run"}], "nullable": True,
+                           "description": "the connection's active sync, when the run returned waits for it"}}},
         "RunEvent": {"type": "object", "required": ["id", "at", "level", "kind", "message"], "properties": {
             "id": {"type": "integer"}, "at": {"type": "string", "format": "date-time"},
             "level": {"type": "string"}, "kind": {"type": "string", "enum": ["log", "record_error"]},

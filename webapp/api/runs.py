@@ -45,13 +45,14 @@ def list_connections():
 def show_connection(key):
     connection = find_connection(key)
     active = runs.active_run(connection.id)
-    return jsonify(connection=connection_dict(connection), active_run=active.to_dict() if active else None)
+    return jsonify(connection=connection_dict(connection), active_run=runs.run_dict(active) if active else None)
 
 
 @bp.post("/connections/<key>/runs")
 @require_token
 def trigger_run(key):
-    """201 with a new run, or 200 with the run that is already active (never a second one)."""
+    """201 with a new run (queued, or waiting to follow the active sync), or 200 with the
+    run that already serves this request (the active sync, or an identical waiting one)."""
     connection = find_connection(key)
     body = json_body()
     mode = body.get("mode", "full")
@@ -74,7 +75,7 @@ def trigger_run(key):
         result = runs.trigger(connection, mode=mode, params=params, streams=streams, trigger="api", requested_by="api")
     except runs.TriggerRefused as exc:
         raise ApiError(409, "trigger_refused", str(exc)) from None
-    return jsonify(run=result.run.to_dict(), created=result.created), 201 if result.created else 200
+    return jsonify(runs.triggered_dict(result)), 201 if result.created else 200
 
 
 @bp.get("/runs")
@@ -92,7 +93,7 @@ def list_runs():
         if value is not None:
             query = query.where(column == value)
     rows = db.session.execute(query).scalars().all()
-    return jsonify(runs=[r.to_dict() for r in rows], next_cursor=rows[-1].id if len(rows) == limit else None)
+    return jsonify(runs=[runs.run_dict(r) for r in rows], next_cursor=rows[-1].id if len(rows) == limit else None)
 
 
 def _run(run_id):
@@ -108,7 +109,7 @@ def show_run(run_id):
     """The row (persisted progress and counters) plus the live snapshot when Redis has one."""
     run = _run(run_id)
     client = redis_ext.optional()
-    return jsonify(run=run.to_dict(), progress=read_snapshot(client, run.id) if client is not None else None)
+    return jsonify(run=runs.run_dict(run), progress=read_snapshot(client, run.id) if client is not None else None)
 
 
 @bp.post("/runs/<run_id>/cancel")
@@ -119,7 +120,7 @@ def cancel_run(run_id):
         raise ApiError(409, "not_active", f"run {run.id} is already {run.status}")
     status = runs.cancel(run.id, requested_by="api")
     db.session.refresh(run)
-    return jsonify(run=run.to_dict(), status=status)
+    return jsonify(run=runs.run_dict(run), status=status)
 
 
 @bp.get("/runs/<run_id>/events")
@@ -163,7 +164,8 @@ OPENAPI_PATHS = {
             "active_run": {"allOf": [_RUN], "nullable": True}}}, UNAUTHORIZED, NOT_FOUND),
     }},
     "/api/connections/{key}/runs": {"post": {
-        "summary": "Trigger a sync: 201 with the new run, or 200 with the run already active",
+        "summary": "Trigger a sync: 201 with a new run (queued, or waiting to follow the active sync when its "
+                   "parameters differ), or 200 with the run that already serves it",
         "security": TOKEN, "tags": ["runs"], "parameters": [_CONNECTION_KEY],
         "requestBody": {"required": False, "content": {"application/json": {"schema": {
             "type": "object", "properties": {
@@ -175,7 +177,8 @@ OPENAPI_PATHS = {
                       (409, "the connection refuses this trigger: its trigger policy takes no API triggers, "
                             "or it cannot run (unknown connector)"),
                       description="a new run was queued"),
-            **{"200": {"description": "a run was already active; it is returned instead",
+            **{"200": {"description": "the active sync has these parameters, or an identical run already waits: "
+                                      "it is returned instead",
                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TriggeredRun"}}}}}),
     }},
     "/api/runs": {"get": {
@@ -199,7 +202,7 @@ OPENAPI_PATHS = {
             UNAUTHORIZED, NOT_FOUND),
     }},
     "/api/runs/{run_id}/cancel": {"post": {
-        "summary": "Cancel a queued or running run", "security": TOKEN, "tags": ["runs"], "parameters": [_RUN_ID],
+        "summary": "Cancel a waiting, queued or running run", "security": TOKEN, "tags": ["runs"], "parameters": [_RUN_ID],
         "responses": responses(200, {"type": "object", "required": ["run", "status"], "properties": {
             "run": _RUN, "status": {"type": "string", "enum": list(STATUSES)}}},
             UNAUTHORIZED, NOT_FOUND, (409, "the run has already finished")),

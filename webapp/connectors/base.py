@@ -140,6 +140,8 @@ class Connector(abc.ABC):
     name: ClassVar[str]
     title: ClassVar[str] = ""
     streams: ClassVar[tuple] = ()
+    # The provider's name in a sentence ("waiting for Zoom's rate limit"); see provider_name().
+    provider: ClassVar[str] = ""
     # Settings keys (non-secret, JSON) and credential keys (secret, encrypted) the UI asks for.
     settings_fields: ClassVar[tuple] = ()
     credential_fields: ClassVar[tuple] = ()
@@ -155,6 +157,11 @@ class Connector(abc.ABC):
         self.settings = settings or {}
         self.credentials = credentials or {}
         self.services = services
+
+    @classmethod
+    def provider_name(cls):
+        """`provider`, or the first word of the title ("Zoom webinars" -> "Zoom")."""
+        return cls.provider or (cls.title.split()[0] if cls.title else cls.name)
 
     def stream(self, name):
         for s in self.streams:

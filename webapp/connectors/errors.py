@@ -17,6 +17,12 @@ class RateLimited(SyncError):
         self.retry_after = retry_after
 
 
+class QuotaExhausted(RateLimited):
+    """The provider asked us to come back later than a worker may wait (a Retry-After or a
+    quota reset beyond HTTP_MAX_RETRY_AFTER_SECONDS, a daily quota): the run waits, giving
+    its attempt back (webapp/retry_policy.py). `retry_after` is always set."""
+
+
 class TransientError(SyncError):
     """5xx, timeouts, connection errors: retried with backoff, then the run is retried."""
 

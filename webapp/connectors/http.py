@@ -29,7 +29,7 @@ from .. import metrics, retry_policy
 from requests.adapters import HTTPAdapter
 
 from .auth import BasicAuth, BearerAuth, HeaderKeyAuth, OAuth2ClientCredentials  # noqa: F401 (re-export)
-from .errors import AuthError, ConfigError, HttpError, RateLimited, TransientError
+from .errors import AuthError, ConfigError, HttpError, QuotaExhausted, RateLimited, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -223,8 +223,8 @@ class HttpClient:
             retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             message = f"{where}: rate limited (HTTP 429)"
             if not retry_policy.request_waits_out(retry_after, self.max_retry_after):
-                raise RateLimited(f"{message}, Retry-After {retry_after:.0f}s is too long to wait",
-                                  retry_after=retry_after)
+                raise QuotaExhausted(f"{message}, Retry-After {retry_after:.0f}s is too long to wait",
+                                     retry_after=retry_after)
             call.rate_limited += 1
             if retry_after is not None:
                 call.not_before = self._clock() + retry_after

@@ -54,6 +54,7 @@ class _StreamConfig:
 class RestConnector(Connector):
     name = "rest"
     title = "Generic JSON REST API"
+    provider = "the API"
     settings_fields = ("base_url", "streams", "rate_limit", "rate_limit_key", "headers",
                        "token_url", "token_form", "token_basic_auth")
     credential_fields = ("api_key", "header", "token", "client_id", "client_secret", "username", "password")

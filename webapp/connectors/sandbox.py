@@ -4,14 +4,17 @@ machine has something real to sync, and tests can exercise the engine without HT
 Settings: records (count), page_size, latency_ms (per page), seed, version (bump to
 change every record's content), bad_every (every Nth record is malformed), and
 injected faults for demos and tests: fail_at_offset (a transient outage when that offset
-is read), auth_fail (the provider rejects our credentials).
+is read), auth_fail (the provider rejects our credentials), retry_after_s (the provider
+answers "rate limited, retry after N seconds" once, when offset retry_after_offset, 0 by
+default, is read; "once" per connection and N, remembered in Redis).
 """
 import random
 import time
 from datetime import datetime, timedelta
 
 from .base import Connector, Page, Stream, register
-from .errors import AuthError, TransientError
+from .. import redis_keys
+from .errors import AuthError, QuotaExhausted, TransientError
 
 _EPOCH = datetime(2026, 1, 1)
 
@@ -21,7 +24,8 @@ class SandboxConnector(Connector):
     name = "sandbox"
     title = "Sandbox (generated data, no network)"
     streams = (Stream("items", primary_key="id", cursor_field="updated_at"),)
-    settings_fields = ("records", "page_size", "latency_ms", "seed", "version", "bad_every", "fail_at_offset", "auth_fail")
+    settings_fields = ("records", "page_size", "latency_ms", "seed", "version", "bad_every", "fail_at_offset", "auth_fail",
+                       "retry_after_s", "retry_after_offset")
     credential_fields = ("webhook_secret",)
     # Webhooks in the generic Standard Webhooks scheme: {"type": "item.updated" | "item.created"
     # | "item.deleted", "data": {"id": "item-0000042"}}.
@@ -52,6 +56,25 @@ class SandboxConnector(Connector):
             return []
         return [("items", str(data["id"]), kind == "item.deleted")]
 
+    # Without Redis (unit tests) "once" is per process.
+    _rate_limited_once = set()
+
+    def _rate_limit_once(self, offset):
+        """The retry_after_s fault: the first read of retry_after_offset is refused, as a
+        provider whose quota is spent answers, with a Retry-After longer than a worker waits
+        (QuotaExhausted, like the shared HTTP client raises)."""
+        seconds = self.settings.get("retry_after_s")
+        if not seconds or offset != self._setting("retry_after_offset", 0):
+            return
+        key = redis_keys.key("sandbox", "retry_after", self.services.connection_id, seconds)
+        redis = self.services.redis
+        first = (redis.set(key, 1, nx=True, ex=7 * 86400) if redis is not None
+                 else key not in self._rate_limited_once)
+        self._rate_limited_once.add(key)
+        if first:
+            raise QuotaExhausted(f"sandbox: rate limited at offset {offset} (HTTP 429), Retry-After {int(seconds)}s",
+                                 retry_after=float(seconds))
+
     def read_page(self, stream, request, state):
         count = self._setting("records", 1000)
         page_size = self._setting("page_size", 100)
@@ -66,6 +89,7 @@ class SandboxConnector(Connector):
             raise AuthError("sandbox: the provider rejected the credentials (401)")
         if self.settings.get("fail_at_offset") is not None and offset == int(self.settings["fail_at_offset"]):
             raise TransientError(f"sandbox: injected outage at offset {offset} (503)")
+        self._rate_limit_once(offset)
         records = [self._record(i) for i in range(offset, min(offset + page_size, count))]
         # Records are generated in updated_at order, so cursors and ranges are simple filters.
         if request.mode == "incremental" and request.cursor:

@@ -40,7 +40,7 @@ class SlotOutcome:
     connection_id: int
     connection: str
     slot: datetime
-    action: str  # enqueued | skipped_active | refused | taken (by another supervisor)
+    action: str  # enqueued | follow_up | skipped_active | refused | taken (by another supervisor)
     run_id: int | None = None
     next_run_at: datetime | None = None
     missed: int = 1
@@ -135,21 +135,17 @@ def _fire_slot(connection_id, name, text, schedule, due_at, now, requested_by):
     next_at = schedule.next_after(now)
     outcome = SlotOutcome(connection_id, name, due_at, "taken", next_run_at=next_at,
                           missed=missed_slots(schedule, due_at, now))
-    active = runs.active_run(connection_id)
     if not _take_slot(connection_id, text, due_at, next_at):
         db.session.rollback()
         return outcome  # another supervisor took it, or the schedule changed under us
-    if active is not None:
-        db.session.commit()
-        outcome.action, outcome.run_id = "skipped_active", active.id
-        return outcome
     connection = db.session.get(Connection, connection_id)
     mode = (connection.settings or {}).get("schedule_mode") or "full"
     try:
         if mode not in SCHEDULE_MODES:
             raise runs.TriggerRefused(f"settings.schedule_mode {mode!r} is not one of {', '.join(SCHEDULE_MODES)}")
         # trigger() commits its insert in the transaction that holds our slot UPDATE, so the
-        # slot and its run are one atomic change.
+        # slot and its run are one atomic change. Meeting an active sync, it applies the
+        # overlap policy (skip: logged on that run; buffer_one: one waiting follow-up).
         result = runs.trigger(connection, mode=mode, trigger="schedule",
                               requested_by=f"{requested_by} (slot {due_at.isoformat(timespec='minutes')}Z)")
     except runs.TriggerRefused as exc:
@@ -164,5 +160,5 @@ def _fire_slot(connection_id, name, text, schedule, due_at, now, requested_by):
     else:
         db.session.rollback()
     outcome.run_id = result.run.id
-    outcome.action = "enqueued" if result.created else "skipped_active"
+    outcome.action = {"queued": "enqueued", "follow_up": "follow_up"}.get(result.outcome, "skipped_active")
     return outcome

@@ -168,7 +168,7 @@ def _dispatch_batch_once(limit, cutoff):
             settled[delivery_id] = (ENQUEUED, detail, None)
         else:
             fresh_by_connection.setdefault(connection.id, (connection, []))[1].append((delivery_id, detail))
-    to_enqueue += _waiting_runs({run_id for delivery_id, (outcome, ids, _e) in settled.items()
+    to_enqueue += _queued_runs_never_enqueued({run_id for delivery_id, (outcome, ids, _e) in settled.items()
                                  if outcome == ENQUEUED for run_id in ids})
     for connection, mapped in fresh_by_connection.values():
         created = _settle_fresh(connection, mapped, settled)
@@ -260,7 +260,7 @@ def _connection_and_connector(connection_id):
         return connection, None, f"{type(exc).__name__}: {exc}"[:500]
 
 
-def _waiting_runs(run_ids):
+def _queued_runs_never_enqueued(run_ids):
     """Runs of deliveries that exist but never reached RQ and are still queued (runs that
     already ran, e.g. requeued by the supervisor, are not created again)."""
     if not run_ids:

@@ -98,3 +98,52 @@ def test_sync_from_the_dashboard_shows_live_progress_and_cancel_works(app, brows
         page.screenshot(path=os.path.join(OUTPUT, f"{name}-{backend}.png"), full_page=True)
     assert not console_errors, console_errors
     context.close()
+
+
+def _sign_in(page, live_server, admin_user):
+    page.goto(live_server.url + "/admin/")
+    page.fill('input[name="email"]', admin_user)
+    page.fill('input[name="password"]', PASSWORD)
+    page.click('button:has-text("Sign in")')
+    page.wait_for_url(live_server.url + "/admin/")
+
+
+@one_backend
+def test_a_second_sync_during_a_running_one_waits_on_its_page_then_runs_by_itself(
+        app, browser, live_server, admin_user, make_connection, workers):
+    backend = app.config["SQLALCHEMY_DATABASE_URI"].split(":", 1)[0].split("+")[0]
+    make_connection(name="busy", settings={"records": 200, "page_size": 10, "latency_ms": 100})
+    workers.start()
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    _sign_in(page, live_server, admin_user)
+
+    _card(page, "busy").locator('button:has-text("Sync now")').click()
+    page.wait_for_url("**/admin/runs/*")
+    first = int(page.url.rsplit("/", 1)[-1])
+    page.wait_for_function("() => document.getElementById('run').dataset.status === 'running'")
+
+    page.goto(live_server.url + "/admin/")
+    card = _card(page, "busy")
+    card.locator('select[name="mode"]').select_option("range")
+    card.locator('input[name="since"]').fill("2026-01-01")
+    card.locator('button:has-text("Sync now")').click()
+    page.wait_for_url("**/admin/runs/*")
+    second = int(page.url.rsplit("/", 1)[-1])
+    assert second != first
+    assert f"busy is busy with run {first}" in page.text_content("body")
+    assert page.locator("#run-status").text_content().strip() == "waiting"
+    assert page.text_content("#waiting").strip() == f"waiting for run {first} of this connection to end"
+    page.screenshot(path=os.path.join(OUTPUT, f"run-waiting-{backend}.png"), full_page=True)
+
+    page.goto(live_server.url + "/admin/")
+    assert f"#{second}" in _card(page, "busy").locator("p.active").all_text_contents()[-1]
+    page.screenshot(path=os.path.join(OUTPUT, f"dashboard-waiting-{backend}.png"), full_page=True)
+
+    # The follow-up's page, left open: it starts by itself once the first run ends, and completes.
+    page.goto(live_server.url + f"/admin/runs/{second}")
+    page.wait_for_function("() => document.getElementById('run').dataset.status === 'completed'", timeout=90_000)
+    assert page.locator("#waiting").is_hidden()
+    page.screenshot(path=os.path.join(OUTPUT, f"run-follow-up-completed-{backend}.png"), full_page=True)
+    context.close()

@@ -53,14 +53,28 @@ def test_sync_now_starts_a_run_and_shows_its_page(client, make_connection, admin
     assert f"Run #{run.id}" in page and "demo" in page and "waiting for a worker" in page
 
 
-def test_second_sync_while_active_goes_to_the_active_run(client, make_connection):
+def test_the_same_sync_while_active_goes_to_the_active_run(client, make_connection):
     connection = make_connection(name="demo")
     first = _post(client, f"/admin/connections/{connection.id}/sync", {"mode": "full"})
-    second = _post(client, f"/admin/connections/{connection.id}/sync", {"mode": "range", "since": "2026-01-01"})
+    second = _post(client, f"/admin/connections/{connection.id}/sync", {"mode": "full"})
     assert second.headers["Location"] == first.headers["Location"]
     assert len(_runs()) == 1
     page = client.get(second.headers["Location"]).get_data(as_text=True)
     assert "already has run" in page
+
+
+def test_another_sync_while_active_waits_and_the_pages_say_for_what(client, make_connection):
+    connection = make_connection(name="demo")
+    first = _post(client, f"/admin/connections/{connection.id}/sync", {"mode": "full"})
+    second = _post(client, f"/admin/connections/{connection.id}/sync", {"mode": "range", "since": "2026-01-01"})
+    assert second.headers["Location"] != first.headers["Location"]
+    assert [run.status for run in _runs()] == ["queued", "waiting"]
+    page = client.get(second.headers["Location"]).get_data(as_text=True)
+    first_id = first.headers["Location"].rsplit("/", 1)[1]
+    assert f"is busy with run {first_id}" in page and "status-waiting" in page
+    assert f"waiting for run {first_id} of this connection to end" in page
+    dashboard = client.get("/admin/").get_data(as_text=True)
+    assert "Then: " in dashboard and "since=2026-01-01" in dashboard
 
 
 def test_date_range_sync_passes_its_bounds(client, make_connection):

@@ -22,12 +22,39 @@ def test_requests_without_a_valid_token_are_refused_with_json(client, make_conne
 def test_trigger_returns_201_then_200_with_the_same_active_run(client, auth, make_connection):
     make_connection(name="halo")
     first = client.post("/api/connections/halo/runs", json={"mode": "range", "params": {"fiscal_year": 2027}}, headers=auth)
-    again = client.post("/api/connections/halo/runs", json={"mode": "full"}, headers=auth)
-    assert first.status_code == 201 and first.get_json()["created"] is True
-    assert again.status_code == 200 and again.get_json()["created"] is False
+    again = client.post("/api/connections/halo/runs", json={"mode": "range", "params": {"fiscal_year": 2027}},
+                        headers=auth)
+    assert first.status_code == 201 and first.get_json()["created"] is True and first.get_json()["outcome"] == "queued"
+    assert again.status_code == 200 and again.get_json()["created"] is False and again.get_json()["outcome"] == "active"
     run = first.get_json()["run"]
     assert again.get_json()["run"]["id"] == run["id"]
     assert (run["trigger"], run["mode"], run["params"], run["status"]) == ("api", "range", {"fiscal_year": 2027}, "queued")
+
+
+def test_trigger_with_other_parameters_during_a_sync_answers_a_waiting_follow_up(client, auth, make_connection):
+    make_connection(name="halo")
+    first = client.post("/api/connections/halo/runs", json={"mode": "full"}, headers=auth).get_json()["run"]
+    follow = client.post("/api/connections/halo/runs", json={"mode": "range", "params": {"fiscal_year": 2027}},
+                         headers=auth)
+    body = follow.get_json()
+    assert follow.status_code == 201 and (body["created"], body["outcome"]) == (True, "follow_up")
+    assert body["active_run"]["id"] == first["id"] and body["run"]["status"] == "waiting"
+    assert body["run"]["waiting_reason"] == f"waiting for run {first['id']} of this connection to end"
+    shown = client.get(f"/api/runs/{body['run']['id']}", headers=auth).get_json()["run"]
+    assert (shown["status"], shown["not_before"], shown["waiting_reason"]) == ("waiting", None, body["run"]["waiting_reason"])
+    listed = client.get("/api/runs?status=waiting", headers=auth).get_json()["runs"]
+    assert [r["id"] for r in listed] == [body["run"]["id"]]
+    cancelled = client.post(f"/api/runs/{body['run']['id']}/cancel", headers=auth).get_json()
+    assert cancelled["status"] == "cancelled" and cancelled["run"]["waiting_reason"] is None
+
+
+def test_a_deferred_run_shows_until_when_and_why(client, auth, make_connection):
+    conn = make_connection(name="halo")
+    run = runs.trigger(conn, trigger="api", enqueue=False).run
+    runs.defer(run.id, runs.claim(run.id, "w"), seconds=3600, reason="waiting for HaloPSA's rate limit")
+    shown = client.get(f"/api/runs/{run.id}", headers=auth).get_json()["run"]
+    assert shown["status"] == "waiting" and shown["not_before"].endswith("Z") and shown["attempt"] == 0
+    assert shown["waiting_reason"].startswith("waiting for HaloPSA's rate limit until ") and shown["deferrals"] == 1
 
 
 def test_trigger_refused_by_the_connections_trigger_policy_is_409_with_the_reason(client, auth, make_connection):

@@ -53,6 +53,11 @@
       status.appendChild(badge);
     }
     root.dataset.status = state.status;
+    var waiting = $("waiting");
+    if (waiting) {
+      waiting.hidden = !state.waiting_reason;
+      if (state.waiting_reason || state.status !== "waiting") waiting.textContent = state.waiting_reason || "";
+    }
     var error = $("error");
     if (error) {
       error.hidden = !state.error_message;
