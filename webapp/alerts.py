@@ -9,7 +9,7 @@
 `current_conditions()` is what the health page and the API show. `sync_alerts()` turns
 conditions into Alert rows: a new condition opens one alert (the partial unique index
 keeps it to one open alert per kind and subject, across processes) and publishes one
-notification through the outbox to SYNCHUB_ALERT_DESTINATION in the same transaction
+notification through the outbox to every `notify` connection in the same transaction
 (connection_issues.notify: retried, in order, dead-lettered like any outbox event); when
 the condition is gone the alert is cleared and a "resolved" notification is published.
 """

@@ -153,10 +153,6 @@ SETTINGS = (
     ),
     _settings(
         "alerts",
-        ("ALERT_DESTINATION", "SYNCHUB_ALERT_DESTINATION", None, _text_or_none,
-         "name of a `notify` connection: every alert and connection issue, opened and resolved, is "
-         "announced to it through the outbox (retried, in order, dead-lettered)",
-         "unset (alerts and issues only on the pages and the API)"),
         ("ISSUE_PAUSE_AFTER_FAILURES", "SYNCHUB_ISSUE_PAUSE_AFTER_FAILURES", 10, int,
          "a connection whose last this many runs failed (any cause) is paused; 0 never"),
         ("ISSUE_RECORDS_REJECTED_PERCENT", "SYNCHUB_ISSUE_RECORDS_REJECTED_PERCENT", 10.0, float,

@@ -16,7 +16,7 @@ At most one open issue per (connection, cause), by a partial unique index: a cau
 happens again adds an occurrence (first and last seen, the last message, the latest runs).
 A successful sync resolves what it disproves; saving new credentials or settings resolves
 what they fix. Opening and resolving each publish one notification through the outbox to
-SYNCHUB_ALERT_DESTINATION, in the same transaction: exactly one per change, never a storm.
+every `notify` connection, in the same transaction: exactly one per change, never a storm.
 
 A paused connection (Connection.paused_at) refuses scheduled and event runs, which would
 fail the same way, and counts them; manual, API and CLI runs still go. It pauses on a
@@ -336,16 +336,16 @@ def _payload(issue, name):
 
 
 def notify(key, event_type, payload, idempotency_key):
-    """Publish a notification to SYNCHUB_ALERT_DESTINATION inside the current transaction
-    (webapp/alerts.py uses it too). Nothing when no destination is set; a destination that
-    cannot take it is logged, never raised: an issue or alert must not be lost for it."""
-    destination = current_app.config.get("ALERT_DESTINATION")
-    if not destination:
-        return None
+    """Publish a notification inside the current transaction to every enabled `notify`
+    connection (webapp/connectors/notify.py; webapp/alerts.py uses this too). None when
+    there is none. A destination that cannot take it is logged, never raised: an issue or
+    an alert must not be lost for its notification."""
     try:
         with db.session.begin_nested():
-            return outbox.publish(db.session, event_type, key, payload, idempotency_key=idempotency_key,
-                                  connection=destination)
+            return outbox.publish(db.session, event_type, key, payload, idempotency_key=idempotency_key)
     except outbox.PublishError as exc:
-        log.error("notification %s not published to %r: %s", event_type, destination, exc)
+        if str(exc).startswith("no destination maps"):
+            log.debug("notification %s: no notify connection", event_type)
+        else:
+            log.error("notification %s not published: %s", event_type, exc)
         return None

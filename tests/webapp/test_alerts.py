@@ -29,7 +29,6 @@ def alert_hook(app, make_connection, redis):
     with SimulatorServer(slack) as server:
         make_connection(name="slack", connector="notify", settings={"format": "slack"},
                         credentials={"url": server.url + "/services/T000/B000/s3cr3t-hook-token"})
-        app.config["ALERT_DESTINATION"] = "slack"
         server.status = status
         server.deliver = lambda: OutboxSender(redis_client=redis, worker_name="test").drain()
         yield server

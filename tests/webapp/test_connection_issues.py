@@ -25,7 +25,6 @@ def receiver(app, make_connection, serve):
     endpoint.server = serve(endpoint)
     make_connection(name="alerts", connector="notify", settings={"format": "standard"},
                     credentials={"url": endpoint.server.url + "/hooks/synchub", "signing_secret": secret})
-    app.config["ALERT_DESTINATION"] = "alerts"
     return endpoint
 
 

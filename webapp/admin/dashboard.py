@@ -92,7 +92,7 @@ def _describe(text):
 
 @bp.route("/")
 def dashboard():
-    return render_template("admin/dashboard.html", rows=connection_rows())
+    return render_template("admin/dashboard.html", rows=connection_rows(), issue_labels=connection_issues.LABELS)
 
 
 @bp.route("/connections/<int:connection_id>/sync", methods=["POST"])

@@ -7,7 +7,7 @@ Credentials (secret: a Slack webhook URL is a password): `url`, and `signing_sec
     standard  (default) {"type", "timestamp", "data"} signed per Standard Webhooks
               (webhook-id = the outbox row's idempotency key, so a retry is recognisable)
     slack     Slack's incoming-webhook JSON, {"text": "..."}
-SYNCHUB_ALERT_DESTINATION names the connection (docs/DEPLOY.md).
+Every enabled notify connection gets every notification (docs/CONNECTORS.md, "Notifications").
 """
 import base64
 import hashlib
