@@ -8,19 +8,20 @@
 
 `current_conditions()` is what the health page and the API show. `sync_alerts()` turns
 conditions into Alert rows: a new condition opens one alert (the partial unique index
-keeps it to one open alert per kind and subject, across processes) and sends one
-notification to ALERT_WEBHOOK_URL (Slack-compatible JSON); when the condition is gone the
-alert is cleared and a "resolved" notification is sent.
+keeps it to one open alert per kind and subject, across processes) and publishes one
+notification through the outbox to every `notify` connection in the same transaction
+(connection_issues.notify: retried, in order, dead-lettered like any outbox event); when
+the condition is gone the alert is cleared and a "resolved" notification is published.
 """
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-import requests
 from flask import current_app
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from .connection_issues import notify
 from .extensions import db
 from .models import (
     ACTIVE_STATUSES,
@@ -83,10 +84,10 @@ def open_alerts():
     ).scalars().all()
 
 
-def sync_alerts(now=None, notify=True):
+def sync_alerts(now=None):
     """Open alerts for new conditions and clear those whose condition is gone. Each change
-    is made by exactly one process (unique index / conditional update); only that process
-    notifies, so a condition is announced once until it clears."""
+    is made by exactly one process (unique index / conditional update), in the transaction
+    that publishes its notification, so a condition is announced once until it clears."""
     now = now or utcnow()
     conditions = {c.key: c for c in current_conditions(now)}
     open_by_key = {(a.kind, a.subject): a for a in open_alerts()}
@@ -98,6 +99,8 @@ def sync_alerts(now=None, notify=True):
         alert = Alert(kind=condition.kind, subject=condition.subject, message=condition.message, fired_at=now)
         db.session.add(alert)
         try:
+            db.session.flush()
+            _announce(alert, resolved=False)
             db.session.commit()
         except IntegrityError:
             db.session.rollback()  # another process opened it a moment ago
@@ -110,16 +113,13 @@ def sync_alerts(now=None, notify=True):
         result = db.session.execute(
             update(Alert).where(Alert.id == alert.id, Alert.cleared_at.is_(None)).values(cleared_at=now)
             .execution_options(synchronize_session=False))
+        if result.rowcount == 1:
+            _announce(alert, resolved=True)
         db.session.commit()
         if result.rowcount == 1:
             db.session.refresh(alert)
             cleared.append(alert)
             log.info("alert cleared: kind=%s subject=%s", alert.kind, alert.subject)
-    if notify:
-        for alert in fired:
-            send_notification(alert, resolved=False)
-        for alert in cleared:
-            send_notification(alert, resolved=True)
     return SyncResult(fired, cleared)
 
 
@@ -130,22 +130,12 @@ def notification_text(alert, resolved):
     return f"[synchub] ALERT {alert.kind}{subject}: {alert.message}"
 
 
-def send_notification(alert, resolved):
-    """POST {"text": ...} to ALERT_WEBHOOK_URL, if set. Returns True when delivered. A
-    webhook URL is a secret: it never appears in the log, not even inside an exception."""
-    url = current_app.config.get("ALERT_WEBHOOK_URL")
-    if not url:
-        return False
-    try:
-        response = requests.post(url, json={"text": notification_text(alert, resolved)},
-                                 timeout=current_app.config["ALERT_WEBHOOK_TIMEOUT_SECONDS"])
-    except requests.RequestException as exc:
-        log.warning("alert notification not delivered: %s", type(exc).__name__)
-        return False
-    if response.status_code >= 300:
-        log.warning("alert notification not delivered: the webhook answered HTTP %s", response.status_code)
-        return False
-    return True
+def _announce(alert, resolved):
+    event = "alert.resolved" if resolved else "alert.fired"
+    notify(f"alerts:{alert.kind}:{alert.subject}"[:255], event,
+           {"text": notification_text(alert, resolved),
+            "alert": {"id": alert.id, "kind": alert.kind, "subject": alert.subject, "message": alert.message}},
+           idempotency_key=f"alert-{alert.id}-{'resolved' if resolved else 'fired'}")
 
 
 # -- the conditions ----------------------------------------------------------------------

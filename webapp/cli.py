@@ -7,7 +7,7 @@ import click
 from flask.cli import AppGroup
 from sqlalchemy import select
 
-from . import runs, trigger_policy
+from . import connection_issues, runs, trigger_policy
 from .connectors import connector_class
 from .connectors.errors import ConfigError
 from .extensions import db, redis_ext
@@ -266,6 +266,10 @@ def show_command(connection):
                f"schedule:    {conn.schedule}\nenabled:     {conn.enabled}\nhealth:      {conn.health}"
                + (f" ({conn.health_message})" if conn.health_message else ""))
     click.echo("triggers:    " + trigger_policy.describe(conn.settings, conn.manual_only))
+    open_issues = connection_issues.open_issues(conn.id)
+    click.echo("state:       " + (connection_issues.describe_pause(conn) or "running normally")
+               + (f"; open issues: {', '.join(f'{i.cause} ({i.occurrences}x)' for i in open_issues)}"
+                  if open_issues else ""))
     click.echo("settings:    " + json.dumps(conn.settings, sort_keys=True))
     try:
         keys = sorted(conn.credentials)

@@ -10,6 +10,7 @@ import redis
 from flask import current_app
 from sqlalchemy import select, text
 
+from .connection_issues import describe_pause, open_by_cause
 from .extensions import db, redis_ext
 from .models import Connection, SupervisorState, utcnow
 
@@ -118,6 +119,17 @@ def check_clocks():
     return True, "clocks agree" + (f" ({', '.join(f'{n} {s:+.2f}s' for n, s in skews)})" if skews else "")
 
 
+def check_connections():
+    """Open connection issues by cause; a paused connection fails the check (it needs a person)."""
+    causes = open_by_cause()
+    paused = db.session.execute(select(Connection).where(Connection.paused_at.is_not(None))).scalars().all()
+    words = ", ".join(f"{cause} {count}" for cause, count in sorted(causes.items()))
+    if paused:
+        return False, "; ".join(f"{c.name} is {describe_pause(c)}" for c in paused) + (f" (open issues: {words})"
+                                                                                          if words else "")
+    return True, f"open issues: {words}" if words else "no open issues"
+
+
 CHECKS = (
     ("configuration", check_configuration),
     ("database", check_database),
@@ -126,6 +138,7 @@ CHECKS = (
     ("supervisor", check_supervisor),
     ("credentials", check_credentials),
     ("clocks", check_clocks),
+    ("connections", check_connections),
 )
 
 

@@ -55,6 +55,11 @@ class Connection(db.Model):
     health = db.Column(db.String(20), nullable=False, default="ok")
     health_message = db.Column(db.Text, nullable=True)
     next_run_at = db.Column(db.DateTime, nullable=True)
+    # Paused (webapp/connection_issues.py): scheduled and event runs are refused while set,
+    # because they would fail the same way; saving credentials or settings resumes it.
+    paused_at = db.Column(db.DateTime, nullable=True)
+    paused_reason = db.Column(db.Text, nullable=True)
+    paused_skipped = db.Column(db.Integer, nullable=False, default=0)  # runs refused meanwhile
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
     updated_at = db.Column(db.DateTime, nullable=False, default=utcnow, onupdate=utcnow)
 
@@ -389,3 +394,49 @@ class Alert(db.Model):
         Index("uq_alerts_one_open", "kind", "subject", unique=True,
               sqlite_where=text(_OPEN_ALERT), postgresql_where=text(_OPEN_ALERT)),
     )
+
+
+_OPEN_ISSUE = "resolved_at IS NULL"
+
+
+class ConnectionIssue(db.Model):
+    """Something wrong with a connection that a person can act on, by cause
+    (webapp/connection_issues.py). At most one open issue per connection and cause: a cause
+    that happens again adds an occurrence."""
+
+    __tablename__ = "connection_issues"
+
+    id = db.Column(db.Integer, primary_key=True)
+    connection_id = db.Column(db.Integer, db.ForeignKey("connections.id", ondelete="CASCADE"), nullable=False)
+    cause = db.Column(db.String(40), nullable=False)
+    opened_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    last_seen_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    resolved_at = db.Column(db.DateTime, nullable=True)
+    resolution = db.Column(db.Text, nullable=True)  # what resolved it, in words
+    occurrences = db.Column(db.Integer, nullable=False, default=1)
+    last_message = db.Column(db.Text, nullable=True)  # redacted, for people
+    run_ids = db.Column(db.JSON, nullable=False, default=list)  # the latest runs that showed it
+
+    connection = db.relationship("Connection", lazy="joined")
+
+    __table_args__ = (
+        Index("uq_connection_issues_one_open", "connection_id", "cause", unique=True,
+              sqlite_where=text(_OPEN_ISSUE), postgresql_where=text(_OPEN_ISSUE)),
+        Index("ix_connection_issues_opened", "opened_at"),
+    )
+
+    def to_dict(self):
+        return {
+            "id": self.id,
+            "connection_id": self.connection_id,
+            "connection": self.connection.name if self.connection else None,
+            "cause": self.cause,
+            "status": "open" if self.resolved_at is None else "resolved",
+            "opened_at": _iso(self.opened_at),
+            "last_seen_at": _iso(self.last_seen_at),
+            "resolved_at": _iso(self.resolved_at),
+            "resolution": self.resolution,
+            "occurrences": self.occurrences,
+            "last_message": self.last_message,
+            "run_ids": list(self.run_ids or []),
+        }

@@ -20,7 +20,7 @@ from typing import Callable
 
 from flask import current_app
 
-from . import alerts, outbox, queue, recovery, redis_keys, retention, runs
+from . import alerts, connection_issues, outbox, queue, recovery, redis_keys, retention, runs
 from .schedules import firing
 from .webhooks import dispatch
 
@@ -78,6 +78,8 @@ JOBS = (
                 "SWEEP_INTERVAL_SECONDS", _webhooks, cron=True),
     PeriodicJob("alerts", "open and clear alerts, and announce them",
                 "ALERT_INTERVAL_SECONDS", alerts.sync_alerts),
+    PeriodicJob("freshness", "open or resolve stale_data issues against each connection's freshness target",
+                "FRESHNESS_INTERVAL_SECONDS", connection_issues.check_freshness, cron=True),
     PeriodicJob("cleanup", "delete history older than the retention windows",
                 "RETENTION_INTERVAL_SECONDS", retention.cleanup, cron=True),
     # The drain has an endpoint of its own, POST /api/cron/outbox/drain (webapp/api/outbox.py).

@@ -27,7 +27,7 @@ from sqlalchemy import bindparam, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from .connectors.errors import ConfigError
-from . import metrics, trigger_policy
+from . import connection_issues, metrics, trigger_policy
 from .extensions import db
 from .logs import log_context
 from .models import (
@@ -98,6 +98,9 @@ def check_trigger(connection, mode, trigger, record_key=None):
     reason = trigger_policy.refusal(connection, trigger)
     if reason is not None:
         raise TriggerOff(reason)
+    paused = connection_issues.refusal(connection, trigger)
+    if paused is not None:
+        raise TriggerRefused(paused)
 
 
 def params_key(mode, params, streams):
@@ -397,7 +400,7 @@ def _settle_cancel_requested_queued(run_id):
     )
     db.session.commit()
     if result.rowcount == 1:
-        promote_after(run_id)
+        ended(run_id, CANCELLED)
     return result.rowcount == 1
 
 
@@ -447,10 +450,20 @@ def finish(run_id, attempt, status, *, error_class=None, error_message=None, cou
         else:
             db.session.rollback()
     if ok:
-        count_finished(run_id, status)
         if commit:
-            promote_after(run_id)
+            ended(run_id, status)
+        else:
+            count_finished(run_id, status)
     return ok
+
+
+def ended(run_id, status):
+    """What follows a run's end, whichever path ended it (worker, sweep, cancel), after the
+    commit: metrics, the connection's issues (webapp/connection_issues.py), and the next
+    waiting sync of the connection."""
+    count_finished(run_id, status)
+    connection_issues.after_run(run_id, status)
+    promote_after(run_id)
 
 
 def promote_after(run_id):
@@ -539,6 +552,7 @@ def defer(run_id, attempt, *, seconds, reason, now=None):
     db.session.add(RunEvent(run_id=run_id, level="warning",
                             message=f"{sentence}; attempt {attempt} given back, will resume from checkpoint"))
     db.session.commit()
+    connection_issues.note_deferred(run.connection_id, sentence, run_id)
     return WAITING
 
 
@@ -603,8 +617,7 @@ def cancel(run_id, requested_by=None, now=None):
         if result.rowcount == 1:
             db.session.add(RunEvent(run_id=run_id, message=f"cancelled while {status}{who}"))
             db.session.commit()
-            count_finished(run_id, CANCELLED)
-            promote_after(run_id)
+            ended(run_id, CANCELLED)
             return CANCELLED
     stale_before = now - timedelta(seconds=current_app.config["STALE_AFTER_SECONDS"])
     result = db.session.execute(
@@ -616,8 +629,7 @@ def cancel(run_id, requested_by=None, now=None):
     if result.rowcount == 1:
         db.session.add(RunEvent(run_id=run_id, message=f"cancelled{who}; its worker was gone"))
         db.session.commit()
-        count_finished(run_id, CANCELLED)
-        promote_after(run_id)
+        ended(run_id, CANCELLED)
         return CANCELLED
     result = db.session.execute(
         update(Run).where(Run.id == run_id, Run.status == RUNNING, Run.cancel_requested.is_(False))
@@ -687,8 +699,7 @@ def sweep_stale(now=None, stale_after=None, candidates=None):
         db.session.commit()
         metrics.inc("stale_runs_swept", action=new_status)
         if new_status != QUEUED:
-            count_finished(run_id, new_status)
-            promote_after(run_id)
+            ended(run_id, new_status)
         with log_context(run_id=run_id, attempt=attempt):
             log.warning("run %s: %s", run_id, message)
         outcomes.append((run_id, new_status))
@@ -714,3 +725,19 @@ def get_connection(name_or_id):
     if connection is None:
         raise LookupError(f"no connection {name_or_id!r}")
     return connection
+
+
+def resume_connection(connection, *, credentials_changed, settings_changed, requested_by=None):
+    """A person saved the connection's credentials or settings: what they fix is resolved,
+    a paused connection resumes and one run proves the fix (webapp/connection_issues.py).
+    Returns the proving run, or None."""
+    if not connection_issues.resume(connection, credentials_changed=credentials_changed,
+                                    settings_changed=settings_changed, requested_by=requested_by):
+        return None
+    mode = (connection.settings or {}).get("schedule_mode") or "full"
+    who = requested_by or "a person"
+    try:
+        return trigger(connection, mode=mode, trigger="manual", requested_by=f"resumed by {who}: proving run").run
+    except TriggerRefused as exc:
+        log.warning("connection %s resumed, but its proving run was refused: %s", connection.name, exc)
+        return None

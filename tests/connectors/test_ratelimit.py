@@ -97,19 +97,28 @@ def test_redis_down_is_a_transient_error():
         make_rate_limiter(client, "k", (1, 1)).acquire()
 
 
-def _acquire_in_process(url, key, count, ready, go, queue):
-    limiter = make_rate_limiter(redis_lib.Redis.from_url(url), key, (4, 0.3))
+def _acquire_in_process(url, key, count, me, other, ready, go, queue):
+    """Acquire `count` slots, and go on until the other process has taken one too: however
+    late the machine wakes either of them, their acquisitions overlap in time."""
+    client = redis_lib.Redis.from_url(url)
+    limiter = make_rate_limiter(client, key, (4, 0.3))
     ready.put(True)
     go.wait(30)
-    queue.put([limiter.acquire() for _ in range(count)])
+    times = []
+    while len(times) < count or not client.exists(f"{key}:started:{other}"):
+        times.append(limiter.acquire())
+        client.set(f"{key}:started:{me}", 1, ex=60)
+        if len(times) > 400:  # about 30 s at this rate: the other process never came
+            break
+    queue.put(times)
 
 
 def test_redis_limiter_is_shared_by_processes(limiter_redis_url):
     key = f"test:{uuid.uuid4().hex}"
     ctx = multiprocessing.get_context("spawn")
     ready, go, queue = ctx.Queue(), ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_acquire_in_process, args=(limiter_redis_url, key, 8, ready, go, queue))
-             for _ in range(2)]
+    procs = [ctx.Process(target=_acquire_in_process, args=(limiter_redis_url, key, 8, me, 1 - me, ready, go, queue))
+             for me in range(2)]
     for p in procs:
         p.start()
     for _ in procs:
@@ -119,7 +128,7 @@ def test_redis_limiter_is_shared_by_processes(limiter_redis_url):
     for p in procs:
         p.join(timeout=30)
 
-    assert len(first) == len(second) == 8
+    assert len(first) >= 8 and len(second) >= 8 and len(first) + len(second) < 800
     assert min(first) < max(second) and min(second) < max(first)  # they overlapped in time
     assert_at_most_n_per_window(first + second, 4, 0.3)
 

@@ -10,27 +10,33 @@ from werkzeug.wrappers import Response
 
 from tests.simulators.harness import SimulatorServer
 from tests.support import TAKES_WEBHOOKS
+from tests.webapp.outbox.support import make_due
 from webapp import alerts, runs
 from webapp.extensions import db
 from webapp.models import COMPLETED, FAILED, RUNNING, Alert, OutboxEvent, SupervisorState, utcnow
+from worker.outbox_sender import OutboxSender
 
 
 @pytest.fixture
-def alert_hook(app):
-    """A real HTTP endpoint standing in for a Slack incoming webhook."""
+def alert_hook(app, make_connection, redis):
+    """A real HTTP endpoint standing in for a Slack incoming webhook, announced to through a
+    `notify` connection in Slack's format (its URL, a secret, is a credential)."""
     status = {"code": 200}
 
     def slack(environ, start_response):
         return Response("ok", status=status["code"])(environ, start_response)
 
     with SimulatorServer(slack) as server:
-        app.config["ALERT_WEBHOOK_URL"] = server.url + "/services/T000/B000/s3cr3t-hook-token"
+        make_connection(name="slack", connector="notify", settings={"format": "slack"},
+                        credentials={"url": server.url + "/services/T000/B000/s3cr3t-hook-token"})
         server.status = status
+        server.deliver = lambda: OutboxSender(redis_client=redis, worker_name="test").drain()
         yield server
 
 
 def _posted(server, kind):
-    texts = [json.loads(e.body)["text"] for e in server.log.entries("/services")]
+    server.deliver()
+    texts = [json.loads(e.body)["text"] for e in server.log.entries("/services") if e.status == 200]
     return [t for t in texts if f" {kind}" in t]
 
 
@@ -77,7 +83,7 @@ def test_a_new_streak_after_recovery_fires_a_new_alert(app, make_connection):
     conn = make_connection(name="halo")
     for status in (FAILED, FAILED, FAILED, COMPLETED, FAILED, FAILED, FAILED):
         _finished_run(conn, status)
-        alerts.sync_alerts(notify=False)
+        alerts.sync_alerts()
     history = _open(alerts.CONSECUTIVE_FAILURES)
     assert len(history) == 2 and history[0].cleared_at is not None and history[1].cleared_at is None
 
@@ -145,20 +151,22 @@ def test_supervisor_silent_until_a_leader_ticks(app):
     assert [c for c in alerts.current_conditions(late) if c.kind == alerts.SUPERVISOR_SILENT]
 
 
-def test_failed_notification_is_logged_without_the_webhook_url(app, make_connection, alert_hook, caplog):
+def test_a_failed_notification_is_retried_and_never_shows_the_webhook_url(app, make_connection, alert_hook, caplog):
     alert_hook.status["code"] = 500
     conn = make_connection(name="loops")
     for _ in range(3):
         _finished_run(conn, FAILED)
-    with caplog.at_level(logging.WARNING, logger="webapp.alerts"):
+    with caplog.at_level(logging.INFO):
         alerts.sync_alerts()
-    assert "HTTP 500" in caplog.text
-    assert "s3cr3t-hook-token" not in caplog.text
-    app.config["ALERT_WEBHOOK_URL"] = "http://127.0.0.1:9/hooks/s3cr3t-hook-token"  # nothing listens on port 9
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="webapp.alerts"):
-        assert alerts.send_notification(_open(alerts.CONSECUTIVE_FAILURES)[0], resolved=False) is False
-    assert "not delivered: ConnectionError" in caplog.text and "s3cr3t-hook-token" not in caplog.text
+        assert _posted(alert_hook, alerts.CONSECUTIVE_FAILURES) == []
+    event = db.session.execute(select(OutboxEvent).where(OutboxEvent.type == "alert.fired",
+                                                         OutboxEvent.key == "alerts:consecutive_failures:loops")
+                               ).scalars().one()
+    assert event.status == "pending" and event.attempts == 1 and "HTTP 500" in event.last_error
+    assert "s3cr3t-hook-token" not in caplog.text + event.last_error
+    alert_hook.status["code"] = 200
+    make_due(event.id)
+    assert len(_posted(alert_hook, alerts.CONSECUTIVE_FAILURES)) == 1
 
 
 def test_a_run_in_progress_does_not_end_a_failure_streak(app, make_connection):

@@ -82,6 +82,7 @@ def test_connections_add_encrypts_credentials_and_never_prints_them(app):
     for output in (added, shown, listed):
         assert "very-secret-value" not in output.stdout + output.stderr
     assert "token=<set>" in shown.stdout
+    assert "state:       running normally" in shown.stdout
     db.session.expire_all()
     conn = db.session.query(Connection).filter_by(name="api").one()
     assert "very-secret-value" not in conn.credentials_encrypted

@@ -10,7 +10,7 @@ def test_healthz_and_readyz_answer_without_login(app):
     assert anonymous.get("/healthz").get_json() == {"status": "ok"}
     ready = anonymous.get("/readyz")
     assert ready.status_code == 200
-    assert ready.get_json() == {"status": "ok", "checks": {"database": "ok", "redis": "ok"}}
+    assert ready.get_json() == {"status": "ok", "checks": {"database": "ok", "redis": "ok"}, "open_issues": {}}
 
 
 def test_readyz_and_health_page_report_a_stopped_redis(app, client):

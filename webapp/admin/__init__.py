@@ -18,12 +18,13 @@ NAV = (
     ("admin.history", "History"),
     ("admin.webhooks.deliveries", "Webhooks"),
     ("admin.outbox.index", "Outbox"),
+    ("admin.issues", "Issues"),
     ("admin.tokens", "API tokens"),
     ("admin.health", "Health"),
 )
 
 # Modules of this package that attach views to bp.
-ADMIN_MODULES = ("auth", "filters", "dashboard", "connections", "runs", "live", "health", "tokens")
+ADMIN_MODULES = ("auth", "filters", "dashboard", "connections", "runs", "live", "health", "tokens", "issues")
 # Areas' blueprints nested in bp (each module exposes `bp`): /admin/<their url_prefix>.
 AREA_PAGES = ("webapp.webhooks.views", "webapp.outbox.views")
 

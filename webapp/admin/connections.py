@@ -4,6 +4,7 @@ policy (webapp/trigger_policy.py) has its own fields: the default, or the ticked
 import json
 
 from flask import current_app, flash, redirect, render_template, request, url_for
+from flask_login import current_user
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from werkzeug.routing import BuildError
@@ -14,7 +15,7 @@ from ..connectors.errors import ConfigError
 from ..extensions import db
 from ..models import Connection
 from ..schedules import firing, parser
-from .. import trigger_policy
+from .. import runs, trigger_policy
 from ..trigger_policy import OVERLAP_SETTING, POLICY_TRIGGERS, SETTING as POLICY_SETTING
 from .blueprint import bp
 
@@ -161,6 +162,8 @@ def _save(cls, connection, created):
     except (ValueError, ConfigError) as exc:
         return _invalid(cls, connection if not created else None, str(exc))
     allowed = trigger_policy.allowed_triggers(settings, parser.parse(schedule).manual)
+    changed = {"credentials_changed": not created and credentials != stored,
+               "settings_changed": not created and settings != (connection.settings or {})}
     timing_changed = created or (connection.schedule, connection.enabled, connection.allowed_triggers) != (
         schedule, enabled, allowed)
     connection.name, connection.settings, connection.schedule, connection.enabled = name, settings, schedule, enabled
@@ -176,6 +179,10 @@ def _save(cls, connection, created):
         return _invalid(cls, None if created else connection, f"another connection is already named {name!r}")
     current_app.logger.info("connection %s %s", connection.id, "created" if created else "updated")
     flash(f"Connection {name} {'created' if created else 'saved'}.", "info")
+    # What the change fixes is resolved; a paused connection resumes with one proving run.
+    proving = runs.resume_connection(connection, requested_by=current_user.email, **changed)
+    if proving is not None:
+        flash(f"{name} resumed: run {proving.id} checks the fix.", "info")
     return redirect(url_for("admin.dashboard"))
 
 

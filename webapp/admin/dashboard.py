@@ -5,7 +5,7 @@ from flask import flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import func, select
 
-from .. import runs, trigger_policy
+from .. import connection_issues, runs, trigger_policy
 from ..connectors import load_all
 from ..connectors.base import REGISTRY
 from ..connectors.errors import ConfigError
@@ -69,7 +69,14 @@ def connection_rows():
             waiting.setdefault(run.connection_id, []).append(run)
         else:
             active[run.connection_id] = run
+    issues = {}
+    for issue in connection_issues.open_issues():
+        issues.setdefault(issue.connection_id, []).append(issue)
+    ages = connection_issues.data_ages()
     return [{"connection": c, "last_run": last_runs.get(c.id), "active_run": active.get(c.id),
+             "pause": connection_issues.describe_pause(c), "issues": issues.get(c.id, []),
+             "data_age": ages.get(c.id), "freshness_target": connection_issues.freshness_target(c.settings),
+             "freshness": connection_issues.freshness_level(ages.get(c.id), connection_issues.freshness_target(c.settings)),
              "follow_ups": waiting.get(c.id, []),
              "options": sync_options(c), "schedule": _describe(c.schedule),
              "triggers": trigger_policy.describe(c.settings, c.manual_only),
@@ -85,7 +92,7 @@ def _describe(text):
 
 @bp.route("/")
 def dashboard():
-    return render_template("admin/dashboard.html", rows=connection_rows())
+    return render_template("admin/dashboard.html", rows=connection_rows(), issue_labels=connection_issues.LABELS)
 
 
 @bp.route("/connections/<int:connection_id>/sync", methods=["POST"])

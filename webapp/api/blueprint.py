@@ -6,4 +6,4 @@ from flask import Blueprint
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 # Modules of webapp/api that add routes to bp (each may describe them for /api/openapi.json).
-API_MODULES = ("outbox", "common", "runs", "events", "cron", "stats", "records", "openapi")
+API_MODULES = ("outbox", "common", "runs", "events", "cron", "stats", "records", "issues", "openapi")

@@ -82,7 +82,10 @@ COMPONENTS = {
                                                 "items": {"type": "string", "enum": list(POLICY_TRIGGERS)}},
                            "health": {"type": "string", "enum": ["ok", "failing", "needs_reauth"]},
                            "health_message": _NULLABLE_STRING, "next_run_at": _NULLABLE_TIME,
-                           "has_credentials": {"type": "boolean"}, "webhook_url": {"type": "string"}}},
+                           "has_credentials": {"type": "boolean"}, "webhook_url": {"type": "string"},
+                           "paused": {"type": "string", "nullable": True,
+                                      "description": "paused (scheduled and event runs refused): why and since "
+                                                     "when; null when not paused"}}},
     },
 }
 

@@ -3,7 +3,7 @@ Every route needs an API token (`flask tokens create NAME`). Credentials never l
 from flask import jsonify, request
 from sqlalchemy import select
 
-from .. import runs
+from .. import connection_issues, runs
 from ..connectors import connector_class
 from ..connectors.errors import ConfigError
 from ..extensions import db, redis_ext
@@ -29,6 +29,7 @@ def connection_dict(connection):
         "health_message": connection.health_message,
         "next_run_at": connection.next_run_at.isoformat() + "Z" if connection.next_run_at else None,
         "has_credentials": bool(connection.credentials_encrypted),
+        "paused": connection_issues.describe_pause(connection),
         "webhook_url": f"/webhooks/{connection.id}",
     }
 

@@ -11,7 +11,7 @@ from .base import REGISTRY
 from .errors import ConfigError
 
 # Modules that define connectors.
-CONNECTOR_MODULES = ("sandbox", "rest", "loops", "zoom", "highlevel", "halopsa")
+CONNECTOR_MODULES = ("sandbox", "rest", "loops", "zoom", "highlevel", "halopsa", "notify")
 
 
 def load_all():
