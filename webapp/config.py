@@ -89,6 +89,9 @@ SETTINGS = (
         ("HTTP_BACKOFF_MAX_SECONDS", "SYNCHUB_HTTP_BACKOFF_MAX_SECONDS", 30.0, float, "longest backoff step"),
         ("HTTP_MAX_RETRY_AFTER_SECONDS", "SYNCHUB_HTTP_MAX_RETRY_AFTER_SECONDS", 300.0, float,
          "longest Retry-After waited inside a job; a longer one gives the run back to the queue"),
+        ("CONNECTORS_DIR", "SYNCHUB_CONNECTORS_DIR", None, _text_or_none,
+         "a folder of declared connectors (`*.yaml`, docs/CONNECTORS.md), loaded besides synchub's own; "
+         "a broken file is refused with its line and the others still load", "unset (only synchub's own)"),
     ),
     _settings(
         "webhooks",
@@ -242,6 +245,13 @@ def _defaults():
 def defaults():
     """Every setting's default (a fresh copy), for code given only part of the settings."""
     return dict(_defaults())
+
+
+def setting_value(key, environ=None):
+    """One setting as the environment gives it, for code that may run before any app exists
+    (the connector registry is filled on first use, in any process)."""
+    environ = os.environ if environ is None else environ
+    return next(s for s in SETTINGS if s.key == key).read(environ)
 
 
 def _database_url(url):
