@@ -246,22 +246,31 @@ def load_dir(folder):
     return classes, [p for exc in refused for p in exc.problems]
 
 
-def folders(configured=None):
-    """synchub's own folder, then SYNCHUB_CONNECTORS_DIR (read from the app when there is one)."""
-    if configured is None:
-        from flask import current_app, has_app_context
+def check_files(configured):
+    """Load (and so log the problems of) every file, without registering: the Python
+    connectors are registered first, on first use (webapp/connectors/__init__.py)."""
+    return [p for folder in folders(configured) for p in load_dir(folder)[1]]
 
-        from ...config import setting_value
 
-        configured = current_app.config["CONNECTORS_DIR"] if has_app_context() else setting_value("CONNECTORS_DIR")
+def folders(configured):
+    """synchub's own folder, then SYNCHUB_CONNECTORS_DIR when set."""
     return [PACKAGE_DIR] + ([configured] if configured else [])
 
 
-def register_all(configured=None):
+def configured_dir():
+    """SYNCHUB_CONNECTORS_DIR, from the app when there is one (tests set it per app)."""
+    from flask import current_app, has_app_context
+
+    from ...config import setting_value
+
+    return current_app.config["CONNECTORS_DIR"] if has_app_context() else setting_value("CONNECTORS_DIR")
+
+
+def register_all():
     """Register every declared connector that loads. A file naming a connector that already
     exists (a Python one, or an earlier file) is refused; returns every problem."""
     problems = []
-    for folder in folders(configured):
+    for folder in folders(configured_dir()):
         classes, refused = load_dir(folder)
         problems += refused
         for cls in classes:

@@ -343,7 +343,8 @@ class _StreamPlan:
         if not state or not state.get("pending"):
             listing_state = state["next"] if state else None
             parents, following, _ = parent_plan.listing_page(request, listing_state)
-            pending = [p for p in parents if self._wanted(p)]
+            keep = self.parent.get("fields")
+            pending = [{k: p.get(k) for k in keep} if keep else p for p in parents if self._wanted(p)]
         else:
             pending, following = list(state["pending"]), state.get("next")
         concurrency = self._int(self.parent.get("concurrency", 1), "parent.concurrency")
