@@ -109,6 +109,7 @@ def process_env(app, **extra):
         "SYNCHUB_HTTP_BACKOFF_BASE_SECONDS": str(app.config["HTTP_BACKOFF_BASE_SECONDS"]),
         "SYNCHUB_HTTP_BACKOFF_MAX_SECONDS": str(app.config["HTTP_BACKOFF_MAX_SECONDS"]),
         "SYNCHUB_LOG_LEVEL": "WARNING",
+        "SYNCHUB_CONNECTORS_DIR": app.config["CONNECTORS_DIR"] or "",
         "PYTHONPATH": ROOT,
     })
     env.update({k: str(v) for k, v in extra.items()})
