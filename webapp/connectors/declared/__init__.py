@@ -15,6 +15,7 @@ import os
 import re
 from dataclasses import dataclass
 
+import fastjsonschema
 import jmespath
 import jsonschema
 import yaml
@@ -149,9 +150,12 @@ def semantic_problems(spec):
             yield at + ["incremental"], "a cursor increment needs the stream's cursor_field (where the cursor is read)"
         if raw.get("validate"):
             try:
-                jsonschema.Draft202012Validator.check_schema(raw["validate"])
+                jsonschema.Draft7Validator.check_schema(raw["validate"])
+                fastjsonschema.compile(raw["validate"])
             except jsonschema.SchemaError as exc:
-                yield at + ["validate"], f"is not a JSON Schema ({exc.message})"
+                yield at + ["validate"], f"is not a JSON Schema, draft 7 ({exc.message})"
+            except fastjsonschema.JsonSchemaDefinitionException as exc:
+                yield at + ["validate"], f"cannot be compiled ({exc})"
     for event, rule in ((spec.get("webhooks") or {}).get("events") or {}).items():
         if rule["stream"] not in streams:
             yield ["webhooks", "events", event, "stream"], f"names stream {rule['stream']!r}, not a stream of this file"
