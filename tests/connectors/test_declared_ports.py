@@ -6,7 +6,6 @@ Runs on every backend of tests/conftest.py (SQLite, and PostgreSQL in CI)."""
 import uuid
 from collections import Counter
 
-import pytest
 from sqlalchemy import select
 
 from tests.simulators.halopsa import HaloAPI

@@ -34,14 +34,7 @@ def list_command():
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 def validate_command(path):
     """Check connector file PATH; exit 1 and name each problem (line, field) if it is refused."""
-    from . import FileRefused, load_file
-
-    try:
-        cls = load_file(path)
-    except FileRefused as exc:
-        for problem in exc.problems:
-            click.secho(str(problem), fg="red", err=True)
-        sys.exit(1)
+    cls = _load_or_exit(path)
     streams = ", ".join(s.name for s in cls.streams)
     click.echo(f"{path}: connector {cls.name!r} ({cls.title}) is valid; streams {streams}; "
                f"modes {', '.join(cls.supported_modes)}")
@@ -60,15 +53,9 @@ def preview_command(path, setting_pairs, credentials_stdin, streams, pages, mode
     """Read a few pages with connector file PATH and print what a run would do; store nothing."""
     from ..base import ReadRequest
     from ..errors import BadRecord, SyncError
-    from . import FileRefused, load_file
     from .preview import PreviewServices
 
-    try:
-        cls = load_file(path)
-    except FileRefused as exc:
-        for problem in exc.problems:
-            click.secho(str(problem), fg="red", err=True)
-        sys.exit(1)
+    cls = _load_or_exit(path)
     settings = {key: _value(value) for key, value in _pairs(setting_pairs, "--setting").items()}
     credentials = {}
     if credentials_stdin:
@@ -126,6 +113,18 @@ def preview_command(path, setting_pairs, credentials_stdin, streams, pages, mode
         click.echo(f"  {read} records in {number} page(s); {ending}"
                    + (f"; cursor that would be stored: {json.dumps(cursor)}" if stream.cursor_field else ""))
     click.echo("nothing was stored")
+
+
+def _load_or_exit(path):
+    """The connector class of the file, or every problem (line, field) on stderr and exit 1."""
+    from . import FileRefused, load_file
+
+    try:
+        return load_file(path)
+    except FileRefused as exc:
+        for problem in exc.problems:
+            click.secho(str(problem), fg="red", err=True)
+        sys.exit(1)
 
 
 def _pairs(pairs, option):

@@ -19,6 +19,7 @@ import jsonschema
 from .. import pagination
 from ..auth import BasicAuth, BearerAuth, HeaderKeyAuth, OAuth2ClientCredentials, OAuth2RefreshToken
 from ..base import Connector, Page, ReadRequest
+from ..dates import parse_time as _parse_time
 from ..errors import AuthError, BadRecord, ConfigError, HttpError, RateLimited, TransientError
 from ..http import parse_json
 from ..mapping import MappingError, render
@@ -427,19 +428,23 @@ class _StreamPlan:
         t = self.transform
         if not t:
             return records
+        renames, drops, settings = t.get("rename"), t.get("drop") or (), self.c.settings
+        # Once per page, not per record: the tables looked up (a json setting each).
+        lookups = [(field, settings.get(setting), key) for field, (setting, key) in self.lookups.items()]
+        lookups = [(f, table if isinstance(table, dict) else {}, key) for f, table, key in lookups]
         out = []
         for record in records:
             if not isinstance(record, dict):
                 out.append(record)  # the engine refuses it, visibly
                 continue
-            renames = t.get("rename")
             record = {renames.get(k, k): v for k, v in record.items()} if renames else dict(record)
-            scope = {"record": record, "parent": parent, "settings": self.c.settings}
-            record.update({field: expr(scope) for field, expr in self.computed.items()})
-            for field, (setting, key) in self.lookups.items():
-                table, value = self.c.settings.get(setting) or {}, key(scope)
-                record[field] = table.get(str(value)) if value is not None and isinstance(table, dict) else None
-            for field in t.get("drop") or ():
+            scope = {"record": record, "parent": parent, "settings": settings}
+            for field, expr in self.computed.items():
+                record[field] = expr(scope)
+            for field, table, key in lookups:
+                value = key(scope)
+                record[field] = table.get(str(value)) if value is not None else None
+            for field in drops:
                 record.pop(field, None)
             out.append(record)
         return out
@@ -456,16 +461,6 @@ def _quoted(value):
     if value is None or isinstance(value, (list, bool)):
         return value
     return quote(str(value), safe="@")
-
-
-def _parse_time(value):
-    if not isinstance(value, str) or len(value) < 10:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def _moment(value, name):
