@@ -13,6 +13,8 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from ...cli import _fail, _params
+
 connectors_cli = AppGroup("connectors", help="Check and try out declared connector files.")
 
 
@@ -56,7 +58,7 @@ def preview_command(path, setting_pairs, credentials_stdin, streams, pages, mode
     from .preview import PreviewServices
 
     cls = _load_or_exit(path)
-    settings = {key: _value(value) for key, value in _pairs(setting_pairs, "--setting").items()}
+    settings = {key: _value(value) for key, value in _params(setting_pairs).items()}
     credentials = {}
     if credentials_stdin:
         try:
@@ -71,7 +73,7 @@ def preview_command(path, setting_pairs, credentials_stdin, streams, pages, mode
         connector = cls(settings, credentials, services)
     except SyncError as exc:
         _fail(str(exc))
-    request = ReadRequest(mode, _pairs(param_pairs, "--param"))
+    request = ReadRequest(mode, _params(param_pairs))
     for name in streams or connector.default_streams():
         try:
             stream = connector.stream(name)
@@ -127,23 +129,9 @@ def _load_or_exit(path):
         sys.exit(1)
 
 
-def _pairs(pairs, option):
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise click.BadParameter(f"{pair!r} is not key=value", param_hint=option)
-        key, value = pair.split("=", 1)
-        out[key] = value
-    return out
-
-
 def _value(text):
+    """A --setting value: JSON when it parses (numbers, lists, objects), else the text."""
     try:
         return json.loads(text)
     except ValueError:
         return text
-
-
-def _fail(message):
-    click.secho(f"error: {message}", fg="red", err=True)
-    sys.exit(1)
