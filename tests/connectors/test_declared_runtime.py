@@ -104,3 +104,42 @@ def test_bearer_token_and_an_api_key_in_the_query(serve, items):
     with pytest.raises(HttpError) as missing:  # a 4xx names the URL, never the key
         connector.read_page(connector.stream("items"), ReadRequest("record", {"record_id": "999"}), None)
     assert "api_key=REDACTED" in str(missing.value) and "sekrit" not in str(missing.value)
+
+
+def test_a_rotated_refresh_token_is_persisted_so_the_next_connector_spends_the_new_one(app, make_connection, serve):
+    from tests.simulators.highlevel import HighLevelAPI
+    from webapp.extensions import db
+    from webapp.models import Connection
+
+    ghl = HighLevelAPI(orders=2, products=7)
+    ghl.server = serve(ghl)
+    credentials = {"client_id": "ghl-client", "client_secret": "ghl-client-secret", "refresh_token": "rt-initial"}
+    conn = make_connection(name="ghl", connector="rest", credentials=credentials)
+    spec = {"name": "ghl_products", "base_url": ghl.server.url, "headers": {"Version": "2021-07-28"},
+            "credentials": {name: {} for name in credentials},
+            "auth": {"type": "oauth2_refresh_token", "token_url": ghl.server.url + "/oauth/token",
+                     "client_id": "{credentials.client_id}", "client_secret": "{credentials.client_secret}"},
+            "streams": {"products": {"primary_key": "_id", "request": {"path": "/products/", "params": {"locationId": "loc-sim-1"}},
+                                     "records": "products", "total": "total[0].total",
+                                     "pagination": {"type": "offset", "offset_param": "offset", "limit_param": "limit",
+                                                    "page_size": 5}}}}
+    cls = build(yaml.safe_dump(spec), "ghl_products.yaml")
+
+    def read():
+        db.session.expire_all()
+        stored = db.session.get(Connection, conn.id).credentials
+        connector = cls({}, stored, Services(config=FAST, connection_id=conn.id, app=app))
+        records, state = [], None
+        while True:
+            page = connector.read_page(connector.stream("products"), ReadRequest("full"), state)
+            records, state = records + page.records, page.next_state
+            if state is None:
+                return records
+
+    assert len(read()) == 7
+    db.session.expire_all()
+    rotated = db.session.get(Connection, conn.id).credentials
+    assert rotated["refresh_token"] == ghl.refresh_token != "rt-initial"  # stored before it was used
+    ghl.expire_tokens()
+    assert len(read()) == 7  # a new connector renews with the stored (new) refresh token
+    assert ghl.refresh_reuse == 0 and ghl.token_requests == 2
