@@ -85,7 +85,18 @@ BROKEN = [
     (_set("streams", "items", "parent", value={"stream": "orders"}), "streams.items.parent.stream: names stream 'orders'"),
     (_drop("streams", "items", "cursor_field"), "streams.items.incremental: a cursor increment needs"),
     (_set("streams", "items", "validate", value={"type": "objekt"}), "streams.items.validate: is not a JSON Schema"),
+    (_set("webhooks", value={"scheme": "standard", "event": "type", "events": {"item.updated": {"stream": "items"}}}),
+     "webhooks.scheme: the standard scheme reads credentials.webhook_secret"),
+    (_set("webhooks", value={"scheme": "zoom", "event": "event", "events": {"x": {"stream": "orders"}}}),
+     "webhooks.events.x.stream: names stream 'orders'"),
 ]
+
+
+def test_every_signature_scheme_says_where_its_secret_is():
+    from webapp.connectors.declared import SCHEMA, WEBHOOK_SECRETS
+    from webapp.webhooks.signatures import SCHEMES
+
+    assert set(WEBHOOK_SECRETS) == set(SCHEMES) == set(SCHEMA["$defs"]["webhooks"]["properties"]["scheme"]["enum"])
 
 
 @pytest.mark.parametrize("change, message", BROKEN, ids=[m for _, m in BROKEN])

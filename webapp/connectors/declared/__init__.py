@@ -31,6 +31,14 @@ SCHEMA_PATH = os.path.join(PACKAGE_DIR, "connector.schema.json")
 with open(SCHEMA_PATH) as _f:
     SCHEMA = json.load(_f)
 _VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+# Where each signature scheme reads its secret (webapp/webhooks/signatures.py's SCHEMES): a
+# file taking webhooks must declare it, or every delivery would be refused as unsigned.
+WEBHOOK_SECRETS = {
+    "standard": ("credentials", ("webhook_secret",)),
+    "zoom": ("credentials", ("webhook_secret_token",)),
+    "highlevel": ("settings", ("webhook_public_key",)),
+    "halopsa": ("credentials", ("webhook_username", "webhook_password")),
+}
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z0-9_.\-]+)\??\}")
 
 
@@ -156,6 +164,13 @@ def semantic_problems(spec):
                 yield at + ["validate"], f"is not a JSON Schema, draft 7 ({exc.message})"
             except fastjsonschema.JsonSchemaDefinitionException as exc:
                 yield at + ["validate"], f"cannot be compiled ({exc})"
+    scheme = (spec.get("webhooks") or {}).get("scheme")
+    if scheme:
+        section, names = WEBHOOK_SECRETS[scheme]
+        declared = settings if section == "settings" else credentials
+        for name in names:
+            if name not in declared:
+                yield ["webhooks", "scheme"], f"the {scheme} scheme reads {section}.{name}, which the file does not declare"
     for event, rule in ((spec.get("webhooks") or {}).get("events") or {}).items():
         if rule["stream"] not in streams:
             yield ["webhooks", "events", event, "stream"], f"names stream {rule['stream']!r}, not a stream of this file"
