@@ -234,3 +234,14 @@ def test_preview_prints_requests_records_and_checkpoints_and_stores_nothing(app,
         args=["connectors", "preview", ITEMS, "--setting", f"base_url={items.server.url}", "--credentials-stdin"],
         input=json.dumps({"client_id": "demo", "client_secret": "wrong"}))
     assert result.exit_code == 1 and "refused the client credentials" in result.output and "wrong" not in result.output
+
+
+def test_a_broken_file_is_named_in_the_log_when_the_app_starts(tmp_path, caplog, redis_url):
+    from tests.conftest import make_app
+
+    (tmp_path / "acme.yaml").write_text(open(ITEMS).read().replace("name: items_api", "name: acme")
+                                        .replace("records: items", "record: items"))
+    make_app("sqlite://", redis_url, str(tmp_path / "instance"), CONNECTORS_DIR=str(tmp_path))
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any(f"{tmp_path / 'acme.yaml'}:" in m and "streams.items" in m and "'records' is a required property" in m
+               for m in logged), logged
