@@ -62,6 +62,8 @@ def main(argv=None):
         print(f"  {connector:26} {min(values):9,.0f} - {max(values):,.0f} records/s")
     print(f"  declared/python ratio per round {min(ratios):.3f} - {max(ratios):.3f}, "
           f"of the mean rates {whole:.3f} (target >= 0.90)")
+    mean = {connector: sum(values) / len(values) for connector, values in rates.items()}
+    print(f"  mean records/s: python {mean['halopsa']:,.0f}, declared {mean['halopsa_declared']:,.0f}")
 
 
 if __name__ == "__main__":
