@@ -39,8 +39,11 @@ class Selector:
     def __init__(self, expression):
         self.expression = expression
         compiled = jmespath.compile(expression)
+        self.record_field = None  # "record.x": the transform reads x off the record itself
         if _FIELD_PATH.fullmatch(expression):
             steps = expression.split(".")
+            if len(steps) == 2 and steps[0] == "record":
+                self.record_field = steps[1]
 
             def search(value):
                 for step in steps:
@@ -432,17 +435,18 @@ class _StreamPlan:
         # Once per page, not per record: the tables looked up (a json setting each).
         lookups = [(field, settings.get(setting), key) for field, (setting, key) in self.lookups.items()]
         lookups = [(f, table if isinstance(table, dict) else {}, key) for f, table, key in lookups]
+        needs_scope = bool(self.computed) or any(not key.record_field for _, _, key in lookups)
         out = []
         for record in records:
             if not isinstance(record, dict):
                 out.append(record)  # the engine refuses it, visibly
                 continue
             record = {renames.get(k, k): v for k, v in record.items()} if renames else dict(record)
-            scope = {"record": record, "parent": parent, "settings": settings}
+            scope = {"record": record, "parent": parent, "settings": settings} if needs_scope else None
             for field, expr in self.computed.items():
                 record[field] = expr(scope)
             for field, table, key in lookups:
-                value = key(scope)
+                value = record.get(key.record_field) if key.record_field else key(scope)
                 record[field] = table.get(str(value)) if value is not None else None
             for field in drops:
                 record.pop(field, None)
