@@ -245,3 +245,13 @@ def test_a_broken_file_is_named_in_the_log_when_the_app_starts(tmp_path, caplog,
     logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert any(f"{tmp_path / 'acme.yaml'}:" in m and "streams.items" in m and "'records' is a required property" in m
                for m in logged), logged
+
+
+@one_backend
+def test_list_command_names_python_and_declared_connectors_and_refused_files(app, tmp_path):
+    (tmp_path / "broken.yaml").write_text("name: broken\n")
+    app.config["CONNECTORS_DIR"] = str(tmp_path)
+    out = app.test_cli_runner().invoke(args=["connectors", "list"]).output
+    rows = {line.split()[0]: line for line in out.splitlines() if not line.startswith("refused")}
+    assert "python" in rows["zoom"] and "zoom_webinars.yaml" in rows["zoom_declared"]
+    assert f"refused: {tmp_path / 'broken.yaml'}:1: 'base_url' is a required property" in out
