@@ -60,6 +60,9 @@ SETTINGS = (
         ("LOG_FORMAT", "SYNCHUB_LOG_FORMAT", "text", str, "`json` for one JSON object per line (run id, "
          "connection, attempt... as fields)"),
         ("LOG_LEVEL", "SYNCHUB_LOG_LEVEL", "INFO", str, "log level of every process"),
+        ("CONNECTORS_DIR", "SYNCHUB_CONNECTORS_DIR", None, _text_or_none,
+         "a folder of declared connectors (`*.yaml`, docs/CONNECTORS.md), loaded besides synchub's own; "
+         "a broken file is refused with its line and the others still load", "unset (only synchub's own)"),
     ),
     _settings(
         "runs",
@@ -89,9 +92,6 @@ SETTINGS = (
         ("HTTP_BACKOFF_MAX_SECONDS", "SYNCHUB_HTTP_BACKOFF_MAX_SECONDS", 30.0, float, "longest backoff step"),
         ("HTTP_MAX_RETRY_AFTER_SECONDS", "SYNCHUB_HTTP_MAX_RETRY_AFTER_SECONDS", 300.0, float,
          "longest Retry-After waited inside a job; a longer one gives the run back to the queue"),
-        ("CONNECTORS_DIR", "SYNCHUB_CONNECTORS_DIR", None, _text_or_none,
-         "a folder of declared connectors (`*.yaml`, docs/CONNECTORS.md), loaded besides synchub's own; "
-         "a broken file is refused with its line and the others still load", "unset (only synchub's own)"),
     ),
     _settings(
         "webhooks",
