@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 
 import fastjsonschema
@@ -240,11 +241,24 @@ def _line(node, path):
 
 _loaded = {}  # folder -> {file path: (mtime, class or FileRefused)}
 _announced = set()  # problems already logged by this process
+_scanned = {}  # folder -> (monotonic time of the last look, its (classes, problems))
+# connector_class() runs for every run and webhook batch: the folder is looked at again
+# (files listed, changed ones read) at most this often.
+RESCAN_SECONDS = 2.0
 
 
 def load_dir(folder):
     """(classes, problems) of the *.yaml / *.yml files of `folder`, each file read again only
-    when it changed."""
+    when it changed, the folder listed again at most every RESCAN_SECONDS."""
+    last = _scanned.get(folder)
+    if last is not None and time.monotonic() - last[0] < RESCAN_SECONDS:
+        return last[1]
+    result = _scan(folder)
+    _scanned[folder] = (time.monotonic(), result)
+    return result
+
+
+def _scan(folder):
     seen = _loaded.setdefault(folder, {})
     classes, refused = [], []
     paths = sorted(glob.glob(os.path.join(folder, "*.yaml")) + glob.glob(os.path.join(folder, "*.yml")))
