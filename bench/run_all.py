@@ -104,6 +104,12 @@ def parse_providers(out):
     return rows
 
 
+def parse_declared(out):
+    m = re.search(rf"mean records/s: python {NUM}, declared {NUM}", out)
+    return [_row("declared vs Python connector, HaloPSA full sync", _n(m[2]), _n(m[1]), "records/s",
+                 "ratio >= 0.90")] if m else []
+
+
 def parse_supervisor(out):
     rows = [_row(f"supervisor slots fired, {b}", _n(ours), _n(base), "slots/s")
             for b, base, ours, _ in re.findall(rf"^(sqlite|postgresql)\s+{NUM}\s+{NUM}\s+{NUM}$", out, re.M)]
@@ -123,6 +129,7 @@ BENCHES = [
     ("outbox_delivery", ["--events", "500", "--limited-events", "60"], parse_outbox_delivery),
     ("providers", ["--only", "s4,zoom"], parse_providers),
     ("supervisor", ["--connections", "100", "--rounds", "1", "--failovers", "2"], parse_supervisor),
+    ("declared", ["--tickets", "10000", "--rounds", "2"], parse_declared),
 ]
 
 

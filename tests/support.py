@@ -110,6 +110,7 @@ def process_env(app, **extra):
         "SYNCHUB_HTTP_BACKOFF_MAX_SECONDS": str(app.config["HTTP_BACKOFF_MAX_SECONDS"]),
         "SYNCHUB_RUN_RETRY_BASE_SECONDS": str(app.config["RUN_RETRY_BASE_SECONDS"]),
         "SYNCHUB_LOG_LEVEL": "WARNING",
+        "SYNCHUB_CONNECTORS_DIR": app.config["CONNECTORS_DIR"] or "",
         "PYTHONPATH": ROOT,
     })
     env.update({k: str(v) for k, v in extra.items()})
@@ -175,6 +176,31 @@ def wait_for(predicate, timeout=30, interval=0.05, message="condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+def crash_mid_run_and_resume(app, workers, run_id, after, total):
+    """Start a worker, SIGKILL it (work horse included) once run `run_id` has processed
+    `after` of its `total` records, sweep the run as the supervisor does once its heartbeat
+    is stale, start another worker, and return the run once that one completed it."""
+    from datetime import timedelta
+
+    from webapp import runs
+    from webapp.extensions import db
+    from webapp.models import COMPLETED, QUEUED, Run, utcnow
+
+    def run():
+        db.session.expire_all()
+        return db.session.get(Run, run_id)
+
+    doomed = workers.start()
+    wait_for(lambda: run().processed >= after, timeout=60, message="the sync to be mid-way")
+    doomed.kill(signal.SIGKILL)  # the worker and its work horse die mid-page
+    crashed = run()
+    assert crashed.status == "running" and 0 < crashed.processed < total
+    later = utcnow() + timedelta(seconds=app.config["STALE_AFTER_SECONDS"] + 1)
+    assert runs.sweep_stale(now=later) == [(run_id, QUEUED)]
+    workers.start()
+    return wait_for(lambda: (r := run()).status == COMPLETED and r, timeout=90, message="resume to complete")
 
 
 def cleanup_dir(path):

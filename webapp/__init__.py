@@ -15,6 +15,7 @@ CLI_GROUPS = (
     ("webapp.admin.cli", "users_cli"), ("webapp.admin.cli", "secrets_cli"),
     ("webapp.outbox.cli", "outbox_cli"),
     ("webapp.api.cli", "tokens_cli"),
+    ("webapp.connectors.declared.cli", "connectors_cli"),
 )
 
 
@@ -64,6 +65,10 @@ def create_app(config=None):
     from . import logs
 
     logs.configure(level=app.config["LOG_LEVEL"], fmt=app.config["LOG_FORMAT"])
+    # A broken connector file is named in the log at start (file, line, field), not at its first run.
+    from .connectors.declared import check_files
+
+    check_files(app.config["CONNECTORS_DIR"])
     return app
 
 

@@ -60,6 +60,9 @@ SETTINGS = (
         ("LOG_FORMAT", "SYNCHUB_LOG_FORMAT", "text", str, "`json` for one JSON object per line (run id, "
          "connection, attempt... as fields)"),
         ("LOG_LEVEL", "SYNCHUB_LOG_LEVEL", "INFO", str, "log level of every process"),
+        ("CONNECTORS_DIR", "SYNCHUB_CONNECTORS_DIR", None, _text_or_none,
+         "a folder of declared connectors (`*.yaml`, docs/CONNECTORS.md), loaded besides synchub's own; "
+         "a broken file is refused with its line and the others still load", "unset (only synchub's own)"),
     ),
     _settings(
         "runs",
@@ -252,6 +255,13 @@ def _defaults():
 def defaults():
     """Every setting's default (a fresh copy), for code given only part of the settings."""
     return dict(_defaults())
+
+
+def setting_value(key, environ=None):
+    """One setting as the environment gives it, for code that may run before any app exists
+    (the connector registry is filled on first use, in any process)."""
+    environ = os.environ if environ is None else environ
+    return next(s for s in SETTINGS if s.key == key).read(environ)
 
 
 def _database_url(url):

@@ -18,8 +18,8 @@ from webapp.models import COMPLETED, QUEUED, Run, RunEvent, utcnow
 CREDENTIALS = {"account_id": "zoom-account", "client_id": "zoom-client", "client_secret": "zoom-client-secret"}
 
 
-def _connection(make_connection, server, **settings):
-    return make_connection(name="zoom-s2", connector="zoom", schedule="manual", credentials=CREDENTIALS,
+def _connection(make_connection, server, connector="zoom", **settings):
+    return make_connection(name="zoom-s2", connector=connector, schedule="manual", credentials=CREDENTIALS,
                            settings={"base_url": server.url + "/v2", "token_url": server.url + "/oauth/token",
                                      **settings})
 
@@ -66,11 +66,13 @@ def test_full_then_delta_updates_changed_and_soft_deletes_deleted_webinars(app, 
 
 
 @one_backend
-def test_resume_after_sigkill_restarts_an_expired_listing_without_duplicates(app, make_connection, workers, serve):
+@pytest.mark.parametrize("connector", ["zoom", "zoom_declared"])  # the Python connector and its declared port
+def test_resume_after_sigkill_restarts_an_expired_listing_without_duplicates(app, make_connection, workers, serve,
+                                                                             connector):
     api = ZoomAPI(webinars=200, seed=22)
     api.latency = 0.06
     api.server = serve(api)
-    conn = _connection(make_connection, api.server, page_size=10)
+    conn = _connection(make_connection, api.server, connector, page_size=10)
     pool = [workers.start(), workers.start()]  # the survivor is ready when the other dies
     run_id = runs.trigger(conn, trigger="manual", streams=["webinars"]).run.id
 

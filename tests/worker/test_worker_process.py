@@ -1,13 +1,12 @@
 """Real RQ worker processes: crash, resume and cancel, end to end."""
 import signal
-from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from tests.support import wait_for
+from tests.support import crash_mid_run_and_resume, wait_for
 from webapp import runs
 from webapp.extensions import db
-from webapp.models import CANCELLED, COMPLETED, QUEUED, Record, Run, utcnow
+from webapp.models import CANCELLED, COMPLETED, Record, Run
 
 
 def _run(run_id):
@@ -18,16 +17,7 @@ def _run(run_id):
 def test_sigkilled_worker_run_is_resumed_from_checkpoint_without_loss_or_duplicates(app, make_connection, workers):
     conn = make_connection(settings={"records": 600, "page_size": 30, "latency_ms": 60})
     run_id = runs.trigger(conn).run.id
-    doomed = workers.start()
-    wait_for(lambda: _run(run_id).processed >= 180, timeout=60, message="the sync to be mid-way")
-    doomed.kill(signal.SIGKILL)  # the worker and its work horse die mid-page
-    crashed = _run(run_id)
-    assert crashed.status == "running" and 0 < crashed.processed < 600
-    # What the supervisor does once the heartbeat is older than the threshold:
-    later = utcnow() + timedelta(seconds=app.config["STALE_AFTER_SECONDS"] + 1)
-    assert runs.sweep_stale(now=later) == [(run_id, QUEUED)]
-    workers.start()
-    done = wait_for(lambda: (r := _run(run_id)).status == COMPLETED and r, timeout=90, message="resume to complete")
+    done = crash_mid_run_and_resume(app, workers, run_id, after=180, total=600)
     assert done.attempt == 2
     ids = db.session.scalars(select(Record.external_id).where(Record.connection_id == conn.id)).all()
     assert sorted(ids) == [f"item-{i:07d}" for i in range(600)]  # every record, each once

@@ -1,5 +1,6 @@
-"""Connectors: one small module per provider, registered by name (base.register). Shared
-HTTP, auth, paging and rate limits live in http.py, pagination.py and ratelimit.py.
+"""Connectors: one small module per provider, registered by name (base.register), or one
+YAML file per provider (declared/, docs/CONNECTORS.md). Shared HTTP, auth, paging and rate
+limits live in http.py, pagination.py and ratelimit.py.
 
 The registry is filled here, by importing the provider modules on first use, so the web
 process pays for them only when needed; the provider modules import base.py, never this
@@ -17,6 +18,10 @@ CONNECTOR_MODULES = ("sandbox", "rest", "loops", "zoom", "highlevel", "halopsa",
 def load_all():
     for module in CONNECTOR_MODULES:
         importlib.import_module(f"{__name__}.{module}")
+    # After the Python ones, so a file cannot take a Python connector's name.
+    from .declared import register_all
+
+    register_all()
 
 
 def connector_class(name):

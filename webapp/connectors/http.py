@@ -83,6 +83,7 @@ class HttpClient:
         sleep=time.sleep,
         clock=time.monotonic,
         headers=None,
+        retry_after_header="Retry-After",
     ):
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ConfigError("base URL must start with http:// or https://")
@@ -98,6 +99,8 @@ class HttpClient:
         self._sleep = sleep
         self._clock = clock
         self._headers = {"Accept": "application/json", **(headers or {})}
+        # A few providers name it otherwise (X-RateLimit-Reset-After...); declared connectors say.
+        self.retry_after_header = retry_after_header
         self._owns_session = session is None
         if session is None:
             session = requests.Session()
@@ -220,7 +223,7 @@ class HttpClient:
         where = f"{method} {redact_url(resp.url)}"
         reason = self._reason(resp)
         if status == 429:
-            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            retry_after = parse_retry_after(resp.headers.get(self.retry_after_header))
             message = f"{where}: rate limited (HTTP 429)"
             if not retry_policy.request_waits_out(retry_after, self.max_retry_after):
                 raise QuotaExhausted(f"{message}, Retry-After {retry_after:.0f}s is too long to wait",

@@ -10,11 +10,18 @@ from .errors import ConfigError
 
 def dig(body, path):
     """The value at a dotted path ("data.items", "total.0.total"); the body itself for None.
+    A callable path is a compiled selector (a declared connector's JMESPath expression,
+    webapp/connectors/declared/): its None counts as missing.
 
     Raises KeyError when a step is missing.
     """
     if path is None:
         return body
+    if callable(path):
+        value = path(body)
+        if value is None:
+            raise KeyError(getattr(path, "expression", "selector"))
+        return value
     value = body
     for step in path.split("."):
         if isinstance(value, list) and step.isdigit():
@@ -64,15 +71,30 @@ class _Strategy:
             return None
 
 
-class PageNumber(_Strategy):
-    """?page=N&page_size=S. Finished on a short page, or once page * size reaches total."""
+# When page-number paging is finished, given the page just read.
+PAGE_STOPS = (
+    "short_page_or_total",  # a short page, or page * size reached the total
+    "short_page",  # only a short page (no total, or one not to be trusted)
+    # a short page at or past the total: pages short of a total that is still ahead are read
+    # on (records deleted meanwhile), and a total that grew is read past (HaloPSA).
+    "short_page_beyond_total",
+)
 
-    def __init__(self, page_param="page", size_param="page_size", page_size=100, first_page=1, **common):
+
+class PageNumber(_Strategy):
+    """?page=N&page_size=S. Finished when `stop` says (PAGE_STOPS; default: on a short page,
+    or once page * size reaches total)."""
+
+    def __init__(self, page_param="page", size_param="page_size", page_size=100, first_page=1,
+                 stop="short_page_or_total", **common):
         super().__init__(**common)
+        if stop not in PAGE_STOPS:
+            raise ConfigError(f"page pagination stop must be one of {', '.join(PAGE_STOPS)}, got {stop!r}")
         self.page_param = page_param
         self.size_param = size_param
         self.page_size = int(page_size)
         self.first_page = int(first_page)
+        self.stop = stop
 
     def params(self, state):
         page = state["page"] if state else self.first_page
@@ -85,9 +107,17 @@ class PageNumber(_Strategy):
         page = state["page"] if state else self.first_page
         records = self.records(body)
         total = self.total(body)
-        pages_read = page - self.first_page + 1
-        done = len(records) < self.page_size or (total is not None and pages_read * self.page_size >= total)
-        return records, None if done else {"page": page + 1}, total
+        return records, None if self.finished(page, len(records), total) else {"page": page + 1}, total
+
+    def finished(self, page, count, total):
+        """Whether page `page`, holding `count` records of `total` (None: unknown), is the last."""
+        short = count < self.page_size
+        reached = total is not None and (page - self.first_page + 1) * self.page_size >= total
+        if self.stop == "short_page":
+            return short
+        if self.stop == "short_page_beyond_total":
+            return short and (total is None or reached)
+        return short or reached
 
 
 class OffsetLimit(_Strategy):
@@ -190,6 +220,37 @@ class Cursor(_Strategy):
         return records, {"cursor": cursor}, self.total(body)
 
 
+class LinkHeader(_Strategy):
+    """RFC 8288 `Link: <url>; rel="next"` (GitHub style): the next page is that whole URL.
+    Reads the response, not only the body, so the caller hands it to `parse_response`."""
+
+    def __init__(self, size_param=None, page_size=100, **common):
+        super().__init__(**common)
+        self.size_param = size_param
+        self.page_size = int(page_size)
+
+    def params(self, state):
+        if state:  # the next URL carries every parameter already
+            return {}
+        params = dict(self.extra)
+        if self.size_param:
+            params[self.size_param] = self.page_size
+        return params
+
+    def url(self, state, path):
+        return state["url"] if state else path
+
+    def parse(self, body, state):
+        raise ConfigError("Link-header pagination reads the response headers; only declared connectors offer it")
+
+    def parse_response(self, resp, body, state):
+        records = self.records(body)
+        following = (resp.links.get("next") or {}).get("url")
+        if following and state and following == state["url"]:
+            raise ConfigError("pagination Link rel=next did not advance")
+        return records, {"url": following} if following else None, self.total(body)
+
+
 class Single(_Strategy):
     """Everything in one response (HaloPSA /api/Agent)."""
 
@@ -200,7 +261,8 @@ class Single(_Strategy):
         return self.records(body), None, self.total(body)
 
 
-STRATEGIES = {"page": PageNumber, "offset": OffsetLimit, "token": NextToken, "cursor": Cursor, "none": Single}
+STRATEGIES = {"page": PageNumber, "offset": OffsetLimit, "token": NextToken, "cursor": Cursor, "link": LinkHeader,
+              "none": Single}
 
 
 def from_settings(settings):

@@ -30,6 +30,7 @@ from urllib.parse import quote
 
 from .auth import OAuth2ClientCredentials
 from .base import Connector, Page, Param, Stream, register
+from .dates import parse_time as _parse_time
 from .errors import BadRecord, ConfigError, HttpError
 
 log = logging.getLogger(__name__)
@@ -242,16 +243,6 @@ def validate_webinar_data(webinar):
             problems.append(f"{field} must be text")
     if problems:
         raise BadRecord("invalid webinar: " + "; ".join(problems))
-
-
-def _parse_time(value):
-    if not isinstance(value, str) or len(value) < 10:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def _window(request):
