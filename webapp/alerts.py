@@ -21,6 +21,7 @@ from flask import current_app
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from . import net_guard
 from .extensions import db
 from .models import (
     ACTIVE_STATUSES,
@@ -138,9 +139,13 @@ def send_notification(alert, resolved):
         return False
     try:
         response = requests.post(url, json={"text": notification_text(alert, resolved)},
-                                 timeout=current_app.config["ALERT_WEBHOOK_TIMEOUT_SECONDS"])
+                                 timeout=current_app.config["ALERT_WEBHOOK_TIMEOUT_SECONDS"],
+                                 hooks=net_guard.guard(url, what="SYNCHUB_ALERT_WEBHOOK_URL"))
     except requests.RequestException as exc:
         log.warning("alert notification not delivered: %s", type(exc).__name__)
+        return False
+    except net_guard.UnsafeURL as exc:
+        log.warning("alert notification not delivered: %s", exc)
         return False
     if response.status_code >= 300:
         log.warning("alert notification not delivered: the webhook answered HTTP %s", response.status_code)

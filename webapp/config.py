@@ -6,6 +6,7 @@ two equal (`python -m webapp.config` prints the Markdown). Code reads `app.confi
 never `.get(KEY, default)`: a second default would drift from this one.
 """
 import functools
+import ipaddress
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -19,6 +20,21 @@ def _bool(text):
 
 def _text_or_none(text):
     return text or None
+
+
+def _networks(text):
+    """Comma-separated networks in CIDR notation (`*`: any) as a tuple of ip_network."""
+    networks = []
+    for part in text.split(","):
+        part = part.strip()
+        if part == "*":
+            networks += [ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")]
+        elif part:
+            try:
+                networks.append(ipaddress.ip_network(part, strict=False))
+            except ValueError:
+                raise ValueError(f"{part!r} is not a network like 10.0.0.0/8") from None
+    return tuple(networks)
 
 
 @dataclass(frozen=True)
@@ -97,6 +113,10 @@ SETTINGS = (
         ("HTTP_MAX_RETRY_AFTER_SECONDS", "SYNCHUB_HTTP_MAX_RETRY_AFTER_SECONDS", 300.0, float,
          "longest Retry-After waited inside a job; a run told to wait longer waits (status `waiting`, "
          "no attempt spent) and the supervisor queues it again when the time comes"),
+        ("ALLOW_PRIVATE_URLS", "SYNCHUB_ALLOW_PRIVATE_URLS", (), _networks,
+         "networks (CIDR, comma-separated; `*` for any) that connection, token, alert and outbox URLs may "
+         "reach although loopback, private or link-local; every other such URL is refused when saved and "
+         "before each request and redirect (docs/SECURITY.md)", "none"),
     ),
     _settings(
         "webhooks",
@@ -240,6 +260,12 @@ class Config:
 
     def as_dict(self):
         return dict(self.values)
+
+
+def from_environment(key, environ=None):
+    """One setting as the process's environment gives it, for code that runs without an app."""
+    setting = next(s for s in SETTINGS if s.key == key)
+    return setting.read(os.environ if environ is None else environ)
 
 
 @functools.lru_cache(maxsize=1)

@@ -11,6 +11,7 @@ import time
 
 import requests
 
+from .. import net_guard
 from ..logs import register_secret
 from .errors import AuthError, ConfigError, RateLimited, TransientError
 
@@ -157,7 +158,8 @@ class OAuth2ClientCredentials:
 def _token_request(session, url, data, auth, timeout, *, refused, hint=""):
     """POST to a token endpoint; the JSON body with an access_token, or the classified error."""
     try:
-        resp = session.post(url, data=data, auth=auth, timeout=timeout, headers={"Accept": "application/json"})
+        resp = session.post(url, data=data, auth=auth, timeout=timeout, headers={"Accept": "application/json"},
+                            hooks=net_guard.guard(url, what="The OAuth2 token_url"))
     except requests.Timeout:
         raise TransientError("OAuth2 token endpoint timed out") from None
     except requests.RequestException as exc:

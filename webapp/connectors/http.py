@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import requests
 import tenacity
 
-from .. import metrics, retry_policy
+from .. import metrics, net_guard, retry_policy
 from requests.adapters import HTTPAdapter
 
 from .auth import BasicAuth, BearerAuth, HeaderKeyAuth, OAuth2ClientCredentials  # noqa: F401 (re-export)
@@ -197,7 +197,8 @@ class HttpClient:
                 raise _TransientRetry(f"{where}: {exc}") from None
         try:
             resp = self._session.request(
-                method, url, params=params, json=json, data=data, headers=headers, timeout=self.timeout
+                method, url, params=params, json=json, data=data, headers=headers, timeout=self.timeout,
+                hooks=net_guard.guard(url, what=where),  # SSRF: this URL and every redirect's
             )
             metrics.inc("provider_requests", host=self._host, status=resp.status_code)
             return resp
