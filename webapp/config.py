@@ -139,7 +139,12 @@ SETTINGS = (
          "plain-http network"),
         ("LOGIN_MAX_FAILURES", "SYNCHUB_LOGIN_MAX_FAILURES", 5, int, "failed logins that lock an account"),
         ("LOGIN_MAX_FAILURES_PER_IP", "SYNCHUB_LOGIN_MAX_FAILURES_PER_IP", 30, int,
-         "failed logins from one client address, across accounts, that lock that address"),
+         "failed logins from one client address, across accounts, after which its failures no longer say "
+         "whether the email exists (a right password still signs in, so a shared address locks nobody out)"),
+        ("TRUSTED_PROXIES", "SYNCHUB_TRUSTED_PROXIES", 0, int,
+         "reverse proxies in front of the web process that set `X-Forwarded-For`, `-Proto` and `-Host` "
+         "(Werkzeug's ProxyFix); with it the login and API brakes count real client addresses and https at the "
+         "proxy counts as https; 0 ignores those headers, which anyone can send (docs/DEPLOY.md, \"Behind a proxy\")"),
         ("LOGIN_LOCK_SECONDS", "SYNCHUB_LOGIN_LOCK_SECONDS", 900, int, "how long such a lock lasts"),
         ("ARGON2_PROFILE", "SYNCHUB_ARGON2_PROFILE", "RFC_9106_LOW_MEMORY", str,
          "password hash cost, a profile name of `argon2.profiles`"),
@@ -150,6 +155,11 @@ SETTINGS = (
         "api",
         ("CRON_SECRET", "SYNCHUB_CRON_SECRET", None, _text_or_none,
          "shared secret for `/api/cron/...` (header, never a query string)", "unset (cron endpoints refuse all)"),
+        ("API_MAX_AUTH_FAILURES", "SYNCHUB_API_MAX_AUTH_FAILURES", 20, int,
+         "wrong API tokens or cron secrets from one client address after which it gets 429 with Retry-After "
+         "until `SYNCHUB_API_AUTH_BRAKE_SECONDS` have passed since its first failure; other clients are unaffected"),
+        ("API_AUTH_BRAKE_SECONDS", "SYNCHUB_API_AUTH_BRAKE_SECONDS", 300, int,
+         "the window in which those failures are counted"),
         ("METRICS_TOKEN", "SYNCHUB_METRICS_TOKEN", None, _text_or_none,
          "when set, `/metrics` needs `Authorization: Bearer <token>`", "unset (open, like most exporters)"),
     ),
