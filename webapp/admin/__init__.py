@@ -49,14 +49,12 @@ def _guard():
     from .auth import csrf, login_manager
 
     changes_state = request.method not in ("GET", "HEAD", "OPTIONS")
-    if request.endpoint in PUBLIC_ENDPOINTS:
-        if changes_state:
-            csrf.protect()
-        return None
-    if not current_user.is_authenticated:
+    public = request.endpoint in PUBLIC_ENDPOINTS
+    if not public and not current_user.is_authenticated:
         return login_manager.unauthorized()
     # A page of another site can make the browser send our cookie with a form or open a
     # websocket (which no CSRF token protects): both are refused when the browser says so.
+    # The login form too, so no other site can sign a browser into an account of its choosing.
     if (changes_state or request.environ.get("HTTP_UPGRADE", "").lower() == "websocket") and _foreign_origin():
         return _refuse_foreign_origin()
     if changes_state:
