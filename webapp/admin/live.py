@@ -7,7 +7,7 @@ other sites (a browser sends our cookie with them), are the admin guard's
 import json
 import queue
 
-from flask import abort, jsonify, request
+from flask import abort, jsonify
 
 from ..extensions import db, sock
 from ..live import hub
