@@ -26,6 +26,13 @@ def check_configuration():
         problems.append(f"SYNCHUB_STALE_AFTER_SECONDS ({config['STALE_AFTER_SECONDS']}) must be well above "
                         f"SYNCHUB_HEARTBEAT_SECONDS ({config['HEARTBEAT_SECONDS']}), or live runs are swept: "
                         "make it at least 3x")
+    if config["ALERT_WEBHOOK_URL"]:
+        from . import net_guard
+
+        try:  # an environment setting has no form to refuse it: it is refused here and at each send
+            net_guard.check_url(config["ALERT_WEBHOOK_URL"], what="SYNCHUB_ALERT_WEBHOOK_URL")
+        except net_guard.UnsafeURL as exc:
+            problems.append(str(exc).rstrip("."))
     if problems:
         return False, "; ".join(problems)
     return True, "settings are consistent"

@@ -30,10 +30,12 @@ def test_doctor_reports_each_broken_setting_with_its_fix(app, make_connection, t
     db.session.commit()
 
     result = doctor(app, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", SYNCHUB_STALE_AFTER_SECONDS=1,
-                    SYNCHUB_HEARTBEAT_SECONDS=10)
+                    SYNCHUB_HEARTBEAT_SECONDS=10, SYNCHUB_ALERT_WEBHOOK_URL="http://169.254.169.254/hook-secret")
     out = result.stdout
     assert result.returncode == 1
     assert "FAIL" in _line(out, "configuration") and "make it at least 3x" in out
+    assert "SYNCHUB_ALERT_WEBHOOK_URL points to 169.254.169.254, a link-local address" in out
+    assert "hook-secret" not in out
     assert "FAIL" in _line(out, "redis") and "check REDIS_URL" in _line(out, "redis")
     assert "FAIL" in _line(out, "workers")
     assert "FAIL" in _line(out, "supervisor") and "python -m scheduler" in _line(out, "supervisor")
