@@ -22,6 +22,7 @@ def _text_or_none(text):
     return text or None
 
 
+@functools.lru_cache(maxsize=8)  # read for each outgoing request by code without an app (webapp/net_guard.py)
 def _networks(text):
     """Comma-separated networks in CIDR notation (`*`: any) as a tuple of ip_network."""
     networks = []
