@@ -184,7 +184,7 @@ def test_every_route_answers_each_credential_as_the_table_says(app, setup):
             continue  # the test above names it
         for credential in CREDENTIALS:
             if rule.websocket and POLICIES[policy][credential] == "ok":
-                continue  # a real socket is needed: tests/webapp/admin/test_live*.py opens one
+                continue  # a real socket is needed: tests/webapp/test_live.py opens them (and is refused cross-site)
             got = _answer(_call(app, setup, rule, method, credential))
             if got != POLICIES[policy][credential]:
                 wrong.append(f"{method} {rule.rule} as {credential}: {got}, expected {POLICIES[policy][credential]}")
