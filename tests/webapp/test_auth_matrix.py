@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from tests.webapp.admin.support import PASSWORD, admin_user, csrf_token, login, new_client  # noqa: F401  (admin_user: a fixture)
+from tests.webapp.admin.support import admin_user, csrf_token, login, new_client  # noqa: F401  (admin_user: a fixture)
 from tests.support import TAKES_WEBHOOKS
 
 CRON_SECRET = "cron-secret-for-the-matrix-0123456789"
