@@ -138,9 +138,10 @@ def send_notification(alert, resolved):
     if not url:
         return False
     try:
-        response = requests.post(url, json={"text": notification_text(alert, resolved)},
-                                 timeout=current_app.config["ALERT_WEBHOOK_TIMEOUT_SECONDS"],
-                                 hooks=net_guard.guard(url, what="SYNCHUB_ALERT_WEBHOOK_URL"))
+        with net_guard.session() as session:
+            response = session.post(url, json={"text": notification_text(alert, resolved)},
+                                    timeout=current_app.config["ALERT_WEBHOOK_TIMEOUT_SECONDS"],
+                                    hooks=net_guard.guard(url, what="SYNCHUB_ALERT_WEBHOOK_URL"))
     except requests.RequestException as exc:
         log.warning("alert notification not delivered: %s", type(exc).__name__)
         return False

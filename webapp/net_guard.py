@@ -7,17 +7,23 @@ private, link-local (169.254.0.0/16 and fe80::/10, where cloud metadata lives), 
 reserved, multicast or unspecified. SYNCHUB_ALLOW_PRIVATE_URLS lists networks that may be
 reached anyway (an on-premises HaloPSA, the simulators of the tests on 127.0.0.1).
 
-It is checked twice: when a URL is saved (a sentence for the person who typed it) and before
-every request, redirect hops included (`guard` returns the requests hook that re-checks each
+It is checked when a URL is saved (a sentence for the person who typed it) and before every
+request, redirect hops included (`guard` returns the requests hook that re-checks each
 Location), because a name can resolve differently later and a public server can redirect
-inward. What it cannot stop: a name that resolves to a public address for the check and to a
-private one for the connection a moment later (DNS rebinding); docs/SECURITY.md says so.
+inward. A name that resolves to a public address for those checks and to a private one a
+moment later (DNS rebinding) is caught by a third: sessions made by `session()` check the
+address each new connection actually reached.
 """
 import ipaddress
 import socket
 import threading
 import time
 from urllib.parse import urljoin, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from .connectors.errors import ConfigError
 
@@ -92,13 +98,17 @@ def check_url(url, allowed=None, what="The URL"):
         raise UnsafeURL(f"{what} must be an http:// or https:// URL with a host name.")
     networks = _allowed_networks(allowed)
     for address in _addresses(host, port or (443 if parts.scheme == "https" else 80)):
-        plain = getattr(address, "ipv4_mapped", None) or address
-        if _is_public(plain) or any(plain in network for network in networks):
-            continue
-        shown = host if str(plain) == host else f"{host} ({plain})"
-        raise UnsafeURL(f"{what} points to {shown}, {_kind(plain)}: synchub does not send requests there "
-                        "unless SYNCHUB_ALLOW_PRIVATE_URLS lists its network.")
+        _refuse_unless_allowed(address, networks, f"{what} points to", host)
     return url
+
+
+def _refuse_unless_allowed(address, networks, said, host):
+    plain = getattr(address, "ipv4_mapped", None) or address
+    if _is_public(plain) or any(plain in network for network in networks):
+        return
+    shown = host if str(plain) == host else f"{host} ({plain})"
+    raise UnsafeURL(f"{said} {shown}, {_kind(plain)}: synchub does not send requests there "
+                    "unless SYNCHUB_ALLOW_PRIVATE_URLS lists its network.")
 
 
 def guard(url, allowed=None, what="The URL"):
@@ -131,3 +141,55 @@ def _texts(value, key=""):
     elif isinstance(value, (list, tuple)):
         for item in value:
             yield from _texts(item, key)
+
+
+# -- the address actually connected to ----------------------------------------------------
+# The checks above resolve the name themselves; the HTTP library resolves it again when it
+# connects. A name whose answers change in between (DNS rebinding: a public address for the
+# check, 127.0.0.1 a moment later) would pass them, so sessions made by `session()` also
+# check the address each new connection reached, before anything is sent on it.
+class _CheckedConnect:
+    def _new_conn(self):
+        sock = super()._new_conn()
+        try:
+            peer = ipaddress.ip_address(sock.getpeername()[0].split("%", 1)[0])
+            _refuse_unless_allowed(peer, _allowed_networks(None), "The connection to", self.host)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+
+class _HTTPConnection(_CheckedConnect, HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_CheckedConnect, HTTPSConnection):
+    pass
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class GuardedAdapter(HTTPAdapter):
+    """requests' adapter whose connections check the address they reached. (Through a proxy
+    from HTTPS_PROXY it is the proxy that is reached: then only the checks by name apply.)"""
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+def session(pool_connections=10, pool_maxsize=10, max_retries=0):
+    """A requests.Session for URLs people typed: every connection checked. Retries are the
+    caller's (classified, rate limited), so urllib3 adds none of its own by default."""
+    new = requests.Session()
+    adapter = GuardedAdapter(pool_connections=pool_connections, pool_maxsize=pool_maxsize, max_retries=max_retries)
+    new.mount("http://", adapter)
+    new.mount("https://", adapter)
+    return new

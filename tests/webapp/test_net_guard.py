@@ -4,6 +4,7 @@ SYNCHUB_ALLOW_PRIVATE_URLS lists their network. The tests' environment allows 12
 and ::1 (tests/conftest.py), so the simulators work; these tests take that away."""
 import ipaddress
 import json
+import socket
 
 import pytest
 import requests
@@ -161,3 +162,49 @@ def test_requests_alone_would_have_followed_the_redirect(serve):
     target = serve(lambda environ, start_response: Response("inner")(environ, start_response))
     server = serve(_redirect_to(target.url + "/secret"))
     assert requests.get(server.url, timeout=5).text == "inner"
+
+
+def _rebinding_resolver(monkeypatch, name):
+    """socket.getaddrinfo answering `name` as a rebinding DNS server would: a public address
+    the first time (the guard's own lookup), 127.0.0.1 after (the connection's). Every other
+    name resolves as usual."""
+    real = socket.getaddrinfo
+    lookups = []
+
+    def resolve(host, port, *args, **kwargs):
+        if host != name:
+            return real(host, port, *args, **kwargs)
+        lookups.append(host)
+        return real("93.184.216.34" if len(lookups) == 1 else "127.0.0.1", port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    net_guard._cache.clear()
+    return lookups
+
+
+def _json_ok(environ, start_response):
+    return Response(json.dumps({"ok": 1}), 200, content_type="application/json")(environ, start_response)
+
+
+def test_a_name_rebound_to_loopback_after_the_check_is_refused_at_connect(app, serve, monkeypatch):
+    server = serve(_json_ok)
+    port = server.url.rsplit(":", 1)[1]
+    app.config["ALLOW_PRIVATE_URLS"] = NONE
+    lookups = _rebinding_resolver(monkeypatch, "rebind.example")
+    with pytest.raises(net_guard.UnsafeURL) as refused:
+        HttpClient(f"http://rebind.example:{port}", max_retries=0).get_json("/items")
+    assert "The connection to rebind.example (127.0.0.1), a loopback address" in str(refused.value)
+    assert lookups == ["rebind.example", "rebind.example"]  # the check by name saw the public answer
+    assert server.log.entries() == []  # nothing was sent on the connection
+
+
+def test_without_the_connect_check_the_rebound_name_would_have_got_through(app, serve, monkeypatch):
+    """The control: a plain requests session passed in passes the checks by name and reaches
+    127.0.0.1, so the refusal above is the connect check's."""
+    server = serve(_json_ok)
+    port = server.url.rsplit(":", 1)[1]
+    app.config["ALLOW_PRIVATE_URLS"] = NONE
+    _rebinding_resolver(monkeypatch, "rebind.example")
+    client = HttpClient(f"http://rebind.example:{port}", max_retries=0, session=requests.Session())
+    assert client.get_json("/items") == {"ok": 1}
+    assert len(server.log.entries()) == 1

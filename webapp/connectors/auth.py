@@ -104,7 +104,7 @@ class OAuth2ClientCredentials:
         self.basic_auth = basic_auth
         self.expiry_margin = expiry_margin
         self.timeout = timeout
-        self._session = session or requests.Session()
+        self._session = session or net_guard.session()
         self._clock = clock
         self._lock = threading.Lock()
         self._token = None
@@ -216,7 +216,7 @@ class OAuth2RefreshToken:
         self.expiry_margin = expiry_margin
         self.timeout = timeout
         self._update = update_credentials
-        self._session = session or requests.Session()
+        self._session = session or net_guard.session()
         self._clock = clock
         self._lock = threading.Lock()
         self._access = credentials.get("access_token")

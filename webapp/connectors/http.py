@@ -26,7 +26,6 @@ import requests
 import tenacity
 
 from .. import metrics, net_guard, retry_policy
-from requests.adapters import HTTPAdapter
 
 from .auth import BasicAuth, BearerAuth, HeaderKeyAuth, OAuth2ClientCredentials  # noqa: F401 (re-export)
 from .errors import AuthError, ConfigError, HttpError, QuotaExhausted, RateLimited, TransientError
@@ -100,11 +99,8 @@ class HttpClient:
         self._headers = {"Accept": "application/json", **(headers or {})}
         self._owns_session = session is None
         if session is None:
-            session = requests.Session()
             # Retries are ours (classified, rate limited); urllib3 must not add its own.
-            adapter = HTTPAdapter(pool_connections=POOL_SIZE, pool_maxsize=POOL_SIZE, max_retries=0)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
+            session = net_guard.session(pool_connections=POOL_SIZE, pool_maxsize=POOL_SIZE, max_retries=0)
         self._session = session
 
     def close(self):
