@@ -3,9 +3,10 @@ the login brake counts real client addresses and https at the proxy counts as ht
 it the forwarded headers are ignored (anyone can send them), and a shared address still
 locks nobody out."""
 import pytest
+import requests
 
 from tests.conftest import make_app
-from tests.webapp.admin.support import FAST_HASHES, PASSWORD, csrf_token, new_client
+from tests.webapp.admin.support import FAST_HASHES, PASSWORD, csrf_token, new_client, one_backend
 
 PROXY = "10.0.0.2"  # the address every request arrives from: the proxy's
 
@@ -90,3 +91,14 @@ def test_a_declared_proxy_keeps_forms_working_for_its_public_host_name(behind_pr
     response = client.post("/admin/logout", headers={**headers, "Origin": "https://evil.example"},
                            base_url="https://localhost", data={"csrf_token": token})
     assert response.status_code == 403
+
+
+@one_backend
+def test_gunicorn_itself_believes_the_scheme_from_a_proxy_on_the_same_machine(live_server):
+    """Through the real web server: gunicorn takes X-Forwarded-Proto from 127.0.0.1 and ::1
+    (its forwarded_allow_ips), so a TLS proxy on the same machine gets HSTS even without
+    SYNCHUB_TRUSTED_PROXIES (docs/DEPLOY.md, "Behind a proxy")."""
+    behind = requests.get(live_server.url + "/admin/login", headers={"X-Forwarded-Proto": "https"}, timeout=10)
+    assert behind.headers["Strict-Transport-Security"] == "max-age=31536000"
+    plain = requests.get(live_server.url + "/admin/login", timeout=10)
+    assert "Strict-Transport-Security" not in plain.headers
