@@ -99,7 +99,7 @@ def run_backoff(attempt, base, cap):
     base, 3 x base, 9 x base ..., at most cap, each +-20 % at random. 0 when base is 0."""
     if base <= 0:
         return 0.0
-    return min(cap, base * 3 ** max(0, attempt - 1)) * random.uniform(0.8, 1.2)
+    return min(cap, base * 3 ** max(0, attempt - 1)) * random.uniform(0.8, 1.2)  # noqa: S311  jitter spreads load; nothing to predict
 
 
 # -- outbox: an event after a failed send ------------------------------------------------

@@ -107,7 +107,7 @@ def params_key(mode, params, streams):
     params = {k: v for k, v in (params or {}).items() if v not in (None, "", [], {})}
     canonical = json.dumps({"mode": mode, "params": params, "streams": sorted(streams or [])},
                            sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha1(canonical.encode()).hexdigest()
+    return hashlib.sha1(canonical.encode(), usedforsecurity=False).hexdigest()  # a dedupe key, not a secret
 
 
 def trigger(
