@@ -10,12 +10,6 @@ from sqlalchemy import text
 
 from tests.support import TEST_KEY, Database, RedisServer, WorkerProcess, cleanup_dir
 
-# The simulators and the hub's own servers of the tests listen on 127.0.0.1: the SSRF guard
-# (webapp/net_guard.py) must let them through, in this process and in every child process
-# (workers, gunicorn, CLI), which inherit the environment. Tests of the guard itself set the
-# app's ALLOW_PRIVATE_URLS, or pass `allowed`, to see a refusal.
-os.environ.setdefault("SYNCHUB_ALLOW_PRIVATE_URLS", "127.0.0.0/8,::1/128")
-
 BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("SYNCHUB_TEST_POSTGRES_URL") else [])
 if os.environ.get("CI") == "true" and "postgresql" not in BACKENDS:
     raise RuntimeError("CI=true but SYNCHUB_TEST_POSTGRES_URL is unset: CI must exercise PostgreSQL")

@@ -1,7 +1,7 @@
 """The SSRF guard (webapp/net_guard.py): URLs that reach loopback, private or link-local
 addresses are refused when saved and before every request and redirect, unless
 SYNCHUB_ALLOW_PRIVATE_URLS lists their network. The tests' environment allows 127.0.0.0/8
-and ::1 (tests/conftest.py), so the simulators work; these tests take that away."""
+and ::1 (tests/support.py), so the simulators work; these tests take that away."""
 import ipaddress
 import json
 import socket
