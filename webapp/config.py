@@ -6,6 +6,7 @@ two equal (`python -m webapp.config` prints the Markdown). Code reads `app.confi
 never `.get(KEY, default)`: a second default would drift from this one.
 """
 import functools
+import ipaddress
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -19,6 +20,22 @@ def _bool(text):
 
 def _text_or_none(text):
     return text or None
+
+
+@functools.lru_cache(maxsize=8)  # read for each outgoing request by code without an app (webapp/net_guard.py)
+def _networks(text):
+    """Comma-separated networks in CIDR notation (`*`: any) as a tuple of ip_network."""
+    networks = []
+    for part in text.split(","):
+        part = part.strip()
+        if part == "*":
+            networks += [ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")]
+        elif part:
+            try:
+                networks.append(ipaddress.ip_network(part, strict=False))
+            except ValueError:
+                raise ValueError(f"{part!r} is not a network like 10.0.0.0/8") from None
+    return tuple(networks)
 
 
 @dataclass(frozen=True)
@@ -100,6 +117,10 @@ SETTINGS = (
         ("HTTP_MAX_RETRY_AFTER_SECONDS", "SYNCHUB_HTTP_MAX_RETRY_AFTER_SECONDS", 300.0, float,
          "longest Retry-After waited inside a job; a run told to wait longer waits (status `waiting`, "
          "no attempt spent) and the supervisor queues it again when the time comes"),
+        ("ALLOW_PRIVATE_URLS", "SYNCHUB_ALLOW_PRIVATE_URLS", (), _networks,
+         "networks (CIDR, comma-separated; `*` for any) that connection, token, alert and outbox URLs may "
+         "reach although loopback, private or link-local; every other such URL is refused when saved and "
+         "before each request and redirect (docs/SECURITY.md)", "none"),
     ),
     _settings(
         "webhooks",
@@ -122,7 +143,12 @@ SETTINGS = (
          "plain-http network"),
         ("LOGIN_MAX_FAILURES", "SYNCHUB_LOGIN_MAX_FAILURES", 5, int, "failed logins that lock an account"),
         ("LOGIN_MAX_FAILURES_PER_IP", "SYNCHUB_LOGIN_MAX_FAILURES_PER_IP", 30, int,
-         "failed logins from one client address, across accounts, that lock that address"),
+         "failed logins from one client address, across accounts, after which its failures no longer say "
+         "whether the email exists (a right password still signs in, so a shared address locks nobody out)"),
+        ("TRUSTED_PROXIES", "SYNCHUB_TRUSTED_PROXIES", 0, int,
+         "reverse proxies in front of the web process that set `X-Forwarded-For`, `-Proto` and `-Host` "
+         "(Werkzeug's ProxyFix); with it the login and API brakes count real client addresses and https at the "
+         "proxy counts as https; 0 ignores those headers, which anyone can send (docs/DEPLOY.md, \"Behind a proxy\")"),
         ("LOGIN_LOCK_SECONDS", "SYNCHUB_LOGIN_LOCK_SECONDS", 900, int, "how long such a lock lasts"),
         ("ARGON2_PROFILE", "SYNCHUB_ARGON2_PROFILE", "RFC_9106_LOW_MEMORY", str,
          "password hash cost, a profile name of `argon2.profiles`"),
@@ -133,6 +159,11 @@ SETTINGS = (
         "api",
         ("CRON_SECRET", "SYNCHUB_CRON_SECRET", None, _text_or_none,
          "shared secret for `/api/cron/...` (header, never a query string)", "unset (cron endpoints refuse all)"),
+        ("API_MAX_AUTH_FAILURES", "SYNCHUB_API_MAX_AUTH_FAILURES", 20, int,
+         "wrong API tokens or cron secrets from one client address after which it gets 429 with Retry-After "
+         "until `SYNCHUB_API_AUTH_BRAKE_SECONDS` have passed since its first failure; other clients are unaffected"),
+        ("API_AUTH_BRAKE_SECONDS", "SYNCHUB_API_AUTH_BRAKE_SECONDS", 300, int,
+         "the window in which those failures are counted"),
         ("METRICS_TOKEN", "SYNCHUB_METRICS_TOKEN", None, _text_or_none,
          "when set, `/metrics` needs `Authorization: Bearer <token>`", "unset (open, like most exporters)"),
     ),
@@ -245,6 +276,12 @@ class Config:
 
     def as_dict(self):
         return dict(self.values)
+
+
+def from_environment(key, environ=None):
+    """One setting as the process's environment gives it, for code that runs without an app."""
+    setting = next(s for s in SETTINGS if s.key == key)
+    return setting.read(os.environ if environ is None else environ)
 
 
 @functools.lru_cache(maxsize=1)

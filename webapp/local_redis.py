@@ -248,7 +248,7 @@ def _start(paths, timeout):
         _write_private(paths.conf, "\n".join(lines) + "\n")
 
         log_offset = os.path.getsize(paths.log) if os.path.exists(paths.log) else 0
-        proc = subprocess.run(
+        proc = subprocess.run(  # noqa: S603  our bundled binary and the config file we just wrote; no shell, no user input
             [binary, paths.conf],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

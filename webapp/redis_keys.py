@@ -7,6 +7,8 @@ Redis without reading or taking each other's keys, queues or jobs.
     <prefix>:metrics                          counters shared by every process (webapp/metrics.py)
     <prefix>:ratelimit:<limit key>            a provider rate limit's request log (connectors)
     <prefix>:login-failures:<address>         the admin login brake per client address
+    <prefix>:admin-session-ended:<session id> an admin session signed out (webapp/admin/auth.py)
+    <prefix>:api-auth-failures:<address>      the API's brake on wrong tokens and cron secrets
     <prefix>:supervisors:leader               the supervisors' leader lease (scheduler/leader.py)
     <prefix>:supervisors:heartbeat:<name>     a supervisor's heartbeat
     <prefix>:webhooks:rejected                counts of refused webhook requests

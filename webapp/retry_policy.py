@@ -53,7 +53,7 @@ from .connectors.mapping import MappingError
 def request_backoff(n, base, cap):
     """Wait before the n-th retry of a call: full jitter (uniform in [0, min(cap, base * 2**(n-1))]),
     so many workers retrying one provider spread out."""
-    return random.uniform(0, min(cap, base * 2 ** (n - 1)))
+    return random.uniform(0, min(cap, base * 2 ** (n - 1)))  # noqa: S311  jitter spreads load; nothing to predict
 
 
 def request_gives_up(*, rate_limited, failures, max_retries):
@@ -99,7 +99,7 @@ def run_backoff(attempt, base, cap):
     base, 3 x base, 9 x base ..., at most cap, each +-20 % at random. 0 when base is 0."""
     if base <= 0:
         return 0.0
-    return min(cap, base * 3 ** max(0, attempt - 1)) * random.uniform(0.8, 1.2)
+    return min(cap, base * 3 ** max(0, attempt - 1)) * random.uniform(0.8, 1.2)  # noqa: S311  jitter spreads load; nothing to predict
 
 
 # -- outbox: an event after a failed send ------------------------------------------------
@@ -155,7 +155,7 @@ def outbox_backoff(attempts, base, cap):
     """Wait before an event's next attempt, exponential in the attempts made: half fixed,
     half random, so retries of many events spread out but none comes back almost at once."""
     ceiling = min(cap, base * 2 ** max(0, attempts - 1))
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
+    return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311  jitter spreads load; nothing to predict
 
 
 def outbox_retry_delay(attempts, retry_after, base, cap):

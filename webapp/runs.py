@@ -110,7 +110,7 @@ def params_key(mode, params, streams):
     params = {k: v for k, v in (params or {}).items() if v not in (None, "", [], {})}
     canonical = json.dumps({"mode": mode, "params": params, "streams": sorted(streams or [])},
                            sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha1(canonical.encode()).hexdigest()
+    return hashlib.sha1(canonical.encode(), usedforsecurity=False).hexdigest()  # a dedupe key, not a secret
 
 
 def trigger(
@@ -333,7 +333,7 @@ def queued_record_runs(connection_id, record_keys):
     to take: without statistics it preferred the status index for an IN list, a scan of
     every queued run (docs/PERFORMANCE.md, "Webhook ingest")."""
     hint = "INDEXED BY uq_runs_one_queued_record" if db.session.get_bind().dialect.name == "sqlite" else ""
-    statement = text(f"SELECT id, record_key, rq_job_id FROM runs {hint} WHERE connection_id = :connection_id "
+    statement = text(f"SELECT id, record_key, rq_job_id FROM runs {hint} WHERE connection_id = :connection_id "  # noqa: S608  constants only; values are bound
                      f"AND record_key IN :record_keys AND {QUEUED_RECORD_WHERE}")
     return db.session.execute(statement.bindparams(bindparam("record_keys", expanding=True)),
                               {"connection_id": connection_id, "record_keys": list(record_keys)}).all()
@@ -429,7 +429,8 @@ def record_page(run_id, attempt, *, checkpoint, counts, processed, total, phase)
 
 def finish(run_id, attempt, status, *, error_class=None, error_message=None, counts=None, commit=True):
     """running -> completed/failed/cancelled, only if this attempt still owns the run."""
-    assert status in TERMINAL_STATUSES
+    if status not in TERMINAL_STATUSES:  # not an assert: `python -O` would skip it
+        raise ValueError(f"{status!r} is not a terminal status")
     values = {Run.status: status, Run.finished_at: utcnow(), Run.error_class: error_class,
               Run.error_message: error_message}
     if status == COMPLETED:

@@ -100,7 +100,7 @@ def _existing(session, connection_id, stream, keys):
     else:
         placeholders = ",".join("?" * len(keys))
         cursor = _cursor(session)
-        cursor.execute("SELECT external_id, id, content_hash, deleted_at IS NOT NULL FROM records "
+        cursor.execute("SELECT external_id, id, content_hash, deleted_at IS NOT NULL FROM records "  # noqa: S608  only "?" placeholders are formatted in
                        f"WHERE connection_id = ? AND stream = ? AND external_id IN ({placeholders})",
                        (connection_id, stream, *keys))
     return {ext_id: (row_id, digest, bool(deleted)) for ext_id, row_id, digest, deleted in cursor.fetchall()}

@@ -49,15 +49,39 @@ def _guard():
 
     from .auth import csrf, login_manager
 
-    if request.endpoint in PUBLIC_ENDPOINTS:
-        if request.method == "POST":
-            csrf.protect()
-        return None
-    if not current_user.is_authenticated:
+    changes_state = request.method not in ("GET", "HEAD", "OPTIONS")
+    public = request.endpoint in PUBLIC_ENDPOINTS
+    if not public and not current_user.is_authenticated:
         return login_manager.unauthorized()
-    if request.method not in ("GET", "HEAD", "OPTIONS"):
+    # A page of another site can make the browser send our cookie with a form or open a
+    # websocket (which no CSRF token protects): both are refused when the browser says so.
+    # The login form too, so no other site can sign a browser into an account of its choosing.
+    if (changes_state or request.environ.get("HTTP_UPGRADE", "").lower() == "websocket") and _foreign_origin():
+        return _refuse_foreign_origin()
+    if changes_state:
         csrf.protect()
     return None
+
+
+def _foreign_origin():
+    """True when the browser named another site as the request's origin. Host names only: a
+    proxy in front may change the scheme and port (docs/DEPLOY.md, "Behind a proxy")."""
+    from urllib.parse import urlsplit
+
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return False  # not sent by older browsers and by non-browser clients; the CSRF token still applies
+    return origin == "null" or urlsplit(origin).hostname != urlsplit("//" + request.host).hostname
+
+
+def _refuse_foreign_origin():
+    from flask import jsonify, render_template
+
+    if request.environ.get("HTTP_UPGRADE", "").lower() == "websocket" or request.path.endswith(".json"):
+        return jsonify(error="forbidden", reason="cross-origin request refused"), 403
+    return render_template("admin/error.html", title="Refused", message=(
+        "This request came from a page of another site, so it was refused. "
+        "Use the admin pages of this site to make changes.")), 403
 
 
 @bp.errorhandler(400)

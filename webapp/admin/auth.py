@@ -7,6 +7,7 @@ in webapp/admin/__init__.py.
 import functools
 import hashlib
 import logging
+import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlsplit
@@ -97,7 +98,7 @@ def _fingerprint(password_hash):
 @login_manager.user_loader
 def _load_user(session_id):
     user_id, _, fingerprint = str(session_id).partition(".")
-    if not user_id.isdigit():
+    if not user_id.isdigit() or _session_ended(session.get(SESSION_ID)):
         return None
     user = db.session.get(User, int(user_id))
     if user is None or not user.is_admin or _fingerprint(user.password_hash) != fingerprint:
@@ -115,6 +116,44 @@ def _unauthorized():
 
 
 
+# -- sessions that end ---------------------------------------------------------------
+# The session is a signed cookie kept by the browser, so signing out cannot delete it: a
+# copy taken before (by malware, a shared machine, a proxy log) would go on working until
+# it expires. Each login gets a random session id instead, and signing out records that id
+# as ended in Redis until the cookie would have expired anyway.
+SESSION_ID = "sid"
+
+
+def _start_session():
+    session.clear()  # a fresh session: nothing from before the login carries over (fixation)
+    session[SESSION_ID] = secrets.token_urlsafe(24)
+    session.permanent = True
+
+
+def _end_session():
+    sid = session.get(SESSION_ID)
+    client = redis_ext.optional()
+    if sid and client is not None:
+        try:
+            lifetime = current_app.permanent_session_lifetime
+            client.set(redis_keys.key("admin-session-ended", sid), 1, ex=int(lifetime.total_seconds()) + 60)
+        except redis.RedisError:
+            log.warning("Redis is unavailable: the signed-out session cookie stays valid until it expires")
+    session.clear()
+
+
+def _session_ended(sid):
+    if not sid:
+        return True  # a session not made by login() (an old cookie, or a forged one)
+    client = redis_ext.optional()
+    if client is None:
+        return False  # without Redis, sign-out cannot be remembered; the cookie's expiry still applies
+    try:
+        return bool(client.exists(redis_keys.key("admin-session-ended", sid)))
+    except redis.RedisError:
+        return False
+
+
 # -- signing in, with a brake on guessing ----------------------------------------------
 class LoginRefused(Exception):
     pass
@@ -123,12 +162,20 @@ class LoginRefused(Exception):
 def authenticate(email, password, client_ip, now=None):
     """The User for a correct email and password, else LoginRefused with a message safe to
     show. An account locks after LOGIN_MAX_FAILURES wrong passwords for LOGIN_LOCK_SECONDS;
-    a client address is refused after LOGIN_MAX_FAILURES_PER_IP failures in that window."""
+    after LOGIN_MAX_FAILURES_PER_IP failures from one client address in that window, a failure
+    from it no longer says whether the email exists (a right password still signs in)."""
     now = now or utcnow()
     config = current_app.config
     lock_seconds = config["LOGIN_LOCK_SECONDS"]
+    # A braked address is not locked out: many people may share it (an office, a proxy not
+    # declared in SYNCHUB_TRUSTED_PROXIES), and 30 wrong guesses by one of them must not
+    # keep the others out. It only stops learning anything from a wrong guess: every
+    # failure from it says the same thing, whether the email exists or not, so it cannot
+    # enumerate accounts; and guessing one account's password stays bounded by that
+    # account's own lock, which counts failures from every address.
+    wrong = "Wrong email or password."
     if _ip_failures(client_ip) >= config["LOGIN_MAX_FAILURES_PER_IP"]:
-        raise LoginRefused("Too many failed sign-in attempts from your address. Try again later.")
+        wrong = "Too many failed sign-in attempts from your address. Try again later."
     email = (email or "").strip().lower()
     user = db.session.execute(select(User).where(func.lower(User.email) == email)).scalar_one_or_none()
     if user is not None and user.locked_until and user.locked_until > now:
@@ -137,11 +184,11 @@ def authenticate(email, password, client_ip, now=None):
     if user is None or not user.is_admin:
         verify_password(_hasher()[1], password)
         _count_ip_failure(client_ip, lock_seconds)
-        raise LoginRefused("Wrong email or password.")
+        raise LoginRefused(wrong)
     if not verify_password(user.password_hash, password):
         _count_account_failure(user.id, now, config["LOGIN_MAX_FAILURES"], lock_seconds)
         _count_ip_failure(client_ip, lock_seconds)
-        raise LoginRefused("Wrong email or password.")
+        raise LoginRefused(wrong)
     values = {User.failed_logins: 0, User.locked_until: None, User.last_login_at: now}
     if _hasher()[0].check_needs_rehash(user.password_hash):
         values[User.password_hash] = hash_password(password)
@@ -236,9 +283,8 @@ def login():
             error, status = str(exc), 401
             log.info("admin login refused for a sign-in attempt from %s", request.remote_addr)
         else:
-            session.clear()  # a fresh session: nothing from before the login carries over
+            _start_session()
             login_user(AdminUser(user.id, user.email, _fingerprint(user.password_hash)))
-            session.permanent = True
             return redirect(_safe_next(request.args.get("next")) or url_for("admin.dashboard"))
     elif request.method == "POST":
         error, status = "Enter your email and password.", 400
@@ -248,6 +294,6 @@ def login():
 @bp.route("/logout", methods=["POST"])
 def logout():
     logout_user()
-    session.clear()
+    _end_session()
     flash("Signed out.", "info")
     return redirect(url_for("admin.login"))

@@ -15,7 +15,7 @@ from ..connectors.errors import ConfigError
 from ..extensions import db
 from ..models import Connection
 from ..schedules import firing, parser
-from .. import runs, trigger_policy
+from .. import net_guard, runs, trigger_policy
 from ..trigger_policy import OVERLAP_SETTING, POLICY_TRIGGERS, SETTING as POLICY_SETTING
 from .blueprint import bp
 
@@ -153,6 +153,8 @@ def _save(cls, connection, created):
         stored = connection.credentials if connection.credentials_encrypted else {}
         name, settings, credentials, schedule, enabled = parse_form(
             cls, request.form, stored, (connection.settings or {}).get(POLICY_SETTING))
+        net_guard.check_settings(settings)  # SSRF: refused now, in a sentence, not at the first run
+        net_guard.check_settings(credentials)
         if "mappings" in settings and hasattr(cls, "validate_mappings"):
             cls.validate_mappings(settings["mappings"])  # a malformed rule is refused now, not at each publish
         taken = db.session.execute(select(Connection.id).where(func.lower(Connection.name) == name.lower(),

@@ -4,10 +4,12 @@ import hashlib
 import hmac
 import secrets
 
+import redis
 from flask import current_app, jsonify, request
 from sqlalchemy import select, update
 
-from ..extensions import db
+from .. import redis_keys
+from ..extensions import db, redis_ext
 from ..models import ApiToken, utcnow
 
 
@@ -60,15 +62,62 @@ def token_is_valid(token):
 
 
 def require_token(view):
-    """Bearer token from `flask tokens create`. 401 JSON otherwise."""
+    """Bearer token from `flask tokens create`. 401 JSON otherwise; 429 for a client that
+    has sent too many wrong ones."""
 
     @functools.wraps(view)
     def wrapped(*args, **kwargs):
-        if not token_is_valid(_bearer()):
+        supplied = _bearer()
+        braked = _braked()
+        if braked is not None:
+            return braked
+        if not token_is_valid(supplied):
+            _count_failure(supplied)
             return jsonify(error="unauthorized", reason="a valid API token is required: Authorization: Bearer <token>"), 401
         return view(*args, **kwargs)
 
     return wrapped
+
+
+# -- the brake on guessing ----------------------------------------------------------------
+# Tokens are 256 random bits, so guessing one is hopeless; the brake is there so that a
+# client that tries anyway (or a script with a revoked token in a loop) costs a Redis
+# lookup, not a database query, and shows up as 429s. It counts per client address (the
+# real one behind proxies listed in SYNCHUB_TRUSTED_PROXIES), so other clients go on.
+def _failures_key():
+    return redis_keys.key("api-auth-failures", request.remote_addr or "unknown")
+
+
+def _braked():
+    """The 429 answer for a client over the limit, else None. Without Redis, no brake."""
+    client = redis_ext.optional()
+    if client is None:
+        return None
+    try:
+        failures, ttl = client.pipeline().get(_failures_key()).ttl(_failures_key()).execute()
+    except redis.RedisError:
+        return None
+    if int(failures or 0) < current_app.config["API_MAX_AUTH_FAILURES"]:
+        return None
+    wait = max(1, ttl if ttl and ttl > 0 else current_app.config["API_AUTH_BRAKE_SECONDS"])
+    response = jsonify(error="too_many_requests",
+                       reason=f"too many requests with wrong credentials from your address; try again in {wait} s")
+    response.status_code = 429
+    response.headers["Retry-After"] = str(wait)
+    return response
+
+
+def _count_failure(supplied):
+    if not supplied:
+        return  # no credentials at all is a mistake, not a guess
+    client = redis_ext.optional()
+    if client is None:
+        return
+    try:
+        if client.incr(_failures_key()) == 1:  # the window starts at the first failure
+            client.expire(_failures_key(), current_app.config["API_AUTH_BRAKE_SECONDS"])
+    except redis.RedisError:
+        pass
 
 
 def cron_secret_matches(supplied):
@@ -85,7 +134,11 @@ def require_cron_secret(view):
     @functools.wraps(view)
     def wrapped(*args, **kwargs):
         supplied = request.headers.get("X-Cron-Secret") or _bearer()
+        braked = _braked()
+        if braked is not None:
+            return braked
         if not cron_secret_matches(supplied):
+            _count_failure(supplied)
             return jsonify(error="unauthorized", reason="missing or wrong cron secret (X-Cron-Secret)"), 401
         return view(*args, **kwargs)
 

@@ -11,6 +11,7 @@ import time
 
 import requests
 
+from .. import net_guard
 from ..logs import register_secret
 from .errors import AuthError, ConfigError, RateLimited, TransientError
 
@@ -103,7 +104,7 @@ class OAuth2ClientCredentials:
         self.basic_auth = basic_auth
         self.expiry_margin = expiry_margin
         self.timeout = timeout
-        self._session = session or requests.Session()
+        self._session = session or net_guard.session()
         self._clock = clock
         self._lock = threading.Lock()
         self._token = None
@@ -157,7 +158,8 @@ class OAuth2ClientCredentials:
 def _token_request(session, url, data, auth, timeout, *, refused, hint=""):
     """POST to a token endpoint; the JSON body with an access_token, or the classified error."""
     try:
-        resp = session.post(url, data=data, auth=auth, timeout=timeout, headers={"Accept": "application/json"})
+        resp = session.post(url, data=data, auth=auth, timeout=timeout, headers={"Accept": "application/json"},
+                            hooks=net_guard.guard(url, what="The OAuth2 token_url"))
     except requests.Timeout:
         raise TransientError("OAuth2 token endpoint timed out") from None
     except requests.RequestException as exc:
@@ -214,7 +216,7 @@ class OAuth2RefreshToken:
         self.expiry_margin = expiry_margin
         self.timeout = timeout
         self._update = update_credentials
-        self._session = session or requests.Session()
+        self._session = session or net_guard.session()
         self._clock = clock
         self._lock = threading.Lock()
         self._access = credentials.get("access_token")

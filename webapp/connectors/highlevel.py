@@ -28,9 +28,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
-import requests
-from requests.adapters import HTTPAdapter
-
+from .. import net_guard
 from . import pagination
 from .auth import BearerAuth, OAuth2RefreshToken
 from .base import Connector, Page, Param, Stream, register
@@ -83,10 +81,7 @@ class HighLevelConnector(Connector):
     def client(self):
         if self._client is None:
             base_url = self.settings.get("base_url") or DEFAULT_BASE_URL
-            session = requests.Session()
-            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=DETAIL_CONCURRENCY, max_retries=0)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
+            session = net_guard.session(pool_connections=1, pool_maxsize=DETAIL_CONCURRENCY)
             self._client = self.services.http(
                 base_url, auth=self._auth(base_url), headers={"Version": API_VERSION}, session=session,
                 rate_limit=tuple(self.settings.get("rate_limit") or RATE_LIMIT),

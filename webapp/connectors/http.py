@@ -25,8 +25,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import requests
 import tenacity
 
-from .. import metrics, retry_policy
-from requests.adapters import HTTPAdapter
+from .. import metrics, net_guard, retry_policy
 
 from .auth import BasicAuth, BearerAuth, HeaderKeyAuth, OAuth2ClientCredentials  # noqa: F401 (re-export)
 from .errors import AuthError, ConfigError, HttpError, QuotaExhausted, RateLimited, TransientError
@@ -103,11 +102,8 @@ class HttpClient:
         self.retry_after_header = retry_after_header
         self._owns_session = session is None
         if session is None:
-            session = requests.Session()
             # Retries are ours (classified, rate limited); urllib3 must not add its own.
-            adapter = HTTPAdapter(pool_connections=POOL_SIZE, pool_maxsize=POOL_SIZE, max_retries=0)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
+            session = net_guard.session(pool_connections=POOL_SIZE, pool_maxsize=POOL_SIZE, max_retries=0)
         self._session = session
 
     def close(self):
@@ -200,7 +196,8 @@ class HttpClient:
                 raise _TransientRetry(f"{where}: {exc}") from None
         try:
             resp = self._session.request(
-                method, url, params=params, json=json, data=data, headers=headers, timeout=self.timeout
+                method, url, params=params, json=json, data=data, headers=headers, timeout=self.timeout,
+                hooks=net_guard.guard(url, what=where),  # SSRF: this URL and every redirect's
             )
             metrics.inc("provider_requests", host=self._host, status=resp.status_code)
             return resp

@@ -145,7 +145,7 @@ class OffsetLimit(_Strategy):
 class NextToken(_Strategy):
     """The response names the next page's token (Zoom's next_page_token); empty = finished."""
 
-    def __init__(self, token_param="next_page_token", token_key="next_page_token",
+    def __init__(self, token_param="next_page_token", token_key="next_page_token",  # noqa: S107  names of a page token, not a secret
                  size_param="page_size", page_size=100, **common):
         super().__init__(**common)
         self.token_param = token_param

@@ -39,7 +39,7 @@ class SandboxConnector(Connector):
         bad_every = self._setting("bad_every", 0)
         if bad_every and (i + 1) % bad_every == 0:
             return {"name": f"broken item {i}"}  # no id: the engine must skip and log it
-        rng = random.Random(f"{self._setting('seed', 1)}:{i}:{version}")
+        rng = random.Random(f"{self._setting('seed', 1)}:{i}:{version}")  # noqa: S311  made-up demo records, seeded to be repeatable
         updated = _EPOCH + timedelta(seconds=i + version * 1_000_000)
         return {
             "id": f"item-{i:07d}",

@@ -36,7 +36,7 @@ from .errors import BadRecord, ConfigError, HttpError
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.zoom.us/v2"
-DEFAULT_TOKEN_URL = "https://zoom.us/oauth/token"
+DEFAULT_TOKEN_URL = "https://zoom.us/oauth/token"  # noqa: S105  an endpoint's address, not a password
 # Zoom's per-second limits by category (Pro). Our window is 5% longer than Zoom's second:
 # admission here and arrival there differ by a varying few milliseconds.
 RATE_LIMITS = {"light": (30, 1.05), "medium": (20, 1.05), "heavy": (10, 1.05)}

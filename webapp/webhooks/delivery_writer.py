@@ -40,10 +40,10 @@ ROW = {
     "postgresql": "(" + ", ".join("%s::json" if name in ("headers", "run_ids") else "%s" for name in COLUMNS) + ")",
     "sqlite": "(" + ", ".join("?" for _ in COLUMNS) + ")",
 }
-_INSERT = ("INSERT INTO webhook_deliveries (" + ", ".join(COLUMNS) + ") VALUES {rows} "
+_INSERT = ("INSERT INTO webhook_deliveries (" + ", ".join(COLUMNS) + ") VALUES {rows} "  # noqa: S608  column names and placeholders of ours; values are bound
            "ON CONFLICT (connection_id, provider_event_id) DO NOTHING RETURNING id, connection_id, provider_event_id")
 COUNT_DUPLICATE = {
-    dialect: ("UPDATE webhook_deliveries SET duplicates = duplicates + 1 "
+    dialect: ("UPDATE webhook_deliveries SET duplicates = duplicates + 1 "  # noqa: S608  only the driver's placeholder is formatted in
               f"WHERE connection_id = {p} AND provider_event_id = {p} RETURNING id")
     for dialect, p in (("postgresql", "%s"), ("sqlite", "?"))
 }

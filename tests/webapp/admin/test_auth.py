@@ -137,15 +137,22 @@ def test_post_without_csrf_token_is_refused(client, make_connection):
     assert db.session.query(Run).count() == 0
 
 
-def test_every_admin_post_is_csrf_checked_whichever_area_added_it(app, client):
-    """Pages of areas nested in the admin blueprint (webhooks, outbox) get the same guard."""
-    posts = [url for method, url, _ in _admin_routes(app) if method == "POST"]
-    assert any(url.startswith("/admin/webhooks") for url in posts)
-    assert any(url.startswith("/admin/outbox") for url in posts)
-    for url in posts:
-        response = client.post(url, data={})
+def test_every_state_changing_admin_request_is_csrf_checked_whichever_area_added_it(app, client):
+    """Pages of areas nested in the admin blueprint (webhooks, outbox) get the same guard, and
+    so does any method but GET; a valid token from another site's page is refused too."""
+    changes = [(method, url) for method, url, _ in _admin_routes(app) if method != "GET"]
+    assert any(url.startswith("/admin/webhooks") for _, url in changes)
+    assert any(url.startswith("/admin/outbox") for _, url in changes)
+    token = csrf_token(client.get("/admin/").get_data(as_text=True))
+    for method, url in changes:
+        response = client.open(url, method=method, data={})
         assert response.status_code == 400, url
         assert "did not come from this site" in response.get_data(as_text=True), url
+        response = client.open(url, method=method, data={"csrf_token": token},
+                               headers={"Origin": "https://evil.example"})
+        assert response.status_code == 403, url
+        assert "came from a page of another site" in response.get_data(as_text=True), url
+    assert client.get("/admin/").status_code == 200  # none of it signed the client out
 
 
 def test_login_form_needs_csrf_token(app, admin_user):
@@ -168,6 +175,58 @@ def test_logout_ends_the_session(client):
     token = csrf_token(client.get("/admin/").get_data(as_text=True))
     assert client.post("/admin/logout", data={"csrf_token": token}).status_code == 302
     assert client.get("/admin/").status_code == 302
+
+
+def _session_cookie(test_client):
+    return test_client.get_cookie("synchub_session").value
+
+
+def test_a_copy_of_the_session_cookie_stops_working_at_logout(app, client):
+    """The cookie is signed, not stored: without the ended-session record a copy taken
+    before signing out would go on working until it expired."""
+    stolen = _session_cookie(client)
+    thief = new_client(app)
+    thief.set_cookie("synchub_session", stolen)
+    assert thief.get("/admin/").status_code == 200
+    token = csrf_token(client.get("/admin/").get_data(as_text=True))
+    assert client.post("/admin/logout", data={"csrf_token": token}).status_code == 302
+    response = thief.get("/admin/")
+    assert response.status_code == 302 and response.headers["Location"].startswith("/admin/login")
+    assert thief.get("/admin/runs/1/progress.json").status_code == 401
+    # Signing in again makes a new session, which works; the old copy stays dead.
+    login(client, "admin@example.com")
+    assert client.get("/admin/").status_code == 200
+    assert thief.get("/admin/").status_code == 302
+
+
+def test_login_makes_a_new_session_whatever_the_browser_had_before(app, admin_user):
+    """Session fixation: nothing a visitor (or someone who planted a cookie) had before
+    signing in carries over, and each sign-in gets its own session id."""
+    from flask.sessions import SecureCookieSessionInterface
+
+    serializer = SecureCookieSessionInterface().get_signing_serializer(app)
+    client = new_client(app)
+    client.get("/admin/login")
+    before = serializer.loads(_session_cookie(client))
+    login(client, admin_user)
+    after = serializer.loads(_session_cookie(client))
+    assert after["sid"] and after.get("csrf_token") != before.get("csrf_token")
+    other = new_client(app)
+    login(other, admin_user)
+    assert serializer.loads(_session_cookie(other))["sid"] != after["sid"]
+    # A cookie signed with our key but not made by a login (no session id) is not a session.
+    forged = new_client(app)
+    forged.set_cookie("synchub_session", serializer.dumps({k: v for k, v in after.items() if k != "sid"}))
+    assert forged.get("/admin/").status_code == 302
+
+
+def test_session_cookie_flags_follow_the_settings(app, admin_user):
+    app.config["SESSION_COOKIE_SECURE"] = False  # SYNCHUB_SECURE_COOKIES=0 on a trusted plain-http network
+    cookie = login(new_client(app), admin_user).headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+    app.config["SESSION_COOKIE_SECURE"] = True
+    cookie = login(new_client(app), admin_user).headers["Set-Cookie"]
+    assert "Secure" in cookie and "HttpOnly" in cookie
 
 
 def test_pages_carry_security_headers_and_a_secure_session_cookie(app, admin_user):
