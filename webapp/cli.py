@@ -7,7 +7,7 @@ import click
 from flask.cli import AppGroup
 from sqlalchemy import select
 
-from . import runs, trigger_policy
+from . import run_request, runs, trigger_policy
 from .connectors import connector_class
 from .connectors.errors import ConfigError
 from .extensions import db, redis_ext
@@ -58,17 +58,13 @@ def _bar(snapshot, width=30):
 def run_command(connection, mode, since, until, streams, param_pairs, inline, follow):
     """Run a sync of CONNECTION (name or id) and show its progress."""
     params = _params(param_pairs)
-    if since:
-        params["since"] = since
-    if until:
-        params["until"] = until
-    if mode == "range" and not (since or until):
-        _fail("--mode range needs --since and/or --until")
+    params.update({k: v for k, v in (("since", since), ("until", until)) if v is not None})
     try:
         conn = runs.get_connection(connection)
-        result = runs.trigger(conn, mode=mode, params=params, trigger="cli", requested_by="cli",
-                              streams=streams, enqueue=not inline)
-    except (LookupError, ConfigError) as exc:
+        wanted = run_request.check(conn, mode=mode, params=params, streams=streams)
+        result = runs.trigger(conn, mode=wanted.mode, params=wanted.params, trigger="cli", requested_by="cli",
+                              streams=wanted.streams, enqueue=not inline)
+    except (LookupError, ConfigError, run_request.RunRequestError) as exc:
         _fail(str(exc))
     run = result.run
     if result.outcome == "follow_up":

@@ -142,8 +142,11 @@ class Connector(abc.ABC):
     streams: ClassVar[tuple] = ()
     # The provider's name in a sentence ("waiting for Zoom's rate limit"); see provider_name().
     provider: ClassVar[str] = ""
-    # Settings keys (non-secret, JSON) and credential keys (secret, encrypted) the UI asks for.
+    # Settings (non-secret, JSON), typed: what the form renders and the form, CLI and API
+    # validate with (settings_spec.py). settings_fields, their names, is derived from it.
+    settings_spec: ClassVar[tuple] = ()
     settings_fields: ClassVar[tuple] = ()
+    # Credential keys (secret, encrypted) the UI asks for.
     credential_fields: ClassVar[tuple] = ()
     supported_modes: ClassVar[tuple] = ("full", "incremental", "range", "record")
     # Run parameters beyond mode and streams (list of Param), for the Sync now form and the CLI.
@@ -152,6 +155,14 @@ class Connector(abc.ABC):
     # webapp.webhooks.signatures.SCHEMES ("standard", "zoom", "highlevel", "halopsa");
     # None means the connector takes no webhooks.
     webhook_scheme: ClassVar[str | None] = None
+
+    # How the Sync now control names a full sync of everything (HaloPSA: "all tickets (full)").
+    full_sync_label: ClassVar[str] = "everything (full)"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "settings_spec" in cls.__dict__ and "settings_fields" not in cls.__dict__:
+            cls.settings_fields = tuple(spec.name for spec in cls.settings_spec)
 
     def __init__(self, settings, credentials, services):
         self.settings = settings or {}
