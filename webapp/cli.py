@@ -10,6 +10,7 @@ from sqlalchemy import select
 from . import run_request, runs, trigger_policy
 from .connectors import connector_class
 from .connectors.errors import ConfigError
+from .error_words import run_error_words
 from .extensions import db, redis_ext
 from .models import RUNNING, STATUSES, TERMINAL_STATUSES, Connection, Run, RunEvent
 from .progress import read_snapshot
@@ -116,7 +117,7 @@ def _print_run(run):
     if reason:
         click.echo(f"  {reason}")
     elif run.error_message:
-        click.echo(f"  error ({run.error_class}): {run.error_message}")
+        click.echo(f"  error ({run_error_words(run.error_class)}): {run.error_message}")
 
 
 @sync_cli.command("list")

@@ -6,6 +6,7 @@ from datetime import timezone
 from sqlalchemy import func, select
 
 from . import runs
+from .error_words import run_error_words
 from .extensions import db, redis_ext
 from .models import TERMINAL_STATUSES, RunEvent
 from .progress import read_snapshot
@@ -24,6 +25,7 @@ def run_state(run, snapshot=None, client=None):
     from_row = {
         "run_id": run.id, "status": run.status, "cancel_requested": run.cancel_requested,
         "error_class": run.error_class, "error_message": run.error_message,
+        "error_words": run_error_words(run.error_class) if run.error_class else None,
         "finished_at": run.finished_at.isoformat() + "Z" if run.finished_at else None,
         "not_before": run.not_before.isoformat() + "Z" if run.not_before else None,
         "waiting_reason": runs.waiting_reason(run),

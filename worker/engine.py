@@ -18,6 +18,7 @@ from webapp import metrics, retry_policy, runs
 from webapp.connectors import connector_class
 from webapp.connectors.base import ReadRequest, Services
 from webapp.connectors.errors import BadRecord, ConfigError
+from webapp.error_words import describe, internal_error_message
 from webapp.extensions import db
 from webapp.logs import log_context
 from webapp.models import CANCELLED, COMPLETED, FAILED, QUEUED, WAITING, Connection, Run, StreamState, utcnow
@@ -104,7 +105,7 @@ class RunExecution:
                 return self._retry(verdict.error_class, exc)
             if verdict.error_class == "internal":  # a bug: fail loudly with the class, never loop on it
                 log.exception("run %s: unexpected error", self.run_id)
-                return self._fail("internal", f"{type(exc).__name__}: {exc}"[:500])
+                return self._fail("internal", internal_error_message(self.run_id, exc))
             return self._fail(verdict.error_class, exc, health=verdict.health)
         finally:
             self.heartbeat.stop()
@@ -256,7 +257,7 @@ class RunExecution:
 
     def _fail(self, error_class, exc, health="failing"):
         db.session.rollback()
-        message = str(exc) or type(exc).__name__
+        message = str(exc) or describe(exc)
         if runs.finish(self.run_id, self.attempt, FAILED, error_class=error_class, error_message=message):
             self._set_health(health, message)
             self._publish("failed", f"failed ({error_class}): {message}", status=FAILED)
@@ -264,7 +265,7 @@ class RunExecution:
         return None
 
     def _retry(self, error_class, exc):
-        message = str(exc) or type(exc).__name__
+        message = str(exc) or describe(exc)
         pause = retry_policy.run_backoff(self.attempt, self.config["RUN_RETRY_BASE_SECONDS"],
                                          self.config["RUN_RETRY_MAX_SECONDS"])
         status = self._settle(lambda: runs.retry_later(self.run_id, self.attempt, error_class=error_class,

@@ -12,6 +12,7 @@ import time
 import requests
 
 from ..logs import register_secret
+from ..error_words import describe
 from .errors import AuthError, ConfigError, RateLimited, TransientError
 
 
@@ -161,7 +162,7 @@ def _token_request(session, url, data, auth, timeout, *, refused, hint=""):
     except requests.Timeout:
         raise TransientError("OAuth2 token endpoint timed out") from None
     except requests.RequestException as exc:
-        raise TransientError(f"OAuth2 token endpoint unreachable ({type(exc).__name__})") from None
+        raise TransientError(f"OAuth2 token endpoint unreachable ({describe(exc)})") from None
     status = resp.status_code
     if status in (400, 401, 403):
         raise AuthError(f"OAuth2 token endpoint {refused} (HTTP {status}{_oauth_error(resp)}){hint}")

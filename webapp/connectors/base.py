@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .errors import BadRecord, ConfigError
+from .settings_spec import check_settings, describe_errors
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,11 @@ class Connector(abc.ABC):
 
     def __init__(self, settings, credentials, services):
         self.settings = settings or {}
+        # Stored settings are checked against the declaration before any use: one written by
+        # hand or by an older version fails the run with a sentence, not with int("lots").
+        problems = check_settings(self.settings_spec, self.settings)
+        if problems:
+            raise ConfigError("settings need fixing: " + describe_errors(problems))
         self.credentials = credentials or {}
         self.services = services
 

@@ -81,7 +81,7 @@ def check_value(spec, value):
         if not isinstance(value, bool):
             return "must be yes or no (true or false)"
     elif spec.type == "url":
-        if not (isinstance(value, str) and value.startswith(("http://", "https://")) and len(value) > 8):
+        if not (isinstance(value, str) and value.startswith(("http://", "https://")) and value.split("://", 1)[1]):
             return "must be a web address starting with http:// or https://"
     elif spec.type == "choice":
         if value not in spec.choices:

@@ -61,7 +61,8 @@
     var error = $("error");
     if (error) {
       error.hidden = !state.error_message;
-      error.textContent = state.error_message ? (state.error_class ? state.error_class + ": " : "") + state.error_message : "";
+      var words = state.error_words ? state.error_words.charAt(0).toUpperCase() + state.error_words.slice(1) + ": " : "";
+      error.textContent = state.error_message ? words + state.error_message : "";
     }
     (state.messages || []).forEach(function (m) {
       if (m.at > lastAt) { appendLog(m.at, m.message); lastAt = m.at; }
