@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from . import run_request, runs, trigger_policy
 from .connectors import connector_class
+from .connectors import settings_spec
 from .connectors.errors import ConfigError
 from .error_words import run_error_words
 from .extensions import db, redis_ext
@@ -203,17 +204,13 @@ def add_command(name, connector, setting_pairs, settings_json, credentials_json,
         connector_class(connector)
     except ConfigError as exc:
         _fail(str(exc))
-    settings = json.loads(settings_json) if settings_json else {}
-    for key, value in _params(setting_pairs).items():
-        try:
-            settings[key] = json.loads(value)
-        except ValueError:
-            settings[key] = value
-    if settings.get(trigger_policy.SETTING) is not None:
-        try:
-            settings[trigger_policy.SETTING] = trigger_policy.validate(settings[trigger_policy.SETTING])
-        except ValueError as exc:
-            _fail(str(exc))
+    try:
+        base = json.loads(settings_json) if settings_json else {}
+    except ValueError:
+        _fail("--settings-json is not valid JSON")
+    if not isinstance(base, dict):
+        _fail("--settings-json must be a JSON object")
+    settings = _typed_settings(connector_class(connector), base, _params(setting_pairs))
     raw = sys.stdin.read() if credentials_stdin else credentials_json
     try:
         credentials = json.loads(raw) if raw else {}
@@ -230,6 +227,94 @@ def add_command(name, connector, setting_pairs, settings_json, credentials_json,
     db.session.add(conn)
     db.session.commit()
     click.echo(f"connection {conn.id} {name!r} ({connector}) added")
+
+
+def _typed_settings(cls, settings, pairs, unset=()):
+    """`settings` with `pairs` (key=text) applied: declared settings parsed by their type,
+    others read as JSON when they are JSON. Every declared setting is then checked against
+    the connector's declaration, as the admin form does; all problems end the command at once."""
+    specs = settings_spec.by_name(cls.settings_spec)
+    settings = {k: v for k, v in settings.items() if k not in unset}
+    problems = {}
+    for key, text in pairs.items():
+        if key in specs:
+            try:
+                value = settings_spec.parse_text(specs[key], text)
+            except ValueError as exc:
+                problems[key] = str(exc)
+                continue
+            settings.pop(key, None)
+            if value is not None:
+                settings[key] = value
+        else:
+            try:
+                settings[key] = json.loads(text)
+            except ValueError:
+                settings[key] = text
+    problems.update({k: v for k, v in settings_spec.check_settings(cls.settings_spec, settings).items()
+                     if k not in problems})
+    if problems:
+        in_order = {name: problems[name] for name in specs if name in problems}
+        _fail("settings need fixing: " + settings_spec.describe_errors(in_order))
+    if settings.get(trigger_policy.SETTING) is not None:
+        try:
+            settings[trigger_policy.SETTING] = trigger_policy.validate(settings[trigger_policy.SETTING])
+        except ValueError as exc:
+            _fail(str(exc))
+    return settings
+
+
+@connections_cli.command("edit")
+@click.argument("connection")
+@click.option("--setting", "setting_pairs", multiple=True, help="key=value; typed by the connector's declaration")
+@click.option("--unset", "unset", multiple=True, help="remove this setting (its default applies)")
+@click.option("--schedule", help='manual | every:N | hourly:M | "cron:EXPR"')
+@click.option("--enable/--disable", "enabled", default=None)
+def edit_command(connection, setting_pairs, unset, schedule, enabled):
+    """Change a connection's settings, schedule or enabled flag (credentials: the admin)."""
+    from .schedules import firing
+
+    try:
+        conn = runs.get_connection(connection)
+        cls = connector_class(conn.connector)
+    except (LookupError, ConfigError) as exc:
+        _fail(str(exc))
+    settings = _typed_settings(cls, dict(conn.settings or {}), _params(setting_pairs), unset)
+    if schedule is not None:
+        try:
+            schedule = normalize(schedule)
+        except ScheduleError as exc:
+            _fail(str(exc))
+    before = (conn.schedule, conn.enabled, conn.allowed_triggers)
+    conn.settings = settings
+    conn.schedule = schedule if schedule is not None else conn.schedule
+    conn.enabled = enabled if enabled is not None else conn.enabled
+    if (conn.schedule, conn.enabled, conn.allowed_triggers) != before:
+        firing.reschedule(conn)
+    db.session.commit()
+    click.echo(f"connection {conn.id} {conn.name!r} saved")
+
+
+@connections_cli.command("test")
+@click.argument("connection")
+def test_command(connection):
+    """Authenticate and read the first page of each stream; store nothing."""
+    from .connection_probe import probe
+
+    try:
+        conn = runs.get_connection(connection)
+    except LookupError as exc:
+        _fail(str(exc))
+    result = probe(conn)
+    for s in result.streams:
+        if s.ok:
+            total = f" of {s.total}" if s.total is not None else ""
+            click.echo(f"  {s.stream:<16} ok      {s.count}{total} records; fields: {', '.join(s.keys) or '-'}")
+        else:
+            click.echo(f"  {s.stream:<16} FAILED  {s.message}")
+    if not result.ok:
+        _fail(result.message)
+    click.echo(result.message)
 
 
 @connections_cli.command("ensure-demo")

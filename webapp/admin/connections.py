@@ -221,3 +221,13 @@ def _invalid(cls, connection, errors):
           "error")
     return render_template("admin/connection_form.html",
                            **_form_context(cls, connection, request.form, errors)), 400
+
+
+@bp.route("/connections/<int:connection_id>/test", methods=["POST"])
+def connection_test(connection_id):
+    """Test connection: the stored settings and credentials against the provider, now."""
+    from ..connection_probe import probe
+
+    connection = db.get_or_404(Connection, connection_id)
+    result = probe(connection)
+    return render_template("admin/connection_test.html", connection=connection, result=result)
