@@ -16,6 +16,7 @@ from .blueprint import bp
 NAV = (
     ("admin.dashboard", "Dashboard"),
     ("admin.history", "History"),
+    ("admin.stats_page", "Statistics"),
     ("admin.webhooks.deliveries", "Webhooks"),
     ("admin.outbox.index", "Outbox"),
     ("admin.tokens", "API tokens"),
@@ -23,7 +24,7 @@ NAV = (
 )
 
 # Modules of this package that attach views to bp.
-ADMIN_MODULES = ("auth", "filters", "dashboard", "connections", "runs", "live", "health", "tokens")
+ADMIN_MODULES = ("auth", "filters", "dashboard", "connections", "runs", "live", "health", "tokens", "statistics")
 # Areas' blueprints nested in bp (each module exposes `bp`): /admin/<their url_prefix>.
 AREA_PAGES = ("webapp.webhooks.views", "webapp.outbox.views")
 

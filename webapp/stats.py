@@ -1,0 +1,251 @@
+"""Run statistics over a window, bucketed in time: what the statistics page, the
+per-connection report and GET /api/stats show. Computed in the database (GROUP BY and window
+functions), never by loading every run, so a history of a million runs stays fast: every runs
+query names the connections (`connection_id IN (...)`), which lets both SQLite and PostgreSQL
+use the index ix_runs_connection_created for the window (tests/webapp/test_stats.py checks
+the plan; bench/stats_bench.py measures it).
+"""
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import bindparam, select, text
+
+from .extensions import db
+from .models import Connection, Run, utcnow
+
+# window key -> (length, bucket length)
+WINDOWS = {
+    "24h": (timedelta(hours=24), timedelta(hours=1)),
+    "7d": (timedelta(days=7), timedelta(hours=6)),
+    "30d": (timedelta(days=30), timedelta(days=1)),
+    "90d": (timedelta(days=90), timedelta(days=3)),
+}
+DEFAULT_WINDOW = "7d"
+RUN_OUTCOMES = ("completed", "failed", "cancelled", "running", "queued")
+RECORD_COUNTERS = ("created", "updated", "deleted", "skipped")
+WEBHOOK_OUTCOMES = ("enqueued", "ignored", "failed", "received", "dispatching")
+OUTBOX_OUTCOMES = ("done", "dead", "pending", "processing")
+
+
+@dataclass
+class Window:
+    key: str
+    since: datetime
+    until: datetime
+    bucket: timedelta
+
+    @property
+    def starts(self):
+        count = int((self.until - self.since) / self.bucket)
+        return [self.since + i * self.bucket for i in range(count)]
+
+
+def window(key=DEFAULT_WINDOW, now=None):
+    """The window ending now (rounded up to a whole bucket), split into equal buckets."""
+    length, bucket = WINDOWS[key]
+    return window_of(length, bucket, key, now)
+
+
+def window_of(length, bucket, key="custom", now=None):
+    now = now or utcnow()
+    step = bucket.total_seconds()
+    epoch = datetime(2000, 1, 1)
+    until = epoch + timedelta(seconds=((now - epoch).total_seconds() // step + 1) * step)
+    return Window(key, until - length, until, bucket)
+
+
+@dataclass
+class Bucket:
+    start: datetime
+    by_status: dict = field(default_factory=lambda: dict.fromkeys(RUN_OUTCOMES, 0))
+    records: dict = field(default_factory=lambda: dict.fromkeys(RECORD_COUNTERS, 0))
+    seen: int = 0
+    retries: int = 0  # attempts beyond the first (rate limits, outages, lost workers)
+    p50: float | None = None
+    p95: float | None = None
+
+    @property
+    def runs(self):
+        return sum(self.by_status.values())
+
+    @property
+    def success_rate(self):
+        """completed / (completed + failed); None when none finished either way."""
+        finished = self.by_status["completed"] + self.by_status["failed"]
+        return round(self.by_status["completed"] / finished, 4) if finished else None
+
+    def per_run(self, name):
+        return round(self.records[name] / self.runs, 1) if self.runs else None
+
+    def as_dict(self):
+        return {"start": self.start.isoformat() + "Z", "runs": self.runs, "by_status": dict(self.by_status),
+                "success_rate": self.success_rate, "duration_seconds": {"p50": self.p50, "p95": self.p95},
+                "records": dict(self.records), "seen": self.seen, "retries": self.retries}
+
+
+@dataclass
+class RunStats:
+    window: Window
+    buckets: list  # of Bucket, oldest first
+    total: Bucket  # the whole window (its percentiles over every run in it)
+
+
+def connection_ids(connection=None):
+    if connection is not None:
+        return [connection.id]
+    return list(db.session.execute(select(Connection.id).order_by(Connection.id)).scalars())
+
+
+def _dialect():
+    return db.session.get_bind().dialect.name
+
+
+def _bucket_sql(column, seconds):
+    """SQL for the bucket number of `column` (0 = the first), counted from :since."""
+    if seconds is None:
+        return "0"
+    if _dialect() == "postgresql":
+        return f"CAST(FLOOR(EXTRACT(EPOCH FROM ({column} - CAST(:since AS timestamp))) / {int(seconds)}) AS INTEGER)"
+    return f"CAST((julianday({column}) - julianday(:since)) * 86400 / {int(seconds)} AS INTEGER)"
+
+
+def _duration_sql():
+    if _dialect() == "postgresql":
+        return "EXTRACT(EPOCH FROM (finished_at - started_at))"
+    return "((julianday(finished_at) - julianday(started_at)) * 86400)"
+
+
+def _runs_where():
+    return "connection_id IN :ids AND created_at >= :since AND created_at < :until"
+
+
+def _execute(sql, win, ids, **extra):
+    statement = text(sql).bindparams(bindparam("ids", expanding=True))
+    return db.session.execute(statement, {"ids": ids or [-1], "since": win.since, "until": win.until, **extra}).all()
+
+
+def run_stats(win, connection=None):
+    """RunStats for the runs created in the window, of one connection or of all."""
+    ids = connection_ids(connection)
+    seconds = win.bucket.total_seconds()
+    buckets = [Bucket(start) for start in win.starts]
+    total = Bucket(win.since)
+    rows = _execute(f"""
+        SELECT {_bucket_sql('created_at', seconds)} AS b, status, COUNT(*), COALESCE(SUM(seen), 0),
+               COALESCE(SUM(created), 0), COALESCE(SUM(updated), 0), COALESCE(SUM(deleted), 0),
+               COALESCE(SUM(failed), 0), COALESCE(SUM(CASE WHEN attempt > 1 THEN attempt - 1 ELSE 0 END), 0)
+        FROM runs WHERE {_runs_where()} GROUP BY b, status""", win, ids)
+    for b, status, count, seen, created, updated, deleted, skipped, retries in rows:
+        for target in ((buckets[b],) if 0 <= b < len(buckets) else ()) + (total,):
+            if status in target.by_status:
+                target.by_status[status] += count
+            target.seen += seen
+            target.retries += retries
+            for name, value in zip(RECORD_COUNTERS, (created, updated, deleted, skipped)):
+                target.records[name] += value
+    for b, p50, p95 in _percentiles(win, ids, seconds):
+        if 0 <= b < len(buckets):
+            buckets[b].p50, buckets[b].p95 = p50, p95
+    for _, p50, p95 in _percentiles(win, ids, None):
+        total.p50, total.p95 = p50, p95
+    return RunStats(win, buckets, total)
+
+
+def _percentiles(win, ids, seconds):
+    """(bucket, p50, p95) of the durations of finished runs, nearest rank: the value at rank
+    ceil(p * n / 100) of the n durations in order."""
+    bucket, duration = _bucket_sql("created_at", seconds), _duration_sql()
+    rows = _execute(f"""
+        SELECT b, d, rn, n FROM (
+            SELECT {bucket} AS b, {duration} AS d,
+                   ROW_NUMBER() OVER (PARTITION BY {bucket} ORDER BY {duration}) AS rn,
+                   COUNT(*) OVER (PARTITION BY {bucket}) AS n
+            FROM runs WHERE {_runs_where()} AND status IN ('completed', 'failed')
+              AND started_at IS NOT NULL AND finished_at IS NOT NULL) ranked
+        WHERE rn = (n + 1) / 2 OR rn = (95 * n + 99) / 100""", win, ids)
+    found = {}
+    for b, d, rn, n in rows:
+        p50, p95 = found.get(b, (None, None))
+        value = round(float(d), 3)
+        if rn == (n + 1) // 2:
+            p50 = value
+        if rn == (95 * n + 99) // 100:
+            p95 = value
+        found[b] = (p50, p95)
+    return [(b, p50, p95) for b, (p50, p95) in sorted(found.items())]
+
+
+def outcome_series(win, table, time_column, outcome_column, outcomes, connection=None):
+    """[(bucket start, {outcome: count})] of webhook deliveries or outbox events. Naming
+    every outcome lets the deliveries' index (outcome, received_at) serve the window."""
+    seconds = win.bucket.total_seconds()
+    series = [(start, dict.fromkeys(outcomes, 0)) for start in win.starts]
+    where = f"{outcome_column} IN :outcomes AND {time_column} >= :since AND {time_column} < :until"
+    params = {"outcomes": list(outcomes), "since": win.since, "until": win.until}
+    statement = text(f"SELECT {_bucket_sql(time_column, seconds)} AS b, {outcome_column}, COUNT(*) FROM {table} "
+                     f"WHERE {where}" + (" AND connection_id = :connection" if connection is not None else "")
+                     + f" GROUP BY b, {outcome_column}").bindparams(bindparam("outcomes", expanding=True))
+    if connection is not None:
+        params["connection"] = connection.id
+    for b, outcome, count in db.session.execute(statement, params).all():
+        if 0 <= b < len(series):
+            series[b][1][outcome] += count
+    return series
+
+
+def webhook_series(win, connection=None):
+    return outcome_series(win, "webhook_deliveries", "received_at", "outcome", WEBHOOK_OUTCOMES, connection)
+
+
+def outbox_series(win, connection=None):
+    return outcome_series(win, "outbox_events", "created_at", "status", OUTBOX_OUTCOMES, connection)
+
+
+def per_connection(win):
+    """[(connection, Bucket of its whole window)] for every connection, busiest first."""
+    ids = connection_ids()
+    totals = {}
+    rows = _execute(f"""
+        SELECT connection_id, status, COUNT(*), COALESCE(SUM(created), 0), COALESCE(SUM(updated), 0),
+               COALESCE(SUM(deleted), 0), COALESCE(SUM(failed), 0),
+               COALESCE(SUM(CASE WHEN attempt > 1 THEN attempt - 1 ELSE 0 END), 0)
+        FROM runs WHERE {_runs_where()} GROUP BY connection_id, status""", win, ids)
+    for connection_id, status, count, created, updated, deleted, skipped, retries in rows:
+        target = totals.setdefault(connection_id, Bucket(win.since))
+        if status in target.by_status:
+            target.by_status[status] += count
+        target.retries += retries
+        for name, value in zip(RECORD_COUNTERS, (created, updated, deleted, skipped)):
+            target.records[name] += value
+    connections = db.session.execute(select(Connection).order_by(Connection.name)).scalars().all()
+    rows = [(c, totals.get(c.id, Bucket(win.since))) for c in connections]
+    return sorted(rows, key=lambda row: -row[1].runs)
+
+
+def recent_runs(connection, limit=50):
+    return db.session.execute(select(Run).where(Run.connection_id == connection.id)
+                              .order_by(Run.id.desc()).limit(limit)).scalars().all()
+
+
+def rate_limit_waits():
+    """[(limiter key, seconds waited)] since the metrics were last reset (Redis); [] without Redis."""
+    import json
+
+    import redis
+
+    from . import redis_keys
+    from .extensions import redis_ext
+
+    client = redis_ext.optional()
+    if client is None:
+        return []
+    try:
+        raw = client.hgetall(redis_keys.key("metrics"))
+    except redis.RedisError:
+        return []
+    waits = []
+    for name, value in raw.items():
+        metric, labels = json.loads(name)
+        if metric == "rate_limit_wait_seconds":
+            waits.append((labels[0] if labels else "", round(float(value), 1)))
+    return sorted(waits, key=lambda item: -item[1])
