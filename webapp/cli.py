@@ -1,10 +1,11 @@
 """`flask sync ...` and `flask connections ...`. Credentials are never printed."""
 import json
+import logging
 import sys
 import time
 
 import click
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 
 from . import run_request, runs, trigger_policy
@@ -17,8 +18,36 @@ from .models import RUNNING, STATUSES, TERMINAL_STATUSES, Connection, Run, RunEv
 from .progress import read_snapshot
 from .schedules.parser import ScheduleError, normalize
 
-sync_cli = AppGroup("sync", help="Run, list, inspect and cancel syncs.")
-connections_cli = AppGroup("connections", help="Add, list and show connections.")
+VERBOSE_HELP = "also print the service's INFO log lines (to stderr)"
+
+
+def _quiet_unless(verbose):
+    """A person at a terminal wants the command's own output: log lines go to stderr at
+    WARNING unless -v, or unless LOG_LEVEL was set to something other than its default."""
+    from flask import current_app
+
+    from .config import defaults
+
+    if not verbose and current_app.config["LOG_LEVEL"] == defaults()["LOG_LEVEL"]:
+        logging.getLogger().setLevel(logging.WARNING)
+
+
+@click.group("sync", cls=AppGroup, help="Run, list, inspect and cancel syncs.")
+@click.option("-v", "--verbose", is_flag=True, help=VERBOSE_HELP)
+@with_appcontext
+def sync_cli(verbose):
+    _quiet_unless(verbose)
+
+
+@click.group("connections", cls=AppGroup, help="Add, edit, test, list and show connections.")
+@click.option("-v", "--verbose", is_flag=True, help=VERBOSE_HELP)
+@with_appcontext
+def connections_cli(verbose):
+    _quiet_unless(verbose)
+
+
+# The run's counter `failed` is what every page calls "skipped": records that could not be stored.
+COUNTER_WORDS = {"failed": "skipped"}
 
 
 def _params(pairs):
@@ -113,7 +142,7 @@ def _follow(run_id, poll=0.5):
 def _print_run(run):
     c = run.counters
     click.echo(f"run {run.id} {run.status} ({run.mode}, {run.trigger}, attempt {run.attempt}/{run.max_attempts})")
-    click.echo("  " + ", ".join(f"{k} {v}" for k, v in c.items()))
+    click.echo("  " + ", ".join(f"{COUNTER_WORDS.get(k, k)} {v}" for k, v in c.items()))
     reason = runs.waiting_reason(run)
     if reason:
         click.echo(f"  {reason}")
@@ -135,20 +164,35 @@ def list_command(connection, status, limit):
             _fail(str(exc))
     if status:
         query = query.where(Run.status == status)
-    for run in db.session.execute(query).scalars():
+    rows = db.session.execute(query).scalars().all()
+    if not rows:
+        click.echo("no runs" + (" match" if connection or status else " yet"))
+        return
+    header = (f"{'RUN':>6}  {'CONNECTION':<20} {'MODE':<11} {'TRIGGER':<8} {'STATUS':<9} {'CREATED (UTC)':<19} "
+              f"{'DURATION':>8} {'SEEN':>7} {'NEW':>7} {'CHANGED':>7} {'UNCHANGED':>9} {'DELETED':>7} {'SKIPPED':>7}")
+    click.echo(header)
+    for run in rows:
         c = run.counters
-        click.echo(f"{run.id:>6}  {run.connection.name:<20} {run.mode:<11} {run.trigger:<8} {run.status:<9} "
-                   f"seen {c['seen']:<7} created {c['created']:<7} updated {c['updated']:<7} failed {c['failed']}")
+        duration = (f"{(run.finished_at - run.started_at).total_seconds():.1f}s"
+                    if run.started_at and run.finished_at else "-")
+        click.echo(f"{run.id:>6}  {run.connection.name[:20]:<20} {run.mode:<11} {run.trigger:<8} {run.status:<9} "
+                   f"{run.created_at:%Y-%m-%d %H:%M:%S} {duration:>8} {c['seen']:>7} {c['created']:>7} "
+                   f"{c['updated']:>7} {c['unchanged']:>9} {c['deleted']:>7} {c['failed']:>7}")
 
 
 @sync_cli.command("status")
 @click.argument("run_id", type=int)
 @click.option("--json", "as_json", is_flag=True)
-def status_command(run_id, as_json):
+@click.option("--follow", is_flag=True, help="show progress until the run ends")
+def status_command(run_id, as_json, follow):
     """Show one run, with its last activity and record errors."""
     run = db.session.get(Run, run_id)
     if run is None:
         _fail(f"no run {run_id}")
+    if follow and run.status not in TERMINAL_STATUSES:
+        _follow(run_id)
+        db.session.expire_all()
+        run = db.session.get(Run, run_id)
     if as_json:
         click.echo(json.dumps(runs.run_dict(run), indent=2))
         return
@@ -164,6 +208,12 @@ def status_command(run_id, as_json):
 @click.argument("run_id", type=int)
 def cancel_command(run_id):
     """Cancel a waiting, queued or running run (also one whose worker is gone)."""
+    run = db.session.get(Run, run_id)
+    if run is None:
+        _fail(f"no run {run_id}")
+    if run.status in TERMINAL_STATUSES:
+        click.echo(f"run {run_id} had already ended ({run.status}): nothing to cancel")
+        return
     try:
         status = runs.cancel(run_id, requested_by="cli")
     except LookupError as exc:
