@@ -76,6 +76,25 @@ def _bad_request(error):
     return render_template("admin/error.html", title="Bad request", message=message), 400
 
 
+@bp.errorhandler(404)
+def _not_found(error):
+    from flask import render_template
+
+    message = error.description if error.description and "requested URL was not found" not in error.description \
+        else "There is nothing at this address: the run or connection may have been removed, or the link is mistyped."
+    return render_template("admin/error.html", title="Not found", message=message), 404
+
+
+@bp.errorhandler(500)
+def _server_error(error):
+    from flask import render_template
+
+    # The traceback is in the web log (Flask logs it); the page says what a person can do.
+    return render_template("admin/error.html", title="Something went wrong",
+                           message="The page could not be shown because of an error on our side. It has been "
+                                   "logged; try again, and if it persists, the web process log has the details."), 500
+
+
 def _secure_cookie_over_plain_http():
     from flask import current_app
 

@@ -78,8 +78,11 @@ def test_sync_from_the_dashboard_shows_live_progress_and_cancel_works(app, brows
     page.wait_for_url("**/admin/runs/*")
     run_id = int(page.url.rsplit("/", 1)[-1])
     page.wait_for_function("() => Number(document.getElementById('processed').textContent) > 0")
+    questions = []
+    page.once("dialog", lambda dialog: (questions.append(dialog.message), dialog.accept()))
     page.click('button:has-text("Cancel run")')
     page.wait_for_function("() => document.getElementById('run').dataset.status === 'cancelled'")
+    assert questions == [f"Cancel run #{run_id}? Records written so far are kept."]
     assert page.locator("#run-status").text_content().strip() == "cancelled"
     page.screenshot(path=os.path.join(OUTPUT, f"run-cancelled-{backend}.png"), full_page=True)
 

@@ -413,3 +413,12 @@ def test_typed_settings_are_checked_all_at_once_and_nothing_is_saved(client, mak
     assert ok.status_code == 302
     db.session.expire_all()
     assert connection.settings == {"records": 7, "auth_fail": True}
+
+
+def test_missing_pages_are_styled_inside_the_layout(client):
+    for url in ("/admin/runs/999999", "/admin/connections/999999/edit", "/admin/stats?connection=999999"):
+        response = client.get(url)
+        body = response.get_data(as_text=True)
+        assert response.status_code == 404, url
+        assert 'class="top"' in body and "Statistics</a>" in body and "Not found" in body, url
+    assert "there is no connection 999999" in client.get("/admin/stats?connection=999999").get_data(as_text=True)
