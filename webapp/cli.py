@@ -65,6 +65,13 @@ def _fail(message):
     sys.exit(1)
 
 
+def _connection_or_fail(key):
+    try:
+        return runs.get_connection(key)
+    except LookupError as exc:
+        _fail(str(exc))
+
+
 def _bar(snapshot, width=30):
     percent = snapshot.get("percent")
     filled = int(width * (percent or 0) / 100)
@@ -324,10 +331,10 @@ def edit_command(connection, setting_pairs, unset, schedule, enabled):
     """Change a connection's settings, schedule or enabled flag (credentials: the admin)."""
     from .schedules import firing
 
+    conn = _connection_or_fail(connection)
     try:
-        conn = runs.get_connection(connection)
         cls = connector_class(conn.connector)
-    except (LookupError, ConfigError) as exc:
+    except ConfigError as exc:
         _fail(str(exc))
     settings = _typed_settings(cls, dict(conn.settings or {}), _params(setting_pairs), unset)
     if schedule is not None:
@@ -351,11 +358,7 @@ def test_command(connection):
     """Authenticate and read the first page of each stream; store nothing."""
     from .connection_probe import probe
 
-    try:
-        conn = runs.get_connection(connection)
-    except LookupError as exc:
-        _fail(str(exc))
-    result = probe(conn)
+    result = probe(_connection_or_fail(connection))
     for s in result.streams:
         if s.ok:
             total = f" of {s.total}" if s.total is not None else ""
@@ -390,10 +393,7 @@ def list_connections_command():
 @click.argument("connection")
 def show_command(connection):
     """Show a connection's settings. Credentials show only which keys are set."""
-    try:
-        conn = runs.get_connection(connection)
-    except LookupError as exc:
-        _fail(str(exc))
+    conn = _connection_or_fail(connection)
     click.echo(f"id:          {conn.id}\nname:        {conn.name}\nconnector:   {conn.connector}\n"
                f"schedule:    {conn.schedule}\nenabled:     {conn.enabled}\nhealth:      {conn.health}"
                + (f" ({conn.health_message})" if conn.health_message else ""))

@@ -1,9 +1,10 @@
 """Run statistics over a window, bucketed in time: what the statistics page, the
-per-connection report and GET /api/stats show. Computed in the database (GROUP BY and window
-functions), never by loading every run, so a history of a million runs stays fast: every runs
-query names the connections (`connection_id IN (...)`), which lets both SQLite and PostgreSQL
-use the index ix_runs_connection_created for the window (tests/webapp/test_stats.py checks
-the plan; bench/stats_bench.py measures it).
+per-connection report and GET /api/stats show. Counted in the database (GROUP BY); the
+percentiles from one sorted read of the window's durations. Every runs query names the
+connections (`connection_id IN (...)`), which lets both SQLite and PostgreSQL read only the
+window through the index ix_runs_connection_created, however long the history
+(tests/webapp/test_stats.py checks the plan; bench/stats_queries.py measures it at a
+million runs: the cost grows with the runs in the window, not with the table).
 """
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -151,36 +152,35 @@ def run_stats(win, connection=None):
             target.retries += retries
             for name, value in zip(RECORD_COUNTERS, (created, updated, deleted, skipped)):
                 target.records[name] += value
-    for b, p50, p95 in _percentiles(win, ids, seconds):
+    by_bucket, every = _durations(win, ids, seconds)
+    for b, durations in by_bucket.items():
         if 0 <= b < len(buckets):
-            buckets[b].p50, buckets[b].p95 = p50, p95
-    for _, p50, p95 in _percentiles(win, ids, None):
-        total.p50, total.p95 = p50, p95
+            buckets[b].p50, buckets[b].p95 = _rank(durations, 50), _rank(durations, 95)
+    total.p50, total.p95 = _rank(every, 50), _rank(every, 95)
     return RunStats(win, buckets, total)
 
 
-def _percentiles(win, ids, seconds):
-    """(bucket, p50, p95) of the durations of finished runs, nearest rank: the value at rank
-    ceil(p * n / 100) of the n durations in order."""
-    bucket, duration = _bucket_sql("created_at", seconds), _duration_sql()
+def _durations(win, ids, seconds):
+    """Durations of the window's finished runs, each bucket's and all of them, in order. One
+    sorted read: ranking in SQL (window functions) cost a sort per percentile level, and on
+    SQLite each pass re-reads the rows (bench/stats_queries.py)."""
     rows = _execute(f"""
-        SELECT b, d, rn, n FROM (
-            SELECT {bucket} AS b, {duration} AS d,
-                   ROW_NUMBER() OVER (PARTITION BY {bucket} ORDER BY {duration}) AS rn,
-                   COUNT(*) OVER (PARTITION BY {bucket}) AS n
-            FROM {_runs_from()} WHERE {_runs_where()} AND status IN ('completed', 'failed')
-              AND started_at IS NOT NULL AND finished_at IS NOT NULL) ranked
-        WHERE rn = (n + 1) / 2 OR rn = (95 * n + 99) / 100""", win, ids)
-    found = {}
-    for b, d, rn, n in rows:
-        p50, p95 = found.get(b, (None, None))
-        value = round(float(d), 3)
-        if rn == (n + 1) // 2:
-            p50 = value
-        if rn == (95 * n + 99) // 100:
-            p95 = value
-        found[b] = (p50, p95)
-    return [(b, p50, p95) for b, (p50, p95) in sorted(found.items())]
+        SELECT {_bucket_sql('created_at', seconds)} AS b, {_duration_sql()} AS d
+        FROM {_runs_from()} WHERE {_runs_where()} AND status IN ('completed', 'failed')
+          AND started_at IS NOT NULL AND finished_at IS NOT NULL
+        ORDER BY d""", win, ids)
+    by_bucket, every = {}, []
+    for b, d in rows:
+        by_bucket.setdefault(b, []).append(float(d))
+        every.append(float(d))
+    return by_bucket, every
+
+
+def _rank(ordered, p):
+    """Nearest rank: the value at rank ceil(p * n / 100) of n values in order."""
+    if not ordered:
+        return None
+    return round(ordered[(p * len(ordered) + 99) // 100 - 1], 3)
 
 
 def outcome_series(win, table, time_column, outcome_column, outcomes, connection=None):

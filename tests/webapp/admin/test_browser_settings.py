@@ -8,24 +8,13 @@ import pytest
 
 from tests.browser import OUTPUT, chromium
 from tests.simulators.halopsa import HaloAPI
-from tests.webapp.admin.support import PASSWORD, one_backend
+from tests.webapp.admin.support import browser_login, one_backend
 
 
 @pytest.fixture(scope="module")
 def browser():
     with chromium() as launched:
         yield launched
-
-
-def _login(browser, live_server, admin_user, width=1280):
-    page = browser.new_context(viewport={"width": width, "height": 900}).new_page()
-    page.set_default_timeout(30_000)
-    page.goto(live_server.url + "/admin/login")
-    page.fill('input[name="email"]', admin_user)
-    page.fill('input[name="password"]', PASSWORD)
-    page.click('button:has-text("Sign in")')
-    page.wait_for_url(live_server.url + "/admin/")
-    return page
 
 
 def _shot(page, name):
@@ -38,7 +27,7 @@ def test_typed_form_refuses_a_bad_number_beside_the_field_and_saves_nothing(app,
     from webapp.extensions import db
 
     connection = make_connection(name="demo", settings={"records": 50})
-    page = _login(browser, live_server, admin_user)
+    page = browser_login(browser, live_server, admin_user)
     page.goto(f"{live_server.url}/admin/connections/{connection.id}/edit")
     assert page.locator("details.faults").get_attribute("open") is None  # faults folded away
     assert not page.locator('[name="setting.fail_at_offset"]').is_visible()
@@ -81,7 +70,7 @@ def test_test_connection_shows_what_came_back_and_a_401_in_words(app, browser, l
                            credentials={"client_id": "halo-client", "client_secret": "halo-client-secret"})
     bad = make_connection(name="halo-wrong", connector="halopsa", settings=settings,
                           credentials={"client_id": "halo-client", "client_secret": "wrong-secret"})
-    page = _login(browser, live_server, admin_user)
+    page = browser_login(browser, live_server, admin_user)
     page.goto(f"{live_server.url}/admin/connections/{good.id}/edit")
     page.click('button:has-text("Test connection")')
     page.wait_for_selector("#probe-result")
@@ -112,7 +101,7 @@ def test_sync_now_on_halopsa_is_one_choice_of_all_tickets_range_or_fiscal_year(a
 
     connection = make_connection(name="halo", connector="halopsa", settings={
         "base_url": "http://127.0.0.1:9", "fiscal_years": [2025, 2026]})
-    page = _login(browser, live_server, admin_user)
+    page = browser_login(browser, live_server, admin_user)
     card = page.locator('article.connection[data-name="halo"]')
     mode = card.locator('select[name="mode"]')
     assert mode.locator("option").all_text_contents() == [

@@ -8,7 +8,7 @@ from sqlalchemy import text
 
 from tests.browser import OUTPUT, chromium
 from tests.stats_history import generate
-from tests.webapp.admin.support import PASSWORD, one_backend
+from tests.webapp.admin.support import browser_login, one_backend
 from webapp import stats
 from webapp.models import utcnow
 
@@ -31,13 +31,7 @@ def test_statistics_page_shows_charts_and_tables_equal_to_the_database(app, brow
     names = ("crm", "halo", "zoom")
     ids = [make_connection(name=n).id for n in names]
     generate(ids, 3000, utcnow(), days=40)
-    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
-    page.set_default_timeout(30_000)
-    page.goto(live_server.url + "/admin/login")
-    page.fill('input[name="email"]', admin_user)
-    page.fill('input[name="password"]', PASSWORD)
-    page.click('button:has-text("Sign in")')
-    page.wait_for_url(live_server.url + "/admin/")
+    page = browser_login(browser, live_server, admin_user)
     page.click('nav a:has-text("Statistics")')
     page.wait_for_url("**/admin/stats")
     page.click('.windows a:has-text("30d")')
