@@ -29,6 +29,8 @@ def run_state(run, snapshot=None, client=None):
         "finished_at": run.finished_at.isoformat() + "Z" if run.finished_at else None,
         "not_before": run.not_before.isoformat() + "Z" if run.not_before else None,
         "waiting_reason": runs.waiting_reason(run),
+        "duration_seconds": (run.finished_at - run.started_at).total_seconds()
+        if run.finished_at and run.started_at else None,
     }
     if from_row["waiting_reason"]:  # the reason says it all, the last error included
         from_row.update(error_class=None, error_message=None)

@@ -5,6 +5,7 @@ counters commit together, and only while this attempt still owns the run. A cras
 point therefore resumes from the last committed page: nothing lost, nothing doubled.
 """
 import contextvars
+import json
 import logging
 import threading
 import time
@@ -346,7 +347,7 @@ class RunExecution:
 
     def _sort(self, stream, page):
         good, bad = [], list(page.bad_records)
-        for record in page.records:
+        for position, record in enumerate(page.records, start=self.processed + 1):
             try:
                 key = stream.key_of(record)
                 self.connector.validate(stream, record)
@@ -354,6 +355,9 @@ class RunExecution:
             except BadRecord as exc:
                 if exc.key is None and isinstance(record, dict) and record.get(stream.primary_key) is not None:
                     exc.key = str(record.get(stream.primary_key))
+                if exc.key is None:  # nothing to find it by: where it came in the run, and how it begins
+                    exc.key = f"record #{position} of the run"
+                    exc.args = (f"{exc}; it begins {_excerpt(record)}",)
                 bad.append(exc)
         return good, bad
 
@@ -477,3 +481,8 @@ class Heartbeat:
                         return
                 except Exception as exc:  # a database blip must not kill the thread
                     log.warning("run %s: heartbeat failed (%s)", self.run_id, type(exc).__name__)
+
+
+def _excerpt(record, length=80):
+    text = json.dumps(record, default=str, sort_keys=True) if isinstance(record, (dict, list)) else repr(record)
+    return text if len(text) <= length else text[:length - 1] + "…"

@@ -39,6 +39,7 @@
     text("rate", fmt(state.rate, 1));
     text("eta", duration(state.eta_seconds));
     text("phase", state.phase || "—");
+    if (state.duration_seconds !== null && state.duration_seconds !== undefined) text("duration", duration(state.duration_seconds));
     if (state.attempt) text("attempt", state.attempt);
     var counters = state.counters || {};
     ["seen", "created", "updated", "unchanged", "deleted", "failed"].forEach(function (k) {
@@ -137,5 +138,7 @@
     ws.onclose = function () { if (!ended) startPolling(); };
   }
 
+  var log = $("log");
+  if (log) log.scrollTop = log.scrollHeight;  // the newest line in view, after a reload too
   if (!ended) connect();
 })();
