@@ -19,7 +19,7 @@ from webapp import metrics, retry_policy, runs
 from webapp.connectors import connector_class
 from webapp.connectors.base import ReadRequest, Services
 from webapp.connectors.errors import BadRecord, ConfigError
-from webapp.error_words import describe, internal_error_message
+from webapp.error_words import describe, internal_error_message, run_error_words
 from webapp.extensions import db
 from webapp.logs import log_context
 from webapp.models import CANCELLED, COMPLETED, FAILED, QUEUED, WAITING, Connection, Run, StreamState, utcnow
@@ -261,7 +261,7 @@ class RunExecution:
         message = str(exc) or describe(exc)
         if runs.finish(self.run_id, self.attempt, FAILED, error_class=error_class, error_message=message):
             self._set_health(health, message)
-            self._publish("failed", f"failed ({error_class}): {message}", status=FAILED)
+            self._publish("failed", f"failed ({run_error_words(error_class)}): {message}", status=FAILED)
             return FAILED
         return None
 
@@ -275,7 +275,8 @@ class RunExecution:
             self._set_health("failing", message)
         if status:
             word = {QUEUED: "retrying", WAITING: "waiting"}.get(status, status)
-            self._publish(word, f"{error_class}: {message}" + (f"; next attempt in {pause:.0f}s" if pause else ""),
+            self._publish(word, f"{run_error_words(error_class)}: {message}"
+                          + (f"; next attempt in {pause:.0f}s" if pause else ""),
                           status=status)
         return status
 
