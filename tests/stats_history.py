@@ -1,6 +1,6 @@
 """A generated run history for the statistics tests and bench/stats_queries.py: `count` runs
-spread over `days` days before `now`, over the given connections, with realistic outcomes,
-durations, counters and retries, inserted in large batches of Core INSERTs."""
+spread over `days` days before `now`, in time order, over the given connections, with
+realistic outcomes, durations, counters and retries, inserted in large batches of Core INSERTs."""
 import random
 from datetime import timedelta
 
@@ -15,8 +15,9 @@ def generate(connection_ids, count, now, days=90, seed=7, batch=20_000):
     table = Run.__table__
     span = days * 86400
     rows = []
-    for i in range(count):
-        created = now - timedelta(seconds=rng.uniform(1, span))
+    # Ids grow with time, as in a real history: a window's runs are neighbours in the table.
+    moments = sorted(now - timedelta(seconds=rng.uniform(1, span)) for _ in range(count))
+    for i, created in enumerate(moments):
         status = rng.choices([o for o, _ in OUTCOMES], [w for _, w in OUTCOMES])[0]
         started = created + timedelta(seconds=rng.uniform(0.1, 5))
         duration = rng.lognormvariate(3, 1.1)
