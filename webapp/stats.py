@@ -22,7 +22,7 @@ WINDOWS = {
     "90d": (timedelta(days=90), timedelta(days=3)),
 }
 DEFAULT_WINDOW = "7d"
-RUN_OUTCOMES = ("completed", "failed", "cancelled", "running", "queued")
+RUN_OUTCOMES = ("completed", "failed", "cancelled", "running", "queued", "waiting")
 RECORD_COUNTERS = ("created", "updated", "deleted", "skipped")
 WEBHOOK_OUTCOMES = ("enqueued", "ignored", "failed", "received", "dispatching")
 OUTBOX_OUTCOMES = ("done", "dead", "pending", "processing")
@@ -73,14 +73,14 @@ class Bucket:
     def success_rate(self):
         """completed / (completed + failed); None when none finished either way."""
         finished = self.by_status["completed"] + self.by_status["failed"]
-        return round(self.by_status["completed"] / finished, 4) if finished else None
+        return self.by_status["completed"] / finished if finished else None
 
     def per_run(self, name):
         return round(self.records[name] / self.runs, 1) if self.runs else None
 
     def as_dict(self):
         return {"start": self.start.isoformat() + "Z", "runs": self.runs, "by_status": dict(self.by_status),
-                "success_rate": self.success_rate, "duration_seconds": {"p50": self.p50, "p95": self.p95},
+                "success_rate": None if self.success_rate is None else round(self.success_rate, 4), "duration_seconds": {"p50": self.p50, "p95": self.p95},
                 "records": dict(self.records), "seen": self.seen, "retries": self.retries}
 
 

@@ -139,7 +139,8 @@ def connection_report_csv(connection_id):
                          "duration_p95_s", *(f"records_{k}" for k in stats.RECORD_COUNTERS), "retries"])
         for b in runs.buckets + [runs.total]:
             writer.writerow([b.start.isoformat() + "Z" if b is not runs.total else "whole window", b.runs,
-                             *(b.by_status[s] for s in stats.RUN_OUTCOMES), _blank(b.success_rate), _blank(b.p50),
+                             *(b.by_status[s] for s in stats.RUN_OUTCOMES), _blank(b.success_rate and round(b.success_rate, 4)),
+                             _blank(b.p50),
                              _blank(b.p95), *(b.records[k] for k in stats.RECORD_COUNTERS), b.retries])
     else:
         writer.writerow(["run_id", "created_at_utc", "mode", "trigger", "status", "duration_s", "seen", "created",
