@@ -116,26 +116,47 @@ def _duration_sql():
     return "((julianday(finished_at) - julianday(started_at)) * 86400)"
 
 
-def _runs_from():
-    """FROM clause of the runs queries. SQLite's planner, without histograms, guesses that
-    `created_at >= ?` keeps a quarter of the table and may scan all of it; naming the index
-    keeps a 24 h window of a million runs a range read (bench/stats_queries.py). PostgreSQL
-    plans from its statistics and needs no hint."""
-    return "runs" if _dialect() == "postgresql" else "runs INDEXED BY ix_runs_connection_created"
+@dataclass
+class Scope:
+    """Which runs a query reads: FROM and WHERE, and their parameters. One connection: the
+    (connection_id, created_at) index. All of them: the run ids from the window's first on,
+    a range of the primary key (ids grow with time), read in table order; SQLite otherwise
+    reads the window through the index one connection at a time, or scans the whole table."""
+    source: str
+    where: str
+    params: dict
 
 
-def _runs_where():
-    return "connection_id IN :ids AND created_at >= :since AND created_at < :until"
+def scope(win, connection=None):
+    params = {"since": win.since, "until": win.until}
+    window = "created_at >= :since AND created_at < :until"
+    sqlite = _dialect() != "postgresql"
+    if connection is not None:
+        return Scope("runs INDEXED BY ix_runs_connection_created" if sqlite else "runs",
+                     f"connection_id = :connection AND {window}", dict(params, connection=connection.id))
+    first = _first_id(win)
+    return Scope("runs NOT INDEXED" if sqlite else "runs", f"id >= :first_id AND {window}",
+                 dict(params, first_id=first if first is not None else 1 << 62))
 
 
-def _execute(sql, win, ids, **extra):
-    statement = text(sql).bindparams(bindparam("ids", expanding=True))
-    return db.session.execute(statement, {"ids": ids or [-1], "since": win.since, "until": win.until, **extra}).all()
+def _first_id(win):
+    """The smallest id of a run created in the window: per connection, from the index alone."""
+    ids = connection_ids()
+    if not ids:
+        return None
+    source = "runs INDEXED BY ix_runs_connection_created" if _dialect() != "postgresql" else "runs"
+    statement = text(f"SELECT MIN(id) FROM {source} WHERE connection_id IN :ids AND created_at >= :since "
+                     "AND created_at < :until").bindparams(bindparam("ids", expanding=True))
+    return db.session.execute(statement, {"ids": ids, "since": win.since, "until": win.until}).scalar()
+
+
+def _execute(sql, where):
+    return db.session.execute(text(sql.format(source=where.source, where=where.where)), where.params).all()
 
 
 def run_stats(win, connection=None):
     """RunStats for the runs created in the window, of one connection or of all."""
-    ids = connection_ids(connection)
+    where = scope(win, connection)
     seconds = win.bucket.total_seconds()
     buckets = [Bucket(start) for start in win.starts]
     total = Bucket(win.since)
@@ -143,7 +164,7 @@ def run_stats(win, connection=None):
         SELECT {_bucket_sql('created_at', seconds)} AS b, status, COUNT(*), COALESCE(SUM(seen), 0),
                COALESCE(SUM(created), 0), COALESCE(SUM(updated), 0), COALESCE(SUM(deleted), 0),
                COALESCE(SUM(failed), 0), COALESCE(SUM(CASE WHEN attempt > 1 THEN attempt - 1 ELSE 0 END), 0)
-        FROM {_runs_from()} WHERE {_runs_where()} GROUP BY b, status""", win, ids)
+        FROM {{source}} WHERE {{where}} GROUP BY b, status""", where)
     for b, status, count, seen, created, updated, deleted, skipped, retries in rows:
         for target in ((buckets[b],) if 0 <= b < len(buckets) else ()) + (total,):
             if status in target.by_status:
@@ -152,7 +173,7 @@ def run_stats(win, connection=None):
             target.retries += retries
             for name, value in zip(RECORD_COUNTERS, (created, updated, deleted, skipped)):
                 target.records[name] += value
-    by_bucket, every = _durations(win, ids, seconds)
+    by_bucket, every = _durations(where, seconds)
     for b, durations in by_bucket.items():
         if 0 <= b < len(buckets):
             buckets[b].p50, buckets[b].p95 = _rank(durations, 50), _rank(durations, 95)
@@ -160,19 +181,21 @@ def run_stats(win, connection=None):
     return RunStats(win, buckets, total)
 
 
-def _durations(win, ids, seconds):
-    """Durations of the window's finished runs, each bucket's and all of them, in order. One
-    sorted read: ranking in SQL (window functions) cost a sort per percentile level, and on
-    SQLite each pass re-reads the rows (bench/stats_queries.py)."""
+def _durations(where, seconds):
+    """Durations of the window's finished runs, each bucket's and all of them, sorted. One
+    read, sorted here: ranking in SQL (window functions) cost a sort and a pass per level,
+    and even ORDER BY in SQLite cost more than Python's sort (bench/stats_queries.py)."""
     rows = _execute(f"""
         SELECT {_bucket_sql('created_at', seconds)} AS b, {_duration_sql()} AS d
-        FROM {_runs_from()} WHERE {_runs_where()} AND status IN ('completed', 'failed')
-          AND started_at IS NOT NULL AND finished_at IS NOT NULL
-        ORDER BY d""", win, ids)
+        FROM {{source}} WHERE {{where}} AND status IN ('completed', 'failed')
+          AND started_at IS NOT NULL AND finished_at IS NOT NULL""", where)
     by_bucket, every = {}, []
     for b, d in rows:
         by_bucket.setdefault(b, []).append(float(d))
-        every.append(float(d))
+    for values in by_bucket.values():
+        values.sort()
+        every += values
+    every.sort()
     return by_bucket, every
 
 
@@ -211,13 +234,12 @@ def outbox_series(win, connection=None):
 
 def per_connection(win):
     """[(connection, Bucket of its whole window)] for every connection, busiest first."""
-    ids = connection_ids()
     totals = {}
     rows = _execute(f"""
         SELECT connection_id, status, COUNT(*), COALESCE(SUM(created), 0), COALESCE(SUM(updated), 0),
                COALESCE(SUM(deleted), 0), COALESCE(SUM(failed), 0),
                COALESCE(SUM(CASE WHEN attempt > 1 THEN attempt - 1 ELSE 0 END), 0)
-        FROM {_runs_from()} WHERE {_runs_where()} GROUP BY connection_id, status""", win, ids)
+        FROM {{source}} WHERE {{where}} GROUP BY connection_id, status""", scope(win))
     for connection_id, status, count, created, updated, deleted, skipped, retries in rows:
         target = totals.setdefault(connection_id, Bucket(win.since))
         if status in target.by_status:
