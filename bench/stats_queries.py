@@ -1,7 +1,8 @@
-"""Statistics queries over a large generated history: how long the statistics page's figures
-take (webapp/stats.py: GROUP BY over the window, read by a primary-key range for all
-connections or the (connection_id, created_at) index for one) at 1,000,000 runs, next to the baseline of loading the window's runs into Python and
-computing the same figures there (GET /api/stats summarised that way before issue 18).
+"""Statistics queries over a large generated history: how long the statistics page's
+figures take (webapp/stats.py: GROUP BY over the window, read as a primary-key range for all
+connections or through the (connection_id, created_at) index for one) at 1,000,000 runs,
+next to the baseline of loading the window's runs into Python and computing the same
+figures there (GET /api/stats summarised that way before issue 18).
 
     .venv/bin/python -m bench.stats_queries [--runs 1000000] [--connections 20] [--days 365] [--repeat 3]
 

@@ -1,10 +1,10 @@
 """Run statistics over a window, bucketed in time: what the statistics page, the
-per-connection report and GET /api/stats show. Counted in the database (GROUP BY); the
-percentiles from one sorted read of the window's durations. Every runs query names the
-connections (`connection_id IN (...)`), which lets both SQLite and PostgreSQL read only the
-window through the index ix_runs_connection_created, however long the history
-(tests/webapp/test_stats.py checks the plan; bench/stats_queries.py measures it at a
-million runs: the cost grows with the runs in the window, not with the table).
+per-connection report and GET /api/stats show. Counted in the database (GROUP BY), the
+percentiles from one read of the window's durations. Queries read the window, never the
+whole history (Scope): one connection's runs through the (connection_id, created_at) index,
+all connections' as a primary-key range from the window's first run. The cost grows with
+the runs in the window, not with the table (tests/webapp/test_stats.py checks the plans;
+bench/stats_queries.py measures it at a million runs).
 """
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
