@@ -85,6 +85,20 @@ def _not_found(error):
     return render_template("admin/error.html", title="Not found", message=message), 404
 
 
+@bp.app_errorhandler(404)
+def _no_such_page(error):
+    # A URL that matches no route never reaches a blueprint's handler. A code handler wins
+    # over the API's HTTPException one, so the API keeps its JSON here; the admin (and the
+    # site root) get the styled page; anything else keeps the plain answer.
+    from ..api.common import error_response
+
+    if request.path.startswith("/api/"):
+        return error_response(404, "not_found", error.description or error.name)
+    if request.path == "/" or request.path.startswith(bp.url_prefix + "/"):
+        return _not_found(error)
+    return error
+
+
 @bp.errorhandler(500)
 def _server_error(error):
     from flask import render_template

@@ -416,9 +416,12 @@ def test_typed_settings_are_checked_all_at_once_and_nothing_is_saved(client, mak
 
 
 def test_missing_pages_are_styled_inside_the_layout(client):
-    for url in ("/admin/runs/999999", "/admin/connections/999999/edit", "/admin/stats?connection=999999"):
+    for url in ("/admin/runs/999999", "/admin/connections/999999/edit", "/admin/stats?connection=999999",
+                "/admin/no-such-page"):
         response = client.get(url)
         body = response.get_data(as_text=True)
         assert response.status_code == 404, url
         assert 'class="top"' in body and "Statistics</a>" in body and "Not found" in body, url
     assert "there is no connection 999999" in client.get("/admin/stats?connection=999999").get_data(as_text=True)
+    api = client.get("/api/no-such-thing")
+    assert api.status_code == 404 and api.get_json()["error"] == "not_found"  # the API keeps its JSON
