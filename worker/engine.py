@@ -75,6 +75,9 @@ class RunExecution:
         self.counters = run.counters
         self.processed_at_start = run.processed
         self.started = time.monotonic()
+        # Per stream of this attempt: {name: {"processed", "total", "done"}}, for the run page
+        # and for overall progress over every stream (a run is not at 100% after its first).
+        self.stream_progress = {}
 
     # -- the straight line -------------------------------------------------------------
     def run(self):
@@ -82,6 +85,9 @@ class RunExecution:
         try:
             connection = db.session.get(Connection, self.connection_id)
             connector = self.connector = self._connector(connection)
+            if self.mode != "record":
+                self.stream_progress = {name: {"processed": 0, "total": None, "done": name in self.checkpoint["done"]}
+                                        for name in self._read_streams(connector)}
             self._publish("starting", f"attempt {self.attempt} started")
             if self.mode == "record":
                 deleted = self._sync_one_record(connector)
@@ -163,6 +169,7 @@ class RunExecution:
         self.processed += len(page.records) + len(page.bad_records)
         if page.total is not None and done_before is not None:
             self.total = done_before + page.total
+        self._count_stream(name, page, finished, first=done_before is not None)
         delta = {"seen": len(good) + len(bad), "created": counts.created, "updated": counts.updated,
                  "unchanged": counts.unchanged, "failed": len(bad)}
         _add(delta, derived)
@@ -396,17 +403,43 @@ class RunExecution:
         return (f"{c['seen']} seen, {c['created']} created, {c['updated']} updated, {c['unchanged']} unchanged, "
                 f"{c['deleted']} deleted, {c['failed']} skipped")
 
+    def _count_stream(self, name, page, finished, first):
+        progress = self.stream_progress.setdefault(name, {"processed": 0, "total": None, "done": False})
+        progress["processed"] += len(page.records) + len(page.bad_records)
+        if first and page.total is not None:
+            progress["total"] = page.total
+        progress["done"] = progress["done"] or finished
+
+    def _overall_percent(self):
+        """With several streams: each counts for an equal share, a finished one in full, the
+        others by their own processed/total (nothing while their total is unknown). One
+        stream: processed/total as before."""
+        if len(self.stream_progress) > 1:
+            shares = [1.0 if p["done"] else min(1.0, p["processed"] / p["total"]) if p["total"] else 0.0
+                      for p in self.stream_progress.values()]
+            return round(100.0 * sum(shares) / len(shares), 1)
+        return round(min(100.0, 100.0 * self.processed / self.total), 1) if self.total else None
+
+    def _remaining(self):
+        """Records left to read, when every unfinished stream has told its total; else None."""
+        if len(self.stream_progress) > 1:
+            left = [p for p in self.stream_progress.values() if not p["done"]]
+            if any(p["total"] is None for p in left):
+                return None
+            return sum(max(0, p["total"] - p["processed"]) for p in left)
+        return self.total - self.processed if self.total else None
+
     def _publish(self, phase, message, status="running"):
         elapsed = max(time.monotonic() - self.started, 1e-6)
         rate = (self.processed - self.processed_at_start) / elapsed
-        percent = 100.0 if status == COMPLETED else (
-            round(min(100.0, 100.0 * self.processed / self.total), 1) if self.total else None)
-        eta = (self.total - self.processed) / rate if self.total and rate > 0 and status == "running" else None
+        percent = 100.0 if status == COMPLETED else self._overall_percent()
+        eta = self._remaining() / rate if rate > 0 and status == "running" and self._remaining() else None
         self.progress.add_message(message)
         snapshot = self.progress.publish({
             "status": status, "phase": phase, "attempt": self.attempt, "processed": self.processed,
             "total": self.total, "percent": percent, "rate": round(rate, 1),
             "eta_seconds": round(eta, 1) if eta is not None else None, "counters": dict(self.counters),
+            "streams": [dict(progress, name=name) for name, progress in self.stream_progress.items()],
         })
         if self.on_progress:
             self.on_progress(snapshot)

@@ -27,3 +27,27 @@ def test_the_activity_log_says_each_thing_once(app, make_connection, redis):
     assert sum(line.startswith("attempt 1 started") for line in lines) == 1, lines
     assert "attempt 1 started on host-1" in lines
     assert sum(line.startswith("failed") for line in lines) == 1, lines
+
+
+def test_progress_covers_every_stream_of_the_run(app, make_connection, redis):
+    """Overall progress counts each stream for an equal share: it is not 100% when the first
+    of three streams is read (issue 18: a Zoom full sync sat at 100% for 13 minutes)."""
+    from tests.simulators.harness import RecordsAPI, SimulatorServer, make_records
+
+    simulator = RecordsAPI(make_records(120), auth_token="tok", page_size_max=1000)
+    with SimulatorServer(simulator) as server:
+        stream = {"path": "/items", "records_key": "items", "total_key": "total",
+                  "pagination": {"type": "page", "page_size": 40}}
+        connection = make_connection(name="three", connector="rest", credentials={"token": "tok"}, settings={
+            "base_url": server.url, "streams": {"a": stream, "b": stream, "c": stream}})
+        run = runs.trigger(connection, enqueue=False).run
+        snapshots = []
+        assert execute_run(run.id, redis_client=redis, worker_name="t", on_progress=snapshots.append) == "completed"
+    after_a = next(s for s in snapshots if s["phase"] == "fetching a" and s["streams"][0]["done"])
+    assert after_a["percent"] == 33.3
+    assert [(x["name"], x["processed"], x["total"], x["done"]) for x in after_a["streams"]] == [
+        ("a", 120, 120, True), ("b", 0, None, False), ("c", 0, None, False)]
+    middle_of_b = next(s for s in snapshots if s["streams"][1]["processed"] == 40)
+    assert middle_of_b["percent"] == 44.4  # a in full, a third of b
+    percents = [s["percent"] for s in snapshots if s["percent"] is not None]
+    assert percents == sorted(percents) and percents[-1] == 100.0

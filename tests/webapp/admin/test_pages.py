@@ -425,3 +425,23 @@ def test_missing_pages_are_styled_inside_the_layout(client):
     assert "there is no connection 999999" in client.get("/admin/stats?connection=999999").get_data(as_text=True)
     api = client.get("/api/no-such-thing")
     assert api.status_code == 404 and api.get_json()["error"] == "not_found"  # the API keeps its JSON
+
+
+def test_run_page_shows_progress_per_stream(client, make_connection, redis):
+    from webapp import runs
+    from webapp.progress import ProgressPublisher
+
+    connection = make_connection(name="zoom-like")
+    run = runs.trigger(connection, enqueue=False).run
+    ProgressPublisher(redis, run.id).publish({"status": "running", "phase": "fetching registrants", "processed": 130,
+                                              "total": 100, "percent": 50.0, "streams": [
+                                                  {"name": "webinars", "processed": 100, "total": 100, "done": True},
+                                                  {"name": "registrants", "processed": 30, "total": None, "done": False},
+                                                  {"name": "participants", "processed": 0, "total": None, "done": False}]})
+    html = client.get(f"/admin/runs/{run.id}").get_data(as_text=True)
+    table = html[html.index('<table id="streams"'):html.index("</table>", html.index('<table id="streams"'))]
+    assert " hidden" not in table.split(">", 1)[0]
+    rows = re.findall(r'<tr data-stream="(\w+)"><th scope="row">\w+</th><td>(\d+)</td><td>([^<]+)</td><td>([^<]+)</td>', table)
+    assert rows == [("webinars", "100", "100", "done"), ("registrants", "30", "?", "reading"),
+                    ("participants", "0", "?", "waiting")]
+    assert '<span id="percent" class="big">50.0%</span>' in html

@@ -41,6 +41,7 @@
     text("phase", state.phase || "—");
     if (state.duration_seconds !== null && state.duration_seconds !== undefined) text("duration", duration(state.duration_seconds));
     if (state.attempt) text("attempt", state.attempt);
+    renderStreams(state.streams);
     var counters = state.counters || {};
     ["seen", "created", "updated", "unchanged", "deleted", "failed"].forEach(function (k) {
       if (k in counters) text("c-" + k, counters[k]);
@@ -80,6 +81,27 @@
     li.appendChild(document.createTextNode(" " + message));
     log.appendChild(li);
     log.scrollTop = log.scrollHeight;
+  }
+
+  function renderStreams(streams) {
+    var table = $("streams");
+    if (!table || !streams) return;
+    table.hidden = streams.length < 2;
+    var body = table.querySelector("tbody");
+    body.innerHTML = "";
+    streams.forEach(function (s) {
+      var tr = document.createElement("tr");
+      tr.dataset.stream = s.name;
+      var progress = s.done ? "done" : s.total ? Math.round(100 * s.processed / s.total) + "%" :
+        (s.processed ? "reading" : "waiting");
+      [s.name, s.processed, s.total === null || s.total === undefined ? "?" : s.total, progress].forEach(function (v, i) {
+        var cell = document.createElement(i === 0 ? "th" : "td");
+        if (i === 0) cell.scope = "row";
+        cell.textContent = v;
+        tr.appendChild(cell);
+      });
+      body.appendChild(tr);
+    });
   }
 
   function renderErrors(errors, count) {
