@@ -1,22 +1,53 @@
 """`flask sync ...` and `flask connections ...`. Credentials are never printed."""
 import json
+import logging
 import sys
 import time
 
 import click
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 
-from . import connection_issues, net_guard, runs, trigger_policy
+from . import connection_issues, net_guard, run_request, runs, trigger_policy
 from .connectors import connector_class
+from .connectors import settings_spec
 from .connectors.errors import ConfigError
+from .error_words import run_error_words
 from .extensions import db, redis_ext
 from .models import RUNNING, STATUSES, TERMINAL_STATUSES, Connection, Run, RunEvent
 from .progress import read_snapshot
 from .schedules.parser import ScheduleError, normalize
 
-sync_cli = AppGroup("sync", help="Run, list, inspect and cancel syncs.")
-connections_cli = AppGroup("connections", help="Add, list and show connections.")
+VERBOSE_HELP = "also print the service's INFO log lines (to stderr)"
+
+
+def _quiet_unless(verbose):
+    """A person at a terminal wants the command's own output: log lines go to stderr at
+    WARNING unless -v, or unless LOG_LEVEL was set to something other than its default."""
+    from flask import current_app
+
+    from .config import defaults
+
+    if not verbose and current_app.config["LOG_LEVEL"] == defaults()["LOG_LEVEL"]:
+        logging.getLogger().setLevel(logging.WARNING)
+
+
+@click.group("sync", cls=AppGroup, help="Run, list, inspect and cancel syncs.")
+@click.option("-v", "--verbose", is_flag=True, help=VERBOSE_HELP)
+@with_appcontext
+def sync_cli(verbose):
+    _quiet_unless(verbose)
+
+
+@click.group("connections", cls=AppGroup, help="Add, edit, test, list and show connections.")
+@click.option("-v", "--verbose", is_flag=True, help=VERBOSE_HELP)
+@with_appcontext
+def connections_cli(verbose):
+    _quiet_unless(verbose)
+
+
+# The run's counter `failed` is what every page calls "skipped": records that could not be stored.
+COUNTER_WORDS = {"failed": "skipped"}
 
 
 def _params(pairs):
@@ -32,6 +63,13 @@ def _params(pairs):
 def _fail(message):
     click.secho(f"error: {message}", fg="red", err=True)
     sys.exit(1)
+
+
+def _connection_or_fail(key):
+    try:
+        return runs.get_connection(key)
+    except LookupError as exc:
+        _fail(str(exc))
 
 
 def _bar(snapshot, width=30):
@@ -58,17 +96,13 @@ def _bar(snapshot, width=30):
 def run_command(connection, mode, since, until, streams, param_pairs, inline, follow):
     """Run a sync of CONNECTION (name or id) and show its progress."""
     params = _params(param_pairs)
-    if since:
-        params["since"] = since
-    if until:
-        params["until"] = until
-    if mode == "range" and not (since or until):
-        _fail("--mode range needs --since and/or --until")
+    params.update({k: v for k, v in (("since", since), ("until", until)) if v is not None})
     try:
         conn = runs.get_connection(connection)
-        result = runs.trigger(conn, mode=mode, params=params, trigger="cli", requested_by="cli",
-                              streams=streams, enqueue=not inline)
-    except (LookupError, ConfigError) as exc:
+        wanted = run_request.check(conn, mode=mode, params=params, streams=streams)
+        result = runs.trigger(conn, mode=wanted.mode, params=wanted.params, trigger="cli", requested_by="cli",
+                              streams=wanted.streams, enqueue=not inline)
+    except (LookupError, ConfigError, run_request.RunRequestError) as exc:
         _fail(str(exc))
     run = result.run
     if result.outcome == "follow_up":
@@ -115,12 +149,12 @@ def _follow(run_id, poll=0.5):
 def _print_run(run):
     c = run.counters
     click.echo(f"run {run.id} {run.status} ({run.mode}, {run.trigger}, attempt {run.attempt}/{run.max_attempts})")
-    click.echo("  " + ", ".join(f"{k} {v}" for k, v in c.items()))
+    click.echo("  " + ", ".join(f"{COUNTER_WORDS.get(k, k)} {v}" for k, v in c.items()))
     reason = runs.waiting_reason(run)
     if reason:
         click.echo(f"  {reason}")
     elif run.error_message:
-        click.echo(f"  error ({run.error_class}): {run.error_message}")
+        click.echo(f"  error ({run_error_words(run.error_class)}): {run.error_message}")
 
 
 @sync_cli.command("list")
@@ -137,20 +171,35 @@ def list_command(connection, status, limit):
             _fail(str(exc))
     if status:
         query = query.where(Run.status == status)
-    for run in db.session.execute(query).scalars():
+    rows = db.session.execute(query).scalars().all()
+    if not rows:
+        click.echo("no runs" + (" match" if connection or status else " yet"))
+        return
+    header = (f"{'RUN':>6}  {'CONNECTION':<20} {'MODE':<11} {'TRIGGER':<8} {'STATUS':<9} {'CREATED (UTC)':<19} "
+              f"{'DURATION':>8} {'SEEN':>7} {'NEW':>7} {'CHANGED':>7} {'UNCHANGED':>9} {'DELETED':>7} {'SKIPPED':>7}")
+    click.echo(header)
+    for run in rows:
         c = run.counters
-        click.echo(f"{run.id:>6}  {run.connection.name:<20} {run.mode:<11} {run.trigger:<8} {run.status:<9} "
-                   f"seen {c['seen']:<7} created {c['created']:<7} updated {c['updated']:<7} failed {c['failed']}")
+        duration = (f"{(run.finished_at - run.started_at).total_seconds():.1f}s"
+                    if run.started_at and run.finished_at else "-")
+        click.echo(f"{run.id:>6}  {run.connection.name[:20]:<20} {run.mode:<11} {run.trigger:<8} {run.status:<9} "
+                   f"{run.created_at:%Y-%m-%d %H:%M:%S} {duration:>8} {c['seen']:>7} {c['created']:>7} "
+                   f"{c['updated']:>7} {c['unchanged']:>9} {c['deleted']:>7} {c['failed']:>7}")
 
 
 @sync_cli.command("status")
 @click.argument("run_id", type=int)
 @click.option("--json", "as_json", is_flag=True)
-def status_command(run_id, as_json):
+@click.option("--follow", is_flag=True, help="show progress until the run ends")
+def status_command(run_id, as_json, follow):
     """Show one run, with its last activity and record errors."""
     run = db.session.get(Run, run_id)
     if run is None:
         _fail(f"no run {run_id}")
+    if follow and run.status not in TERMINAL_STATUSES:
+        _follow(run_id)
+        db.session.expire_all()
+        run = db.session.get(Run, run_id)
     if as_json:
         click.echo(json.dumps(runs.run_dict(run), indent=2))
         return
@@ -166,6 +215,12 @@ def status_command(run_id, as_json):
 @click.argument("run_id", type=int)
 def cancel_command(run_id):
     """Cancel a waiting, queued or running run (also one whose worker is gone)."""
+    run = db.session.get(Run, run_id)
+    if run is None:
+        _fail(f"no run {run_id}")
+    if run.status in TERMINAL_STATUSES:
+        click.echo(f"run {run_id} had already ended ({run.status}): nothing to cancel")
+        return
     try:
         status = runs.cancel(run_id, requested_by="cli")
     except LookupError as exc:
@@ -206,17 +261,13 @@ def add_command(name, connector, setting_pairs, settings_json, credentials_json,
         connector_class(connector)
     except ConfigError as exc:
         _fail(str(exc))
-    settings = json.loads(settings_json) if settings_json else {}
-    for key, value in _params(setting_pairs).items():
-        try:
-            settings[key] = json.loads(value)
-        except ValueError:
-            settings[key] = value
-    if settings.get(trigger_policy.SETTING) is not None:
-        try:
-            settings[trigger_policy.SETTING] = trigger_policy.validate(settings[trigger_policy.SETTING])
-        except ValueError as exc:
-            _fail(str(exc))
+    try:
+        base = json.loads(settings_json) if settings_json else {}
+    except ValueError:
+        _fail("--settings-json is not valid JSON")
+    if not isinstance(base, dict):
+        _fail("--settings-json must be a JSON object")
+    settings = _typed_settings(connector_class(connector), base, _params(setting_pairs))
     raw = sys.stdin.read() if credentials_stdin else credentials_json
     try:
         credentials = json.loads(raw) if raw else {}
@@ -238,6 +289,90 @@ def add_command(name, connector, setting_pairs, settings_json, credentials_json,
     db.session.add(conn)
     db.session.commit()
     click.echo(f"connection {conn.id} {name!r} ({connector}) added")
+
+
+def _typed_settings(cls, settings, pairs, unset=()):
+    """`settings` with `pairs` (key=text) applied: declared settings parsed by their type,
+    others read as JSON when they are JSON. Every declared setting is then checked against
+    the connector's declaration, as the admin form does; all problems end the command at once."""
+    specs = settings_spec.by_name(cls.settings_spec)
+    settings = {k: v for k, v in settings.items() if k not in unset}
+    problems = {}
+    for key, text in pairs.items():
+        if key in specs:
+            try:
+                value = settings_spec.parse_text(specs[key], text)
+            except ValueError as exc:
+                problems[key] = str(exc)
+                continue
+            settings.pop(key, None)
+            if value is not None:
+                settings[key] = value
+        else:
+            try:
+                settings[key] = json.loads(text)
+            except ValueError:
+                settings[key] = text
+    problems.update({k: v for k, v in settings_spec.check_settings(cls.settings_spec, settings).items()
+                     if k not in problems})
+    if problems:
+        in_order = {name: problems[name] for name in specs if name in problems}
+        _fail("settings need fixing: " + settings_spec.describe_errors(in_order))
+    if settings.get(trigger_policy.SETTING) is not None:
+        try:
+            settings[trigger_policy.SETTING] = trigger_policy.validate(settings[trigger_policy.SETTING])
+        except ValueError as exc:
+            _fail(str(exc))
+    return settings
+
+
+@connections_cli.command("edit")
+@click.argument("connection")
+@click.option("--setting", "setting_pairs", multiple=True, help="key=value; typed by the connector's declaration")
+@click.option("--unset", "unset", multiple=True, help="remove this setting (its default applies)")
+@click.option("--schedule", help='manual | every:N | hourly:M | "cron:EXPR"')
+@click.option("--enable/--disable", "enabled", default=None)
+def edit_command(connection, setting_pairs, unset, schedule, enabled):
+    """Change a connection's settings, schedule or enabled flag (credentials: the admin)."""
+    from .schedules import firing
+
+    conn = _connection_or_fail(connection)
+    try:
+        cls = connector_class(conn.connector)
+    except ConfigError as exc:
+        _fail(str(exc))
+    settings = _typed_settings(cls, dict(conn.settings or {}), _params(setting_pairs), unset)
+    if schedule is not None:
+        try:
+            schedule = normalize(schedule)
+        except ScheduleError as exc:
+            _fail(str(exc))
+    before = (conn.schedule, conn.enabled, conn.allowed_triggers)
+    conn.settings = settings
+    conn.schedule = schedule if schedule is not None else conn.schedule
+    conn.enabled = enabled if enabled is not None else conn.enabled
+    if (conn.schedule, conn.enabled, conn.allowed_triggers) != before:
+        firing.reschedule(conn)
+    db.session.commit()
+    click.echo(f"connection {conn.id} {conn.name!r} saved")
+
+
+@connections_cli.command("test")
+@click.argument("connection")
+def test_command(connection):
+    """Authenticate and read the first page of each stream; store nothing."""
+    from .connection_probe import probe
+
+    result = probe(_connection_or_fail(connection))
+    for s in result.streams:
+        if s.ok:
+            total = f" of {s.total}" if s.total is not None else ""
+            click.echo(f"  {s.stream:<16} ok      {s.count}{total} records; fields: {', '.join(s.keys) or '-'}")
+        else:
+            click.echo(f"  {s.stream:<16} FAILED  {s.message}")
+    if not result.ok:
+        _fail(result.message)
+    click.echo(result.message)
 
 
 @connections_cli.command("ensure-demo")
@@ -263,10 +398,7 @@ def list_connections_command():
 @click.argument("connection")
 def show_command(connection):
     """Show a connection's settings. Credentials show only which keys are set."""
-    try:
-        conn = runs.get_connection(connection)
-    except LookupError as exc:
-        _fail(str(exc))
+    conn = _connection_or_fail(connection)
     click.echo(f"id:          {conn.id}\nname:        {conn.name}\nconnector:   {conn.connector}\n"
                f"schedule:    {conn.schedule}\nenabled:     {conn.enabled}\nhealth:      {conn.health}"
                + (f" ({conn.health_message})" if conn.health_message else ""))

@@ -18,18 +18,24 @@ CLOCK_SKEW_LIMIT = 5.0  # seconds between this machine and the database or Redis
 
 
 def check_configuration():
-    problems = []
+    problems, notes = [], []
     config = current_app.config
     if not config.get("SYNCHUB_ENCRYPTION_KEYS"):
-        problems.append("SYNCHUB_ENCRYPTION_KEYS is unset (a key file in instance/ is used): "
-                        "set it in production so every machine shares the key")
+        # With SQLite every process is on this machine and reads the same key file, so a
+        # fresh `make run` is healthy; a server database means processes on several machines.
+        if db.engine.dialect.name == "sqlite":
+            notes.append("the credential key is the file in instance/ (SYNCHUB_ENCRYPTION_KEYS is unset): "
+                         "back it up; set SYNCHUB_ENCRYPTION_KEYS before running on more than one machine")
+        else:
+            problems.append("SYNCHUB_ENCRYPTION_KEYS is unset (a key file in instance/ is used): "
+                            "set it in production so every machine shares the key")
     if config["STALE_AFTER_SECONDS"] <= 2 * config["HEARTBEAT_SECONDS"]:
         problems.append(f"SYNCHUB_STALE_AFTER_SECONDS ({config['STALE_AFTER_SECONDS']}) must be well above "
                         f"SYNCHUB_HEARTBEAT_SECONDS ({config['HEARTBEAT_SECONDS']}), or live runs are swept: "
                         "make it at least 3x")
     if problems:
         return False, "; ".join(problems)
-    return True, "settings are consistent"
+    return True, "; ".join(["settings are consistent"] + notes)
 
 
 def check_database():

@@ -11,6 +11,7 @@ from sqlalchemy import func, select, text
 
 from .connection_issues import open_by_cause
 from .extensions import db, redis_ext
+from .error_words import describe
 from .models import QUEUED, RUNNING, Alert, Run, SupervisorState, utcnow
 from .queue import queue_lengths, workers
 
@@ -45,14 +46,14 @@ def readiness():
         db.session.execute(text("SELECT 1"))
         checks["database"] = "ok"
     except Exception as exc:  # any driver error means "not ready"; the class says which
-        checks["database"] = f"error: {type(exc).__name__}"
+        checks["database"] = f"error: {describe(exc)}"
     finally:
         db.session.rollback()
     try:
         redis_ext.client.ping()
         checks["redis"] = "ok"
     except (redis.RedisError, OSError) as exc:
-        checks["redis"] = f"error: {type(exc).__name__}"
+        checks["redis"] = f"error: {describe(exc)}"
     return checks
 
 
@@ -89,7 +90,7 @@ def health_report(now=None):
         report["workers"] = workers_report(client)
         report["queues"] = queue_lengths(client)
     except (redis.RedisError, OSError) as exc:
-        report["redis"] = f"error: {type(exc).__name__}"
+        report["redis"] = f"error: {describe(exc)}"
     stale_before = now - timedelta(seconds=config["STALE_AFTER_SECONDS"])
     report["stale_runs"] = db.session.execute(
         select(Run).where(Run.status == RUNNING, Run.heartbeat_at < stale_before).order_by(Run.heartbeat_at)

@@ -46,6 +46,7 @@ from sqlalchemy.exc import OperationalError
 from .connectors.errors import (AuthError, BadRecord, ConfigError, HttpError, QuotaExhausted, RateLimited,
                                 TransientError)
 from .connectors.mapping import MappingError
+from .error_words import describe
 
 # -- request: inside one HTTP call -------------------------------------------------------
 
@@ -146,9 +147,9 @@ def for_outbox(exc, permanent_statuses=PERMANENT_STATUSES):
     if isinstance(exc, (TransientError, ConfigError)):
         return OutboxVerdict("provider", str(exc))
     if isinstance(exc, requests.RequestException):
-        return OutboxVerdict("provider", f"{type(exc).__name__} talking to the destination")
+        return OutboxVerdict("provider", f"{describe(exc)} talking to the destination")
     # The reason stays short and free of data: the traceback is in the worker's log.
-    return OutboxVerdict("provider", f"unexpected {type(exc).__name__}; see the worker log", unexpected=True)
+    return OutboxVerdict("provider", f"{describe(exc)}; see the worker log", unexpected=True)
 
 
 def outbox_backoff(attempts, base, cap):

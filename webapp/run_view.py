@@ -6,6 +6,7 @@ from datetime import timezone
 from sqlalchemy import func, select
 
 from . import runs
+from .error_words import run_error_words
 from .extensions import db, redis_ext
 from .models import TERMINAL_STATUSES, RunEvent
 from .progress import read_snapshot
@@ -24,9 +25,12 @@ def run_state(run, snapshot=None, client=None):
     from_row = {
         "run_id": run.id, "status": run.status, "cancel_requested": run.cancel_requested,
         "error_class": run.error_class, "error_message": run.error_message,
+        "error_words": run_error_words(run.error_class) if run.error_class else None,
         "finished_at": run.finished_at.isoformat() + "Z" if run.finished_at else None,
         "not_before": run.not_before.isoformat() + "Z" if run.not_before else None,
         "waiting_reason": runs.waiting_reason(run),
+        "duration_seconds": (run.finished_at - run.started_at).total_seconds()
+        if run.finished_at and run.started_at else None,
     }
     if from_row["waiting_reason"]:  # the reason says it all, the last error included
         from_row.update(error_class=None, error_message=None)
@@ -54,10 +58,29 @@ def activity(run_id, state):
         select(RunEvent).where(RunEvent.run_id == run_id, RunEvent.kind == "log")
         .order_by(RunEvent.id.desc()).limit(LOG_LINES)).scalars().all()
     lines = [{"at": epoch(e.created_at), "level": e.level, "message": e.message} for e in events]
-    lines += [{"at": m.get("at", 0), "level": "info", "message": m.get("message", "")}
-              for m in state.get("messages", [])]
+    for m in state.get("messages", []):
+        line = {"at": m.get("at", 0), "level": "info", "message": m.get("message", "")}
+        # The worker says some things twice: live, and in the row's own event ("attempt 1
+        # started" / "attempt 1 started on host"; "failed (config): ..." / "failed: ...").
+        # One line each, the fuller one.
+        twin = next((x for x in lines if abs(x["at"] - line["at"]) <= TWIN_SECONDS
+                     and _gist(x["message"]) == _gist(line["message"])), None)
+        if twin is None:
+            lines.append(line)
+        elif len(line["message"]) > len(twin["message"]):
+            twin["message"] = line["message"]
     lines.sort(key=lambda line: line["at"])
     return lines[-LOG_LINES:]
+
+
+TWIN_SECONDS = 10
+
+
+def _gist(message):
+    """What a log line says before its details: "attempt 1 started", "failed", "completed"."""
+    for stop in (" on ", ": ", " ("):
+        message = message.split(stop, 1)[0]
+    return message.strip().lower()
 
 
 def record_errors(run_id, limit=RECORD_ERRORS_SHOWN):

@@ -5,6 +5,7 @@ counters commit together, and only while this attempt still owns the run. A cras
 point therefore resumes from the last committed page: nothing lost, nothing doubled.
 """
 import contextvars
+import json
 import logging
 import threading
 import time
@@ -18,6 +19,7 @@ from webapp import metrics, retry_policy, runs
 from webapp.connectors import connector_class
 from webapp.connectors.base import ReadRequest, Services
 from webapp.connectors.errors import BadRecord, ConfigError
+from webapp.error_words import describe, internal_error_message, run_error_words
 from webapp.extensions import db
 from webapp.logs import log_context
 from webapp.models import CANCELLED, COMPLETED, FAILED, QUEUED, WAITING, Connection, Run, StreamState, utcnow
@@ -73,6 +75,9 @@ class RunExecution:
         self.counters = run.counters
         self.processed_at_start = run.processed
         self.started = time.monotonic()
+        # Per stream of this attempt: {name: {"processed", "total", "done"}}, for the run page
+        # and for overall progress over every stream (a run is not at 100% after its first).
+        self.stream_progress = {}
 
     # -- the straight line -------------------------------------------------------------
     def run(self):
@@ -80,6 +85,9 @@ class RunExecution:
         try:
             connection = db.session.get(Connection, self.connection_id)
             connector = self.connector = self._connector(connection)
+            if self.mode != "record":
+                self.stream_progress = {name: {"processed": 0, "total": None, "done": name in self.checkpoint["done"]}
+                                        for name in self._read_streams(connector)}
             self._publish("starting", f"attempt {self.attempt} started")
             if self.mode == "record":
                 deleted = self._sync_one_record(connector)
@@ -104,7 +112,7 @@ class RunExecution:
                 return self._retry(verdict.error_class, exc)
             if verdict.error_class == "internal":  # a bug: fail loudly with the class, never loop on it
                 log.exception("run %s: unexpected error", self.run_id)
-                return self._fail("internal", f"{type(exc).__name__}: {exc}"[:500])
+                return self._fail("internal", internal_error_message(self.run_id, exc))
             return self._fail(verdict.error_class, exc, health=verdict.health)
         finally:
             self.heartbeat.stop()
@@ -161,6 +169,7 @@ class RunExecution:
         self.processed += len(page.records) + len(page.bad_records)
         if page.total is not None and done_before is not None:
             self.total = done_before + page.total
+        self._count_stream(name, page, finished, first=done_before is not None)
         delta = {"seen": len(good) + len(bad), "created": counts.created, "updated": counts.updated,
                  "unchanged": counts.unchanged, "failed": len(bad)}
         _add(delta, derived)
@@ -256,15 +265,15 @@ class RunExecution:
 
     def _fail(self, error_class, exc, health="failing"):
         db.session.rollback()
-        message = str(exc) or type(exc).__name__
+        message = str(exc) or describe(exc)
         if runs.finish(self.run_id, self.attempt, FAILED, error_class=error_class, error_message=message):
             self._set_health(health, message)
-            self._publish("failed", f"failed ({error_class}): {message}", status=FAILED)
+            self._publish("failed", f"failed ({run_error_words(error_class)}): {message}", status=FAILED)
             return FAILED
         return None
 
     def _retry(self, error_class, exc):
-        message = str(exc) or type(exc).__name__
+        message = str(exc) or describe(exc)
         pause = retry_policy.run_backoff(self.attempt, self.config["RUN_RETRY_BASE_SECONDS"],
                                          self.config["RUN_RETRY_MAX_SECONDS"])
         status = self._settle(lambda: runs.retry_later(self.run_id, self.attempt, error_class=error_class,
@@ -273,7 +282,8 @@ class RunExecution:
             self._set_health("failing", message)
         if status:
             word = {QUEUED: "retrying", WAITING: "waiting"}.get(status, status)
-            self._publish(word, f"{error_class}: {message}" + (f"; next attempt in {pause:.0f}s" if pause else ""),
+            self._publish(word, f"{run_error_words(error_class)}: {message}"
+                          + (f"; next attempt in {pause:.0f}s" if pause else ""),
                           status=status)
         return status
 
@@ -345,7 +355,7 @@ class RunExecution:
 
     def _sort(self, stream, page):
         good, bad = [], list(page.bad_records)
-        for record in page.records:
+        for position, record in enumerate(page.records, start=self.processed + 1):
             try:
                 key = stream.key_of(record)
                 self.connector.validate(stream, record)
@@ -353,6 +363,9 @@ class RunExecution:
             except BadRecord as exc:
                 if exc.key is None and isinstance(record, dict) and record.get(stream.primary_key) is not None:
                     exc.key = str(record.get(stream.primary_key))
+                if exc.key is None:  # nothing to find it by: where it came in the run, and how it begins
+                    exc.key = f"record #{position} of the run"
+                    exc.args = (f"{exc}; it begins {_excerpt(record)}",)
                 bad.append(exc)
         return good, bad
 
@@ -390,17 +403,43 @@ class RunExecution:
         return (f"{c['seen']} seen, {c['created']} created, {c['updated']} updated, {c['unchanged']} unchanged, "
                 f"{c['deleted']} deleted, {c['failed']} skipped")
 
+    def _count_stream(self, name, page, finished, first):
+        progress = self.stream_progress.setdefault(name, {"processed": 0, "total": None, "done": False})
+        progress["processed"] += len(page.records) + len(page.bad_records)
+        if first and page.total is not None:
+            progress["total"] = page.total
+        progress["done"] = progress["done"] or finished
+
+    def _overall_percent(self):
+        """With several streams: each counts for an equal share, a finished one in full, the
+        others by their own processed/total (nothing while their total is unknown). One
+        stream: processed/total as before."""
+        if len(self.stream_progress) > 1:
+            shares = [1.0 if p["done"] else min(1.0, p["processed"] / p["total"]) if p["total"] else 0.0
+                      for p in self.stream_progress.values()]
+            return round(100.0 * sum(shares) / len(shares), 1)
+        return round(min(100.0, 100.0 * self.processed / self.total), 1) if self.total else None
+
+    def _remaining(self):
+        """Records left to read, when every unfinished stream has told its total; else None."""
+        if len(self.stream_progress) > 1:
+            left = [p for p in self.stream_progress.values() if not p["done"]]
+            if any(p["total"] is None for p in left):
+                return None
+            return sum(max(0, p["total"] - p["processed"]) for p in left)
+        return self.total - self.processed if self.total else None
+
     def _publish(self, phase, message, status="running"):
         elapsed = max(time.monotonic() - self.started, 1e-6)
         rate = (self.processed - self.processed_at_start) / elapsed
-        percent = 100.0 if status == COMPLETED else (
-            round(min(100.0, 100.0 * self.processed / self.total), 1) if self.total else None)
-        eta = (self.total - self.processed) / rate if self.total and rate > 0 and status == "running" else None
+        percent = 100.0 if status == COMPLETED else self._overall_percent()
+        eta = self._remaining() / rate if rate > 0 and status == "running" and self._remaining() else None
         self.progress.add_message(message)
         snapshot = self.progress.publish({
             "status": status, "phase": phase, "attempt": self.attempt, "processed": self.processed,
             "total": self.total, "percent": percent, "rate": round(rate, 1),
             "eta_seconds": round(eta, 1) if eta is not None else None, "counters": dict(self.counters),
+            "streams": [dict(progress, name=name) for name, progress in self.stream_progress.items()],
         })
         if self.on_progress:
             self.on_progress(snapshot)
@@ -476,3 +515,8 @@ class Heartbeat:
                         return
                 except Exception as exc:  # a database blip must not kill the thread
                     log.warning("run %s: heartbeat failed (%s)", self.run_id, type(exc).__name__)
+
+
+def _excerpt(record, length=80):
+    text = json.dumps(record, default=str, sort_keys=True) if isinstance(record, (dict, list)) else repr(record)
+    return text if len(text) <= length else text[:length - 1] + "…"

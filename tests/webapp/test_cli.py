@@ -24,7 +24,9 @@ def test_sync_run_inline_works_with_no_redis_at_all(app, make_connection, tmp_pa
                    env_overrides={"REDIS_URL": "", "SYNCHUB_INSTANCE_PATH": str(instance)})
     assert result.returncode == 0, result.stderr
     assert "completed" in result.stdout and "100.0%" in result.stdout
-    assert "created 117" in result.stdout and "failed 3" in result.stdout
+    assert "created 117" in result.stdout and "skipped 3" in result.stdout  # the pages' word for it
+    assert " INFO " not in result.stderr  # quiet by default: the command's own output only
+    assert "\nrun 1 completed" in result.stdout  # the final lines start a line of their own
     assert not (instance / "redis.sock").exists() and not (instance / "redis.pid").exists()  # no Redis started
 
 
@@ -50,9 +52,14 @@ def test_sync_status_list_and_cancel(app, make_connection):
     assert queued.returncode == 0, queued.stderr
     run_id = int(queued.stdout.split()[1].rstrip(":"))
     listed = flask(app, "sync", "list")
+    assert listed.stdout.splitlines()[0].split() == ["RUN", "CONNECTION", "MODE", "TRIGGER", "STATUS", "CREATED",
+                                                     "(UTC)", "DURATION", "SEEN", "NEW", "CHANGED", "UNCHANGED",
+                                                     "DELETED", "SKIPPED"]
     assert f"{run_id:>6}  demo" in listed.stdout and "queued" in listed.stdout
     cancelled = flask(app, "sync", "cancel", str(run_id))
     assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
+    again = flask(app, "sync", "cancel", str(run_id))
+    assert again.returncode == 0 and "had already ended (cancelled): nothing to cancel" in again.stdout
     status = flask(app, "sync", "status", str(run_id), "--json")
     assert json.loads(status.stdout)["status"] == "cancelled"
 

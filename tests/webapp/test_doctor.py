@@ -56,3 +56,14 @@ def test_doctor_passes_on_a_healthy_stack(app, make_connection, workers):
     finally:
         scheduler.kill()
         scheduler.wait()
+
+
+def test_a_key_file_is_fine_on_one_machine_but_not_with_a_server_database(app):
+    from webapp.doctor import check_configuration
+
+    app.config["SYNCHUB_ENCRYPTION_KEYS"] = None
+    ok, message = check_configuration()
+    if db.engine.dialect.name == "sqlite":  # a fresh `make run`: every process on this machine
+        assert ok and "back it up" in message
+    else:
+        assert not ok and "set it in production" in message

@@ -16,6 +16,7 @@ from .blueprint import bp
 NAV = (
     ("admin.dashboard", "Dashboard"),
     ("admin.history", "History"),
+    ("admin.stats_page", "Statistics"),
     ("admin.webhooks.deliveries", "Webhooks"),
     ("admin.outbox.index", "Outbox"),
     ("admin.issues", "Issues"),
@@ -24,7 +25,8 @@ NAV = (
 )
 
 # Modules of this package that attach views to bp.
-ADMIN_MODULES = ("auth", "filters", "dashboard", "connections", "runs", "live", "health", "tokens", "issues")
+ADMIN_MODULES = ("auth", "filters", "dashboard", "connections", "runs", "live", "health", "tokens", "issues",
+                 "statistics")
 # Areas' blueprints nested in bp (each module exposes `bp`): /admin/<their url_prefix>.
 AREA_PAGES = ("webapp.webhooks.views", "webapp.outbox.views")
 
@@ -98,6 +100,39 @@ def _bad_request(error):
     else:
         message = error.description
     return render_template("admin/error.html", title="Bad request", message=message), 400
+
+
+@bp.errorhandler(404)
+def _not_found(error):
+    from flask import render_template
+
+    message = error.description if error.description and "requested URL was not found" not in error.description \
+        else "There is nothing at this address: the run or connection may have been removed, or the link is mistyped."
+    return render_template("admin/error.html", title="Not found", message=message), 404
+
+
+@bp.app_errorhandler(404)
+def _no_such_page(error):
+    # A URL that matches no route never reaches a blueprint's handler. A code handler wins
+    # over the API's HTTPException one, so the API keeps its JSON here; the admin (and the
+    # site root) get the styled page; anything else keeps the plain answer.
+    from ..api.common import error_response
+
+    if request.path.startswith("/api/"):
+        return error_response(404, "not_found", error.description or error.name)
+    if request.path == "/" or request.path.startswith(bp.url_prefix + "/"):
+        return _not_found(error)
+    return error
+
+
+@bp.errorhandler(500)
+def _server_error(error):
+    from flask import render_template
+
+    # The traceback is in the web log (Flask logs it); the page says what a person can do.
+    return render_template("admin/error.html", title="Something went wrong",
+                           message="The page could not be shown because of an error on our side. It has been "
+                                   "logged; try again, and if it persists, the web process log has the details."), 500
 
 
 def _secure_cookie_over_plain_http():

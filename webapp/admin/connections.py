@@ -11,7 +11,9 @@ from werkzeug.routing import BuildError
 
 from ..connectors import load_all
 from ..connectors.base import REGISTRY
+from ..connectors import settings_spec
 from ..connectors.errors import ConfigError
+from ..connectors.settings_spec import SettingSpec
 from ..extensions import db
 from ..models import Connection
 from ..schedules import firing, parser
@@ -20,12 +22,13 @@ from ..trigger_policy import OVERLAP_SETTING, POLICY_TRIGGERS, SETTING as POLICY
 from .blueprint import bp
 
 
-def _value(text):
-    """Settings are JSON: numbers, booleans, lists and objects typed as such, the rest as text."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
+class FormErrors(ValueError):
+    """Every problem of a submitted form at once: {field: sentence}. Fields are the form's
+    input names ("name", "schedule", "setting.records", ...); "form" is the form as a whole."""
+
+    def __init__(self, errors):
+        super().__init__("; ".join(errors.values()))
+        self.errors = errors
 
 
 def _display(value):
@@ -37,28 +40,42 @@ def connectors():
     return dict(sorted(REGISTRY.items()))
 
 
+def specs_of(cls):
+    """The connector's typed settings; a connector that only names its fields gets text ones."""
+    return tuple(cls.settings_spec) or tuple(SettingSpec(name) for name in cls.settings_fields)
+
+
 def parse_form(cls, form, stored_credentials, stored_policy=None):
-    """(name, settings, credentials, schedule, enabled) from the form, or ValueError. A form
-    without the trigger policy's fields (not this page's) keeps the stored policy."""
+    """(name, settings, credentials, schedule, enabled) from the form, or FormErrors naming
+    every field that is wrong. A form without the trigger policy's fields (not this page's)
+    keeps the stored policy."""
+    errors = {}
     name = form.get("name", "").strip()
     if not name or len(name) > 100:
-        raise ValueError("a name of 1 to 100 characters is required")
+        errors["name"] = "a name of 1 to 100 characters is required"
     extra_text = form.get("extra_settings", "").strip()
+    settings = {}
     try:
         settings = json.loads(extra_text) if extra_text else {}
+        if not isinstance(settings, dict):
+            errors["extra_settings"] = "other settings must be a JSON object, like {\"key\": \"value\"}"
+            settings = {}
     except ValueError as exc:
-        raise ValueError(f"other settings are not valid JSON: {exc}") from None
-    if not isinstance(settings, dict):
-        raise ValueError("other settings must be a JSON object, like {\"key\": \"value\"}")
-    for field in cls.settings_fields:
-        text = form.get(f"setting.{field}", "").strip()
-        settings.pop(field, None)
-        if text:
-            settings[field] = _value(text)
+        errors["extra_settings"] = f"other settings are not valid JSON: {exc}"
+    specs = specs_of(cls)
+    for spec in specs:
+        settings.pop(spec.name, None)
+    typed, field_errors = settings_spec.parse_fields(
+        specs, {spec.name: form.get(f"setting.{spec.name}", "") for spec in specs})
+    settings.update(typed)
+    errors.update({f"setting.{field}": f"{field} {problem}" for field, problem in field_errors.items()})
     # The policy's own fields decide it, whatever the other settings' JSON says.
     settings.pop(POLICY_SETTING, None)
     if form.get("trigger_policy") == "custom":
-        settings[POLICY_SETTING] = trigger_policy.validate(form.getlist("triggers"))
+        try:
+            settings[POLICY_SETTING] = trigger_policy.validate(form.getlist("triggers"))
+        except ValueError as exc:
+            errors["triggers"] = str(exc)
     elif "trigger_policy" not in form and stored_policy is not None:
         settings[POLICY_SETTING] = stored_policy
     overlap = form.get("overlap_policy", "").strip()
@@ -72,7 +89,13 @@ def parse_form(cls, form, stored_credentials, stored_policy=None):
         value = form.get(f"credential.{field}", "")
         if value.strip():
             credentials[field] = value.strip()
-    schedule = parser.parse(form.get("schedule", "").strip() or "manual").text
+    schedule = None
+    try:
+        schedule = parser.parse(form.get("schedule", "").strip() or "manual").text
+    except ValueError as exc:
+        errors["schedule"] = str(exc)
+    if errors:
+        raise FormErrors(errors)
     return name, settings, credentials, schedule, bool(form.get("enabled"))
 
 
@@ -84,17 +107,24 @@ def webhook_url(connection):
         return None
 
 
-def _form_context(cls, connection, form=None):
+def _form_context(cls, connection, form=None, errors=None):
     settings = dict(connection.settings or {}) if connection else {}
-    fields = {f: (form.get(f"setting.{f}", "") if form else _display(settings[f]) if f in settings else "")
-              for f in cls.settings_fields}
-    extra = {k: v for k, v in settings.items()
-             if k not in cls.settings_fields and k not in (POLICY_SETTING, OVERLAP_SETTING)}
+    specs = specs_of(cls)
+    errors = errors or {}
+    rows = [{"spec": spec, "field": f"setting.{spec.name}", "error": errors.get(f"setting.{spec.name}"),
+             "value": (form.get(f"setting.{spec.name}", "") if form
+                       else _display(settings[spec.name]) if settings.get(spec.name) is not None else "")}
+            for spec in specs]
+    names = {spec.name for spec in specs}
+    extra = {k: v for k, v in settings.items() if k not in names and k not in (POLICY_SETTING, OVERLAP_SETTING)}
     stored = sorted((connection.credentials or {}).keys()) if connection and connection.credentials_encrypted else []
     return {
         "cls": cls,
         "connection": connection,
-        "fields": fields,
+        "errors": errors,
+        "settings_rows": [r for r in rows if not (r["spec"].advanced or r["spec"].fault)],
+        "advanced_rows": [r for r in rows if r["spec"].advanced and not r["spec"].fault],
+        "fault_rows": [r for r in rows if r["spec"].fault],
         "extra_settings": form.get("extra_settings", "") if form else (json.dumps(extra, indent=2) if extra else ""),
         "stored_credentials": stored,
         "name": form.get("name", "") if form else (connection.name if connection else ""),
@@ -155,14 +185,19 @@ def _save(cls, connection, created):
             cls, request.form, stored, (connection.settings or {}).get(POLICY_SETTING))
         net_guard.check_settings(settings)  # SSRF: refused now, in a sentence, not at the first run
         net_guard.check_settings(credentials)
+    except FormErrors as exc:
+        return _invalid(cls, connection if not created else None, exc.errors)
+    except ConfigError as exc:
+        return _invalid(cls, connection if not created else None, {"form": str(exc)})
+    try:
         if "mappings" in settings and hasattr(cls, "validate_mappings"):
             cls.validate_mappings(settings["mappings"])  # a malformed rule is refused now, not at each publish
-        taken = db.session.execute(select(Connection.id).where(func.lower(Connection.name) == name.lower(),
-                                                               Connection.id != (connection.id or -1))).first()
-        if taken:
-            raise ValueError(f"another connection is already named {name!r}")
     except (ValueError, ConfigError) as exc:
-        return _invalid(cls, connection if not created else None, str(exc))
+        return _invalid(cls, connection if not created else None, {"setting.mappings": str(exc)})
+    taken = db.session.execute(select(Connection.id).where(func.lower(Connection.name) == name.lower(),
+                                                           Connection.id != (connection.id or -1))).first()
+    if taken:
+        return _invalid(cls, connection if not created else None, {"name": f"another connection is already named {name!r}"})
     allowed = trigger_policy.allowed_triggers(settings, parser.parse(schedule).manual)
     changed = {"credentials_changed": not created and credentials != stored,
                "settings_changed": not created and settings != (connection.settings or {})}
@@ -178,7 +213,7 @@ def _save(cls, connection, created):
         db.session.commit()
     except IntegrityError:
         db.session.rollback()
-        return _invalid(cls, None if created else connection, f"another connection is already named {name!r}")
+        return _invalid(cls, None if created else connection, {"name": f"another connection is already named {name!r}"})
     current_app.logger.info("connection %s %s", connection.id, "created" if created else "updated")
     flash(f"Connection {name} {'created' if created else 'saved'}.", "info")
     # What the change fixes is resolved; a paused connection resumes with one proving run.
@@ -188,7 +223,20 @@ def _save(cls, connection, created):
     return redirect(url_for("admin.dashboard"))
 
 
-def _invalid(cls, connection, message):
+def _invalid(cls, connection, errors):
     db.session.rollback()
-    flash(message, "error")
-    return render_template("admin/connection_form.html", **_form_context(cls, connection, request.form)), 400
+    count = len(errors)
+    flash(f"Nothing was saved: {count} {'field needs' if count == 1 else 'fields need'} fixing (each is marked below).",
+          "error")
+    return render_template("admin/connection_form.html",
+                           **_form_context(cls, connection, request.form, errors)), 400
+
+
+@bp.route("/connections/<int:connection_id>/test", methods=["POST"])
+def connection_test(connection_id):
+    """Test connection: the stored settings and credentials against the provider, now."""
+    from ..connection_probe import probe
+
+    connection = db.get_or_404(Connection, connection_id)
+    result = probe(connection)
+    return render_template("admin/connection_test.html", connection=connection, result=result)

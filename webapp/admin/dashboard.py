@@ -1,11 +1,9 @@
 """The dashboard: every connection with its health, last run and next run, and Sync now."""
-import re
-
 from flask import flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import func, select
 
-from .. import connection_issues, runs, trigger_policy
+from .. import connection_issues, run_request, runs, trigger_policy
 from ..connectors import load_all
 from ..connectors.base import REGISTRY
 from ..connectors.errors import ConfigError
@@ -14,45 +12,39 @@ from ..models import ACTIVE_STATUSES, WAITING, Connection, Run
 from ..schedules.parser import ScheduleError, parse
 from .blueprint import bp
 
-SYNC_MODES = ("full", "incremental", "range")
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# The Sync now choice: one of these, each a run the connection can do. "fiscal_year" is a
+# date-range run over one fiscal year, never combined with dates (issue: the year used to
+# override the range, so an all-tickets full sync could not be started).
+CHOICE_LABELS = {"incremental": "new and changed (incremental)", "range": "date range", "fiscal_year": "fiscal year"}
 
 
 def sync_options(connection):
     """What the Sync now control offers for this connection."""
     load_all()
     cls = REGISTRY.get(connection.connector)
-    modes = [m for m in SYNC_MODES if cls is None or m in cls.supported_modes]
-    streams = [s.name for s in getattr(cls, "streams", ())] if cls else []
+    modes = run_request.request_modes(cls) if cls else list(run_request.REQUEST_MODES)
     fiscal_years = [str(y) for y in (connection.settings or {}).get("fiscal_years") or []]
-    return {"modes": modes, "streams": streams if len(streams) > 1 else [],
+    choices = [(m, cls.full_sync_label if cls and m == "full" else CHOICE_LABELS.get(m, m)) for m in modes]
+    if fiscal_years:
+        choices.append(("fiscal_year", CHOICE_LABELS["fiscal_year"]))
+    streams = run_request.stream_names(cls, connection.settings) if cls else []
+    return {"modes": modes, "choices": choices, "streams": streams if len(streams) > 1 else [],
             "fiscal_years": sorted(fiscal_years, reverse=True)}
 
 
 def parse_sync_form(connection, form):
-    """(mode, params, streams) from the Sync now form, or ValueError with what to fix."""
-    options = sync_options(connection)
-    mode = form.get("mode", "full")
-    if mode not in options["modes"]:
-        raise ValueError(f"mode must be one of {', '.join(options['modes'])}")
+    """The checked RunRequest of the Sync now form, or RunRequestError with what to fix."""
+    choice = form.get("mode", "full")
     params = {}
-    if mode == "range":
-        since, until = form.get("since", "").strip(), form.get("until", "").strip()
-        for label, value in (("from", since), ("to", until)):
-            if value and not _DATE.match(value):
-                raise ValueError(f"the '{label}' date must look like 2026-01-31")
-        if not (since or until):
-            raise ValueError("a date range needs a 'from' or a 'to' date")
-        if since and until and since >= until:
-            raise ValueError("the 'from' date must be before the 'to' date")
-        params.update({k: v for k, v in (("since", since), ("until", until)) if v})
-    if options["fiscal_years"]:
-        year = form.get("fiscal_year", "")
-        if year not in options["fiscal_years"]:
-            raise ValueError(f"fiscal year must be one of {', '.join(options['fiscal_years'])}")
-        params["fiscal_year"] = int(year) if year.isdigit() else year
-    streams = [s for s in form.getlist("streams") if s in options["streams"]]
-    return mode, params, streams
+    if choice == "fiscal_year":
+        mode, params["fiscal_year"] = "range", form.get("fiscal_year", "")
+        if not params["fiscal_year"]:
+            raise run_request.RunRequestError("choose a fiscal year")
+    else:
+        mode = choice
+    if choice == "range":
+        params.update(since=form.get("since", "").strip(), until=form.get("until", "").strip())
+    return run_request.check(connection, mode=mode, params=params, streams=form.getlist("streams"))
 
 
 def connection_rows():
@@ -99,12 +91,15 @@ def dashboard():
 def sync_now(connection_id):
     connection = db.get_or_404(Connection, connection_id)
     try:
-        mode, params, streams = parse_sync_form(connection, request.form)
-        result = runs.trigger(connection, mode=mode, params=params, streams=streams, trigger="manual",
-                              requested_by=current_user.email)
-    except (ValueError, ConfigError) as exc:
+        wanted = parse_sync_form(connection, request.form)
+        result = runs.trigger(connection, mode=wanted.mode, params=wanted.params, streams=wanted.streams,
+                              trigger="manual", requested_by=current_user.email)
+    except (run_request.RunRequestError, ConfigError) as exc:
         flash(f"{connection.name}: {exc}", "error")
-        return redirect(url_for("admin.dashboard"))
+        # Back to the form as it was filled in, so a wrong date does not reset the choice.
+        kept = {k: request.form.get(k, "") for k in ("mode", "since", "until", "fiscal_year")}
+        return redirect(url_for("admin.dashboard", sync=connection.id, **{k: v for k, v in kept.items() if v},
+                                _anchor=f"connection-{connection.id}"))
     if result.outcome == "follow_up":
         flash(f"{connection.name} is busy with run {result.active.id}: run {result.run.id} waits and starts when "
               "it ends.", "info")

@@ -46,6 +46,12 @@ def run_duration(run):
     return duration((end - run.started_at).total_seconds())
 
 
+@bp.app_template_filter("epoch")
+def epoch_seconds(value):
+    """Seconds since 1970 of a naive UTC datetime, for times the page keeps up to date (ago.js)."""
+    return int(value.replace(tzinfo=timezone.utc).timestamp()) if value else ""
+
+
 @bp.app_template_filter("epoch_utc")
 def epoch_utc(value):
     if not value:

@@ -3,8 +3,7 @@ Every route needs an API token (`flask tokens create NAME`). Credentials never l
 from flask import jsonify, request
 from sqlalchemy import select
 
-from .. import connection_issues, runs
-from ..connectors import connector_class
+from .. import connection_issues, run_request, runs
 from ..connectors.errors import ConfigError
 from ..extensions import db, redis_ext
 from ..models import STATUSES, TERMINAL_STATUSES, TRIGGERS, Connection, Run, RunEvent
@@ -14,7 +13,7 @@ from .auth import require_token
 from .common import (BAD_REQUEST, NOT_FOUND, TOKEN, UNAUTHORIZED, ApiError, choice, find_connection, json_body,
                      page_args, parse_id, responses)
 
-API_MODES = ("full", "incremental", "range")
+API_MODES = run_request.REQUEST_MODES
 
 
 def connection_dict(connection):
@@ -56,24 +55,16 @@ def trigger_run(key):
     run that already serves this request (the active sync, or an identical waiting one)."""
     connection = find_connection(key)
     body = json_body()
-    mode = body.get("mode", "full")
-    params = body.get("params", {})
-    streams = body.get("streams", [])
-    if mode not in API_MODES:
-        raise ApiError(400, "bad_request", f"mode must be one of {', '.join(API_MODES)}")
-    if not isinstance(params, dict):
-        raise ApiError(400, "bad_request", "params must be an object")
-    if not (isinstance(streams, list) and all(isinstance(s, str) for s in streams)):
-        raise ApiError(400, "bad_request", "streams must be a list of stream names")
     try:
-        known = {s.name for s in connector_class(connection.connector).streams}
+        wanted = run_request.check(connection, mode=body.get("mode", "full"), params=body.get("params", {}),
+                                   streams=body.get("streams", []))
+    except run_request.RunRequestError as exc:
+        raise ApiError(400, "bad_request", str(exc)) from None
     except ConfigError as exc:
         raise ApiError(409, "trigger_refused", str(exc)) from None
-    unknown = [s for s in streams if s not in known]
-    if unknown:
-        raise ApiError(400, "bad_request", f"unknown streams {unknown}; known: {', '.join(sorted(known))}")
     try:
-        result = runs.trigger(connection, mode=mode, params=params, streams=streams, trigger="api", requested_by="api")
+        result = runs.trigger(connection, mode=wanted.mode, params=wanted.params, streams=wanted.streams,
+                              trigger="api", requested_by="api")
     except runs.TriggerRefused as exc:
         raise ApiError(409, "trigger_refused", str(exc)) from None
     return jsonify(runs.triggered_dict(result)), 201 if result.created else 200

@@ -5,6 +5,7 @@ from datetime import timedelta
 from flask import jsonify, request
 from sqlalchemy import select
 
+from .. import stats
 from ..extensions import db
 from ..health import health_report, readiness
 from ..models import STATUSES, TERMINAL_STATUSES, Run, utcnow
@@ -43,6 +44,15 @@ def api_health():
     return jsonify(body), 200 if ok else 503
 
 
+def series_bucket(days):
+    """The period of the time series: hours for a day, quarter days for a week, then days."""
+    for limit, bucket in ((1, timedelta(hours=1)), (7, timedelta(hours=6)), (30, timedelta(days=1)),
+                          (90, timedelta(days=3))):
+        if days <= limit:
+            return bucket
+    return timedelta(days=7)
+
+
 def _percentile(values, p):
     if not values:
         return None
@@ -73,7 +83,10 @@ def api_stats():
             seen.append(seen_count)
         skipped += failed or 0
     finished_count = by_status["completed"] + by_status["failed"]
+    series = stats.run_stats(stats.window_of(timedelta(days=int(days)), series_bucket(int(days))), connection)
     return jsonify(
+        bucket_seconds=int(series.window.bucket.total_seconds()),
+        series=[bucket.as_dict() for bucket in series.buckets],
         since=_iso(since), connection=connection.name if connection else None, runs=len(rows), by_status=by_status,
         success_rate=round(by_status["completed"] / finished_count, 4) if finished_count else None,
         duration_seconds={"p50": _percentile(durations, 50), "p95": _percentile(durations, 95),
@@ -110,11 +123,34 @@ OPENAPI_PATHS = {
             "duration_seconds": {"type": "object", "properties": {
                 "p50": _NULLABLE_NUMBER, "p95": _NULLABLE_NUMBER, "mean": _NULLABLE_NUMBER}},
             "records_per_run": _NULLABLE_NUMBER,
-            "records_skipped": {"type": "integer"}}}, BAD_REQUEST, UNAUTHORIZED, NOT_FOUND),
+            "records_skipped": {"type": "integer"},
+            "bucket_seconds": {"type": "integer", "description": "length of each period of `series`: an hour for "
+                               "days=1, 6 hours up to 7 days, a day up to 30, 3 days up to 90, else a week"},
+            "series": {"type": "array", "items": {"$ref": "#/components/schemas/StatsPeriod"},
+                       "description": "whole periods, oldest first, the last one containing now; "
+                                      "runs counted by the period they were created in"}}},
+            BAD_REQUEST, UNAUTHORIZED, NOT_FOUND),
     }},
 }
 
-OPENAPI_SCHEMAS = {"Health": {"type": "object", "required": ["status", "checks"], "properties": {
+_COUNTS = {"type": "object", "additionalProperties": {"type": "integer"}}
+
+OPENAPI_SCHEMAS = {"StatsPeriod": {
+    "type": "object",
+    "required": ["start", "runs", "by_status", "success_rate", "duration_seconds", "records", "seen", "retries"],
+    "properties": {
+        "start": {"type": "string", "format": "date-time"},
+        "runs": {"type": "integer"},
+        "by_status": _COUNTS,
+        "success_rate": {"type": "number", "nullable": True,
+                         "description": "completed / (completed + failed) in the period; null when none finished"},
+        "duration_seconds": {"type": "object", "required": ["p50", "p95"], "properties": {
+            "p50": _NULLABLE_NUMBER, "p95": _NULLABLE_NUMBER},
+            "description": "nearest-rank percentiles of the durations of completed and failed runs"},
+        "records": {"type": "object", "properties": {k: {"type": "integer"} for k in stats.RECORD_COUNTERS}},
+        "seen": {"type": "integer"},
+        "retries": {"type": "integer", "description": "attempts beyond the first"}}},
+    "Health": {"type": "object", "required": ["status", "checks"], "properties": {
     "status": {"type": "string", "enum": ["ok", "unavailable"]},
     "checks": {"type": "object", "additionalProperties": {"type": "string"}},
     "queues": {"type": "object", "additionalProperties": {"type": "integer"}},

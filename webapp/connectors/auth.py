@@ -13,6 +13,7 @@ import requests
 
 from .. import net_guard
 from ..logs import register_secret
+from ..error_words import describe
 from .errors import AuthError, ConfigError, RateLimited, TransientError
 
 
@@ -163,7 +164,7 @@ def _token_request(session, url, data, auth, timeout, *, refused, hint=""):
     except requests.Timeout:
         raise TransientError("OAuth2 token endpoint timed out") from None
     except requests.RequestException as exc:
-        raise TransientError(f"OAuth2 token endpoint unreachable ({type(exc).__name__})") from None
+        raise TransientError(f"OAuth2 token endpoint unreachable ({describe(exc)})") from None
     status = resp.status_code
     if status in (400, 401, 403):
         raise AuthError(f"OAuth2 token endpoint {refused} (HTTP {status}{_oauth_error(resp)}){hint}")

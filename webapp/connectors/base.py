@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .errors import BadRecord, ConfigError
+from .settings_spec import check_settings, describe_errors
 
 
 @dataclass(frozen=True)
@@ -142,8 +143,11 @@ class Connector(abc.ABC):
     streams: ClassVar[tuple] = ()
     # The provider's name in a sentence ("waiting for Zoom's rate limit"); see provider_name().
     provider: ClassVar[str] = ""
-    # Settings keys (non-secret, JSON) and credential keys (secret, encrypted) the UI asks for.
+    # Settings (non-secret, JSON), typed: what the form renders and the form, CLI and API
+    # validate with (settings_spec.py). settings_fields, their names, is derived from it.
+    settings_spec: ClassVar[tuple] = ()
     settings_fields: ClassVar[tuple] = ()
+    # Credential keys (secret, encrypted) the UI asks for.
     credential_fields: ClassVar[tuple] = ()
     supported_modes: ClassVar[tuple] = ("full", "incremental", "range", "record")
     # Run parameters beyond mode and streams (list of Param), for the Sync now form and the CLI.
@@ -153,8 +157,21 @@ class Connector(abc.ABC):
     # None means the connector takes no webhooks.
     webhook_scheme: ClassVar[str | None] = None
 
+    # How the Sync now control names a full sync of everything (HaloPSA: "all tickets (full)").
+    full_sync_label: ClassVar[str] = "everything (full)"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "settings_spec" in cls.__dict__ and "settings_fields" not in cls.__dict__:
+            cls.settings_fields = tuple(spec.name for spec in cls.settings_spec)
+
     def __init__(self, settings, credentials, services):
         self.settings = settings or {}
+        # Stored settings are checked against the declaration before any use: one written by
+        # hand or by an older version fails the run with a sentence, not with int("lots").
+        problems = check_settings(self.settings_spec, self.settings)
+        if problems:
+            raise ConfigError("settings need fixing: " + describe_errors(problems))
         self.credentials = credentials or {}
         self.services = services
 

@@ -37,6 +37,7 @@ from urllib.parse import urlencode, urlsplit
 from .auth import OAuth2ClientCredentials
 from .base import Connector, Page, Param, Stream, register
 from .errors import BadRecord, ConfigError
+from .settings_spec import SettingSpec
 
 PAGE_SIZE = 100
 PAGE_CONCURRENCY = 8
@@ -50,11 +51,27 @@ class HaloPSAConnector(Connector):
     name = "halopsa"
     title = "HaloPSA tickets and agents"
     streams = (Stream("agents", primary_key="id"), Stream("tickets", primary_key="id"))
-    settings_fields = ("base_url", "tenant", "fiscal_year_start_month", "fiscal_year_start_day",
-                       "fiscal_year_named_by", "fiscal_years", "agent_mappings", "page_size", "page_concurrency",
-                       "rate_limit", "rate_limit_key", "schedule_mode", "event_triggers")
+    settings_spec = (
+        SettingSpec("base_url", "url", None, "the Halo URL, e.g. https://yourtenant.halopsa.com", required=True),
+        SettingSpec("tenant", "string", None, "the tenant name, for hosted Halo"),
+        SettingSpec("fiscal_year_start_month", "int", 7, "month the fiscal year starts in", minimum=1, maximum=12),
+        SettingSpec("fiscal_year_start_day", "int", 1, "day the fiscal year starts on", minimum=1, maximum=28),
+        SettingSpec("fiscal_year_named_by", "choice", "end", "a fiscal year is named by the year it ends or starts in",
+                    choices=("end", "start")),
+        SettingSpec("fiscal_years", "list", None, "the fiscal years the app has, e.g. [2025, 2026]"),
+        SettingSpec("agent_mappings", "json", None, "Halo agent id -> app user, a JSON object"),
+        SettingSpec("schedule_mode", "choice", "full", "what a scheduled run does", choices=("full", "incremental")),
+        SettingSpec("event_triggers", "json", None, "app event type -> run parameters (docs/CONNECTORS.md)",
+                    advanced=True),
+        SettingSpec("page_size", "int", PAGE_SIZE, "tickets per request", minimum=1, maximum=PAGE_SIZE, advanced=True),
+        SettingSpec("page_concurrency", "int", PAGE_CONCURRENCY, "pages fetched at once", minimum=1, maximum=8,
+                    advanced=True),
+        SettingSpec("rate_limit", "list", None, "[requests, seconds]: at most that many requests per window", advanced=True),
+        SettingSpec("rate_limit_key", "string", None, "connections sharing this key share one rate limit", advanced=True),
+    )
     credential_fields = ("client_id", "client_secret")
     supported_modes = ("full", "incremental", "range")
+    full_sync_label = "all tickets (full)"
     run_params = (
         Param("fiscal_year", "Fiscal year", "choice", choices_setting="fiscal_years",
               help="sync the tickets of this fiscal year"),

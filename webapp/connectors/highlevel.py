@@ -33,6 +33,7 @@ from . import pagination
 from .auth import BearerAuth, OAuth2RefreshToken
 from .base import Connector, Page, Param, Stream, register
 from .errors import BadRecord, ConfigError, HttpError
+from .settings_spec import SettingSpec
 
 DEFAULT_BASE_URL = "https://services.leadconnectorhq.com"
 API_VERSION = "2021-07-28"
@@ -55,9 +56,21 @@ class HighLevelConnector(Connector):
         Stream("orders", primary_key="_id"),
         Stream("tickets", primary_key="id", derived_from="orders"),
     )
-    settings_fields = ("location_id", "base_url", "token_url", "valid_product_ids", "order_status", "payment_status",
-                       "detail_concurrency", "rate_limit", "rate_limit_key", "webhook_public_key",
-                       "webhook_legacy_public_key")
+    settings_spec = (
+        SettingSpec("location_id", "string", None, "the HighLevel sub-account (location) id", required=True),
+        SettingSpec("valid_product_ids", "list", None, "products whose orders make tickets (blank: every listed one)"),
+        SettingSpec("order_status", "string", None, "only orders with this status"),
+        SettingSpec("payment_status", "string", None, "only orders with this payment status"),
+        SettingSpec("webhook_public_key", "string", None, "HighLevel's Ed25519 public key (PEM or base64)"),
+        SettingSpec("webhook_legacy_public_key", "string", None, "the legacy RSA key, while HighLevel still signs with it",
+                    advanced=True),
+        SettingSpec("detail_concurrency", "int", DETAIL_CONCURRENCY, "order details fetched at once", minimum=1,
+                    maximum=DETAIL_CONCURRENCY, advanced=True),
+        SettingSpec("base_url", "url", DEFAULT_BASE_URL, "the HighLevel API", advanced=True),
+        SettingSpec("token_url", "url", None, "the OAuth token endpoint (default: base_url/oauth/token)", advanced=True),
+        SettingSpec("rate_limit", "list", None, "[requests, seconds]: at most that many requests per window", advanced=True),
+        SettingSpec("rate_limit_key", "string", None, "connections sharing this key share one rate limit", advanced=True),
+    )
     credential_fields = ("token", "client_id", "client_secret", "refresh_token")
     run_params = (
         Param("since", "Orders created from", "date", help="range mode: orders created on or after this date"),

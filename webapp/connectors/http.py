@@ -26,6 +26,7 @@ import requests
 import tenacity
 
 from .. import metrics, net_guard, retry_policy
+from ..error_words import describe
 
 from .auth import BasicAuth, BearerAuth, HeaderKeyAuth, OAuth2ClientCredentials  # noqa: F401 (re-export)
 from .errors import AuthError, ConfigError, HttpError, QuotaExhausted, RateLimited, TransientError
@@ -204,16 +205,16 @@ class HttpClient:
         except requests.Timeout as exc:
             metrics.inc("provider_requests", host=self._host, status="timeout")
             call.failures += 1
-            raise _TransientRetry(f"{where}: timed out after {self.timeout}s ({type(exc).__name__})") from None
+            raise _TransientRetry(f"{where}: timed out after {self.timeout}s ({describe(exc)})") from None
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
                 requests.exceptions.ContentDecodingError) as exc:
             metrics.inc("provider_requests", host=self._host, status="connection_error")
             call.failures += 1
-            raise _TransientRetry(f"{where}: connection failed ({type(exc).__name__})") from None
+            raise _TransientRetry(f"{where}: connection failed ({describe(exc)})") from None
         except requests.RequestException as exc:
             # Invalid URL, bad header value...: retrying cannot help. The exception text may
             # hold the full URL, so only its class is shown.
-            raise ConfigError(f"{where}: request could not be sent ({type(exc).__name__})") from None
+            raise ConfigError(f"{where}: request could not be sent ({describe(exc)})") from None
 
     def _raise_for(self, call, method, resp):
         status = resp.status_code

@@ -21,6 +21,7 @@ from .. import metrics
 from .auth import BearerAuth
 from .base import Connector, register
 from .errors import ConfigError, HttpError
+from .settings_spec import SettingSpec
 from .http import parse_json
 from .mapping import MappingError, context_for, render, rules_for
 
@@ -44,7 +45,11 @@ class LoopsConnector(Connector):
     title = "Loops (email marketing, outbound)"
     streams = ()
     supported_modes = ()
-    settings_fields = ("base_url", "mappings", "rate_limit")
+    settings_spec = (
+        SettingSpec("mappings", "json", None, "app event type -> rules (docs/OUTBOX.md)"),
+        SettingSpec("base_url", "url", DEFAULT_BASE_URL, "the Loops API", advanced=True),
+        SettingSpec("rate_limit", "list", None, "[requests, seconds]: at most that many requests per window", advanced=True),
+    )
     credential_fields = ("api_key",)
     # Loops answers these when the request itself is wrong: retrying cannot help.
     permanent_statuses = (400, 409, 413, 422)

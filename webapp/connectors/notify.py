@@ -20,6 +20,7 @@ from .base import Connector, register
 from .errors import ConfigError, SyncError
 from .http import redact_url
 from .mapping import MappingError
+from .settings_spec import SettingSpec
 
 TYPES = ("issue.opened", "issue.resolved", "alert.fired", "alert.resolved")
 FORMATS = ("standard", "slack")
@@ -32,7 +33,10 @@ class NotifyConnector(Connector):
     provider = "the notification endpoint"
     streams = ()
     supported_modes = ()
-    settings_fields = ("format",)
+    settings_spec = (
+        SettingSpec("format", "choice", "standard", "standard: signed JSON (Standard Webhooks); slack: Slack's "
+                    "incoming-webhook JSON", choices=FORMATS),
+    )
     credential_fields = ("url", "signing_secret")
     # The endpoint says the request is wrong, or the hook is gone (Slack: 404 no_service, 410):
     # retrying cannot help; the event is dead-lettered for a person.

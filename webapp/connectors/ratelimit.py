@@ -27,6 +27,7 @@ import time
 import redis
 
 from .errors import ConfigError, TransientError
+from ..error_words import describe
 
 
 # KEYS[1] the log; ARGV: limit, window in microseconds, a unique member, how long (us) an
@@ -134,7 +135,7 @@ class RedisRateLimiter:
                                                args=[self.requests, self._window_us, member, hold_us])
             except redis.RedisError as exc:
                 # Without the shared log no worker may assume it has budget; the run retries.
-                raise TransientError(f"rate limiter unavailable: Redis error ({type(exc).__name__})") from None
+                raise TransientError(f"rate limiter unavailable: Redis error ({describe(exc)})") from None
             if wait_us == 0:
                 return now_us / 1_000_000, member
             self._sleep(wait_us / 1_000_000)

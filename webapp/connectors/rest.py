@@ -19,6 +19,7 @@ from . import pagination
 from .auth import BasicAuth, BearerAuth, HeaderKeyAuth, OAuth2ClientCredentials
 from .base import Connector, Page, Stream, register
 from .errors import BadRecord, ConfigError
+from .settings_spec import SettingSpec
 
 _STREAM_KEYS = {
     "path", "records_key", "total_key", "primary_key", "cursor_field", "cursor_param", "since_param",
@@ -55,8 +56,16 @@ class RestConnector(Connector):
     name = "rest"
     title = "Generic JSON REST API"
     provider = "the API"
-    settings_fields = ("base_url", "streams", "rate_limit", "rate_limit_key", "headers",
-                       "token_url", "token_form", "token_basic_auth")
+    settings_spec = (
+        SettingSpec("base_url", "url", None, "the API's base URL", required=True),
+        SettingSpec("streams", "json", None, 'stream name -> {"path": ..., "pagination": ...} (docs/CONNECTORS.md)'),
+        SettingSpec("headers", "json", None, "extra request headers, a JSON object", advanced=True),
+        SettingSpec("rate_limit", "list", None, "[requests, seconds]: at most that many requests per window", advanced=True),
+        SettingSpec("rate_limit_key", "string", None, "connections sharing this key share one rate limit", advanced=True),
+        SettingSpec("token_url", "url", None, "OAuth2 client-credentials token endpoint", advanced=True),
+        SettingSpec("token_form", "json", None, "extra form fields of the token request", advanced=True),
+        SettingSpec("token_basic_auth", "bool", True, "send the client id and secret as HTTP Basic", advanced=True),
+    )
     credential_fields = ("api_key", "header", "token", "client_id", "client_secret", "username", "password")
 
     def __init__(self, settings, credentials, services):

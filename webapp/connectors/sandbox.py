@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from .base import Connector, Page, Stream, register
 from .. import redis_keys
 from .errors import AuthError, QuotaExhausted, TransientError
+from .settings_spec import SettingSpec
 
 _EPOCH = datetime(2026, 1, 1)
 
@@ -24,8 +25,20 @@ class SandboxConnector(Connector):
     name = "sandbox"
     title = "Sandbox (generated data, no network)"
     streams = (Stream("items", primary_key="id", cursor_field="updated_at"),)
-    settings_fields = ("records", "page_size", "latency_ms", "seed", "version", "bad_every", "fail_at_offset", "auth_fail",
-                       "retry_after_s", "retry_after_offset")
+    settings_spec = (
+        SettingSpec("records", "int", 1000, "how many records the stream has", minimum=0, maximum=10_000_000),
+        SettingSpec("page_size", "int", 100, "records per page", minimum=1, maximum=10_000),
+        SettingSpec("latency_ms", "int", 0, "a pause before each page, in milliseconds", minimum=0, maximum=60_000),
+        SettingSpec("seed", "int", 1, "changes every generated value", advanced=True),
+        SettingSpec("version", "int", 0, "bump to change every record's content", minimum=0, advanced=True),
+        SettingSpec("bad_every", "int", 0, "every Nth record is malformed (0: none)", minimum=0, advanced=True),
+        SettingSpec("fail_at_offset", "int", None, "a transient outage (503) when this offset is read",
+                    minimum=0, fault=True),
+        SettingSpec("auth_fail", "bool", False, "the provider rejects the credentials (401)", fault=True),
+        SettingSpec("retry_after_s", "int", None, "rate limited once (HTTP 429) at retry_after_offset: "
+                    "retry after N seconds", minimum=0, fault=True),
+        SettingSpec("retry_after_offset", "int", 0, "the offset where retry_after_s strikes", minimum=0, fault=True),
+    )
     credential_fields = ("webhook_secret",)
     # Webhooks in the generic Standard Webhooks scheme: {"type": "item.updated" | "item.created"
     # | "item.deleted", "data": {"id": "item-0000042"}}.

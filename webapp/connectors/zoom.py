@@ -32,6 +32,7 @@ from .auth import OAuth2ClientCredentials
 from .base import Connector, Page, Param, Stream, register
 from .dates import parse_time as _parse_time
 from .errors import BadRecord, ConfigError, HttpError
+from .settings_spec import SettingSpec
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,17 @@ class ZoomConnector(Connector):
         Stream("registrants", primary_key="key"),  # "<webinar id>:<registrant id>"
         Stream("participants", primary_key="key"),  # "<webinar id>:<participant id>:<join time>"
     )
-    settings_fields = ("base_url", "token_url", "user_id", "page_size", "rate_limits", "rate_limit_key",
-                       "child_concurrency")
+    settings_spec = (
+        SettingSpec("user_id", "string", "me", "whose webinars: a Zoom user id or email, or me"),
+        SettingSpec("page_size", "int", MAX_PAGE_SIZE, "records per request", minimum=1, maximum=MAX_PAGE_SIZE,
+                    advanced=True),
+        SettingSpec("child_concurrency", "int", 4, "webinars whose registrants and participants are read at once",
+                    minimum=1, maximum=16, advanced=True),
+        SettingSpec("base_url", "url", DEFAULT_BASE_URL, "the Zoom API", advanced=True),
+        SettingSpec("token_url", "url", DEFAULT_TOKEN_URL, "the Zoom OAuth token endpoint", advanced=True),
+        SettingSpec("rate_limits", "json", None, 'per category, e.g. {"light": [30, 1.05]}', advanced=True),
+        SettingSpec("rate_limit_key", "string", None, "connections sharing this key share one rate limit", advanced=True),
+    )
     credential_fields = ("account_id", "client_id", "client_secret", "webhook_secret_token")
     run_params = (
         Param("since", "Start time from", "date", help="range mode: webinars starting on or after this date"),

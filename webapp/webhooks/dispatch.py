@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from .. import queue, redis_keys, runs, trigger_policy
 from ..connectors import connector_class
 from ..connectors.base import Services
+from ..error_words import describe
 from ..connectors.errors import ConfigError
 from ..extensions import db, redis_ext
 from ..models import QUEUED, Connection, Run, WebhookDelivery, utcnow
@@ -233,7 +234,7 @@ def _plan(candidates):
                 events = [tuple(event) for event in connector.webhook_events(json.loads(row.raw_body))]
             except Exception as exc:  # provider payloads vary: keep the delivery, say why
                 log.warning("delivery %s: connector could not map it: %s", row.id, exc)
-                plans[row.id] = ("settled", connection, (FAILED, [], f"could not map the delivery: {type(exc).__name__}: {exc}"[:500]))
+                plans[row.id] = ("settled", connection, (FAILED, [], f"could not map the delivery: {describe(exc)}: {exc}"[:500]))
                 continue
             plans[row.id] = ("fresh", connection, events) if events else ("settled", connection, (IGNORED, [], None))
     return plans
@@ -257,7 +258,7 @@ def _connection_and_connector(connection_id):
     try:
         return connection, connector_for(row), None
     except (ConfigError, ValueError) as exc:
-        return connection, None, f"{type(exc).__name__}: {exc}"[:500]
+        return connection, None, f"{describe(exc)}: {exc}"[:500]
 
 
 def _queued_runs_never_enqueued(run_ids):
@@ -336,7 +337,7 @@ def replay(delivery_id, requested_by=None):
     try:
         events = list(connector.webhook_events(payload))
     except Exception as exc:
-        return _settle_one(delivery, [], FAILED, f"could not map the delivery: {type(exc).__name__}: {exc}"[:500])
+        return _settle_one(delivery, [], FAILED, f"could not map the delivery: {describe(exc)}: {exc}"[:500])
     if not events:
         return _settle_one(delivery, [], IGNORED, None)
     run_ids, all_enqueued = [], True

@@ -125,6 +125,18 @@ class Server:
         return session, session.headers["Cookie"]
 
 
+def browser_login(browser, server, email, width=1280):
+    """A new tab of `browser`, signed in to `server` through the login form."""
+    page = browser.new_context(viewport={"width": width, "height": 900}).new_page()
+    page.set_default_timeout(30_000)
+    page.goto(server.url + "/admin/login")
+    page.fill('input[name="email"]', email)
+    page.fill('input[name="password"]', PASSWORD)
+    page.click('button:has-text("Sign in")')
+    page.wait_for_url(server.url + "/admin/")
+    return page
+
+
 def _cookie(response):
     return "; ".join(f"{c.name}={c.value}" for c in response.cookies)
 

@@ -70,6 +70,9 @@ def test_sync_from_the_dashboard_shows_live_progress_and_cancel_works(app, brows
     log = page.locator("#log li").all_text_contents()
     assert any("items: +15 records" in line for line in log) and any("completed" in line for line in log)
     assert page.locator("#cancel").is_hidden()
+    assert page.text_content("#duration").endswith(" s")  # the end shows the duration, without a reload
+    created = page.locator("[data-ago]").first.text_content()
+    page.wait_for_function("(before) => document.querySelector('[data-ago]').textContent !== before", arg=created)
     page.screenshot(path=os.path.join(OUTPUT, f"run-{backend}.png"), full_page=True)
 
     # A second run, cancelled from its page while it runs.
@@ -78,8 +81,11 @@ def test_sync_from_the_dashboard_shows_live_progress_and_cancel_works(app, brows
     page.wait_for_url("**/admin/runs/*")
     run_id = int(page.url.rsplit("/", 1)[-1])
     page.wait_for_function("() => Number(document.getElementById('processed').textContent) > 0")
+    questions = []
+    page.once("dialog", lambda dialog: (questions.append(dialog.message), dialog.accept()))
     page.click('button:has-text("Cancel run")')
     page.wait_for_function("() => document.getElementById('run').dataset.status === 'cancelled'")
+    assert questions == [f"Cancel run #{run_id}? Records written so far are kept."]
     assert page.locator("#run-status").text_content().strip() == "cancelled"
     page.screenshot(path=os.path.join(OUTPUT, f"run-cancelled-{backend}.png"), full_page=True)
 

@@ -77,26 +77,49 @@ def test_another_sync_while_active_waits_and_the_pages_say_for_what(client, make
     assert "Then: " in dashboard and "since=2026-01-01" in dashboard
 
 
-def test_date_range_sync_passes_its_bounds(client, make_connection):
+def test_date_range_sync_passes_its_bounds_and_a_refused_one_keeps_the_choice(client, make_connection):
     connection = make_connection(name="demo")
     bad = _post(client, f"/admin/connections/{connection.id}/sync", {"mode": "range"})
-    assert bad.headers["Location"] == "/admin/" and _runs() == []
-    assert "needs a &#39;from&#39; or a &#39;to&#39; date" in client.get("/admin/").get_data(as_text=True)
+    assert bad.headers["Location"].startswith("/admin/?") and _runs() == []
+    assert "needs a start date, an end date, or both" in client.get("/admin/").get_data(as_text=True)
+    backwards = _post(client, f"/admin/connections/{connection.id}/sync",
+                      {"mode": "range", "since": "2026-03-01", "until": "2026-02-01"})
+    assert _runs() == []
+    again = client.get(backwards.headers["Location"]).get_data(as_text=True)
+    assert "the start date 2026-03-01 must be before the end date 2026-02-01" in again
+    card = _card(again, connection)  # the form comes back as it was filled in, not reset to full
+    assert '<option value="range" selected>' in card and 'value="2026-03-01"' in card
     _post(client, f"/admin/connections/{connection.id}/sync",
           {"mode": "range", "since": "2026-01-01", "until": "2026-02-01"})
     [run] = _runs()
     assert run.mode == "range" and run.params == {"since": "2026-01-01", "until": "2026-02-01"}
 
 
-def test_fiscal_year_selector_lists_the_configured_years(client, make_connection):
-    connection = make_connection(name="halo", settings={"fiscal_years": [2024, 2026, 2025]})
-    html = client.get("/admin/").get_data(as_text=True)
-    select = re.search(r'<select name="fiscal_year">(.*?)</select>', html, re.S).group(1)
+def test_sync_now_offers_full_range_and_fiscal_year_as_one_choice(client, make_connection):
+    connection = make_connection(name="halo", connector="halopsa", settings={
+        "base_url": "https://halo.example.com", "fiscal_years": [2024, 2026, 2025]})
+    card = _card(client.get("/admin/").get_data(as_text=True), connection)
+    choices = re.findall(r'<option value="(\w+)"[^>]*>([^<]+)</option>',
+                         re.search(r'<select name="mode"[^>]*>(.*?)</select>', card, re.S).group(1))
+    assert choices == [("full", "all tickets (full)"), ("incremental", "new and changed (incremental)"),
+                       ("range", "date range"), ("fiscal_year", "fiscal year")]
+    select = re.search(r'<select name="fiscal_year">(.*?)</select>', card, re.S).group(1)
     assert re.findall(r'<option value="(\d+)">', select) == ["2026", "2025", "2024"]
-    _post(client, f"/admin/connections/{connection.id}/sync", {"mode": "full", "fiscal_year": "2025"})
-    assert _runs()[0].params == {"fiscal_year": 2025}
-    refused = _post(client, f"/admin/connections/{connection.id}/sync", {"mode": "full", "fiscal_year": "1999"})
-    assert refused.headers["Location"] == "/admin/" and len(_runs()) == 1
+    sync = f"/admin/connections/{connection.id}/sync"
+    # All tickets: the form also sends a fiscal year and dates, and the choice says to ignore them.
+    _post(client, sync, {"mode": "full", "fiscal_year": "2025", "since": "2025-01-01"})
+    full = _runs()[-1]
+    assert (full.mode, full.params) == ("full", {})
+    from webapp import runs
+    runs.cancel(full.id, requested_by="test")
+    _post(client, sync, {"mode": "fiscal_year", "fiscal_year": "2025", "since": "2025-01-01"})
+    year = _runs()[-1]
+    assert (year.mode, year.params) == ("range", {"fiscal_year": 2025})
+    runs.cancel(year.id, requested_by="test")
+    refused = _post(client, sync, {"mode": "fiscal_year", "fiscal_year": "1999"})
+    assert refused.headers["Location"].startswith("/admin/?") and len(_runs()) == 2
+    assert "the fiscal year 1999 is not one of this connection&#39;s: 2024, 2025, 2026" in client.get(
+        refused.headers["Location"]).get_data(as_text=True)
 
 
 def test_connection_is_created_from_the_connector_fields(client):
@@ -106,12 +129,12 @@ def test_connection_is_created_from_the_connector_fields(client):
     assert 'name="setting.base_url"' in html and 'name="credential.api_key"' in html
     response = _post(client, "/admin/connections/new", {
         "connector": "rest", "name": "crm", "setting.base_url": "https://api.example.com",
-        "setting.rate_limit": "5", "setting.streams": '{"contacts": {"path": "/contacts"}}',
+        "setting.rate_limit": "[5, 1]", "setting.streams": '{"contacts": {"path": "/contacts"}}',
         "extra_settings": '{"fiscal_years": [2025]}', "credential.api_key": SECRET,
         "schedule": "hourly:15", "enabled": "1"}, page="/admin/connections/new?connector=rest")
     assert response.status_code == 302
     connection = Connection.query.filter_by(name="crm").one()
-    assert connection.settings == {"base_url": "https://api.example.com", "rate_limit": 5,
+    assert connection.settings == {"base_url": "https://api.example.com", "rate_limit": [5, 1],
                                    "streams": {"contacts": {"path": "/contacts"}}, "fiscal_years": [2025]}
     assert connection.credentials == {"api_key": SECRET}
     assert SECRET not in connection.credentials_encrypted
@@ -197,7 +220,7 @@ def test_trigger_policy_is_shown_in_words_and_saved_with_the_form(client, make_c
     card = _card(client.get("/admin/").get_data(as_text=True), connection)
     assert "Sync now</button>" not in card and "Sync now is off" in card
     refused = _post(client, f"/admin/connections/{connection.id}/sync", {"mode": "full"})
-    assert refused.headers["Location"] == "/admin/" and _runs() == []
+    assert refused.headers["Location"].startswith("/admin/?") and _runs() == []
     assert "manual (admin and CLI) triggers are off for connection" in client.get("/admin/").get_data(as_text=True)
 
     # A form without the policy's fields keeps it; choosing the default removes it.
@@ -362,3 +385,63 @@ def test_health_page_lists_supervisors_stale_runs_and_alerts(client, make_connec
     alerts = alerts[:alerts.index("</table>")]
     assert "3 failed runs in a row" in alerts and "old" not in alerts
     assert "No worker is running" in html
+
+
+def test_typed_settings_are_checked_all_at_once_and_nothing_is_saved(client, make_connection):
+    from webapp.extensions import db
+
+    connection = make_connection(name="demo", settings={"records": 5})
+    edit = f"/admin/connections/{connection.id}/edit"
+    html = client.get(edit).get_data(as_text=True)
+    # Faults are folded away in their own box, after the real settings.
+    assert html.index('name="setting.records"') < html.index("Test-only fault injection") < html.index(
+        'name="setting.fail_at_offset"')
+    assert 'inputmode="numeric"' in html and "how many records the stream has" in html
+    response = _post(client, edit, {"name": "demo", "schedule": "every:0", "setting.records": "lots",
+                                    "setting.page_size": "0", "setting.auth_fail": "maybe"}, page=edit)
+    body = response.get_data(as_text=True)
+    assert response.status_code == 400
+    assert "Nothing was saved: 4 fields need fixing" in body
+    assert "records must be a whole number from 0 to 10000000" in body
+    assert "page_size must be a whole number from 1 to 10000" in body
+    assert "auth_fail must be yes or no" in body and "minutes must be between 1 and" in body
+    assert 'value="lots"' in body  # what was typed comes back to be corrected
+    db.session.expire_all()
+    assert connection.settings == {"records": 5}
+    ok = _post(client, edit, {"name": "demo", "schedule": "manual", "setting.records": "7",
+                              "setting.auth_fail": "true", "setting.bad_every": ""}, page=edit)
+    assert ok.status_code == 302
+    db.session.expire_all()
+    assert connection.settings == {"records": 7, "auth_fail": True}
+
+
+def test_missing_pages_are_styled_inside_the_layout(client):
+    for url in ("/admin/runs/999999", "/admin/connections/999999/edit", "/admin/stats?connection=999999",
+                "/admin/no-such-page"):
+        response = client.get(url)
+        body = response.get_data(as_text=True)
+        assert response.status_code == 404, url
+        assert 'class="top"' in body and "Statistics</a>" in body and "Not found" in body, url
+    assert "there is no connection 999999" in client.get("/admin/stats?connection=999999").get_data(as_text=True)
+    api = client.get("/api/no-such-thing")
+    assert api.status_code == 404 and api.get_json()["error"] == "not_found"  # the API keeps its JSON
+
+
+def test_run_page_shows_progress_per_stream(client, make_connection, redis):
+    from webapp import runs
+    from webapp.progress import ProgressPublisher
+
+    connection = make_connection(name="zoom-like")
+    run = runs.trigger(connection, enqueue=False).run
+    ProgressPublisher(redis, run.id).publish({"status": "running", "phase": "fetching registrants", "processed": 130,
+                                              "total": 100, "percent": 50.0, "streams": [
+                                                  {"name": "webinars", "processed": 100, "total": 100, "done": True},
+                                                  {"name": "registrants", "processed": 30, "total": None, "done": False},
+                                                  {"name": "participants", "processed": 0, "total": None, "done": False}]})
+    html = client.get(f"/admin/runs/{run.id}").get_data(as_text=True)
+    table = html[html.index('<table id="streams"'):html.index("</table>", html.index('<table id="streams"'))]
+    assert " hidden" not in table.split(">", 1)[0]
+    rows = re.findall(r'<tr data-stream="(\w+)"><th scope="row">\w+</th><td>(\d+)</td><td>([^<]+)</td><td>([^<]+)</td>', table)
+    assert rows == [("webinars", "100", "100", "done"), ("registrants", "30", "?", "reading"),
+                    ("participants", "0", "?", "waiting")]
+    assert '<span id="percent" class="big">50.0%</span>' in html

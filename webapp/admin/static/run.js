@@ -39,7 +39,9 @@
     text("rate", fmt(state.rate, 1));
     text("eta", duration(state.eta_seconds));
     text("phase", state.phase || "—");
+    if (state.duration_seconds !== null && state.duration_seconds !== undefined) text("duration", duration(state.duration_seconds));
     if (state.attempt) text("attempt", state.attempt);
+    renderStreams(state.streams);
     var counters = state.counters || {};
     ["seen", "created", "updated", "unchanged", "deleted", "failed"].forEach(function (k) {
       if (k in counters) text("c-" + k, counters[k]);
@@ -61,7 +63,8 @@
     var error = $("error");
     if (error) {
       error.hidden = !state.error_message;
-      error.textContent = state.error_message ? (state.error_class ? state.error_class + ": " : "") + state.error_message : "";
+      var words = state.error_words ? state.error_words.charAt(0).toUpperCase() + state.error_words.slice(1) + ": " : "";
+      error.textContent = state.error_message ? words + state.error_message : "";
     }
     (state.messages || []).forEach(function (m) {
       if (m.at > lastAt) { appendLog(m.at, m.message); lastAt = m.at; }
@@ -78,6 +81,27 @@
     li.appendChild(document.createTextNode(" " + message));
     log.appendChild(li);
     log.scrollTop = log.scrollHeight;
+  }
+
+  function renderStreams(streams) {
+    var table = $("streams");
+    if (!table || !streams) return;
+    table.hidden = streams.length < 2;
+    var body = table.querySelector("tbody");
+    body.innerHTML = "";
+    streams.forEach(function (s) {
+      var tr = document.createElement("tr");
+      tr.dataset.stream = s.name;
+      var progress = s.done ? "done" : s.total ? Math.round(100 * s.processed / s.total) + "%" :
+        (s.processed ? "reading" : "waiting");
+      [s.name, s.processed, s.total === null || s.total === undefined ? "?" : s.total, progress].forEach(function (v, i) {
+        var cell = document.createElement(i === 0 ? "th" : "td");
+        if (i === 0) cell.scope = "row";
+        cell.textContent = v;
+        tr.appendChild(cell);
+      });
+      body.appendChild(tr);
+    });
   }
 
   function renderErrors(errors, count) {
@@ -136,5 +160,7 @@
     ws.onclose = function () { if (!ended) startPolling(); };
   }
 
+  var log = $("log");
+  if (log) log.scrollTop = log.scrollHeight;  // the newest line in view, after a reload too
   if (!ended) connect();
 })();

@@ -1,0 +1,281 @@
+"""Run statistics over a window, bucketed in time: what the statistics page, the
+per-connection report and GET /api/stats show. Counted in the database (GROUP BY), the
+percentiles from one read of the window's durations. Queries read the window, never the
+whole history (Scope): one connection's runs through the (connection_id, created_at) index,
+all connections' as a primary-key range from the window's first run. The cost grows with
+the runs in the window, not with the table (tests/webapp/test_stats.py checks the plans;
+bench/stats_queries.py measures it at a million runs).
+"""
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import bindparam, select, text
+
+from .extensions import db
+from .models import Connection, Run, utcnow
+
+# window key -> (length, bucket length)
+WINDOWS = {
+    "24h": (timedelta(hours=24), timedelta(hours=1)),
+    "7d": (timedelta(days=7), timedelta(hours=6)),
+    "30d": (timedelta(days=30), timedelta(days=1)),
+    "90d": (timedelta(days=90), timedelta(days=3)),
+}
+DEFAULT_WINDOW = "7d"
+RUN_OUTCOMES = ("completed", "failed", "cancelled", "running", "queued", "waiting")
+RECORD_COUNTERS = ("created", "updated", "deleted", "skipped")
+WEBHOOK_OUTCOMES = ("enqueued", "ignored", "failed", "received", "dispatching")
+OUTBOX_OUTCOMES = ("done", "dead", "pending", "processing")
+
+
+@dataclass
+class Window:
+    key: str
+    since: datetime
+    until: datetime
+    bucket: timedelta
+
+    @property
+    def starts(self):
+        count = int((self.until - self.since) / self.bucket)
+        return [self.since + i * self.bucket for i in range(count)]
+
+
+def window(key=DEFAULT_WINDOW, now=None):
+    """The window ending now (rounded up to a whole bucket), split into equal buckets."""
+    length, bucket = WINDOWS[key]
+    return window_of(length, bucket, key, now)
+
+
+def window_of(length, bucket, key="custom", now=None):
+    now = now or utcnow()
+    step = bucket.total_seconds()
+    epoch = datetime(2000, 1, 1)
+    until = epoch + timedelta(seconds=((now - epoch).total_seconds() // step + 1) * step)
+    return Window(key, until - length, until, bucket)
+
+
+@dataclass
+class Bucket:
+    start: datetime
+    by_status: dict = field(default_factory=lambda: dict.fromkeys(RUN_OUTCOMES, 0))
+    records: dict = field(default_factory=lambda: dict.fromkeys(RECORD_COUNTERS, 0))
+    seen: int = 0
+    retries: int = 0  # attempts beyond the first (rate limits, outages, lost workers)
+    p50: float | None = None
+    p95: float | None = None
+
+    @property
+    def runs(self):
+        return sum(self.by_status.values())
+
+    @property
+    def success_rate(self):
+        """completed / (completed + failed); None when none finished either way."""
+        finished = self.by_status["completed"] + self.by_status["failed"]
+        return self.by_status["completed"] / finished if finished else None
+
+    def per_run(self, name):
+        return round(self.records[name] / self.runs, 1) if self.runs else None
+
+    def as_dict(self):
+        return {"start": self.start.isoformat() + "Z", "runs": self.runs, "by_status": dict(self.by_status),
+                "success_rate": None if self.success_rate is None else round(self.success_rate, 4), "duration_seconds": {"p50": self.p50, "p95": self.p95},
+                "records": dict(self.records), "seen": self.seen, "retries": self.retries}
+
+
+@dataclass
+class RunStats:
+    window: Window
+    buckets: list  # of Bucket, oldest first
+    total: Bucket  # the whole window (its percentiles over every run in it)
+
+
+def connection_ids(connection=None):
+    if connection is not None:
+        return [connection.id]
+    return list(db.session.execute(select(Connection.id).order_by(Connection.id)).scalars())
+
+
+def _dialect():
+    return db.session.get_bind().dialect.name
+
+
+def _bucket_sql(column, seconds):
+    """SQL for the bucket number of `column` (0 = the first), counted from :since."""
+    if seconds is None:
+        return "0"
+    if _dialect() == "postgresql":
+        return f"CAST(FLOOR(EXTRACT(EPOCH FROM ({column} - CAST(:since AS timestamp))) / {int(seconds)}) AS INTEGER)"
+    return f"CAST((julianday({column}) - julianday(:since)) * 86400 / {int(seconds)} AS INTEGER)"
+
+
+def _duration_sql():
+    if _dialect() == "postgresql":
+        return "EXTRACT(EPOCH FROM (finished_at - started_at))"
+    return "((julianday(finished_at) - julianday(started_at)) * 86400)"
+
+
+@dataclass
+class Scope:
+    """Which runs a query reads: FROM and WHERE, and their parameters. One connection: the
+    (connection_id, created_at) index. All of them: the run ids from the window's first on,
+    a range of the primary key (ids grow with time), read in table order; SQLite otherwise
+    reads the window through the index one connection at a time, or scans the whole table."""
+    source: str
+    where: str
+    params: dict
+
+
+def scope(win, connection=None):
+    params = {"since": win.since, "until": win.until}
+    window = "created_at >= :since AND created_at < :until"
+    sqlite = _dialect() != "postgresql"
+    if connection is not None:
+        return Scope("runs INDEXED BY ix_runs_connection_created" if sqlite else "runs",
+                     f"connection_id = :connection AND {window}", dict(params, connection=connection.id))
+    first = _first_id(win)
+    return Scope("runs NOT INDEXED" if sqlite else "runs", f"id >= :first_id AND {window}",
+                 dict(params, first_id=first if first is not None else 1 << 62))
+
+
+def _first_id(win):
+    """The smallest id of a run created in the window: per connection, from the index alone."""
+    ids = connection_ids()
+    if not ids:
+        return None
+    source = "runs INDEXED BY ix_runs_connection_created" if _dialect() != "postgresql" else "runs"
+    statement = text(f"SELECT MIN(id) FROM {source} WHERE connection_id IN :ids AND created_at >= :since "  # noqa: S608  table, column and bucket SQL are this module's constants; values are bound
+                     "AND created_at < :until").bindparams(bindparam("ids", expanding=True))
+    return db.session.execute(statement, {"ids": ids, "since": win.since, "until": win.until}).scalar()
+
+
+def _execute(sql, where):
+    return db.session.execute(text(sql.format(source=where.source, where=where.where)), where.params).all()
+
+
+def run_stats(win, connection=None):
+    """RunStats for the runs created in the window, of one connection or of all."""
+    where = scope(win, connection)
+    seconds = win.bucket.total_seconds()
+    buckets = [Bucket(start) for start in win.starts]
+    total = Bucket(win.since)
+    rows = _execute(f"""
+        SELECT {_bucket_sql('created_at', seconds)} AS b, status, COUNT(*), COALESCE(SUM(seen), 0),
+               COALESCE(SUM(created), 0), COALESCE(SUM(updated), 0), COALESCE(SUM(deleted), 0),
+               COALESCE(SUM(failed), 0), COALESCE(SUM(CASE WHEN attempt > 1 THEN attempt - 1 ELSE 0 END), 0)
+        FROM {{source}} WHERE {{where}} GROUP BY b, status""", where)  # noqa: S608  table, column and bucket SQL are this module's constants; values are bound
+    for b, status, count, seen, created, updated, deleted, skipped, retries in rows:
+        for target in ((buckets[b],) if 0 <= b < len(buckets) else ()) + (total,):
+            if status in target.by_status:
+                target.by_status[status] += count
+            target.seen += seen
+            target.retries += retries
+            for name, value in zip(RECORD_COUNTERS, (created, updated, deleted, skipped)):
+                target.records[name] += value
+    by_bucket, every = _durations(where, seconds)
+    for b, durations in by_bucket.items():
+        if 0 <= b < len(buckets):
+            buckets[b].p50, buckets[b].p95 = _rank(durations, 50), _rank(durations, 95)
+    total.p50, total.p95 = _rank(every, 50), _rank(every, 95)
+    return RunStats(win, buckets, total)
+
+
+def _durations(where, seconds):
+    """Durations of the window's finished runs, each bucket's and all of them, sorted. One
+    read, sorted here: ranking in SQL (window functions) cost a sort and a pass per level,
+    and even ORDER BY in SQLite cost more than Python's sort (bench/stats_queries.py)."""
+    rows = _execute(f"""
+        SELECT {_bucket_sql('created_at', seconds)} AS b, {_duration_sql()} AS d
+        FROM {{source}} WHERE {{where}} AND status IN ('completed', 'failed')
+          AND started_at IS NOT NULL AND finished_at IS NOT NULL""", where)  # noqa: S608  table, column and bucket SQL are this module's constants; values are bound
+    by_bucket, every = {}, []
+    for b, d in rows:
+        by_bucket.setdefault(b, []).append(float(d))
+    for values in by_bucket.values():
+        values.sort()
+        every += values
+    every.sort()
+    return by_bucket, every
+
+
+def _rank(ordered, p):
+    """Nearest rank: the value at rank ceil(p * n / 100) of n values in order."""
+    if not ordered:
+        return None
+    return round(ordered[(p * len(ordered) + 99) // 100 - 1], 3)
+
+
+def outcome_series(win, table, time_column, outcome_column, outcomes, connection=None):
+    """[(bucket start, {outcome: count})] of webhook deliveries or outbox events. Naming
+    every outcome lets the deliveries' index (outcome, received_at) serve the window."""
+    seconds = win.bucket.total_seconds()
+    series = [(start, dict.fromkeys(outcomes, 0)) for start in win.starts]
+    where = f"{outcome_column} IN :outcomes AND {time_column} >= :since AND {time_column} < :until"
+    params = {"outcomes": list(outcomes), "since": win.since, "until": win.until}
+    statement = text(f"SELECT {_bucket_sql(time_column, seconds)} AS b, {outcome_column}, COUNT(*) FROM {table} "  # noqa: S608  table, column and bucket SQL are this module's constants; values are bound
+                     f"WHERE {where}" + (" AND connection_id = :connection" if connection is not None else "")
+                     + f" GROUP BY b, {outcome_column}").bindparams(bindparam("outcomes", expanding=True))
+    if connection is not None:
+        params["connection"] = connection.id
+    for b, outcome, count in db.session.execute(statement, params).all():
+        if 0 <= b < len(series):
+            series[b][1][outcome] += count
+    return series
+
+
+def webhook_series(win, connection=None):
+    return outcome_series(win, "webhook_deliveries", "received_at", "outcome", WEBHOOK_OUTCOMES, connection)
+
+
+def outbox_series(win, connection=None):
+    return outcome_series(win, "outbox_events", "created_at", "status", OUTBOX_OUTCOMES, connection)
+
+
+def per_connection(win):
+    """[(connection, Bucket of its whole window)] for every connection, busiest first."""
+    totals = {}
+    rows = _execute(f"""
+        SELECT connection_id, status, COUNT(*), COALESCE(SUM(created), 0), COALESCE(SUM(updated), 0),
+               COALESCE(SUM(deleted), 0), COALESCE(SUM(failed), 0),
+               COALESCE(SUM(CASE WHEN attempt > 1 THEN attempt - 1 ELSE 0 END), 0)
+        FROM {{source}} WHERE {{where}} GROUP BY connection_id, status""", scope(win))
+    for connection_id, status, count, created, updated, deleted, skipped, retries in rows:
+        target = totals.setdefault(connection_id, Bucket(win.since))
+        if status in target.by_status:
+            target.by_status[status] += count
+        target.retries += retries
+        for name, value in zip(RECORD_COUNTERS, (created, updated, deleted, skipped)):
+            target.records[name] += value
+    connections = db.session.execute(select(Connection).order_by(Connection.name)).scalars().all()
+    rows = [(c, totals.get(c.id, Bucket(win.since))) for c in connections]
+    return sorted(rows, key=lambda row: -row[1].runs)
+
+
+def recent_runs(connection, limit=50):
+    return db.session.execute(select(Run).where(Run.connection_id == connection.id)
+                              .order_by(Run.id.desc()).limit(limit)).scalars().all()
+
+
+def rate_limit_waits():
+    """[(limiter key, seconds waited)] since the metrics were last reset (Redis); [] without Redis."""
+    import json
+
+    import redis
+
+    from . import redis_keys
+    from .extensions import redis_ext
+
+    client = redis_ext.optional()
+    if client is None:
+        return []
+    try:
+        raw = client.hgetall(redis_keys.key("metrics"))
+    except redis.RedisError:
+        return []
+    waits = []
+    for name, value in raw.items():
+        metric, labels = json.loads(name)
+        if metric == "rate_limit_wait_seconds":
+            waits.append((labels[0] if labels else "", round(float(value), 1)))
+    return sorted(waits, key=lambda item: -item[1])
