@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .errors import BadRecord, ConfigError
-from .settings_spec import check_settings, describe_errors
+from .settings_spec import check_settings, describe_errors, typed
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,7 @@ class Connector(abc.ABC):
             cls.settings_fields = tuple(spec.name for spec in cls.settings_spec)
 
     def __init__(self, settings, credentials, services):
-        self.settings = settings or {}
+        self.settings = typed(self.settings_spec, settings)
         # Stored settings are checked against the declaration before any use: one written by
         # hand or by an older version fails the run with a sentence, not with int("lots").
         problems = check_settings(self.settings_spec, self.settings)

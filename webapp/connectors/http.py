@@ -195,10 +195,14 @@ class HttpClient:
             except TransientError as exc:  # token endpoint down: same policy as the API
                 call.failures += 1
                 raise _TransientRetry(f"{where}: {exc}") from None
+        hooks = net_guard.guard(url, what=where)  # SSRF: this URL and every redirect's
+        # A request's hooks replace its session's in requests: keep the session's too (the
+        # connector preview records every response with one).
+        hooks["response"] = [*self._session.hooks.get("response", []), *hooks["response"]]
         try:
             resp = self._session.request(
                 method, url, params=params, json=json, data=data, headers=headers, timeout=self.timeout,
-                hooks=net_guard.guard(url, what=where),  # SSRF: this URL and every redirect's
+                hooks=hooks,
             )
             metrics.inc("provider_requests", host=self._host, status=resp.status_code)
             return resp

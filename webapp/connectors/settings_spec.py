@@ -100,6 +100,21 @@ def check_value(spec, value):
     return None
 
 
+def typed(specs, settings):
+    """`settings` with the numbers and yes/no values that were stored as text ("50", "true":
+    written by hand, through the API or by an older version) read as their declared type;
+    text that does not read is left for check_settings to name."""
+    result = dict(settings or {})
+    for spec in specs:
+        value = result.get(spec.name)
+        if spec.type in ("int", "float", "bool") and isinstance(value, str):
+            try:
+                result[spec.name] = parse_text(spec, value)
+            except ValueError:
+                pass
+    return result
+
+
 def check_settings(specs, settings):
     """{field: sentence} for every declared setting whose stored value is unusable
     (settings the connector does not declare are not judged here)."""
