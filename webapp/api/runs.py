@@ -7,12 +7,12 @@ from .. import runs
 from ..connectors import connector_class
 from ..connectors.errors import ConfigError
 from ..extensions import db, redis_ext
-from ..models import STATUSES, TERMINAL_STATUSES, TRIGGERS, Connection, Run, RunEvent
+from ..models import MODES, STATUSES, TERMINAL_STATUSES, TRIGGERS, Connection, Run, RunEvent
 from ..progress import read_snapshot
 from .blueprint import bp
 from .auth import require_token
-from .common import (BAD_REQUEST, NOT_FOUND, TOKEN, UNAUTHORIZED, ApiError, choice, find_connection, json_body,
-                     page_args, parse_id, responses)
+from .common import (BAD_REQUEST, CURSOR, NOT_FOUND, TOKEN, UNAUTHORIZED, ApiError, choice, find_connection,
+                     json_body, page_args, parse_id, responses)
 
 API_MODES = ("full", "incremental", "range")
 
@@ -87,7 +87,7 @@ def list_runs():
     if request.args.get("connection") is not None:
         query = query.where(Run.connection_id == find_connection(request.args["connection"]).id)
     for name, allowed, column in (("status", STATUSES, Run.status), ("trigger", TRIGGERS, Run.trigger),
-                                  ("mode", ("full", "incremental", "range", "record"), Run.mode)):
+                                  ("mode", MODES, Run.mode)):
         value = choice(name, allowed)
         if value is not None:
             query = query.where(column == value)
@@ -145,8 +145,6 @@ _CONNECTION_KEY = {"name": "key", "in": "path", "required": True, "description":
                    "schema": {"type": "string", "minLength": 1, "maxLength": 100}}
 _RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
 _LIMIT = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}}
-_CURSOR = {"name": "cursor", "in": "query", "description": "next_cursor of the previous page",
-           "schema": {"type": "integer", "minimum": 0}}
 _NEXT = {"type": "integer", "nullable": True}
 
 OPENAPI_PATHS = {
@@ -185,8 +183,8 @@ OPENAPI_PATHS = {
              "schema": {"type": "string", "maxLength": 100}},
             {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(STATUSES)}},
             {"name": "trigger", "in": "query", "schema": {"type": "string", "enum": list(TRIGGERS)}},
-            {"name": "mode", "in": "query", "schema": {"type": "string", "enum": ["full", "incremental", "range", "record"]}},
-            _LIMIT, _CURSOR],
+            {"name": "mode", "in": "query", "schema": {"type": "string", "enum": list(MODES)}},
+            _LIMIT, CURSOR],
         "responses": responses(200, {"type": "object", "required": ["runs", "next_cursor"], "properties": {
             "runs": {"type": "array", "items": _RUN}, "next_cursor": _NEXT}}, BAD_REQUEST, UNAUTHORIZED, NOT_FOUND),
     }},
@@ -207,7 +205,7 @@ OPENAPI_PATHS = {
     "/api/runs/{run_id}/events": {"get": {
         "summary": "A run's activity log and record errors, oldest first", "security": TOKEN, "tags": ["runs"],
         "parameters": [_RUN_ID, {"name": "kind", "in": "query", "schema": {"type": "string", "enum": ["log", "record_error"]}},
-                       _LIMIT, _CURSOR],
+                       _LIMIT, CURSOR],
         "responses": responses(200, {"type": "object", "required": ["events", "next_cursor"], "properties": {
             "events": {"type": "array", "items": {"$ref": "#/components/schemas/RunEvent"}}, "next_cursor": _NEXT}},
             BAD_REQUEST, UNAUTHORIZED, NOT_FOUND),
