@@ -37,13 +37,20 @@ def _hourly_run(supervisor, conn):
     return outcomes[0].run_id
 
 
-@one_backend
-def test_hourly_sync_of_the_latest_fiscal_year_and_an_event_for_a_new_one(app, make_connection, workers, serve):
+def _halo_until_today(serve, years_back, tickets):
+    """(calendar, current fiscal year, a served HaloAPI with tickets from the start of the
+    fiscal year `years_back` before the current one until today)."""
     calendar = FiscalCalendar(7, 1)
     current = calendar.year_of(date.today())
-    first_day = date.fromisoformat(calendar.range(current - 2)[0])
-    api = HaloAPI(tickets=240, agents=3, first_date=first_day.isoformat(), days=(date.today() - first_day).days)
+    first_day = date.fromisoformat(calendar.range(current - years_back)[0])
+    api = HaloAPI(tickets=tickets, agents=3, first_date=first_day.isoformat(), days=(date.today() - first_day).days)
     api.server = serve(api)
+    return calendar, current, api
+
+
+@one_backend
+def test_hourly_sync_of_the_latest_fiscal_year_and_an_event_for_a_new_one(app, make_connection, workers, serve):
+    calendar, current, api = _halo_until_today(serve, years_back=2, tickets=240)
     conn = make_connection(name="halo-s5", connector="halopsa", schedule="hourly:0", credentials={
         "client_id": "halo-client", "client_secret": "halo-client-secret"}, settings={
         "base_url": api.server.url, "fiscal_year_start_month": 7, "fiscal_years": [current - 2, current - 1, current],
@@ -95,11 +102,7 @@ def test_hourly_sync_of_the_latest_fiscal_year_and_an_event_for_a_new_one(app, m
 
 @one_backend
 def test_ticket_webhooks_sync_one_ticket_within_the_synced_fiscal_years(app, make_connection, workers, serve):
-    calendar = FiscalCalendar(7, 1)
-    current = calendar.year_of(date.today())
-    first_day = date.fromisoformat(calendar.range(current - 1)[0])
-    api = HaloAPI(tickets=40, agents=3, first_date=first_day.isoformat(), days=(date.today() - first_day).days)
-    api.server = serve(api)
+    calendar, current, api = _halo_until_today(serve, years_back=1, tickets=40)
     hub = serve(app)
     conn = make_connection(name="halo-hooks", connector="halopsa", schedule="hourly:0", credentials={
         "client_id": "halo-client", "client_secret": "halo-client-secret",
