@@ -121,8 +121,11 @@ def choice(name, allowed):
 # Shared OpenAPI pieces, referenced by every module's OPENAPI_PATHS.
 # Text that reaches a lookup or a text column: no NUL (refused with 400, see _refuse_nul).
 NO_NUL = "^[^\\x00]*$"
-# ... and not blank either (what the outbox requires of an event's type and key).
-NOT_BLANK = "^[^\\x00]*[^\\s\\x00][^\\x00]*$"
+# ... and not blank either (what the outbox requires of an event's type and key: str.strip()).
+# Python's whitespace spelled out: a pattern's \s means less to other regex dialects
+# (\x1c-\x1f and \x85 are whitespace only to Python), and generators read it their way.
+_SPACE = "".join(f"\\u{code:04x}" for code in range(0x3001) if chr(code).isspace())
+NOT_BLANK = f"^[^\\x00]*[^\\x00{_SPACE}][^\\x00]*$"
 CURSOR = {"name": "cursor", "in": "query", "description": "next_cursor of the previous page (any row id is accepted)",
           "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID}}
 ERROR_RESPONSE = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
