@@ -69,7 +69,8 @@ def trigger_run(key):
         raise ApiError(409, "trigger_refused", str(exc)) from None
     unknown = [s for s in streams if s not in known]
     if unknown:
-        raise ApiError(400, "bad_request", f"unknown streams {unknown}; known: {', '.join(sorted(known))}")
+        # Well-formed, but not what this connection's connector has: like a refused trigger, 409.
+        raise ApiError(409, "unknown_stream", f"unknown streams {unknown}; known: {', '.join(sorted(known))}")
     try:
         result = runs.trigger(connection, mode=mode, params=params, streams=streams, trigger="api", requested_by="api")
     except runs.TriggerRefused as exc:
@@ -171,7 +172,7 @@ OPENAPI_PATHS = {
         "responses": dict(
             responses(201, {"$ref": "#/components/schemas/TriggeredRun"}, BAD_REQUEST, UNAUTHORIZED, NOT_FOUND,
                       (409, "the connection refuses this trigger: its trigger policy takes no API triggers, "
-                            "or it cannot run (unknown connector)"),
+                            "it cannot run (unknown connector), or its connector has no such stream"),
                       description="a new run was queued"),
             **{"200": {"description": "a run was already active; it is returned instead",
                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TriggeredRun"}}}}}),
