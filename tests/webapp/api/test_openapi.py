@@ -7,12 +7,13 @@ import re
 import subprocess
 import sys
 
+from tests.conftest import one_backend
 from tests.simulators.harness import SimulatorServer
 
 from .conftest import CRON_SECRET
 
-# Per operation, for each of schemathesis's phases. A few hundred would be better, and
-# takes too long for the suite on two cores: docs/PERFORMANCE.md, "API contract fuzzing".
+# Per operation and phase. The issue asked for a few hundred; that takes well over 90 s
+# on two cores, this about a minute: docs/PERFORMANCE.md, "API contract fuzzing".
 MAX_EXAMPLES = 150
 SEED = 19  # one sequence of requests, the same in every run: a failure can be replayed
 
@@ -45,17 +46,33 @@ def test_run_enums_come_from_the_model(client):
         list(STATUSES), list(MODES), list(TRIGGERS))
 
 
-def test_api_keeps_its_contract_under_every_schemathesis_check(app, make_connection, token):
+# One backend, PostgreSQL when the run has it: that is where NUL and 64-bit ids break things.
+@one_backend
+def test_api_keeps_its_contract_under_every_schemathesis_check(app, make_connection, token, tmp_path):
     from webapp import runs
 
     app.config["CRON_SECRET"] = CRON_SECRET
     scheduled = make_connection(name="fuzz", schedule="every:60", settings={
         "event_triggers": {"fiscal_year.created": {"mode": "range", "params": {"fiscal_year": "{data.fiscal_year}"}}}})
-    runs.trigger(scheduled, enqueue=False)
+    run = runs.trigger(scheduled, enqueue=False).run
+    # Half of the connection keys and run ids name ones that exist, so the operations behind
+    # them get past their 404 to their own logic; the other half stay generated.
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(f"""
+[dictionaries.connections]
+values = ["fuzz", "{scheduled.id}"]
+
+[dictionaries.runs]
+values = [{run.id}]
+
+[parameters]
+"path.key" = {{ dictionary = "connections", probability = 0.5 }}
+"path.run_id" = {{ dictionary = "runs", probability = 0.5 }}
+""")
     with SimulatorServer(app) as server:
         command = [sys.executable, "-c", "from schemathesis.cli import schemathesis; schemathesis()",
-                   "run", f"{server.url}/api/openapi.json", "--checks", "all", "--max-examples", str(MAX_EXAMPLES),
-                   "--seed", str(SEED), "--generation-database", "none", "--suppress-health-check", "all",
+                   "--config-file", str(config), "run", f"{server.url}/api/openapi.json",
+                   "--checks", "all", "--max-examples", str(MAX_EXAMPLES), "--seed", str(SEED), "--generation-database", "none", "--suppress-health-check", "all",
                    "--request-timeout", "30", "--no-color",
                    # The API token for /api, the shared secret for /api/cron (which wins there).
                    "--header", f"Authorization: Bearer {token}", "--header", f"X-Cron-Secret: {CRON_SECRET}"]
