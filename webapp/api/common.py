@@ -49,7 +49,7 @@ def _routing_error(exc):
 @bp.before_request
 def _refuse_nul():
     # PostgreSQL text cannot hold NUL: refuse it at the door in the path and the query
-    # string (the document's TEXT pattern says so) rather than let a lookup fail deep
+    # string (the document's NO_NUL pattern says so) rather than let a lookup fail deep
     # inside with a 500. Bodies are checked field by field where a string meets a text
     # column (outbox type, key): inside free-form JSON (params, data, payload) a NUL is
     # only an escape in a json column, and refusing it there broke the document's word.

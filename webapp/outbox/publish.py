@@ -68,7 +68,7 @@ def publish(session, type, key, payload, idempotency_key=None, connection=None):
             rows.append({"connection_id": destination_id, "key": action["key"], "payload": action["payload"]})
     if not rows:
         raise NoDestination(f"no destination maps event type {type!r}"
-                           + (" for that connection" if connection is not None else ""))
+                            + (" for that connection" if connection is not None else ""))
     now = utcnow()
     max_attempts = current_app.config["OUTBOX_MAX_ATTEMPTS"]
     values = [
@@ -95,7 +95,7 @@ def _rows_of(session, base):
 
 
 def _check(type, key, payload, idempotency_key, connection=None):
-    if connection is not None and not isinstance(connection, (str, int, Connection)) or isinstance(connection, bool):
+    if connection is not None and (isinstance(connection, bool) or not isinstance(connection, (str, int, Connection))):
         raise PublishError("connection must be a connection id or name")
     for name, value in (("type", type), ("key", key), ("idempotency_key", idempotency_key), ("connection", connection)):
         if isinstance(value, str) and "\x00" in value:  # text columns (PostgreSQL) cannot hold it
