@@ -30,6 +30,7 @@ from requests.adapters import HTTPAdapter
 
 from .auth import BasicAuth, BearerAuth, HeaderKeyAuth, OAuth2ClientCredentials  # noqa: F401 (re-export)
 from .errors import AuthError, ConfigError, HttpError, RateLimited, TransientError
+from .ratelimit import remaining_in_window
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class HttpClient:
         sleep=time.sleep,
         clock=time.monotonic,
         headers=None,
+        quota_headers=True,
     ):
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ConfigError("base URL must start with http:// or https://")
@@ -90,6 +92,9 @@ class HttpClient:
         self._host = urlsplit(self.base_url).netloc.rsplit("@", 1)[-1]  # metrics label, no userinfo
         self.auth = auth
         self.rate_limiter = rate_limiter
+        # Feed the provider's remaining-quota header to the shared limiter (ratelimit.py):
+        # off only to measure what it saves (bench/quota_headers.py).
+        self.quota_headers = quota_headers
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff_base = backoff_base
@@ -200,6 +205,10 @@ class HttpClient:
                 method, url, params=params, json=json, data=data, headers=headers, timeout=self.timeout
             )
             metrics.inc("provider_requests", host=self._host, status=resp.status_code)
+            if self.rate_limiter is not None and self.quota_headers:
+                remaining = remaining_in_window(resp.headers)
+                if remaining is not None:
+                    self.rate_limiter.observe_remaining(remaining)
             return resp
         except requests.Timeout as exc:
             metrics.inc("provider_requests", host=self._host, status="timeout")
