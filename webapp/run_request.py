@@ -18,6 +18,10 @@ class RunRequestError(ValueError):
     """A run request that cannot be honoured; str() is a sentence for the person who sent it."""
 
 
+class UnknownStream(RunRequestError):
+    """Well-formed, but this connection's connector has no such stream (the API answers 409)."""
+
+
 @dataclass
 class RunRequest:
     mode: str
@@ -117,6 +121,6 @@ def _streams(cls, connection, streams):
     known = stream_names(cls, connection.settings)
     unknown = [s for s in streams if s not in known]
     if unknown:
-        raise RunRequestError(f"{connection.name} has no stream {', '.join(repr(s) for s in unknown)}; "
+        raise UnknownStream(f"{connection.name} has no stream {', '.join(repr(s) for s in unknown)}; "
                               f"its streams are {', '.join(known) or 'none'}")
     return list(dict.fromkeys(streams))

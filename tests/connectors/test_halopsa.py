@@ -133,3 +133,19 @@ def test_a_full_run_of_one_fiscal_year_deletes_nothing_of_other_years(app, make_
     assert sync().deleted == 3
     deleted = set(db.session.scalars(select(Record.external_id).where(Record.deleted_at.is_not(None))))
     assert deleted == {str(i) for i in gone}
+
+
+def test_a_webhook_names_its_ticket_in_any_of_halos_payload_shapes(halo):
+    connector = _connector(halo)
+    shapes = [{"event": "Ticket Logged", "ticket": {"id": 42, "summary": "x"}}, {"ticket_id": "42"},
+              {"object_id": 42, "event": "Ticket Closed"}, {"id": 42}]
+    assert [connector.webhook_events(body) for body in shapes] == [[("tickets", "42", False)]] * 4
+    assert connector.webhook_events({"event": "Ticket Deleted", "object_id": 42}) == [("tickets", "42", True)]
+    for nothing in ({"event": "Client Updated", "client": {"id": 3}}, {"id": "c0ffee-guid"}, {"id": True}, {}):
+        assert connector.webhook_events(nothing) == []
+
+
+def test_webhooks_may_bring_in_tickets_from_the_first_listed_fiscal_year_to_the_latest(halo):
+    today = date(2026, 3, 1)  # in FY2026 (July 2025 - June 2026)
+    assert _connector(halo).synced_window(today) == ("2025-07-01", "2026-07-01")
+    assert _connector(halo, fiscal_years=[2024, 2027]).synced_window(today) == ("2023-07-01", "2027-07-01")

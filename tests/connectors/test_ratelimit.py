@@ -5,6 +5,7 @@ import uuid
 
 import pytest
 import redis as redis_lib
+import requests
 
 from tests.simulators.harness import RecordsAPI, make_records
 from webapp.connectors.errors import ConfigError, RateLimited, TransientError
@@ -197,3 +198,54 @@ def test_a_slot_counts_from_its_answer_and_a_dead_holders_slot_lapses(shared, li
     # Not before the dead slot lapsed and a window passed; and not forever (the bound is loose:
     # how soon after that this thread runs again is the machine's business).
     assert 0.2 + 0.3 - 0.02 <= time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["redis", "in-process"])
+def test_the_providers_remaining_count_takes_what_others_spent_from_our_budget(shared, limiter_redis_url):
+    waits = []
+
+    def no_sleep(seconds):
+        waits.append(seconds)
+        raise InterruptedError("the limiter would wait")
+
+    if shared:
+        limiter = RedisRateLimiter(redis_lib.Redis.from_url(limiter_redis_url), f"test:{uuid.uuid4().hex}", 5, 30,
+                                   sleep=no_sleep)
+    else:
+        limiter = LocalRateLimiter(5, 30, sleep=no_sleep)
+    limiter.acquire()
+    assert limiter.observe_remaining(4) == 0  # alone on the account: the provider agrees with us
+    assert limiter.observe_remaining(2) == 2  # somebody else spent two: they count like ours
+    limiter.acquire()
+    limiter.acquire()
+    with pytest.raises(InterruptedError):
+        limiter.acquire()  # 1 + 2 + 2 = 5: the budget is spent, so it waits instead of earning a 429
+    assert waits and limiter.observe_remaining(0) == 0
+
+
+def test_an_http_client_slows_down_before_the_429_when_another_app_spent_the_quota(serve, limiter_redis_url):
+    from tests.simulators.highlevel import HighLevelAPI
+
+    headers = {"Authorization": "Bearer pit-sim-token", "Version": "2021-07-28"}
+
+    def ours(quota_headers):
+        """(our 429s, the provider's violations) on a fresh location of 10 requests per 2 s."""
+        api = HighLevelAPI(orders=2, products=2, rate_limit=(10, 2.0))
+        server = serve(api)
+        products = {"locationId": api.location_id, "limit": 1}
+        limiter = make_rate_limiter(redis_lib.Redis.from_url(limiter_redis_url), f"test:{uuid.uuid4().hex}", (10, 2.1))
+        client = HttpClient(server.url, rate_limiter=limiter, headers=headers, quota_headers=quota_headers,
+                            max_retries=0)
+        for _ in range(4):  # another app on the same location spends most of the window
+            assert requests.get(f"{server.url}/products/", params=products, headers=headers, timeout=10).ok
+        refused = 0
+        for _ in range(8):
+            try:
+                client.get_json("/products/", params=products)
+            except RateLimited:
+                refused += 1
+        return refused, api.violations
+
+    assert ours(quota_headers=True) == (0, 0)
+    refused, violations = ours(quota_headers=False)  # the control: the header is what helped
+    assert refused >= 1 and violations >= 1

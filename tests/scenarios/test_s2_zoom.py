@@ -1,4 +1,5 @@
-"""S2: Zoom webinars into the database, manual-only, through real RQ workers.
+"""S2: Zoom webinars into the database, manual-only, through real RQ workers; and Zoom's
+webhooks on the real connector, sent by the simulator to the hub over HTTP.
 
 Delta is Zoom's complete listing with only changed records written (Zoom has no
 changed-since filter), so a successful delta also soft-deletes the webinars Zoom no longer
@@ -8,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from tests.scenarios.conftest import finished, one_backend, records
+from tests.scenarios.conftest import dispatched, finished, one_backend, records
 from tests.simulators.zoom import ZoomAPI
 from tests.support import wait_for
 from webapp import runs
@@ -99,3 +100,52 @@ def test_resume_after_sigkill_restarts_an_expired_listing_without_duplicates(app
     listing = api.server.log.entries("/v2/users")
     refused = [i for i, e in enumerate(listing) if e.status == 400]
     assert len(refused) == 1 and "next_page_token" not in listing[refused[0] + 1].args  # back to page one
+
+
+@one_backend
+def test_webhooks_on_the_real_connector_sync_webinars_and_registrants(app, make_connection, workers, serve):
+    api = ZoomAPI(webinars=5, seed=23, registrants=(1, 2))
+    api.server = serve(api)
+    hub = serve(app)
+    # S2 itself is manual-only; a connection that takes Zoom's webhooks says so in its policy.
+    conn = make_connection(name="zoom-hooks", connector="zoom", schedule="manual",
+                           credentials={**CREDENTIALS, "webhook_secret_token": api.webhook_secret},
+                           settings={"base_url": api.server.url + "/v2", "token_url": api.server.url + "/oauth/token",
+                                     "allowed_triggers": ["manual", "webhook"]})
+    url = f"{hub.url}/webhooks/{conn.name}"
+    workers.start()
+
+    def delivered(event, webinar_id, registrant_id=None):
+        answer = api.send_webhook(url, event, webinar_id, registrant_id)
+        assert answer.status_code == 200 and answer.json()["status"] == "accepted"
+        (run_id,) = dispatched(answer.json())
+        run = finished(run_id)
+        assert run.status == COMPLETED and (run.trigger, run.mode) == ("webhook", "record")
+        return run
+
+    (created,) = api.add(1)
+    run = delivered("webinar.created", created)
+    assert (run.record_key, run.created) == (f"webinars:{created}", 1)
+    assert records(conn.id, "webinars")[str(created)].data == api.webinars[created]
+
+    api.change(ids=[created])
+    assert delivered("webinar.updated", created).updated == 1
+    assert records(conn.id, "webinars")[str(created)].data["topic"].endswith("(updated)")
+
+    registrant = api.register(created)
+    key = f"{created}:{registrant['id']}"
+    run = delivered("webinar.registration_created", created, registrant["id"])
+    assert (run.record_key, run.created) == (f"registrants:{key}", 1)
+    assert records(conn.id, "registrants")[key].data == dict(registrant, webinar_id=created, key=key)
+    fetched = api.server.log.entries(f"/v2/webinars/{created}/registrants/{registrant['id']}")
+    assert [e.status for e in fetched] == [200]
+
+    api.cancel_registration(created, registrant["id"])
+    assert delivered("webinar.registration_cancelled", created, registrant["id"]).deleted == 1
+    assert set(records(conn.id, "registrants", deleted=True)) == {key}
+
+    api.delete(ids=[created])
+    assert delivered("webinar.deleted", created).deleted == 1
+    assert set(records(conn.id, "webinars", deleted=True)) == {str(created)}
+    assert records(conn.id, "webinars") == {}
+    assert api.violations == 0

@@ -1,17 +1,18 @@
 """S5: HaloPSA tickets and agents, through a real RQ worker: the supervisor's hourly slot
 syncs the latest fiscal year (with the access token expiring mid-sync), the app's
 `fiscal_year.created` event (POST /api/events) syncs the new year and makes it the latest,
-and agent mappings from the connection's settings are applied to every synced ticket."""
+and agent mappings from the connection's settings are applied to every synced ticket.
+Halo's ticket webhooks (Basic auth) sent over HTTP to the hub sync one ticket each."""
 import threading
 from datetime import date, datetime, timedelta
 
 from scheduler.supervisor import Supervisor
-from tests.scenarios.conftest import finished, one_backend, records
+from tests.scenarios.conftest import dispatched, finished, one_backend, records
 from tests.simulators.halopsa import HaloAPI
 from webapp.api.auth import create_token
 from webapp.connectors.halopsa import FiscalCalendar
 from webapp.extensions import db
-from webapp.models import COMPLETED, Connection, Run, utcnow
+from webapp.models import COMPLETED, Connection, Run, RunEvent, WebhookDelivery, utcnow
 
 MAPPINGS = {"1": "alice@app.example", "2": "bob@app.example"}
 
@@ -37,13 +38,20 @@ def _hourly_run(supervisor, conn):
     return outcomes[0].run_id
 
 
-@one_backend
-def test_hourly_sync_of_the_latest_fiscal_year_and_an_event_for_a_new_one(app, make_connection, workers, serve):
+def _halo_until_today(serve, years_back, tickets):
+    """(calendar, current fiscal year, a served HaloAPI with tickets from the start of the
+    fiscal year `years_back` before the current one until today)."""
     calendar = FiscalCalendar(7, 1)
     current = calendar.year_of(date.today())
-    first_day = date.fromisoformat(calendar.range(current - 2)[0])
-    api = HaloAPI(tickets=240, agents=3, first_date=first_day.isoformat(), days=(date.today() - first_day).days)
+    first_day = date.fromisoformat(calendar.range(current - years_back)[0])
+    api = HaloAPI(tickets=tickets, agents=3, first_date=first_day.isoformat(), days=(date.today() - first_day).days)
     api.server = serve(api)
+    return calendar, current, api
+
+
+@one_backend
+def test_hourly_sync_of_the_latest_fiscal_year_and_an_event_for_a_new_one(app, make_connection, workers, serve):
+    calendar, current, api = _halo_until_today(serve, years_back=2, tickets=240)
     conn = make_connection(name="halo-s5", connector="halopsa", schedule="hourly:0", credentials={
         "client_id": "halo-client", "client_secret": "halo-client-secret"}, settings={
         "base_url": api.server.url, "fiscal_year_start_month": 7, "fiscal_years": [current - 2, current - 1, current],
@@ -143,4 +151,66 @@ def test_an_event_for_a_new_fiscal_year_during_the_hourly_sync_waits_and_then_sy
     assert sum(1 for a in asked if a.get("startdate") == new_start_arg) >= 2  # at least two pages of 10
     assert {str(i) for i in created} <= set(records(conn.id, "tickets"))
     assert db.session.query(Run).filter(Run.connection_id == conn.id).count() == 2
+
+
+@one_backend
+def test_ticket_webhooks_sync_one_ticket_within_the_synced_fiscal_years(app, make_connection, workers, serve):
+    calendar, current, api = _halo_until_today(serve, years_back=1, tickets=40)
+    hub = serve(app)
+    conn = make_connection(name="halo-hooks", connector="halopsa", schedule="hourly:0", credentials={
+        "client_id": "halo-client", "client_secret": "halo-client-secret",
+        "webhook_username": api.webhook_username, "webhook_password": api.webhook_password}, settings={
+        "base_url": api.server.url, "fiscal_year_start_month": 7, "fiscal_years": [current],
+        "agent_mappings": MAPPINGS})
+    url = f"{hub.url}/webhooks/{conn.name}"
+    start, end = calendar.range(current)
+    this_year = api.between(start, (date.fromisoformat(end) - timedelta(days=1)).isoformat())
+    last_year = [t for t in api.tickets if t not in this_year]
+    assert this_year and last_year
+    workers.start()
+
+    # Wrong credentials: 401, and nothing is stored or started.
+    refused = api.send_webhook(url, "Ticket Logged", this_year[0], password="not-the-password")
+    assert refused.status_code == 401 and refused.json()["error"] == "bad_signature"
+    db.session.commit()
+    assert db.session.query(WebhookDelivery).count() == 0 and db.session.query(Run).count() == 0
+
+    # The right ones: one delivery, one record run fetching the ticket, the ticket stored.
+    body = api.webhook_body("Ticket Logged", this_year[0])
+    answer = api.send_webhook(url, "Ticket Logged", this_year[0], body=body)
+    assert answer.status_code == 200 and answer.json()["status"] == "accepted"
+    run_ids = dispatched(answer.json())
+    assert len(run_ids) == 1
+    run = finished(run_ids[0])
+    assert run.status == COMPLETED and (run.trigger, run.mode, run.record_key) == (
+        "webhook", "record", f"tickets:{this_year[0]}")
+    _assert_tickets(conn, api, [this_year[0]])
+    assert [e.status for e in api.server.log.entries(f"/api/Tickets/{this_year[0]}")] == [200]
+
+    # Halo sends it again (a retry resends the same bytes): counted once, nothing new.
+    again = api.send_webhook(url, "Ticket Logged", this_year[0], body=body)
+    assert again.status_code == 200 and again.json()["status"] == "duplicate"
+    assert again.json()["delivery_id"] == answer.json()["delivery_id"]
+    db.session.commit()
+    assert db.session.query(WebhookDelivery).count() == 1 and db.session.query(Run).count() == 1
+
+    # Closed at Halo: the update is stored.
+    api.tickets[this_year[0]].update(status_id=9, status_name="Closed", dateclosed="2026-01-02T10:00:00")
+    closed = finished(dispatched(api.send_webhook(url, "Ticket Closed", this_year[0]).json())[0])
+    assert closed.status == COMPLETED and closed.updated == 1
+    assert records(conn.id, "tickets")[str(this_year[0])].data["status_name"] == "Closed"
+
+    # A ticket of a fiscal year this connection does not sync is fetched and left out, saying why.
+    outside = finished(dispatched(api.send_webhook(url, "Ticket Updated", last_year[0]).json())[0])
+    assert outside.status == COMPLETED and (outside.created, outside.failed) == (0, 1)
+    skipped = db.session.scalars(db.select(RunEvent).where(RunEvent.run_id == outside.id,
+                                                           RunEvent.kind == "record_error")).one()
+    assert "outside the fiscal years this connection syncs" in skipped.message
+    assert set(records(conn.id, "tickets")) == {str(this_year[0])}
+
+    # Deleted at Halo: the next event finds it gone, and our copy is soft-deleted.
+    api.delete([this_year[0]])
+    gone = finished(dispatched(api.send_webhook(url, "Ticket Updated", this_year[0]).json())[0])
+    assert gone.status == COMPLETED and gone.deleted == 1
+    assert set(records(conn.id, "tickets", deleted=True)) == {str(this_year[0])}
     assert api.violations == 0

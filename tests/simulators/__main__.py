@@ -1,7 +1,9 @@
 """Run a simulator standalone: python -m tests.simulators records --port 8001 --records 100000
 
 Each simulator is a factory taking its own command-line arguments and returning a WSGI app;
-add new providers to SIMULATORS.
+add new providers to SIMULATORS. Every simulator's parser takes the common options
+(--host, --port, --latency) too, so `python -m tests.simulators zoom --help` lists all of
+its options.
 """
 import argparse
 import sys
@@ -9,8 +11,20 @@ import sys
 from .harness import RecordsAPI, SimulatorServer, make_records
 
 
+def _common_options():
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--host", default="127.0.0.1")
+    common.add_argument("--port", type=int, default=8001)
+    common.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
+    return common
+
+
+def _parser(name):
+    return argparse.ArgumentParser(prog=f"python -m tests.simulators {name}", parents=[_common_options()])
+
+
 def records_api(argv):
-    parser = argparse.ArgumentParser(prog="python -m tests.simulators records")
+    parser = _parser("records")
     parser.add_argument("--records", type=int, default=1000, help="how many records to generate")
     parser.add_argument("--page-size-max", type=int, default=1000)
     parser.add_argument("--token", default=None, help="require this bearer token")
@@ -30,7 +44,7 @@ def records_api(argv):
 def loops_api(argv):
     from .loops import LoopsAPI
 
-    parser = argparse.ArgumentParser(prog="python -m tests.simulators loops")
+    parser = _parser("loops")
     parser.add_argument("--key", action="append", default=[], metavar="KEY[:TEAM]",
                         help="a valid API key and its team (repeatable; default loops-test-key)")
     parser.add_argument("--rate-limit", default="10/1", metavar="N/SECONDS", help="per team; 'none' for no limit")
@@ -58,7 +72,7 @@ def _rate(text):
 def zoom_api(argv):
     from .zoom import ZoomAPI
 
-    parser = argparse.ArgumentParser(prog="python -m tests.simulators zoom")
+    parser = _parser("zoom")
     parser.add_argument("--webinars", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--account-id", default="zoom-account")
@@ -81,7 +95,7 @@ def zoom_api(argv):
 def highlevel_api(argv):
     from .highlevel import HighLevelAPI
 
-    parser = argparse.ArgumentParser(prog="python -m tests.simulators highlevel")
+    parser = _parser("highlevel")
     parser.add_argument("--orders", type=int, default=150)
     parser.add_argument("--products", type=int, default=5)
     parser.add_argument("--inactive-products", type=int, default=1)
@@ -103,7 +117,7 @@ def highlevel_api(argv):
 def halopsa_api(argv):
     from .halopsa import HaloAPI
 
-    parser = argparse.ArgumentParser(prog="python -m tests.simulators halopsa")
+    parser = _parser("halopsa")
     parser.add_argument("--tickets", type=int, default=1000)
     parser.add_argument("--agents", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1)
@@ -131,19 +145,22 @@ SIMULATORS = {
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m tests.simulators")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(prog="python -m tests.simulators", parents=[_common_options()],
+                                     epilog="`python -m tests.simulators NAME --help` lists the options of one.")
     parser.add_argument("simulator", choices=sorted(SIMULATORS))
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8001)
-    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
-    args, rest = parser.parse_known_args(argv)
-    app = SIMULATORS[args.simulator](rest)
+    if not argv or argv[0] not in SIMULATORS:
+        parser.parse_args(argv[:1])  # --help, or the error that names the simulators
+    # The simulator's own parser reads everything after its name, the common options included,
+    # so its --help lists them all.
+    app = SIMULATORS[argv[0]](argv[1:])
+    args = _common_options().parse_known_args(argv[1:])[0]
     server = SimulatorServer(app, host=args.host, port=args.port)
     if hasattr(app, "latency"):  # provider simulators add it after admission (tests/simulators/common.py)
         app.latency = args.latency
     else:
         server.faults.latency = args.latency
-    print(f"{args.simulator} simulator on {server.url} (Ctrl-C to stop)", flush=True)
+    print(f"{argv[0]} simulator on {server.url} (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

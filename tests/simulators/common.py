@@ -6,6 +6,7 @@ A simulator enforces limits the way the provider does (a sliding window over arr
 as the provider measures them), so a client that exceeds them gets 429 and the test can
 assert `violations == 0`.
 """
+import base64
 import collections
 import json
 import math
@@ -144,6 +145,11 @@ class ProviderAPI:
 
 def retry_after_seconds(wait):
     return str(max(1, math.ceil(wait)))
+
+
+def basic_auth(username, password):
+    """The Authorization header of HTTP Basic credentials."""
+    return {"Authorization": "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()}
 
 
 def post_webhook(url, body, headers, timeout=10):

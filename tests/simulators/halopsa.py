@@ -7,21 +7,28 @@
   page_size and page_no are IGNORED without pageinate=true (everything comes back at once);
   `datesearch=dateoccurred&startdate=&enddate=` filter (both bounds inclusive), `order`
   (id or dateoccurred) with `orderdesc`.
+- `GET /api/Tickets/{id}` -> the ticket, 404 when there is none.
 - `GET /api/Agent` -> a bare array, or {record_count, agents} with agent_envelope="object".
 - Throttling: more than `rate_limit` requests (500 per 180 s by default) -> 429 with
   Retry-After (seconds until a slot frees), counted in `violations`.
+
+- Webhooks: `send_webhook(url, event, ticket_id)` posts {event, id, object_id, ticket} with
+  Basic-auth credentials (`webhook_username`, `webhook_password`), no HMAC; Halo's payload
+  is configurable, `webhook_body` is one plausible shape.
 
 Tickets are generated from `seed`, `tickets` of them spread evenly over `days` days from
 `first_date`, assigned round-robin-ish to `agents` agents; every `malformed_every`-th one
 is broken (no id, or an unparseable dateoccurred). `add_tickets`, `change`, `delete`
 mutate the data thread-safely.
 """
+import json
 import random
 import secrets
 import time
+import uuid
 from datetime import datetime, timedelta
 
-from .common import ProviderAPI, Tokens, Window, answer, bearer, retry_after_seconds
+from .common import ProviderAPI, Tokens, Window, answer, bearer, basic_auth, post_webhook, retry_after_seconds
 
 STATUSES = ((1, "New"), (2, "In Progress"), (3, "Waiting on Customer"), (9, "Closed"))
 TEAMS = ("Service Desk", "Projects", "Field")
@@ -42,8 +49,10 @@ def _bound(text, end):
 class HaloAPI(ProviderAPI):
     def __init__(self, tickets=300, agents=5, *, seed=1, client_id="halo-client", client_secret="halo-client-secret",
                  tenant=None, token_ttl=3600, rate_limit=(500, 180.0), agent_envelope="list",
-                 first_date="2023-07-01", days=1096, malformed_every=0, page_size_max=100):
+                 first_date="2023-07-01", days=1096, malformed_every=0, page_size_max=100,
+                 webhook_username="halo-webhook", webhook_password="halo-webhook-password"):
         super().__init__()
+        self.webhook_username, self.webhook_password = webhook_username, webhook_password
         self.client_id, self.client_secret, self.tenant = client_id, client_secret, tenant
         self.client_enabled = True
         self.tokens = Tokens(token_ttl, prefix="halo")
@@ -132,6 +141,20 @@ class HaloAPI(ProviderAPI):
         out.update(violations=self.violations, busiest=self.window.busiest, token_requests=self.token_requests)
         return out
 
+    # -- webhooks ---------------------------------------------------------------------------
+
+    def webhook_body(self, event, ticket_id):
+        with self.lock:
+            ticket = dict(self.tickets.get(ticket_id) or {"id": ticket_id})
+        return json.dumps({"id": str(uuid.uuid4()), "event": event, "object_id": ticket_id,
+                           "ticket": ticket}).encode()
+
+    def send_webhook(self, url, event, ticket_id, username=None, password=None, body=None):
+        """POST a ticket event to `url` as Halo does: Basic-auth credentials, JSON body."""
+        body = self.webhook_body(event, ticket_id) if body is None else body
+        headers = basic_auth(username or self.webhook_username, password or self.webhook_password)
+        return post_webhook(url, body, headers)
+
     # -- HTTP -------------------------------------------------------------------------------
 
     def handle(self, request):
@@ -140,6 +163,9 @@ class HaloAPI(ProviderAPI):
             return "POST /auth/token", self._token(request)
         routes = {"/api/tickets": "GET /api/Tickets", "/api/agent": "GET /api/Agent"}
         route = routes.get(path.lower())
+        one = path.lower().rsplit("/", 1)
+        if route is None and one[0] == "/api/tickets" and one[1].isdigit():
+            route = "GET /api/Tickets/{id}"
         if route is None or request.method != "GET":
             return None, answer({"message": "Not found"}, 404)
         with self.lock:
@@ -154,6 +180,12 @@ class HaloAPI(ProviderAPI):
                 agents = [dict(a) for a in self.agents]
             return route, answer(agents if self.agent_envelope == "list" else
                                  {"record_count": len(agents), "agents": agents})
+        if route == "GET /api/Tickets/{id}":
+            with self.lock:
+                ticket = self.tickets.get(int(one[1]))
+            if ticket is None:
+                return route, answer({"message": f"Ticket {one[1]} not found"}, 404)
+            return route, answer(dict(ticket))
         return route, self._tickets(request)
 
     def _token(self, request):

@@ -1,25 +1,29 @@
 """A Zoom API simulator (PROVIDERS.md, Zoom), faithful where webinar syncs break:
 
-- Server-to-Server OAuth: `POST /oauth/token` with Basic client_id:client_secret and form
-  grant_type=account_credentials&account_id=... -> {access_token, token_type, expires_in,
-  scope}; no refresh token. Tokens expire after `token_ttl`; `expire_tokens()` ends them all
+- Server-to-Server OAuth: `POST /oauth/token` with Basic client_id:client_secret and
+  grant_type=account_credentials&account_id=... in the query string (the form Zoom
+  documents) or in a form body -> {access_token, token_type, expires_in, scope}; no
+  refresh token. Tokens expire after `token_ttl`; `expire_tokens()` ends them all
   now (401 code 124 on the next call), `revoke()` also disables the app (token endpoint 401).
 - `GET /v2/users/{userId}/webinars` paged by `next_page_token` (page_size 1-300; the older
   page_number works too), envelope {page_count, page_number, page_size, total_records,
   next_page_token, webinars}. Page tokens expire after `page_token_ttl` (15 min) or at once
   with `expire_page_tokens()`: 400 {code: 300}.
 - `GET /v2/webinars/{id}`, `GET /v2/webinars/{id}/registrants` (token-paged),
+  `GET /v2/webinars/{id}/registrants/{registrantId}`,
   `GET /v2/past_webinars/{id}/participants` (token-paged; 404 code 3001 before it happened).
 - Errors {code, message}. Rate limits per account by category (light 30/s, medium 20/s,
   heavy 10/s by default): 429 with X-RateLimit-Category/Type/Limit/Remaining, counted in
   `violations`; `retry_after` adds a Retry-After header.
-- Webhooks: `send_webhook(url, event, webinar_id)` posts {event, event_ts, payload:
-  {account_id, object}} signed with x-zm-signature = v0=HMAC-SHA256(secret,
+- Webhooks: `send_webhook(url, event, webinar_id, registrant_id=None)` posts {event,
+  event_ts, payload: {account_id, object}} (registration events: the webinar with its
+  `registrant`) signed with x-zm-signature = v0=HMAC-SHA256(secret,
   "v0:{timestamp}:{body}").
 
 Data is generated from `seed`: `webinars` webinars, every `malformed_every`-th one broken
 in one of four ways (missing topic, unparseable start_time, text id, negative duration).
-`change(fraction)` / `delete(fraction)` / `add(n)` mutate it, thread-safely.
+`change(fraction)` / `delete(fraction)` / `add(n)` / `register(webinar_id)` /
+`cancel_registration(webinar_id, registrant_id)` mutate it, thread-safely.
 """
 import base64
 import hashlib
@@ -122,6 +126,22 @@ class ZoomAPI(ProviderAPI):
                 ids.append(webinar["id"])
             return ids
 
+    def register(self, webinar_id, email=None):
+        """A new registrant of a webinar (what webinar.registration_created announces)."""
+        with self.lock:
+            people = self.registrants.setdefault(webinar_id, [])
+            n = len(people)
+            registrant = {"id": f"r{webinar_id}n{n}", "email": email or f"new{n}.w{webinar_id}@example.com",
+                          "first_name": f"New{n}", "last_name": "Registrant", "status": "approved",
+                          "create_time": _iso(datetime.now(timezone.utc)),
+                          "join_url": f"https://zoom.us/w/{webinar_id}?tk=new{n}"}
+            people.append(registrant)
+            return dict(registrant)
+
+    def cancel_registration(self, webinar_id, registrant_id):
+        with self.lock:
+            self.registrants[webinar_id] = [r for r in self.registrants.get(webinar_id, []) if r["id"] != registrant_id]
+
     def valid_ids(self):
         with self.lock:
             return [i for i, w in self.webinars.items() if isinstance(i, int) and "topic" in w
@@ -172,10 +192,15 @@ class ZoomAPI(ProviderAPI):
 
     # -- webhooks ---------------------------------------------------------------------------
 
-    def webhook_body(self, event, webinar_id):
+    def webhook_body(self, event, webinar_id, registrant_id=None):
         with self.lock:
             webinar = dict(self.webinars.get(webinar_id) or {"id": webinar_id})
+            registrant = next((dict(r) for r in self.registrants.get(webinar_id, []) if r["id"] == registrant_id),
+                              {"id": registrant_id})
         obj = webinar if event != "webinar.deleted" else {"id": webinar_id, "uuid": webinar.get("uuid")}
+        if registrant_id is not None:  # Zoom sends a registration's webinar with its registrant
+            obj = {k: webinar.get(k) for k in ("id", "uuid", "host_id", "topic", "type", "start_time")}
+            obj["registrant"] = registrant
         return json.dumps({"event": event, "event_ts": int(time.time() * 1000),
                            "payload": {"account_id": self.account_id, "object": obj}}).encode()
 
@@ -185,8 +210,8 @@ class ZoomAPI(ProviderAPI):
                           hashlib.sha256).hexdigest()
         return {"x-zm-request-timestamp": timestamp, "x-zm-signature": "v0=" + digest}
 
-    def send_webhook(self, url, event, webinar_id):
-        body = self.webhook_body(event, webinar_id)
+    def send_webhook(self, url, event, webinar_id, registrant_id=None):
+        body = self.webhook_body(event, webinar_id, registrant_id)
         return post_webhook(url, body, self.sign(body))
 
     # -- HTTP -------------------------------------------------------------------------------
@@ -204,6 +229,8 @@ class ZoomAPI(ProviderAPI):
             route, category = "GET /webinars/{id}", "light"
         elif len(parts) == 3 and parts[0] == "webinars" and parts[2] == "registrants":
             route, category = "GET /webinars/{id}/registrants", "medium"
+        elif len(parts) == 4 and parts[0] == "webinars" and parts[2] == "registrants":
+            route, category = "GET /webinars/{id}/registrants/{registrantId}", "light"
         elif len(parts) == 3 and parts[0] == "past_webinars" and parts[2] == "participants":
             route, category = "GET /past_webinars/{id}/participants", "heavy"
         else:
@@ -223,6 +250,12 @@ class ZoomAPI(ProviderAPI):
             return route, answer({"code": 3001, "message": f"Webinar does not exist: {parts[1]}."}, 404)
         if route == "GET /webinars/{id}":
             return route, answer(webinar)
+        if route == "GET /webinars/{id}/registrants/{registrantId}":
+            with self.lock:
+                found = next((dict(r) for r in self.registrants.get(webinar["id"], []) if r["id"] == parts[3]), None)
+            if found is None:
+                return route, answer({"code": 3079, "message": "Registrant not found."}, 404)
+            return route, answer(found)
         if route == "GET /webinars/{id}/registrants":
             with self.lock:
                 items = list(self.registrants.get(webinar["id"], []))
@@ -262,9 +295,11 @@ class ZoomAPI(ProviderAPI):
         if auth is None or auth.type != "basic" or auth.username != self.client_id \
                 or not secrets.compare_digest(auth.password or "", self.client_secret) or not self.app_enabled:
             return answer({"reason": "Invalid client_id or client_secret", "error": "invalid_client"}, 401)
-        if request.form.get("grant_type") != "account_credentials":
+        # Zoom documents the query string; many clients post a form body: both work there.
+        fields = {**request.form.to_dict(), **request.args.to_dict()}
+        if fields.get("grant_type") != "account_credentials":
             return answer({"reason": "Unsupported grant type", "error": "unsupported_grant_type"}, 400)
-        if request.form.get("account_id") != self.account_id:
+        if fields.get("account_id") != self.account_id:
             return answer({"reason": "Invalid account_id", "error": "invalid_request"}, 400)
         return answer({"access_token": self.tokens.issue(), "token_type": "bearer",
                        "expires_in": int(self.tokens.ttl), "scope": "webinar:read:admin report:read:admin",

@@ -31,7 +31,10 @@ def _api_error(exc):
 @bp.errorhandler(HTTPException)
 def _http_error(exc):
     code = (exc.name or "error").lower().replace(" ", "_")
-    return error_response(exc.code or 500, code, exc.description or exc.name)
+    # Keep what the exception says beyond its body: a 405 must name the allowed methods
+    # (Allow, RFC 9110 section 15.5.6).
+    kept = {name: value for name, value in exc.get_headers() if name.lower() != "content-type"}
+    return error_response(exc.code or 500, code, exc.description or exc.name, kept)
 
 
 @bp.app_errorhandler(HTTPException)
@@ -45,14 +48,15 @@ def _routing_error(exc):
 
 @bp.before_request
 def _refuse_nul():
-    # PostgreSQL text cannot hold NUL: refuse it at the door for every API route rather
-    # than let a lookup or an insert fail deep inside with a 500.
+    # PostgreSQL text cannot hold NUL: refuse it at the door in the path and the query
+    # string (the document's NO_NUL pattern says so) rather than let a lookup fail deep
+    # inside with a 500. Bodies are checked field by field where a string meets a text
+    # column (outbox type, key): inside free-form JSON (params, data, payload) a NUL is
+    # only an escape in a json column, and refusing it there broke the document's word.
     if "\x00" in request.path:
         raise ApiError(404, "not_found", "no such resource (NUL in the path)")
     if any("\x00" in k or "\x00" in v for k, v in request.args.items(multi=True)):
         raise ApiError(400, "bad_request", "NUL characters are not allowed")
-    if request.content_length and b"\\u0000" in request.get_data(cache=True).lower():
-        raise ApiError(400, "bad_request", "NUL characters (\\u0000) are not allowed")
 
 
 @bp.url_value_preprocessor
@@ -96,13 +100,14 @@ def find_connection(key):
 
 
 def page_args():
-    """?limit=1..200 and ?cursor=<id>: keyset pagination, newest first."""
+    """?limit=1..200 and ?cursor=<id>: keyset pagination. Any id from 0 to MAX_ID is a
+    valid cursor (CURSOR below documents exactly that), not only one we returned."""
     limit = request.args.get("limit", str(DEFAULT_LIMIT))
     if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= MAX_LIMIT:
         raise ApiError(400, "bad_request", f"limit must be an integer from 1 to {MAX_LIMIT}")
     cursor = request.args.get("cursor")
     if cursor is not None and (not (cursor.isascii() and cursor.isdigit()) or int(cursor) > MAX_ID):
-        raise ApiError(400, "bad_request", "cursor must be the next_cursor of a previous page")
+        raise ApiError(400, "bad_request", f"cursor must be an integer from 0 to {MAX_ID} (a next_cursor)")
     return int(limit), (int(cursor) if cursor is not None else None)
 
 
@@ -114,6 +119,15 @@ def choice(name, allowed):
 
 
 # Shared OpenAPI pieces, referenced by every module's OPENAPI_PATHS.
+# Text that reaches a lookup or a text column: no NUL (refused with 400, see _refuse_nul).
+NO_NUL = "^[^\\x00]*$"
+# ... and not blank either (what the outbox requires of an event's type and key: str.strip()).
+# Python's whitespace spelled out: a pattern's \s means less to other regex dialects
+# (\x1c-\x1f and \x85 are whitespace only to Python), and generators read it their way.
+_SPACE = "".join(f"\\u{code:04x}" for code in range(0x3001) if chr(code).isspace())
+NOT_BLANK = f"^[^\\x00]*[^\\x00{_SPACE}][^\\x00]*$"
+CURSOR = {"name": "cursor", "in": "query", "description": "next_cursor of the previous page (any row id is accepted)",
+          "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID}}
 ERROR_RESPONSE = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 

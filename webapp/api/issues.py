@@ -8,7 +8,8 @@ from ..extensions import db
 from ..models import ConnectionIssue
 from .auth import require_token
 from .blueprint import bp
-from .common import BAD_REQUEST, NOT_FOUND, TOKEN, UNAUTHORIZED, choice, find_connection, page_args, responses
+from .common import (BAD_REQUEST, CURSOR, NOT_FOUND, TOKEN, UNAUTHORIZED, choice, find_connection, page_args,
+                     responses)
 
 ISSUE_STATUSES = ("open", "resolved", "all")
 
@@ -64,8 +65,7 @@ _PARAMS = [
     {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(ISSUE_STATUSES), "default": "open"}},
     {"name": "cause", "in": "query", "schema": {"type": "string", "enum": list(connection_issues.CAUSES)}},
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
-    {"name": "cursor", "in": "query", "description": "next_cursor of the previous page",
-     "schema": {"type": "integer", "minimum": 0}},
+    CURSOR,
 ]
 _LIST = {"type": "object", "required": ["issues", "next_cursor"], "properties": {
     "issues": {"type": "array", "items": _ISSUE}, "next_cursor": {"type": "integer", "nullable": True}}}

@@ -8,10 +8,12 @@ import importlib
 
 from flask import jsonify
 
-from ..models import STATUSES
+from ..models import MODES, OUTBOX_STATUSES, STATUSES, TRIGGERS
+from ..outbox.publish import MAX_IDEMPOTENCY_KEY, MAX_KEY, MAX_TYPE
 from ..runs import TRIGGER_OUTCOMES
 from ..trigger_policy import POLICY_TRIGGERS
 from .blueprint import API_MODULES, bp
+from .common import NO_NUL, NOT_BLANK
 
 _NULLABLE_STRING = {"type": "string", "nullable": True}
 _NULLABLE_TIME = {"type": "string", "format": "date-time", "nullable": True}
@@ -35,10 +37,10 @@ COMPONENTS = {
                     "connection_id": {"type": "integer"},
                     "connection": _NULLABLE_STRING,
                     "streams": {"type": "array", "items": {"type": "string"}},
-                    "mode": {"type": "string", "enum": ["full", "incremental", "range", "record"]},
+                    "mode": {"type": "string", "enum": list(MODES)},
                     "params": {"type": "object"},
                     "record_key": _NULLABLE_STRING,
-                    "trigger": {"type": "string", "enum": ["manual", "schedule", "webhook", "event", "cli", "api"]},
+                    "trigger": {"type": "string", "enum": list(TRIGGERS)},
                     "requested_by": _NULLABLE_STRING,
                     "status": {"type": "string", "enum": list(STATUSES)},
                     "attempt": {"type": "integer"},
@@ -113,14 +115,18 @@ def _error(description):
 _OUTBOX_EVENT = {"type": "object", "required": ["id", "type", "key", "status", "attempts"], "properties": {
     "id": {"type": "integer"}, "connection_id": {"type": "integer", "nullable": True},
     "type": {"type": "string"}, "key": {"type": "string"}, "payload": {"type": "object"},
-    "idempotency_key": {"type": "string"}, "status": {"type": "string", "enum": ["pending", "processing", "done", "dead"]},
+    "idempotency_key": {"type": "string"}, "status": {"type": "string", "enum": list(OUTBOX_STATUSES)},
     "attempts": {"type": "integer"}, "max_attempts": {"type": "integer"},
     "next_attempt_at": _NULLABLE_TIME, "last_error": _NULLABLE_STRING,
     "created_at": _NULLABLE_TIME, "delivered_at": _NULLABLE_TIME}}
-_PUBLISH_ONE = {"type": "object", "required": ["type", "key"], "properties": {
-    "type": {"type": "string", "maxLength": 100}, "key": {"type": "string", "maxLength": 255},
-    "payload": {"type": "object"}, "idempotency_key": {"type": "string", "maxLength": 80},
-    "connection": {"description": "connection id or name (default: every destination mapping the type)"}}}
+_PUBLISH_ONE = {"type": "object", "required": ["type", "key"], "additionalProperties": False, "properties": {
+    "type": {"type": "string", "minLength": 1, "maxLength": MAX_TYPE, "pattern": NOT_BLANK},
+    "key": {"type": "string", "minLength": 1, "maxLength": MAX_KEY, "pattern": NOT_BLANK},
+    "payload": {"type": "object"},
+    "idempotency_key": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY, "pattern": NOT_BLANK},
+    "connection": {"description": "connection id or name (default: every destination mapping the type)",
+                   "nullable": True, "anyOf": [{"type": "string", "minLength": 1, "maxLength": 100, "pattern": NO_NUL},
+                                               {"type": "integer", "minimum": 0}]}}}
 
 # Descriptions of routes whose module does not (yet) carry its own OPENAPI_PATHS; a module
 # that defines OPENAPI_PATHS replaces its entry here.
@@ -130,7 +136,9 @@ ELSEWHERE = {
             "post": {
                 "summary": "Publish an app event (or {\"events\": [...]}, at most 100) into the outbox",
                 "security": _TOKEN, "tags": ["outbox"],
-                "parameters": [{"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 80}}],
+                "parameters": [{"name": "Idempotency-Key", "in": "header",
+                                "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY,
+                                           "pattern": NOT_BLANK}}],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
                     _PUBLISH_ONE,
                     {"type": "object", "required": ["events"], "properties": {
@@ -141,15 +149,17 @@ ELSEWHERE = {
                         "events": {"type": "array", "items": {"type": "object"}}}}, "stored; delivery follows"),
                     "400": _error("the body is not a JSON object, or events is not a list of 1 to 100"),
                     "401": _error("missing or invalid API token"),
-                    "422": _error("an event was refused (bad fields, no destination maps its type)")},
+                    "409": _error("no destination maps the event's type, or the connection it names is unknown "
+                                  "or not an outbound destination"),
+                    "422": _error("an event was refused (bad fields, a mapping its payload cannot satisfy)")},
             },
             "get": {
                 "summary": "Recent outbox events, newest first, with counts per status",
                 "security": _TOKEN, "tags": ["outbox"],
                 "parameters": [
-                    {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["pending", "processing", "done", "dead"]}},
-                    {"name": "type", "in": "query", "schema": {"type": "string", "maxLength": 100}},
-                    {"name": "key", "in": "query", "schema": {"type": "string", "maxLength": 255}},
+                    {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(OUTBOX_STATUSES)}},
+                    {"name": "type", "in": "query", "schema": {"type": "string", "maxLength": MAX_TYPE}},
+                    {"name": "key", "in": "query", "schema": {"type": "string", "maxLength": MAX_KEY}},
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}}],
                 "responses": {
                     "200": _json({"type": "object", "required": ["counts", "events"], "properties": {
@@ -178,13 +188,40 @@ ELSEWHERE = {
 }
 
 
+# What any operation may answer before (or besides) its own logic: the web server refuses a
+# request line that is too long (gunicorn: over 4094 bytes), and the API refuses NUL in a
+# path or query string and a body that is not the JSON it takes (webapp/api/common.py).
+_ANY_OPERATION = {"414": {"description": "the request line (URL) is too long for the web server"}}
+_WITH_INPUT = {"400": _error("invalid input: a NUL character in the query string, or a malformed body")}
+
+
+def _as_served(operation):
+    """The operation with what every API route does: _ANY_OPERATION's answers, and for one
+    that takes input, the 400 and the NO_NUL pattern on each free-text parameter."""
+    parameters = operation.get("parameters") or []
+    operation["parameters"] = [_no_nul(p) for p in parameters] if parameters else parameters
+    answers = operation["responses"] = dict(operation.get("responses") or {})
+    extra = dict(_ANY_OPERATION, **(_WITH_INPUT if operation.get("parameters") or operation.get("requestBody") else {}))
+    for status, answer in extra.items():
+        answers.setdefault(status, answer)
+    return operation
+
+
+def _no_nul(parameter):
+    schema = parameter.get("schema") or {}
+    if parameter.get("in") in ("query", "path") and schema.get("type") == "string" and not (
+            schema.get("enum") or schema.get("pattern")):
+        return dict(parameter, schema=dict(schema, pattern=NO_NUL))
+    return parameter
+
+
 def document():
     paths, schemas = {}, dict(COMPONENTS["schemas"])
     for name in API_MODULES:
         module = importlib.import_module(f"{__package__}.{name}")
         described = getattr(module, "OPENAPI_PATHS", None)
         for path, operations in (described if described is not None else ELSEWHERE.get(name, {})).items():
-            paths.setdefault(path, {}).update(operations)
+            paths.setdefault(path, {}).update({m: _as_served(dict(op)) for m, op in operations.items()})
         schemas.update(getattr(module, "OPENAPI_SCHEMAS", {}))
     return {
         "openapi": "3.0.3",

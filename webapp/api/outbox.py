@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from .. import outbox
 from ..outbox import queries
+from ..outbox.publish import MAX_KEY, MAX_TYPE, NoDestination
 from ..extensions import db
 from ..models import OUTBOX_STATUSES, OutboxEvent
 from .blueprint import bp
@@ -51,6 +52,8 @@ def publish_events():
     except outbox.PublishError as exc:
         db.session.rollback()  # all or nothing: a batch with one bad event writes none
         where = "" if single else f"events[{index}]: "
+        if isinstance(exc, NoDestination):  # a well-formed event the configuration cannot take
+            return _error(409, "no_destination", f"{where}{exc}")
         return _error(422, "unprocessable", f"{where}{exc}")
     db.session.commit()  # the real-time attempt is enqueued once this commits
     if single:
@@ -61,15 +64,18 @@ def publish_events():
 @bp.get("/outbox")
 @require_token
 def list_events():
-    status = request.args.get("status") or None
-    if status and status not in OUTBOX_STATUSES:
+    status = request.args.get("status")
+    if status is not None and status not in OUTBOX_STATUSES:
         return _error(400, "bad_request", f"status must be one of {', '.join(OUTBOX_STATUSES)}")
-    try:
-        limit = min(500, max(1, int(request.args.get("limit", 50))))
-    except ValueError:
-        return _error(400, "bad_request", "limit must be an integer")
-    rows = queries.list_events(db.session, status=status, type=request.args.get("type") or None,
-                              key=request.args.get("key") or None, limit=limit)
+    limit = request.args.get("limit", "50")
+    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= 500:
+        return _error(400, "bad_request", "limit must be an integer from 1 to 500")
+    limit = int(limit)
+    type_, key = request.args.get("type") or None, request.args.get("key") or None
+    for name, value, most in (("type", type_, MAX_TYPE), ("key", key, MAX_KEY)):
+        if value is not None and len(value) > most:  # as documented: no stored event has a longer one
+            return _error(400, "bad_request", f"{name} must be at most {most} characters")
+    rows = queries.list_events(db.session, status=status, type=type_, key=key, limit=limit)
     return jsonify(counts=queries.counts(db.session), events=[queries.event_dict(r) for r in rows])
 
 

@@ -84,7 +84,7 @@ OPENAPI_PATHS = {
              "schema": {"type": "string", "minLength": 1, "maxLength": 100}},
             {"name": "stream", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1, "maxLength": 100}},
             {"name": "since", "in": "query", "description": "next_cursor of the previous call; omit to start from the beginning",
-             "schema": {"type": "string"}},
+             "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]*$"}},
             {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}}],
         "responses": responses(200, {"type": "object", "required": ["records", "next_cursor", "has_more"], "properties": {
             "records": {"type": "array", "items": {"type": "object", "required": ["id", "change", "changed_at", "deleted", "data"],

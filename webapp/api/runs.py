@@ -6,12 +6,12 @@ from sqlalchemy import select
 from .. import connection_issues, run_request, runs
 from ..connectors.errors import ConfigError
 from ..extensions import db, redis_ext
-from ..models import STATUSES, TERMINAL_STATUSES, TRIGGERS, Connection, Run, RunEvent
+from ..models import MODES, STATUSES, TERMINAL_STATUSES, TRIGGERS, Connection, Run, RunEvent
 from ..progress import read_snapshot
 from .blueprint import bp
 from .auth import require_token
-from .common import (BAD_REQUEST, NOT_FOUND, TOKEN, UNAUTHORIZED, ApiError, choice, find_connection, json_body,
-                     page_args, parse_id, responses)
+from .common import (BAD_REQUEST, CURSOR, NOT_FOUND, TOKEN, UNAUTHORIZED, ApiError, choice, find_connection,
+                     json_body, page_args, parse_id, responses)
 
 API_MODES = run_request.REQUEST_MODES
 
@@ -55,11 +55,23 @@ def trigger_run(key):
     run that already serves this request (the active sync, or an identical waiting one)."""
     connection = find_connection(key)
     body = json_body()
+    if body.get("mode", "full") not in API_MODES:
+        raise ApiError(400, "bad_request", f"mode must be one of {', '.join(API_MODES)}")
+    if not isinstance(body.get("params", {}), dict):
+        raise ApiError(400, "bad_request", "params must be an object")
+    streams = body.get("streams", [])
+    if not (isinstance(streams, list) and all(isinstance(s, str) for s in streams)):
+        raise ApiError(400, "bad_request", "streams must be a list of stream names")
     try:
         wanted = run_request.check(connection, mode=body.get("mode", "full"), params=body.get("params", {}),
                                    streams=body.get("streams", []))
+    except run_request.UnknownStream as exc:
+        # Well-formed, but not what this connection's connector has: like a refused trigger, 409.
+        raise ApiError(409, "unknown_stream", str(exc)) from None
     except run_request.RunRequestError as exc:
-        raise ApiError(400, "bad_request", str(exc)) from None
+        # The body's shapes are the schema's (400 below them); what is left is what this
+        # connection cannot run as asked (a range without dates, a fiscal year it lacks...): 409.
+        raise ApiError(409, "run_refused", str(exc)) from None
     except ConfigError as exc:
         raise ApiError(409, "trigger_refused", str(exc)) from None
     try:
@@ -80,7 +92,7 @@ def list_runs():
     if request.args.get("connection") is not None:
         query = query.where(Run.connection_id == find_connection(request.args["connection"]).id)
     for name, allowed, column in (("status", STATUSES, Run.status), ("trigger", TRIGGERS, Run.trigger),
-                                  ("mode", ("full", "incremental", "range", "record"), Run.mode)):
+                                  ("mode", MODES, Run.mode)):
         value = choice(name, allowed)
         if value is not None:
             query = query.where(column == value)
@@ -138,8 +150,6 @@ _CONNECTION_KEY = {"name": "key", "in": "path", "required": True, "description":
                    "schema": {"type": "string", "minLength": 1, "maxLength": 100}}
 _RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
 _LIMIT = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}}
-_CURSOR = {"name": "cursor", "in": "query", "description": "next_cursor of the previous page",
-           "schema": {"type": "integer", "minimum": 0}}
 _NEXT = {"type": "integer", "nullable": True}
 
 OPENAPI_PATHS = {
@@ -167,7 +177,8 @@ OPENAPI_PATHS = {
         "responses": dict(
             responses(201, {"$ref": "#/components/schemas/TriggeredRun"}, BAD_REQUEST, UNAUTHORIZED, NOT_FOUND,
                       (409, "the connection refuses this trigger: its trigger policy takes no API triggers, "
-                            "or it cannot run (unknown connector)"),
+                            "it cannot run (unknown connector), its connector has no such stream, or it cannot run "
+                            "as asked (a date range without dates, a fiscal year it does not list...)"),
                       description="a new run was queued"),
             **{"200": {"description": "the active sync has these parameters, or an identical run already waits: "
                                       "it is returned instead",
@@ -180,8 +191,8 @@ OPENAPI_PATHS = {
              "schema": {"type": "string", "maxLength": 100}},
             {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(STATUSES)}},
             {"name": "trigger", "in": "query", "schema": {"type": "string", "enum": list(TRIGGERS)}},
-            {"name": "mode", "in": "query", "schema": {"type": "string", "enum": ["full", "incremental", "range", "record"]}},
-            _LIMIT, _CURSOR],
+            {"name": "mode", "in": "query", "schema": {"type": "string", "enum": list(MODES)}},
+            _LIMIT, CURSOR],
         "responses": responses(200, {"type": "object", "required": ["runs", "next_cursor"], "properties": {
             "runs": {"type": "array", "items": _RUN}, "next_cursor": _NEXT}}, BAD_REQUEST, UNAUTHORIZED, NOT_FOUND),
     }},
@@ -202,7 +213,7 @@ OPENAPI_PATHS = {
     "/api/runs/{run_id}/events": {"get": {
         "summary": "A run's activity log and record errors, oldest first", "security": TOKEN, "tags": ["runs"],
         "parameters": [_RUN_ID, {"name": "kind", "in": "query", "schema": {"type": "string", "enum": ["log", "record_error"]}},
-                       _LIMIT, _CURSOR],
+                       _LIMIT, CURSOR],
         "responses": responses(200, {"type": "object", "required": ["events", "next_cursor"], "properties": {
             "events": {"type": "array", "items": {"$ref": "#/components/schemas/RunEvent"}}, "next_cursor": _NEXT}},
             BAD_REQUEST, UNAUTHORIZED, NOT_FOUND),

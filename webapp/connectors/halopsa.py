@@ -25,18 +25,28 @@ and page_no without pageinate). The first page tells the record count; after it,
 pages are fetched at once by a small thread pool, each request admitted by the shared
 rate limit. Agents come from `/api/Agent`, a bare array or {record_count, agents}.
 
+Webhooks (scheme "halopsa": Basic-auth credentials webhook_username / webhook_password, no
+HMAC): a ticket's created, updated or closed event becomes a record run that fetches the
+ticket (`GET /api/Tickets/{id}`) and stores it when it occurred within the fiscal years this
+connection syncs — from the first year of settings["fiscal_years"] to the latest fiscal
+year — so a webhook never brings in a ticket the hourly sync would not list. A ticket Halo
+no longer has (404) is soft-deleted. Halo's payload shape is configurable and not pinned
+down (PROVIDERS.md), so the ticket id is taken from `ticket.id`, `ticket_id`, `object_id`
+or a top-level `id`, whichever the body has.
+
 Agent mappings (Halo agent id -> app user) are settings["agent_mappings"], stored with the
 connection in the database and edited with its settings in the admin: every synced ticket
 and agent carries `app_user` (None when the agent is not mapped).
 """
 import math
+import re
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta
 from urllib.parse import urlencode, urlsplit
 
 from .auth import OAuth2ClientCredentials
 from .base import Connector, Page, Param, Stream, register
-from .errors import BadRecord, ConfigError
+from .errors import BadRecord, ConfigError, HttpError
 from .settings_spec import SettingSpec
 
 PAGE_SIZE = 100
@@ -69,8 +79,8 @@ class HaloPSAConnector(Connector):
         SettingSpec("rate_limit", "list", None, "[requests, seconds]: at most that many requests per window", advanced=True),
         SettingSpec("rate_limit_key", "string", None, "connections sharing this key share one rate limit", advanced=True),
     )
-    credential_fields = ("client_id", "client_secret")
-    supported_modes = ("full", "incremental", "range")
+    credential_fields = ("client_id", "client_secret", "webhook_username", "webhook_password")
+    supported_modes = ("full", "incremental", "range", "record")
     full_sync_label = "all tickets (full)"
     run_params = (
         Param("fiscal_year", "Fiscal year", "choice", choices_setting="fiscal_years",
@@ -78,6 +88,7 @@ class HaloPSAConnector(Connector):
         Param("since", "Occurred from", "date", help="range mode without a fiscal year"),
         Param("until", "Occurred before", "date", help="range mode without a fiscal year"),
     )
+    webhook_scheme = "halopsa"
 
     def __init__(self, settings, credentials, services):
         super().__init__(settings, credentials, services)
@@ -111,6 +122,10 @@ class HaloPSAConnector(Connector):
     # -- reading ----------------------------------------------------------------------------
 
     def read_page(self, stream, request, state):
+        if request.mode == "record":
+            if stream.name != "tickets":
+                raise ConfigError("HaloPSA record runs sync one ticket; use the tickets stream")
+            return self._one_ticket(request.params.get("record_id"))
         if stream.name == "agents":
             return self._agents()
         if state is None:
@@ -125,6 +140,27 @@ class HaloPSAConnector(Connector):
             raise ConfigError("Halo answered /api/Agent with neither an array nor {agents: [...]}")
         return Page([self._mapped(a, a.get("id")) if isinstance(a, dict) else a for a in agents], None,
                     total=len(agents))
+
+    def _one_ticket(self, record_id):
+        """The ticket of a webhook, when it occurred within the synced fiscal years (else it
+        is skipped, and logged as such); an empty page when Halo no longer has it."""
+        if not (isinstance(record_id, (str, int)) and str(record_id).isdigit()):
+            raise ConfigError(f"a HaloPSA ticket id is a number, not {str(record_id)[:40]!r}")
+        try:
+            ticket = self.client.get_json(f"/api/Tickets/{int(record_id)}")
+        except HttpError as exc:
+            if exc.status == 404:  # deleted at Halo: the engine soft-deletes our copy
+                return Page([], None, total=0)
+            raise
+        if not isinstance(ticket, dict):
+            raise ConfigError("Halo answered /api/Tickets/{id} with something other than a ticket object")
+        start, end = self.synced_window()
+        occurred = str(ticket.get("dateoccurred") or "")[:10]
+        if _ISO_DAY.match(occurred) and not start <= occurred < end:
+            skipped = BadRecord(f"ticket occurred on {occurred}, outside the fiscal years this connection syncs "
+                                f"({start} to {end}): not stored", key=str(record_id))
+            return Page([], None, total=1, bad_records=[skipped])
+        return Page([self._mapped(ticket, ticket.get("agent_id"))], None, total=1)
 
     def _tickets_params(self, window, page_no):
         params = {"pageinate": "true", "page_size": self.page_size, "page_no": page_no, "order": "id"}
@@ -193,6 +229,13 @@ class HaloPSAConnector(Connector):
             return self.fiscal.range(self.latest_fiscal_year())
         return None
 
+    def synced_window(self, today=None):
+        """[start, end) of the fiscal years this connection syncs, as ISO dates: from the
+        first year the app lists to the latest fiscal year (what webhooks may bring in)."""
+        latest = self.latest_fiscal_year(today)
+        first = min([self.fiscal.parse_year(y) for y in self.settings.get("fiscal_years") or []] + [latest])
+        return self.fiscal.range(first)[0], self.fiscal.range(latest)[1]
+
     def latest_fiscal_year(self, today=None):
         """The newest fiscal year the app has, or the one containing today if that is newer."""
         known = [self.fiscal.parse_year(y) for y in self.settings.get("fiscal_years") or []]
@@ -229,6 +272,26 @@ class HaloPSAConnector(Connector):
             datetime.fromisoformat(str(occurred).replace("Z", "+00:00"))
         except ValueError:
             raise BadRecord(f"dateoccurred {str(occurred)[:40]!r} is not an ISO date-time") from None
+
+    def webhook_events(self, payload):
+        ticket_id = webhook_ticket_id(payload)
+        if ticket_id is None:
+            return []  # not a ticket event: nothing this connector syncs
+        event = str(payload.get("event") or payload.get("event_name") or payload.get("type") or "").lower()
+        return [("tickets", ticket_id, "delet" in event)]
+
+
+def webhook_ticket_id(payload):
+    """The ticket id a Halo webhook body names, or None (see the module docstring)."""
+    ticket = payload.get("ticket")
+    candidates = [ticket.get("id") if isinstance(ticket, dict) else None, payload.get("ticket_id"),
+                  payload.get("object_id"), payload.get("id")]
+    for value in candidates:
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return str(value)
+        if isinstance(value, str) and value.isascii() and value.isdigit() and int(value) > 0:
+            return str(int(value))
+    return None
 
 
 class FiscalCalendar:
@@ -276,6 +339,9 @@ class FiscalCalendar:
         if not 1900 <= year <= 2200:
             raise ConfigError(f"fiscal year {year} is out of range")
         return year
+
+
+_ISO_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 def _iso_date(value, name):

@@ -30,6 +30,7 @@ from ..error_words import describe
 
 from .auth import BasicAuth, BearerAuth, HeaderKeyAuth, OAuth2ClientCredentials  # noqa: F401 (re-export)
 from .errors import AuthError, ConfigError, HttpError, QuotaExhausted, RateLimited, TransientError
+from .ratelimit import remaining_in_window
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class HttpClient:
         clock=time.monotonic,
         headers=None,
         retry_after_header="Retry-After",
+        quota_headers=True,
     ):
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ConfigError("base URL must start with http:// or https://")
@@ -91,6 +93,9 @@ class HttpClient:
         self._host = urlsplit(self.base_url).netloc.rsplit("@", 1)[-1]  # metrics label, no userinfo
         self.auth = auth
         self.rate_limiter = rate_limiter
+        # Feed the provider's remaining-quota header to the shared limiter (ratelimit.py):
+        # off only to measure what it saves (bench/quota_headers.py).
+        self.quota_headers = quota_headers
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff_base = backoff_base
@@ -205,6 +210,10 @@ class HttpClient:
                 hooks=hooks,
             )
             metrics.inc("provider_requests", host=self._host, status=resp.status_code)
+            if self.rate_limiter is not None and self.quota_headers:
+                remaining = remaining_in_window(resp.headers)
+                if remaining is not None:
+                    self.rate_limiter.observe_remaining(remaining)
             return resp
         except requests.Timeout as exc:
             metrics.inc("provider_requests", host=self._host, status="timeout")

@@ -10,6 +10,13 @@ clock (TIME), so machines with skewed clocks still agree on what "the last secon
 Without Redis (inline CLI) an in-process limiter gives the same guarantee to the threads
 of this process.
 
+Our log only knows our own requests; an account's quota is often shared with other apps.
+`observe_remaining(n)` takes what the provider said is left of its window (its
+X-RateLimit-Remaining) and, when that is less than our own log leaves free, adds entries
+for the difference: requests somebody else made, counted like ours for a window from now.
+So every worker of the account slows down before the provider's 429, not after it; alone
+on the account the provider never reports less than our log leaves free, and nothing changes.
+
 `acquire()` bounds admissions; the provider counts arrivals, and a request can arrive any
 time after its admission (a descheduled process, a slow connect). `slot()` bounds the
 arrivals themselves: the entry stays in the log while the request is in flight and then
@@ -66,6 +73,38 @@ end
 return now
 """
 
+# KEYS[1] the log; ARGV: limit, window in microseconds, what the provider says remains, a
+# member prefix. Returns how many entries were added for requests that were not ours.
+_OBSERVE = """
+local key = KEYS[1]
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local remaining = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+local missing = (limit - redis.call('ZCARD', key)) - math.max(remaining, 0)
+for i = 1, missing do
+  redis.call('ZADD', key, now, ARGV[4] .. ':' .. i)
+end
+if missing > 0 then
+  redis.call('PEXPIRE', key, math.ceil(window / 1000) + 1000)
+  return missing
+end
+return 0
+"""
+
+
+def remaining_in_window(headers):
+    """What an answer says is left of the provider's current window (X-RateLimit-Remaining:
+    HighLevel, Zoom, Loops), or None. Daily counters are another window: not this one."""
+    value = (headers or {}).get("X-RateLimit-Remaining")
+    try:
+        return max(0, int(str(value).strip())) if value is not None else None
+    except ValueError:
+        return None
+
+
 def make_rate_limiter(redis_client, key, rate_limit):
     """A limiter for `key` allowing rate_limit = (requests, per_seconds). With Redis, `key`
     is the Redis key of its log (Services.rate_limiter puts it under the install's prefix)."""
@@ -99,6 +138,7 @@ class RedisRateLimiter:
         self._window_us = int(per_seconds * 1_000_000)
         self._script = redis_client.register_script(_SLIDING_LOG)
         self._settle = redis_client.register_script(_SETTLE)
+        self._observe = redis_client.register_script(_OBSERVE)
         self._sleep = sleep
         self._prefix = os.urandom(6).hex()
         self._counter = 0
@@ -122,6 +162,15 @@ class RedisRateLimiter:
                 self._settle(keys=[self.key], args=[member, self._window_us])
             except redis.RedisError:
                 pass  # the entry lapses max_in_flight after its admission
+
+    def observe_remaining(self, remaining):
+        """The provider says `remaining` requests are left in its window: count the ones our
+        log does not know of (see the module docstring). Returns how many were added."""
+        try:
+            return self._observe(keys=[self.key], args=[self.requests, self._window_us, int(remaining),
+                                                         f"{self._member()}:seen"])
+        except redis.RedisError:
+            return 0  # advice only: the limiter's own log still bounds us
 
     def _member(self):
         with self._counter_lock:
@@ -166,6 +215,15 @@ class LocalRateLimiter:
                     if held is entry:
                         self._log[i] = [self._clock()]
                         break
+
+    def observe_remaining(self, remaining):
+        """As RedisRateLimiter.observe_remaining, for the threads of this process."""
+        with self._lock:
+            now = self._clock()
+            self._log = [e for e in self._log if e[0] > now - self.per_seconds]
+            missing = (self.requests - len(self._log)) - max(int(remaining), 0)
+            self._log.extend([now] for _ in range(max(missing, 0)))
+            return max(missing, 0)
 
     def _acquire(self, hold):
         while True:

@@ -11,7 +11,10 @@ Modes:
   hashes). Because the listing is complete, deletions are detected too (`lists_all`).
 - range: webinars whose start_time lies in [since, until); Zoom cannot filter, so the
   listing is filtered here. Registrants and participants follow the webinars in range.
-- record: one webinar by id (webhooks: webinar.created/updated/deleted).
+- record: one webinar by id (webhooks: webinar.created/updated/deleted), or one registrant
+  by "<webinar id>:<registrant id>" (webhooks: webinar.registration_created/approved fetch
+  it; registration_cancelled/denied soft-delete it, as the registrant listing — approved
+  registrants — no longer has it).
 
 Listings are paged by `next_page_token`, which is the checkpoint. Zoom's tokens expire
 after 15 minutes, so a run resumed later (after a crash, or a long Retry-After) may hold a
@@ -44,6 +47,9 @@ RATE_LIMITS = {"light": (30, 1.05), "medium": (20, 1.05), "heavy": (10, 1.05)}
 MAX_PAGE_SIZE = 300
 # A listing whose page token keeps expiring is not making progress: give the run back.
 MAX_RESTARTS = 3
+WEBINAR_EVENTS = {"webinar.created": False, "webinar.updated": False, "webinar.deleted": True}
+REGISTRANT_EVENTS = {"webinar.registration_created": False, "webinar.registration_approved": False,
+                     "webinar.registration_cancelled": True, "webinar.registration_denied": True}
 WEBINAR_TYPES = (5, 6, 9)  # webinar, recurring without fixed time, recurring with fixed time
 
 
@@ -104,8 +110,10 @@ class ZoomConnector(Connector):
 
     def read_page(self, stream, request, state):
         if request.mode == "record":
+            if stream.name == "registrants":
+                return self._one_registrant(request.params.get("record_id"))
             if stream.name != "webinars":
-                raise ConfigError("Zoom record runs sync one webinar; use the webinars stream")
+                raise ConfigError("Zoom record runs sync one webinar or one registrant")
             return self._one_webinar(request.params.get("record_id"))
         window = _window(request)
         if stream.name == "webinars":
@@ -122,6 +130,19 @@ class ZoomConnector(Connector):
                 return Page([], None, total=0)
             raise
         return Page([webinar], None, total=1)
+
+    def _one_registrant(self, record_id):
+        webinar_id, _, registrant_id = str(record_id or "").partition(":")
+        if not (webinar_id.isdigit() and registrant_id):
+            raise ConfigError("a registrant record run needs a record_id like <webinar id>:<registrant id>")
+        path = f"/webinars/{webinar_id}/registrants/{quote(registrant_id, safe='')}"
+        try:
+            registrant = self._client("light").get_json(path)
+        except HttpError as exc:
+            if exc.status == 404:  # the registrant or its webinar is gone: soft-delete our copy
+                return Page([], None, total=0)
+            raise
+        return Page([_registrant(registrant, int(webinar_id))], None, total=1)
 
     def _listing(self, state):
         """One page of the webinar listing at state's token; restarts from the first page
@@ -192,7 +213,7 @@ class ZoomConnector(Connector):
             if exc.status == 404:  # the webinar went away meanwhile
                 return []
             raise
-        return [dict(r, webinar_id=webinar_id, key=f"{webinar_id}:{r.get('id')}") for r in found if isinstance(r, dict)]
+        return [_registrant(r, webinar_id) for r in found if isinstance(r, dict)]
 
     def _participants(self, webinar_id):
         try:
@@ -225,9 +246,19 @@ class ZoomConnector(Connector):
                 body["account_id"] != self.credentials["account_id"]:
             return []  # another account's event: not ours to sync
         obj = body.get("object") if isinstance(body.get("object"), dict) else {}
-        if obj.get("id") in (None, "") or event not in ("webinar.created", "webinar.updated", "webinar.deleted"):
+        if obj.get("id") in (None, ""):
             return []
-        return [("webinars", str(obj["id"]), event == "webinar.deleted")]
+        if event in WEBINAR_EVENTS:
+            return [("webinars", str(obj["id"]), WEBINAR_EVENTS[event])]
+        registrant = obj.get("registrant") if isinstance(obj.get("registrant"), dict) else {}
+        if event in REGISTRANT_EVENTS and registrant.get("id") not in (None, ""):
+            return [("registrants", f"{obj['id']}:{registrant['id']}", REGISTRANT_EVENTS[event])]
+        return []
+
+
+def _registrant(registrant, webinar_id):
+    """A registrant as stored: Zoom's object plus its webinar and our key."""
+    return dict(registrant, webinar_id=webinar_id, key=f"{webinar_id}:{registrant.get('id')}")
 
 
 def validate_webinar_data(webinar):

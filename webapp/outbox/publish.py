@@ -35,6 +35,11 @@ class PublishError(ValueError):
     Nothing was written."""
 
 
+class NoDestination(PublishError):
+    """Refused for what is configured, not for what the event says: no destination maps
+    its type, or the connection it names is unknown or not an outbound destination."""
+
+
 @dataclass
 class Published:
     ids: list  # the outbox rows of this event (the existing ones for a duplicate)
@@ -51,7 +56,7 @@ def publish(session, type, key, payload, idempotency_key=None, connection=None):
     destination; by default every enabled destination whose mappings know `type`.
     A second publish with the same `idempotency_key` is accepted and changes nothing.
     """
-    _check(type, key, payload, idempotency_key)
+    _check(type, key, payload, idempotency_key, connection)
     base = idempotency_key or uuid.uuid4().hex
     rows = []
     for destination_id, connector, settings in _cached_destinations(session, type, connection):
@@ -62,8 +67,8 @@ def publish(session, type, key, payload, idempotency_key=None, connection=None):
         for action in actions:
             rows.append({"connection_id": destination_id, "key": action["key"], "payload": action["payload"]})
     if not rows:
-        raise PublishError(f"no destination maps event type {type!r}"
-                           + (" for that connection" if connection is not None else ""))
+        raise NoDestination(f"no destination maps event type {type!r}"
+                            + (" for that connection" if connection is not None else ""))
     now = utcnow()
     max_attempts = current_app.config["OUTBOX_MAX_ATTEMPTS"]
     values = [
@@ -89,7 +94,12 @@ def _rows_of(session, base):
     return [row_id for row_id, key in found if key.startswith(prefix) and key[len(prefix):].isdigit()]
 
 
-def _check(type, key, payload, idempotency_key):
+def _check(type, key, payload, idempotency_key, connection=None):
+    if connection is not None and (isinstance(connection, bool) or not isinstance(connection, (str, int, Connection))):
+        raise PublishError("connection must be a connection id or name")
+    for name, value in (("type", type), ("key", key), ("idempotency_key", idempotency_key), ("connection", connection)):
+        if isinstance(value, str) and "\x00" in value:  # text columns (PostgreSQL) cannot hold it
+            raise PublishError(f"{name} must not contain NUL characters")
     if not isinstance(type, str) or not type.strip() or len(type) > MAX_TYPE:
         raise PublishError(f"type must be a non-empty string of at most {MAX_TYPE} characters")
     if not isinstance(key, str) or not key.strip() or len(key) > MAX_KEY:
@@ -123,7 +133,9 @@ def _destinations(session, type, connection):
     if connection is not None:
         if isinstance(connection, Connection):
             query = query.where(Connection.id == connection.id)
-        elif isinstance(connection, int) or str(connection).isdigit():
+        elif isinstance(connection, int) or (str(connection).isascii() and str(connection).isdigit()):
+            if not 0 <= int(connection) <= 2**31 - 1:  # ids are 32-bit: a bigger one is no connection
+                raise NoDestination(f"no connection {connection!r}")
             query = query.where(Connection.id == int(connection))
         else:
             query = query.where(Connection.name == str(connection))
@@ -131,7 +143,7 @@ def _destinations(session, type, connection):
         found = conn.execute(query).all()
     if connection is not None and not found:
         name = connection.name if isinstance(connection, Connection) else connection
-        raise PublishError(f"no connection {name!r}")
+        raise NoDestination(f"no connection {name!r}")
     destinations = []
     for row in found:
         try:
@@ -140,7 +152,7 @@ def _destinations(session, type, connection):
             continue
         if not hasattr(cls, "plan"):
             if connection is not None:
-                raise PublishError(f"connection {row.name!r} ({row.connector}) is not an outbound destination")
+                raise NoDestination(f"connection {row.name!r} ({row.connector}) is not an outbound destination")
             continue
         if connection is None and not row.enabled:
             continue

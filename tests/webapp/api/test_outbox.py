@@ -67,8 +67,8 @@ def test_malformed_requests_get_clear_errors(app, make_connection, loops):
         (dict(json={"events": []}), 400, "events must be a list of 1 to 100"),
         (dict(json={**VOTE, "colour": "red"}), 422, "unknown field(s): colour"),
         (dict(json={**VOTE, "type": ""}), 422, "type must be a non-empty string"),
-        (dict(json={"type": "nobody_maps_this", "key": "k", "payload": {}}), 422, "no destination maps"),
-        (dict(json={**VOTE, "connection": "nope"}), 422, "no connection 'nope'"),
+        (dict(json={"type": "nobody_maps_this", "key": "k", "payload": {}}), 409, "no destination maps"),
+        (dict(json={**VOTE, "connection": "nope"}), 409, "no connection 'nope'"),
     ]
     for kwargs, status, reason in cases:
         response = client.post("/api/outbox", headers=headers, **kwargs)

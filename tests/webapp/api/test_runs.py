@@ -76,7 +76,7 @@ def test_trigger_errors_are_json_with_stable_codes(client, auth, make_connection
     cases = [
         ("/api/connections/nope/runs", {}, 404, "not_found"),
         ("/api/connections/on/runs", {"mode": "sideways"}, 400, "bad_request"),
-        ("/api/connections/on/runs", {"streams": ["no-such-stream"]}, 400, "bad_request"),
+        ("/api/connections/on/runs", {"streams": ["no-such-stream"]}, 409, "unknown_stream"),
         ("/api/connections/on/runs", {"params": [1, 2]}, 400, "bad_request"),
         ("/api/connections/99999999999/runs", {}, 404, "not_found"),
     ]
