@@ -8,7 +8,7 @@ import click
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import select
 
-from . import connection_issues, net_guard, run_request, runs, trigger_policy
+from . import connection_issues, local_redis, net_guard, run_request, runs, trigger_policy
 from .connectors import connector_class
 from .connectors import settings_spec
 from .connectors.errors import ConfigError
@@ -30,6 +30,7 @@ def _quiet_unless(verbose):
 
     if not verbose and current_app.config["LOG_LEVEL"] == defaults()["LOG_LEVEL"]:
         logging.getLogger().setLevel(logging.WARNING)
+        local_redis.quiet()
 
 
 @click.group("sync", cls=AppGroup, help="Run, list, inspect and cancel syncs.")

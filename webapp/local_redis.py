@@ -412,12 +412,22 @@ def _unlink(path):
         pass
 
 
+_quiet = False
+
+
+def quiet():
+    """A person's CLI command: the bundled-Redis note is for the service's logs, not for the
+    terminal (webapp/cli.py); it stays at INFO, shown with -v."""
+    global _quiet
+    _quiet = True
+
+
 def _warn_once(paths, url):
     if paths.dir in _warned:
         return
     _warned.add(paths.dir)
     where = url if paths.use_unix else f"127.0.0.1:{_read_int(paths.port)}"
-    log.warning(
+    (log.info if _quiet else log.warning)(
         "REDIS_URL is not set: using the bundled local redis-server at %s "
         "(no persistence; set REDIS_URL for production)",
         where,

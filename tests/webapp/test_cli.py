@@ -110,3 +110,17 @@ def test_connections_show_states_the_trigger_policy_and_add_refuses_an_unreadabl
     assert db.session.query(Connection).filter_by(name="orders").one().settings == {
         "allowed_triggers": ["manual", "webhook"]}
     assert db.session.query(Connection).filter_by(name="typo").first() is None
+
+
+def test_the_bundled_redis_note_stays_out_of_a_persons_terminal_unless_verbose(app, make_connection, tmp_path):
+    make_connection(name="demo", settings={"records": 10})
+    make_connection(name="other", settings={"records": 10})
+    # As on a fresh machine: no REDIS_URL, the default log level (the tests' processes run at WARNING).
+    env = {"REDIS_URL": "", "SYNCHUB_LOG_LEVEL": "INFO"}
+    quiet = flask(app, "sync", "run", "demo", "--queue", "--no-follow",
+                  env_overrides=dict(env, SYNCHUB_INSTANCE_PATH=str(tmp_path / "one")))
+    assert quiet.returncode == 0, quiet.stderr
+    assert "REDIS_URL is not set" not in quiet.stdout + quiet.stderr
+    verbose = flask(app, "sync", "-v", "run", "other", "--queue", "--no-follow",
+                    env_overrides=dict(env, SYNCHUB_INSTANCE_PATH=str(tmp_path / "two")))
+    assert verbose.returncode == 0 and "REDIS_URL is not set" in verbose.stderr
