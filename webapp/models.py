@@ -137,6 +137,8 @@ class Run(db.Model):
     # What makes two syncs "the same": mode, params and streams (runs.params_key). A trigger
     # that matches the active run returns it; one that does not follows it up.
     params_key = db.Column(db.String(40), nullable=True)
+    # The counters above, stream by stream: {stream: {seen, created, updated, unchanged, deleted, failed}}.
+    stream_counters = db.Column(db.JSON, nullable=True)
 
     connection = db.relationship("Connection", lazy="joined")
 
@@ -208,6 +210,7 @@ class Run(db.Model):
             "cancel_requested": self.cancel_requested,
             "not_before": _iso(self.not_before),
             "deferrals": self.deferrals,
+            "stream_counters": self.stream_counters or {},
         }
 
 

@@ -409,11 +409,14 @@ def owned(run_id, attempt):
     return (Run.id == run_id, Run.status == RUNNING, Run.attempt == attempt)
 
 
-def record_page(run_id, attempt, *, checkpoint, counts, processed, total, phase):
-    """Inside the page's transaction (no commit): checkpoint, counters and progress.
-    Returns (still_owned, cancel_requested). If not owned the caller must roll back."""
+def record_page(run_id, attempt, *, checkpoint, counts, processed, total, phase, stream_counters=None):
+    """Inside the page's transaction (no commit): checkpoint, counters (the run's, and each
+    stream's as a whole) and progress. Returns (still_owned, cancel_requested). If not owned
+    the caller must roll back."""
     values = {Run.checkpoint: checkpoint, Run.processed: processed, Run.total: total,
               Run.phase: phase, Run.heartbeat_at: utcnow()}
+    if stream_counters is not None:
+        values[Run.stream_counters] = stream_counters
     for name, delta in counts.items():
         if delta:
             values[getattr(Run, name)] = getattr(Run, name) + delta
@@ -427,7 +430,8 @@ def record_page(run_id, attempt, *, checkpoint, counts, processed, total, phase)
     return True, bool(row[0])
 
 
-def finish(run_id, attempt, status, *, error_class=None, error_message=None, counts=None, commit=True):
+def finish(run_id, attempt, status, *, error_class=None, error_message=None, counts=None, commit=True,
+           stream_counters=None):
     """running -> completed/failed/cancelled, only if this attempt still owns the run."""
     if status not in TERMINAL_STATUSES:  # not an assert: `python -O` would skip it
         raise ValueError(f"{status!r} is not a terminal status")
@@ -435,6 +439,8 @@ def finish(run_id, attempt, status, *, error_class=None, error_message=None, cou
               Run.error_message: error_message}
     if status == COMPLETED:
         values[Run.phase] = "done"
+    if stream_counters is not None:
+        values[Run.stream_counters] = stream_counters
     for name, delta in (counts or {}).items():
         if delta:
             values[getattr(Run, name)] = getattr(Run, name) + delta

@@ -73,6 +73,7 @@ class RunExecution:
         self.processed = run.processed
         self.total = run.total
         self.counters = run.counters
+        self.stream_counters = {name: dict(c) for name, c in (run.stream_counters or {}).items()}
         self.processed_at_start = run.processed
         self.started = time.monotonic()
         # Per stream of this attempt: {name: {"processed", "total", "done"}}, for the run page
@@ -172,12 +173,16 @@ class RunExecution:
         self._count_stream(name, page, finished, first=done_before is not None)
         delta = {"seen": len(good) + len(bad), "created": counts.created, "updated": counts.updated,
                  "unchanged": counts.unchanged, "failed": len(bad)}
-        _add(delta, derived)
+        self._count_by_stream(name, delta)
+        for child, child_delta in derived.items():
+            self._count_by_stream(child, child_delta)
+            _add(delta, child_delta)
         message = (f"{name}: +{len(good)} records ({counts.created} new, {counts.updated} changed, "
                    f"{counts.unchanged} unchanged" + (f", {len(bad)} skipped)" if bad else ")") + derived_message)
         owned, cancel = runs.record_page(
             self.run_id, self.attempt, checkpoint=dict(self.checkpoint), counts=delta,
-            processed=self.processed, total=self.total, phase=f"fetching {name}")
+            processed=self.processed, total=self.total, phase=f"fetching {name}",
+            stream_counters=self._stream_counters_copy())
         if not owned:
             raise LostOwnership("the run is no longer running this attempt")
         db.session.commit()
@@ -208,10 +213,13 @@ class RunExecution:
             # so are the records derived from it.
             deleted = store.soft_delete_one(db.session, connection_id=self.connection_id, stream=stream.name,
                                             external_id=record_id, run_id=self.run_id)
+            self._count_by_stream(stream.name, {"deleted": deleted})
             for child in self._derived_of(stream.name):
-                deleted += store.soft_delete_derived(db.session, connection_id=self.connection_id,
-                                                     stream=child.name, run_id=self.run_id,
-                                                     parent_keys=[record_id], keep_keys=[])
+                gone = store.soft_delete_derived(db.session, connection_id=self.connection_id,
+                                                 stream=child.name, run_id=self.run_id,
+                                                 parent_keys=[record_id], keep_keys=[])
+                self._count_by_stream(child.name, {"deleted": gone})
+                deleted += gone
             return deleted
         good, bad = self._sort(stream, page)
         counts = store.write_page(db.session, connection_id=self.connection_id, stream=stream.name,
@@ -223,9 +231,14 @@ class RunExecution:
         self.processed = len(page.records) + len(page.bad_records)
         self.counters.update(seen=len(good) + len(bad), created=counts.created, updated=counts.updated,
                              unchanged=counts.unchanged, failed=len(bad))
-        _add(self.counters, derived)
+        self.stream_counters = {}
+        self._count_by_stream(stream.name, self.counters)
+        for child, child_delta in derived.items():
+            self._count_by_stream(child, child_delta)
+            _add(self.counters, child_delta)
         owned, _ = runs.record_page(self.run_id, self.attempt, checkpoint=None, counts=self.counters,
-                                    processed=self.processed, total=self.processed, phase="record")
+                                    processed=self.processed, total=self.processed, phase="record",
+                                    stream_counters=self._stream_counters_copy())
         if not owned:
             raise LostOwnership("the run is no longer running this attempt")
         return 0
@@ -240,14 +253,17 @@ class RunExecution:
                 if not connector.lists_all(stream, request):
                     continue  # a narrowed listing says nothing about deletions
                 for listed in [stream] + self._derived_of(name):
-                    deleted += store.soft_delete_unseen(db.session, connection_id=self.connection_id,
-                                                        stream=listed.name, run_id=self.run_id)
+                    gone = store.soft_delete_unseen(db.session, connection_id=self.connection_id,
+                                                    stream=listed.name, run_id=self.run_id)
+                    self._count_by_stream(listed.name, {"deleted": gone})
+                    deleted += gone
         if self.mode in ("full", "incremental"):
             for name, cursor in self.checkpoint["cursors"].items():
                 self._store_cursor(name, cursor)
         if deleted:
             runs.log_event(self.run_id, f"{deleted} records no longer at the provider: marked deleted")
-        if not runs.finish(self.run_id, self.attempt, COMPLETED, counts={"deleted": deleted}):
+        if not runs.finish(self.run_id, self.attempt, COMPLETED, counts={"deleted": deleted},
+                           stream_counters=self._stream_counters_copy()):
             raise LostOwnership("the run was finished by someone else")
         self._set_health("ok", None)
         self.counters["deleted"] += deleted
@@ -325,7 +341,7 @@ class RunExecution:
     def _write_derived(self, stream, good):
         """Write the derived streams of `stream` for this page's parents (same transaction):
         each parent's derived set is replaced, surplus records soft-deleted. Returns counter
-        deltas and a log fragment."""
+        deltas ({child stream: its counters}) and a log fragment."""
         delta, message = {}, ""
         for child in self._derived_of(stream.name):
             keyed, bad = [], []
@@ -347,11 +363,17 @@ class RunExecution:
             for error in bad:
                 runs.log_event(self.run_id, str(error), level="warning", kind="record_error",
                                stream=child.name, record_key=error.key)
-            _add(delta, {"seen": len(keyed) + len(bad), "created": counts.created, "updated": counts.updated,
-                         "unchanged": counts.unchanged, "failed": len(bad), "deleted": removed})
+            delta[child.name] = {"seen": len(keyed) + len(bad), "created": counts.created, "updated": counts.updated,
+                                 "unchanged": counts.unchanged, "failed": len(bad), "deleted": removed}
             message += (f"; {child.name}: {len(keyed)} derived ({counts.created} new, {counts.updated} changed, "
                         f"{removed} removed" + (f", {len(bad)} skipped)" if bad else ")"))
         return delta, message
+
+    def _count_by_stream(self, name, delta):
+        _add(self.stream_counters.setdefault(name, _zero_counters()), {k: v for k, v in delta.items() if v})
+
+    def _stream_counters_copy(self):
+        return {name: dict(counters) for name, counters in self.stream_counters.items()}
 
     def _sort(self, stream, page):
         good, bad = [], list(page.bad_records)
@@ -443,6 +465,10 @@ class RunExecution:
         })
         if self.on_progress:
             self.on_progress(snapshot)
+
+
+def _zero_counters():
+    return {"seen": 0, "created": 0, "updated": 0, "unchanged": 0, "deleted": 0, "failed": 0}
 
 
 def _add(counters, delta):

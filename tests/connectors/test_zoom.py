@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 import redis as redis_lib
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from tests.simulators.zoom import ZoomAPI
 from webapp import runs
@@ -169,3 +169,28 @@ def test_webinar_webhooks_map_to_record_runs(zoom):
     foreign = json.loads(zoom.webhook_body("webinar.updated", webinar_id))
     foreign["payload"]["account_id"] = "someone-else"
     assert connector.webhook_events(foreign) == []
+
+
+def test_a_full_sync_counts_every_stream_and_each_stream_on_its_own(app, make_connection, redis, zoom):
+    conn = make_connection(name="zoom", connector="zoom", settings=settings(zoom.server), credentials=CREDENTIALS)
+    run = runs.trigger(conn, enqueue=False).run
+    assert execute_run(run.id, redis_client=redis, worker_name="t") == COMPLETED
+    db.session.expire_all()
+    run = db.session.get(Run, run.id)
+    stored = {stream: count for stream, count in db.session.execute(
+        select(Record.stream, func.count()).where(Record.connection_id == conn.id).group_by(Record.stream)).all()}
+    assert set(run.stream_counters) == {"webinars", "registrants", "participants"}
+    for stream, counters in run.stream_counters.items():
+        assert counters["created"] == stored.get(stream, 0), stream
+    assert stored["registrants"] > 0 and stored["participants"] > 0
+    # The run's own counters are the streams' together.
+    for key in ("seen", "created", "updated", "unchanged", "deleted", "failed"):
+        assert run.counters[key] == sum(c.get(key, 0) for c in run.stream_counters.values()), key
+    shown = app.test_client().get(f"/api/runs/{run.id}", headers={"Authorization": f"Bearer {_token()}"}).get_json()
+    assert shown["run"]["stream_counters"]["webinars"]["created"] == stored["webinars"]
+
+
+def _token():
+    from webapp.api.auth import create_token
+
+    return create_token(f"t-{uuid.uuid4().hex[:6]}")

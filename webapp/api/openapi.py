@@ -60,6 +60,8 @@ COMPONENTS = {
                     "not_before": {**_NULLABLE_TIME, "description": "waiting: not queued before this instant "
                                                                     "(a provider's rate limit, a pause between attempts)"},
                     "deferrals": {"type": "integer", "description": "times the run waited out a long rate limit"},
+                    "stream_counters": {"type": "object", "description": "the counters stream by stream",
+                                        "additionalProperties": {"$ref": "#/components/schemas/Counters"}},
                     "waiting_reason": {**_NULLABLE_STRING, "description": "waiting: why, in words"}}},
         "TriggeredRun": {"type": "object", "required": ["run", "created", "outcome"], "properties": {
             "run": {"$ref": "#/components/schemas/Run"},
