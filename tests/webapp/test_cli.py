@@ -1,5 +1,6 @@
 """`flask sync` and `flask connections`, run as a user would: separate processes."""
 import json
+import re
 import subprocess
 import sys
 
@@ -26,7 +27,7 @@ def test_sync_run_inline_works_with_no_redis_at_all(app, make_connection, tmp_pa
     assert "completed" in result.stdout and "100.0%" in result.stdout
     assert "created 117" in result.stdout and "skipped 3" in result.stdout  # the pages' word for it
     assert " INFO " not in result.stderr  # quiet by default: the command's own output only
-    assert "\nrun 1 completed" in result.stdout  # the final lines start a line of their own
+    assert re.search(r"\nrun \d+ completed", result.stdout)  # the final lines start a line of their own
     assert not (instance / "redis.sock").exists() and not (instance / "redis.pid").exists()  # no Redis started
 
 

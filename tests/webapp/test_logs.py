@@ -24,7 +24,9 @@ def test_one_run_can_be_followed_across_cli_and_worker_by_run_id(app, make_conne
     make_connection(name="demo", settings={"records": 60, "page_size": 20})
     worker_log = tmp_path / "worker.log"
     worker = workers.start(log_path=str(worker_log), env={"SYNCHUB_LOG_FORMAT": "json", "SYNCHUB_LOG_LEVEL": "INFO"})
-    cli = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "sync", "run", "demo", "--queue", "--follow"],
+    # -v: the CLI is quiet by default; a person following a run in the logs asks for them.
+    cli = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "sync", "-v", "run", "demo", "--queue",
+                          "--follow"],
                          cwd=ROOT, env=process_env(app, SYNCHUB_LOG_FORMAT="json", SYNCHUB_LOG_LEVEL="INFO"), capture_output=True, text=True,
                          timeout=120)
     assert cli.returncode == 0, cli.stderr
