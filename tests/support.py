@@ -210,3 +210,25 @@ def crash_mid_run_and_resume(app, workers, run_id, after, total):
 
 def cleanup_dir(path):
     shutil.rmtree(path, ignore_errors=True)
+
+
+def race_in_processes(app, target, callers):
+    """Run target(config, barrier, results) in `callers` forked processes that start
+    together (each builds its own app, engine and session: a separate database client per
+    caller); returns what they put in `results`, one item each, after all exited cleanly."""
+    import multiprocessing
+
+    from webapp.extensions import db
+
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(callers), ctx.Queue()
+    config = {k: app.config[k] for k in ("SQLALCHEMY_DATABASE_URI", "REDIS_URL", "SYNCHUB_ENCRYPTION_KEYS")}
+    db.engine.dispose()  # no pooled sockets may cross the fork
+    procs = [ctx.Process(target=target, args=(config, barrier, results)) for _ in range(callers)]
+    for proc in procs:
+        proc.start()
+    outcomes = [results.get(timeout=60) for _ in range(callers)]
+    for proc in procs:
+        proc.join(timeout=30)
+        assert proc.exitcode == 0
+    return outcomes

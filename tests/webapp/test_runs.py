@@ -1,11 +1,10 @@
 """The job table's rules: one active run, conditional transitions, cancel, sweep."""
-import multiprocessing
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
 
-from tests.support import TAKES_WEBHOOKS, wait_for
+from tests.support import TAKES_WEBHOOKS, race_in_processes, wait_for
 from webapp import runs
 from webapp.extensions import db
 from webapp.models import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, Run, RunEvent, utcnow
@@ -57,18 +56,7 @@ def _race_trigger(config, barrier, results):
 
 def test_concurrent_triggers_from_separate_processes_create_exactly_one_run(app, make_connection):
     make_connection(name="racy")
-    callers = 20
-    ctx = multiprocessing.get_context("fork")
-    barrier, results = ctx.Barrier(callers), ctx.Queue()
-    config = {k: app.config[k] for k in ("SQLALCHEMY_DATABASE_URI", "REDIS_URL", "SYNCHUB_ENCRYPTION_KEYS")}
-    db.engine.dispose()  # no pooled sockets may cross the fork
-    procs = [ctx.Process(target=_race_trigger, args=(config, barrier, results)) for _ in range(callers)]
-    for proc in procs:
-        proc.start()
-    outcomes = [results.get(timeout=60) for _ in range(callers)]
-    for proc in procs:
-        proc.join(timeout=30)
-        assert proc.exitcode == 0
+    outcomes = race_in_processes(app, _race_trigger, callers=20)
     assert len({run_id for run_id, _ in outcomes}) == 1, outcomes
     assert sum(created for _, created in outcomes) == 1
     assert db.session.scalar(select(func.count()).select_from(Run)) == 1

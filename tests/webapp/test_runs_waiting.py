@@ -1,11 +1,11 @@
 """Waiting runs (webapp/runs.py): follow-ups of the active sync, the overlap policy,
 deferral after a long rate limit and pauses between attempts."""
-import multiprocessing
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
 
+from tests.support import race_in_processes
 from webapp import runs
 from webapp.extensions import db
 from webapp.models import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, WAITING, Run, RunEvent, utcnow
@@ -208,18 +208,7 @@ def test_twenty_concurrent_identical_triggers_during_an_active_sync_make_one_fol
     conn = make_connection(name="racy", schedule="every:60")
     active = runs.trigger(conn, enqueue=False).run
     _start(active)
-    callers = 20
-    ctx = multiprocessing.get_context("fork")
-    barrier, results = ctx.Barrier(callers), ctx.Queue()
-    config = {k: app.config[k] for k in ("SQLALCHEMY_DATABASE_URI", "REDIS_URL", "SYNCHUB_ENCRYPTION_KEYS")}
-    db.engine.dispose()  # no pooled sockets may cross the fork
-    procs = [ctx.Process(target=_race_event, args=(config, barrier, results)) for _ in range(callers)]
-    for proc in procs:
-        proc.start()
-    outcomes = [results.get(timeout=60) for _ in range(callers)]
-    for proc in procs:
-        proc.join(timeout=30)
-        assert proc.exitcode == 0
+    outcomes = race_in_processes(app, _race_event, callers=20)
     assert len({run_id for run_id, _, _ in outcomes}) == 1, outcomes
     assert sum(created for _, created, _ in outcomes) == 1
     assert {outcome for _, _, outcome in outcomes} == {"follow_up", "coalesced"}

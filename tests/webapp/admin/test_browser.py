@@ -9,7 +9,7 @@ import pytest
 
 from tests.browser import OUTPUT, chromium
 from tests.support import wait_for
-from tests.webapp.admin.support import PASSWORD, one_backend
+from tests.webapp.admin.support import PASSWORD, browser_login, one_backend
 
 
 @pytest.fixture(scope="module")
@@ -106,24 +106,14 @@ def test_sync_from_the_dashboard_shows_live_progress_and_cancel_works(app, brows
     context.close()
 
 
-def _sign_in(page, live_server, admin_user):
-    page.goto(live_server.url + "/admin/")
-    page.fill('input[name="email"]', admin_user)
-    page.fill('input[name="password"]', PASSWORD)
-    page.click('button:has-text("Sign in")')
-    page.wait_for_url(live_server.url + "/admin/")
-
-
 @one_backend
 def test_a_second_sync_during_a_running_one_waits_on_its_page_then_runs_by_itself(
         app, browser, live_server, admin_user, make_connection, workers):
     backend = app.config["SQLALCHEMY_DATABASE_URI"].split(":", 1)[0].split("+")[0]
     make_connection(name="busy", settings={"records": 200, "page_size": 10, "latency_ms": 100})
     workers.start()
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
+    page = browser_login(browser, live_server, admin_user)
     page.set_default_timeout(60_000)
-    _sign_in(page, live_server, admin_user)
 
     _card(page, "busy").locator('button:has-text("Sync now")').click()
     page.wait_for_url("**/admin/runs/*")
@@ -152,4 +142,4 @@ def test_a_second_sync_during_a_running_one_waits_on_its_page_then_runs_by_itsel
     page.wait_for_function("() => document.getElementById('run').dataset.status === 'completed'", timeout=90_000)
     assert page.locator("#waiting").is_hidden()
     page.screenshot(path=os.path.join(OUTPUT, f"run-follow-up-completed-{backend}.png"), full_page=True)
-    context.close()
+    page.context.close()

@@ -13,7 +13,7 @@ from tests.scenarios.conftest import finished
 from tests.simulators.halopsa import HaloAPI
 from tests.simulators.receiver import NotificationReceiver
 from tests.support import wait_for
-from tests.webapp.admin.support import PASSWORD, one_backend
+from tests.webapp.admin.support import browser_login, one_backend
 from tests.webapp.webhooks.signing import whsec
 from webapp import runs
 from webapp.extensions import db
@@ -73,14 +73,7 @@ def test_revoked_credentials_pause_the_connection_until_new_ones_are_saved_in_th
     assert _connection(conn.id).paused_skipped == 3
     assert db.session.query(Run).filter(Run.connection_id == conn.id).count() == 2
 
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    page.goto(live_server.url + "/admin/")
-    page.fill('input[name="email"]', admin_user)
-    page.fill('input[name="password"]', PASSWORD)
-    page.click('button:has-text("Sign in")')
-    page.wait_for_url(live_server.url + "/admin/")
+    page = browser_login(browser, live_server, admin_user)
     card = page.locator('article.connection[data-name="halo"]')
     assert card.locator(".badge.paused").is_visible()
     pause = card.locator("p.pause").text_content()
@@ -118,4 +111,4 @@ def test_revoked_credentials_pause_the_connection_until_new_ones_are_saved_in_th
     page.goto(live_server.url + "/admin/")
     assert page.locator('article.connection[data-name="halo"] .badge.paused').count() == 0
     page.screenshot(path=os.path.join(OUTPUT, f"dashboard-resumed-{backend}.png"), full_page=True)
-    context.close()
+    page.context.close()

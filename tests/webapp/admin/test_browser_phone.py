@@ -5,7 +5,7 @@ import os
 import pytest
 
 from tests.browser import OUTPUT, chromium
-from tests.webapp.admin.support import PASSWORD, one_backend
+from tests.webapp.admin.support import browser_login, one_backend
 
 
 @pytest.fixture(scope="module")
@@ -21,14 +21,7 @@ def test_every_admin_page_fits_a_phone(app, browser, live_server, admin_user, ma
     conn = make_connection(name="phone-demo", settings={"records": 10})
     run = runs.trigger(conn, trigger="manual", enqueue=False).run
     runs.cancel(run.id)
-    context = browser.new_context(viewport={"width": 390, "height": 844})
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    page.goto(live_server.url + "/admin/login")
-    page.fill('input[name="email"]', admin_user)
-    page.fill('input[name="password"]', PASSWORD)
-    page.click('button:has-text("Sign in")')
-    page.wait_for_url(live_server.url + "/admin/")
+    page = browser_login(browser, live_server, admin_user, width=390)
     pages = ["/admin/", "/admin/runs", f"/admin/runs/{run.id}", "/admin/stats", f"/admin/stats/connections/{conn.id}",
              "/admin/webhooks/", "/admin/outbox/", "/admin/issues", "/admin/tokens", "/admin/health",
              f"/admin/connections/{conn.id}/edit", "/admin/connections/new?connector=sandbox", "/admin/no-such-page"]
@@ -41,4 +34,4 @@ def test_every_admin_page_fits_a_phone(app, browser, live_server, admin_user, ma
         if width > 390:
             too_wide[path] = width
     assert not too_wide, too_wide
-    context.close()
+    page.context.close()

@@ -1,10 +1,10 @@
 """Firing schedules: each due slot becomes one run, exactly once, whatever races for it."""
 import logging
-import multiprocessing
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
+from tests.support import race_in_processes
 from webapp import runs
 from webapp.extensions import db
 from webapp.models import Connection, Run
@@ -154,18 +154,7 @@ def test_concurrent_supervisors_enqueue_each_slot_once(app, make_connection, red
     for name in names:
         make_connection(name=name, schedule="every:5")
     firing.plan_next_runs(minutes(0))
-    callers = 6
-    ctx = multiprocessing.get_context("fork")
-    barrier, results = ctx.Barrier(callers), ctx.Queue()
-    config = {k: app.config[k] for k in ("SQLALCHEMY_DATABASE_URI", "REDIS_URL", "SYNCHUB_ENCRYPTION_KEYS")}
-    db.engine.dispose()  # no pooled sockets may cross the fork
-    procs = [ctx.Process(target=_race_fire_due, args=(config, barrier, results)) for _ in range(callers)]
-    for proc in procs:
-        proc.start()
-    outcomes = [item for _ in range(callers) for item in results.get(timeout=60)]
-    for proc in procs:
-        proc.join(timeout=30)
-        assert proc.exitcode == 0
+    outcomes = [item for result in race_in_processes(app, _race_fire_due, callers=6) for item in result]
     enqueued = sorted(name for name, action in outcomes if action == "enqueued")
     assert enqueued == names
     for name in names:
