@@ -30,6 +30,7 @@ from requests.adapters import HTTPAdapter
 
 from .auth import BasicAuth, BearerAuth, HeaderKeyAuth, OAuth2ClientCredentials  # noqa: F401 (re-export)
 from .errors import AuthError, ConfigError, HttpError, QuotaExhausted, RateLimited, TransientError
+from .session import EnvironmentOnceSession
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class HttpClient:
         self._headers = {"Accept": "application/json", **(headers or {})}
         self._owns_session = session is None
         if session is None:
-            session = requests.Session()
+            session = EnvironmentOnceSession()
             # Retries are ours (classified, rate limited); urllib3 must not add its own.
             adapter = HTTPAdapter(pool_connections=POOL_SIZE, pool_maxsize=POOL_SIZE, max_retries=0)
             session.mount("http://", adapter)
