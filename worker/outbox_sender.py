@@ -91,7 +91,7 @@ class OutboxSender:
         self._announced_until = 0.0
         self.result = DrainResult()
         self._destinations = {}  # connection id -> connector, or the exception building it raised
-        self._delivered = []  # claimed rows sent with success whose outcome is not yet written
+        self._delivered = []  # [(claimed row, accepted at)] whose outcome is not yet written
 
     def drain(self, first_event_id=None, budget_seconds=None, max_events=None):
         budget = self.config["OUTBOX_DRAIN_BUDGET_SECONDS"] if budget_seconds is None else budget_seconds
@@ -181,7 +181,7 @@ class OutboxSender:
 
     def _record_delivered(self):
         delivered, self._delivered = self._delivered, []
-        for claimed, settled in zip(delivered, mark_done_many(self.session, delivered)):
+        for (claimed, _), settled in zip(delivered, mark_done_many(self.session, delivered)):
             if settled:
                 self.result.done += 1
                 log.debug("outbox event %s sent", claimed.id)
@@ -219,7 +219,7 @@ class OutboxSender:
         else:
             self.breaker.success(destination)
             log.debug("outbox event %s: %s", claimed.id, note)
-            self._delivered.append(claimed)
+            self._delivered.append((claimed, utcnow()))
 
     def _request(self, connector, claimed):
         """The destination's request for one row; returns once the destination accepted it."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import and_, exists, or_, select, text, tuple_, update
+from sqlalchemy import and_, case, exists, or_, select, text, tuple_, update
 from sqlalchemy.orm import aliased
 
 from .. import metrics, retry_policy
@@ -120,37 +120,39 @@ def _lost(c):
 
 
 def mark_done(session, c, now=None):
-    return mark_done_many(session, [c], now)[0]
+    return mark_done_many(session, [(c, now or utcnow())])[0]
 
 
-def mark_done_many(session, claimed, now=None):
-    """Record that each row of `claimed` was delivered, in one transaction (a sender records
-    a batch's successes together: one commit instead of one per row; a crash before it only
-    means those rows are sent again, with the same idempotency keys). Returns one bool per
-    row: False where the claim had been lost (its lease expired and another worker took it)."""
-    if not claimed:
+def mark_done_many(session, delivered):
+    """Record [(claimed row, the time the destination accepted it)] as delivered, in one
+    statement and one transaction (a sender records a batch's successes together: one
+    commit instead of one per row; a crash before it only means those rows are sent again,
+    with the same idempotency keys). Returns one bool per row: False where the claim had
+    been lost (its lease expired and another worker took it)."""
+    if not delivered:
         return []
-    now = now or utcnow()
-    values = {"status": DONE, "delivered_at": now, "lease_until": None, "last_error": None, "updated_at": now}
+    now = utcnow()
     if session.get_bind().dialect.name == "postgresql":
         _relaxed_commit(session)
-    # One statement for the batch; (id, attempts) with this claimer is each row's claim.
-    owners = {c.claimed_by for c in claimed}
+    # (id, attempts) with this claimer is each row's claim.
+    accepted_at = case({c.id: at for c, at in delivered}, value=OutboxEvent.id)
     done = set(session.execute(
         update(OutboxEvent)
-        .where(tuple_(OutboxEvent.id, OutboxEvent.attempts).in_([(c.id, c.attempts) for c in claimed]),
-               OutboxEvent.status == PROCESSING, OutboxEvent.claimed_by.in_(owners))
-        .values(**values).returning(OutboxEvent.id, OutboxEvent.claimed_by)
+        .where(tuple_(OutboxEvent.id, OutboxEvent.attempts).in_([(c.id, c.attempts) for c, _ in delivered]),
+               OutboxEvent.status == PROCESSING, OutboxEvent.claimed_by.in_({c.claimed_by for c, _ in delivered}))
+        .values(status=DONE, delivered_at=accepted_at, lease_until=None, last_error=None, updated_at=now)
+        .returning(OutboxEvent.id, OutboxEvent.claimed_by)
         .execution_options(synchronize_session=False)).all())
     session.commit()
-    settled = [(c.id, c.claimed_by) in done for c in claimed]
-    for c, ok in zip(claimed, settled):
-        if not ok:
+    settled = []
+    for c, at in delivered:
+        settled.append((c.id, c.claimed_by) in done)
+        if not settled[-1]:
             _lost(c)
-        else:
-            metrics.inc("outbox_events", status=DONE)
-            if c.created_at is not None:
-                metrics.observe("outbox_delivery_latency_seconds", max(0.0, (now - c.created_at).total_seconds()))
+            continue
+        metrics.inc("outbox_events", status=DONE)
+        if c.created_at is not None:
+            metrics.observe("outbox_delivery_latency_seconds", max(0.0, (at - c.created_at).total_seconds()))
     return settled
 
 
