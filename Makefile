@@ -52,5 +52,5 @@ bench-tools:
 	    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null 2>&1; } || \
 	    echo "make bench: could not install wrk; the webhook ingest rows will say not measured"; \
 	  else \
-	    echo "make bench: wrk is missing and only root can install it here; the webhook ingest rows will say not measured (install it with: sudo apt-get install wrk)"; \
+	    echo "make bench: wrk is missing and this target installs it only as root with apt-get; the webhook ingest rows will say not measured (install wrk, e.g. sudo apt-get install wrk)"; \
 	  fi; }
