@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed-$(REQ_HASH)
 # Every Procfile process except the one-shot release step (honcho stops all when one exits).
 PROCESSES = $(shell sed -n 's/^\([A-Za-z0-9_-]*\):.*/\1/p' Procfile | grep -vx release)
 
-.PHONY: setup run test chaos bench
+.PHONY: setup run test chaos bench bench-tools
 
 setup: $(STAMP)
 
@@ -38,5 +38,19 @@ chaos: setup
 	$(VENV_PATH) $(BIN)/python -m tests.chaos $(CHAOS_ARGS)
 
 # Every benchmark in bench/, one table, JSON in test-output/bench.json (BENCH_ARGS=--full for defaults).
-bench: setup
+bench: setup bench-tools
 	$(VENV_PATH) $(BIN)/python -m bench.run_all $(BENCH_ARGS)
+
+# The webhook ingest benchmark drives its saturation rounds with wrk (a C load generator:
+# one written in Python would need more of the two cores than the server it measures).
+# Installed here when missing and possible; otherwise its rows say "not measured".
+bench-tools:
+	@command -v wrk >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "make bench: wrk (the load generator of bench/webhook_ingest.py) is missing; installing Debian's wrk with apt-get"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null 2>&1; } || \
+	    echo "make bench: could not install wrk; the webhook ingest rows will say not measured"; \
+	  else \
+	    echo "make bench: wrk is missing and this target installs it only as root with apt-get; the webhook ingest rows will say not measured (install wrk, e.g. sudo apt-get install wrk)"; \
+	  fi; }

@@ -1,7 +1,7 @@
 """Capacity: how runs/s and records/s grow with worker processes, and what synchub's
 bookkeeping costs per run compared with a bare RQ job that does nothing.
 
-    .venv/bin/python -m bench.capacity [--runs 200] [--records 2000] [--workers 1,2,4]
+    .venv/bin/python -m bench.capacity [--runs 200] [--records 2000] [--workers 1,2,4] [--modes fork,inline]
 
 Everything runs against PostgreSQL (SYNCHUB_BENCH_POSTGRES_URL, default the local one) and
 a private redis-server, with real `python -m worker` processes. The workers are started
@@ -60,6 +60,7 @@ def main():
     parser.add_argument("--records", type=int, default=2000, help="records per run in the scaling test")
     parser.add_argument("--scaling-runs", type=int, default=16)
     parser.add_argument("--workers", default="1,2,4")
+    parser.add_argument("--modes", default="fork,inline", help="per-run cost with forked work horses, without, or both")
     args = parser.parse_args()
 
     from tests.support import RedisServer
@@ -106,21 +107,32 @@ def main():
 
                 return lambda: FinishedJobRegistry(queue=queue).count
 
-            # 1. per-run overhead: a no-op sync run (zero records) against a bare RQ job
-            reset()
-            workers = Workers(1, env, redis_ext.client)
-            try:
-                queue = Queue(queue_name("default"), connection=redis_ext.client)
-                finished = finished_jobs(queue)
-                bare = _timed(lambda: [queue.enqueue_call("bench.capacity.noop") for _ in range(args.runs)],
-                              lambda: finished() >= args.runs)
-                make_runs(args.runs, 0, enqueue=False)
-                sync = _timed(lambda: [runs.enqueue_run(run) for run in db.session.scalars(select(Run))],
-                              lambda: completed() >= args.runs)
-            finally:
-                workers.stop()
-            print(f"per-run cost, 1 worker, {args.runs} jobs: bare RQ job {1000 * bare / args.runs:.1f} ms, "
-                  f"no-op sync run {1000 * sync / args.runs:.1f} ms, ratio {sync / bare:.2f} (target <= 3.00)")
+            # 1. per-run overhead: a no-op sync run (zero records) against a bare RQ job, with
+            #    each job in a forked work horse (RQ's default) and without (WORKER_FORK=false).
+            bare_forked = None
+            for mode in args.modes.split(","):
+                reset()
+                workers = Workers(1, dict(env, SYNCHUB_WORKER_FORK="1" if mode == "fork" else "0"),
+                                  redis_ext.client)
+                try:
+                    queue = Queue(queue_name("default"), connection=redis_ext.client)
+                    finished = finished_jobs(queue)
+                    bare = _timed(lambda: [queue.enqueue_call("bench.capacity.noop") for _ in range(args.runs)],
+                                  lambda: finished() >= args.runs)
+                    make_runs(args.runs, 0, enqueue=False)
+                    sync = _timed(lambda: [runs.enqueue_run(run) for run in db.session.scalars(select(Run))],
+                                  lambda: completed() >= args.runs)
+                finally:
+                    workers.stop()
+                label = "forked work horse" if mode == "fork" else "no fork, WORKER_FORK=false"
+                print(f"per-run cost, 1 worker ({label}), {args.runs} jobs: bare RQ job {1000 * bare / args.runs:.1f} ms, "
+                      f"no-op sync run {1000 * sync / args.runs:.1f} ms, ratio {sync / bare:.2f} (target <= 1.50)")
+                if mode == "fork":
+                    bare_forked = bare
+                elif bare_forked is not None:
+                    print(f"no-op sync run without fork vs bare RQ job in RQ's default forking worker: "
+                          f"{1000 * sync / args.runs:.1f} ms vs {1000 * bare_forked / args.runs:.1f} ms, "
+                          f"ratio {sync / bare_forked:.2f} (target <= 1.50)")
 
             # 2. scaling with worker processes
             print(f"\n{'workers':>7}{'runs/s':>9}{'records/s':>11}{'vs 1 worker':>13}")

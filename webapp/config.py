@@ -89,6 +89,11 @@ SETTINGS = (
         ("STALE_AFTER_SECONDS", "SYNCHUB_STALE_AFTER_SECONDS", 180.0, float,
          "a running run whose heartbeat has not changed for this long is resumed elsewhere (or failed)"),
         ("RUN_MAX_ATTEMPTS", "SYNCHUB_RUN_MAX_ATTEMPTS", 3, int, "attempts of a run before it is failed"),
+        ("WORKER_FORK", "SYNCHUB_WORKER_FORK", True, _bool,
+         "run each job in a fresh fork of the worker (RQ's work horse); `false`: in the worker process "
+         "itself (RQ's SimpleWorker), which keeps its database connections and compiled statements from job "
+         "to job, so a short run costs about half as much (docs/PERFORMANCE.md); a killed worker's run is "
+         "swept and resumed either way"),
         ("RUN_RETRY_BASE_SECONDS", "SYNCHUB_RUN_RETRY_BASE_SECONDS", 10.0, float,
          "pause before a failed run's second attempt; each further pause is three times longer (with "
          "jitter); 0 requeues at once"),

@@ -185,10 +185,11 @@ class GuardedAdapter(HTTPAdapter):
         self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
 
 
-def session(pool_connections=10, pool_maxsize=10, max_retries=0):
-    """A requests.Session for URLs people typed: every connection checked. Retries are the
-    caller's (classified, rate limited), so urllib3 adds none of its own by default."""
-    new = requests.Session()
+def session(pool_connections=10, pool_maxsize=10, max_retries=0, base=requests.Session):
+    """A requests.Session (of class `base`) for URLs people typed: every connection checked.
+    Retries are the caller's (classified, rate limited), so urllib3 adds none of its own by
+    default."""
+    new = base()
     adapter = GuardedAdapter(pool_connections=pool_connections, pool_maxsize=pool_maxsize, max_retries=max_retries)
     new.mount("http://", adapter)
     new.mount("https://", adapter)

@@ -5,11 +5,13 @@ counters commit together, and only while this attempt still owns the run. A cras
 point therefore resumes from the last committed page: nothing lost, nothing doubled.
 """
 import contextvars
+import functools
 import json
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from flask import current_app
 from sqlalchemy import update
@@ -140,29 +142,41 @@ class RunExecution:
         cursor = self._stored_cursor(name) if self.mode == "incremental" else None
         request = ReadRequest(mode=self.mode, params=self.params, cursor=cursor)
         done_before = self.processed if state is None else None
-        with PageFetcher(current_app._get_current_object(), connector, stream, request) as fetcher:
+        prepare = functools.partial(self._prepare, stream)
+        with PageFetcher(current_app._get_current_object(), connector, stream, request, prepare) as fetcher:
             fetcher.fetch(state)
             while True:
-                page = fetcher.result()
+                page, prepared = fetcher.result()
                 if page.next_state is not None:
                     fetcher.fetch(page.next_state)  # the next page downloads while this one is written
-                if self._write_page(stream, page, done_before):
+                if self._write_page(stream, page, done_before, prepared):
                     return CANCELLED
                 if page.next_state is None:
                     return None
 
-    def _write_page(self, stream, page, done_before):
+    def _prepare(self, stream, page):
+        """What a page's write needs that is pure computation (keys, validation, canonical
+        JSON and hashes, the page's highest cursor): run in the fetch thread, so it overlaps
+        the previous page's database work instead of adding to it."""
+        good, bad = self._sort(stream, page, in_fetch_thread=True)
+        rows = store.prepare_rows(good)
+        top = _highest_cursor((r for _, r in good), stream.cursor_field) if stream.cursor_field else None
+        return PreparedPage(good, bad, rows, top)
+
+    def _write_page(self, stream, page, done_before, prepared):
         """One transaction: records, record errors, checkpoint, counters. True if cancelled."""
         name = stream.name
-        good, bad = self._sort(stream, page)
+        good, bad = prepared.good, prepared.bad
         counts = store.write_page(db.session, connection_id=self.connection_id, stream=name,
-                                  run_id=self.run_id, keyed_records=good)
+                                  run_id=self.run_id, rows=prepared.rows)
         for error in bad:
+            if error.key is None and getattr(error, "page_position", None) is not None:
+                error.key = f"record #{self.processed + error.page_position} of the run"
             runs.log_event(self.run_id, str(error), level="warning", kind="record_error",
                            stream=name, record_key=error.key)
         derived, derived_message = self._write_derived(stream, good)
-        if stream.cursor_field:
-            self._advance_seen_cursor(name, stream.cursor_field, (r for _, r in good))
+        if prepared.top_cursor is not None:
+            self._advance_seen_cursor(name, prepared.top_cursor)
         finished = page.next_state is None
         self.checkpoint["stream"], self.checkpoint["state"] = (None, None) if finished else (name, page.next_state)
         if finished:
@@ -375,9 +389,12 @@ class RunExecution:
     def _stream_counters_copy(self):
         return {name: dict(counters) for name, counters in self.stream_counters.items()}
 
-    def _sort(self, stream, page):
+    def _sort(self, stream, page, in_fetch_thread=False):
+        """(keyed good records, BadRecord errors). In the fetch thread the run's position of a
+        keyless record is not known yet (the page before may still be written): the error
+        keeps its place in the page and _write_page names it."""
         good, bad = [], list(page.bad_records)
-        for position, record in enumerate(page.records, start=self.processed + 1):
+        for position, record in enumerate(page.records, start=1 if in_fetch_thread else self.processed + 1):
             try:
                 key = stream.key_of(record)
                 self.connector.validate(stream, record)
@@ -386,19 +403,18 @@ class RunExecution:
                 if exc.key is None and isinstance(record, dict) and record.get(stream.primary_key) is not None:
                     exc.key = str(record.get(stream.primary_key))
                 if exc.key is None:  # nothing to find it by: where it came in the run, and how it begins
-                    exc.key = f"record #{position} of the run"
+                    if in_fetch_thread:
+                        exc.page_position = position
+                    else:
+                        exc.key = f"record #{position} of the run"
                     exc.args = (f"{exc}; it begins {_excerpt(record)}",)
                 bad.append(exc)
         return good, bad
 
-    def _advance_seen_cursor(self, name, field, records):
+    def _advance_seen_cursor(self, name, value):
         best = self.checkpoint["cursors"].get(name)
-        for record in records:
-            value = record.get(field)
-            if value is not None and (best is None or _cursor_gt(value, best)):
-                best = value
-        if best is not None:
-            self.checkpoint["cursors"] = dict(self.checkpoint["cursors"], **{name: best})
+        if best is None or _cursor_gt(value, best):
+            self.checkpoint["cursors"] = dict(self.checkpoint["cursors"], **{name: value})
 
     def _stored_cursor(self, name):
         state = db.session.get(StreamState, (self.connection_id, name))
@@ -476,6 +492,23 @@ def _add(counters, delta):
         counters[key] = counters.get(key, 0) + value
 
 
+def _highest_cursor(records, field):
+    best = None
+    for record in records:
+        value = record.get(field)
+        if value is not None and (best is None or _cursor_gt(value, best)):
+            best = value
+    return best
+
+
+@dataclass
+class PreparedPage:
+    good: list  # [(key, record)]
+    bad: list  # [BadRecord]
+    rows: dict  # store.prepare_rows(good)
+    top_cursor: object  # the highest cursor value among good records, or None
+
+
 def _cursor_gt(a, b):
     try:
         return a > b
@@ -488,14 +521,16 @@ class PageFetcher:
     so the provider's latency and the database's overlap. Never more than one page ahead:
     memory stays bounded by the page size, and the checkpoint only ever names written pages."""
 
-    def __init__(self, app, connector, stream, request):
-        self.app, self.connector, self.stream, self.request = app, connector, stream, request
+    def __init__(self, app, connector, stream, request, prepare):
+        """`prepare(page)`: the CPU work on a page that can run here too (RunExecution._prepare)."""
+        self.app, self.connector, self.stream, self.request, self.prepare = app, connector, stream, request, prepare
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="page-fetch")
         self._future = None
 
     def _read(self, state):
         with self.app.app_context():  # connectors may store rotated tokens through the DB
-            return self.connector.read_page(self.stream, self.request, state)
+            page = self.connector.read_page(self.stream, self.request, state)
+        return page, self.prepare(page)
 
     def fetch(self, state):
         # The thread logs (retries, waits) under the run's log context too.

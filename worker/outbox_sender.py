@@ -4,10 +4,12 @@ claim, lease, per-key order, backoff, dead letters; breaker.py: the circuit brea
 this is the loop that applies them. One run of it is a drain.
 
 A drain claims small batches until nothing is due or its time budget is spent; it never
-sleeps waiting for a retry, because the next attempt time is in the row. Each outcome is
-committed on its own right after its request, so a worker that dies mid-batch leaves at
-most one row whose request went out but whose outcome was not written: that row is
-claimed again once its lease expires and sent again with the same idempotency key.
+sleeps waiting for a retry, because the next attempt time is in the row. The successes of
+a batch are committed together when the batch is through (a failure, a release at once),
+so a worker that dies mid-batch leaves at most a batch of rows whose requests went out
+but whose outcomes were not written: they are claimed again once their leases expire and
+sent again with the same idempotency keys (docs/OUTBOX.md). The next row of a key is
+claimable only after that commit, so per-key order holds.
 """
 import logging
 import time
@@ -24,7 +26,7 @@ from webapp.connectors.errors import RateLimited
 from webapp.extensions import db
 from webapp.models import Connection, utcnow
 from webapp.outbox.breaker import Breaker
-from webapp.outbox.claim import claim, mark_done, mark_failed, release
+from webapp.outbox.claim import claim, mark_done_many, mark_failed, release
 from webapp import queue
 from webapp.outbox.enqueue import active_senders_key, drain_job_marker, request_sending, send_job_marker
 from webapp.outbox.statuses import DEAD
@@ -89,6 +91,7 @@ class OutboxSender:
         self._announced_until = 0.0
         self.result = DrainResult()
         self._destinations = {}  # connection id -> connector, or the exception building it raised
+        self._delivered = []  # [(claimed row, accepted at)] whose outcome is not yet written
 
     def drain(self, first_event_id=None, budget_seconds=None, max_events=None):
         budget = self.config["OUTBOX_DRAIN_BUDGET_SECONDS"] if budget_seconds is None else budget_seconds
@@ -158,17 +161,32 @@ class OutboxSender:
 
     def _run(self, batch):
         self.result.claimed += len(batch)
-        for claimed in batch:
-            held_until = self.breaker.held_until(claimed.connection_id)
-            if held_until is not None:
-                self._release(claimed, held_until)
-            elif time.monotonic() - claimed.claimed_at > self.lease_seconds / 2:
-                # Too little of the lease is left to start a request that another worker
-                # could not also start: give the row back instead.
-                self._release(claimed, None)
+        try:
+            for claimed in batch:
+                held_until = self.breaker.held_until(claimed.connection_id)
+                used = time.monotonic() - claimed.claimed_at
+                if held_until is not None:
+                    self._release(claimed, held_until)
+                elif used > self.lease_seconds / 2:
+                    # Too little of the lease is left to start a request that another worker
+                    # could not also start: give the row back instead.
+                    self._release(claimed, None)
+                else:
+                    if used > self.lease_seconds / 4:
+                        self._record_delivered()  # slow requests: write outcomes well within the lease
+                    self._announce(refresh=True)
+                    self._send(claimed)
+        finally:
+            self._record_delivered()
+
+    def _record_delivered(self):
+        delivered, self._delivered = self._delivered, []
+        for (claimed, _), settled in zip(delivered, mark_done_many(self.session, delivered)):
+            if settled:
+                self.result.done += 1
+                log.debug("outbox event %s sent", claimed.id)
             else:
-                self._announce(refresh=True)
-                self._send(claimed)
+                self.result.lost += 1
 
     def _release(self, claimed, not_before, reason=None):
         if release(self.session, claimed, not_before, reason):
@@ -200,11 +218,8 @@ class OutboxSender:
                 self._provider_failed(claimed, verdict.reason)
         else:
             self.breaker.success(destination)
-            if mark_done(self.session, claimed):
-                self.result.done += 1
-                log.debug("outbox event %s sent: %s", claimed.id, note)
-            else:
-                self.result.lost += 1
+            log.debug("outbox event %s: %s", claimed.id, note)
+            self._delivered.append((claimed, utcnow()))
 
     def _request(self, connector, claimed):
         """The destination's request for one row; returns once the destination accepted it."""

@@ -44,16 +44,26 @@ class PageCounts:
     unchanged: int = 0
 
 
-def write_page(session, *, connection_id, stream, run_id, keyed_records):
-    """Upsert [(external_id, record_dict)] of one stream. Does not commit: the caller commits
-    together with the run's checkpoint, so a page and its checkpoint land or vanish together."""
-    counts = PageCounts()
-    if not keyed_records:
-        return counts
+def prepare_rows(keyed_records):
+    """{external_id: (canonical JSON text, content hash)} for [(external_id, record_dict)]:
+    the CPU half of write_page, which the engine runs in its fetch thread while the
+    previous page is being written (docs/PERFORMANCE.md)."""
     rows = {}
     for key, record in keyed_records:  # a key repeated within a page: the last copy wins
         text = canonical(record)
         rows[key] = (text, content_hash(text))
+    return rows
+
+
+def write_page(session, *, connection_id, stream, run_id, keyed_records=None, rows=None):
+    """Upsert [(external_id, record_dict)] of one stream, or the `rows` prepare_rows made of
+    them. Does not commit: the caller commits together with the run's checkpoint, so a page
+    and its checkpoint land or vanish together."""
+    counts = PageCounts()
+    if rows is None:
+        rows = prepare_rows(keyed_records or ())
+    if not rows:
+        return counts
     existing = _existing(session, connection_id, stream, list(rows))
     changed, unchanged_ids = [], []
     for key, (data, digest) in rows.items():

@@ -6,12 +6,17 @@ functions:
   - in the work horse (each job runs in a fresh fork): the database pool inherited from
     this process is dropped, the job runs in the app context, and the metrics it counted
     are flushed when it ends (the horse ends with os._exit: atexit hooks never run);
+  - or, with WORKER_FORK off, in this process, as RQ's SimpleWorker runs jobs: the pool's
+    connections and SQLAlchemy's compiled statements then serve job after job, where each
+    fork started cold (compiling a no-op run's statements was half of its cost,
+    docs/PERFORMANCE.md). The app context is pushed and popped per job, so the session of
+    one job never leaks into the next;
   - at start: a dead predecessor registered under the same name is forgotten.
 """
 import os
 import socket
 
-from rq import Worker
+from rq import SimpleWorker, Worker
 
 from webapp import metrics, queue
 from webapp.extensions import db, redis_ext
@@ -33,6 +38,16 @@ class SynchubWorker(Worker):
     def register_birth(self):
         self._forget_dead_namesake()
         super().register_birth()
+
+    def execute_job(self, job, queue):
+        if self.app.config["WORKER_FORK"]:
+            return super().execute_job(job, queue)
+        return SimpleWorker.execute_job(self, job, queue)
+
+    def get_heartbeat_ttl(self, job, *args, **kwargs):
+        if self.app.config["WORKER_FORK"]:
+            return super().get_heartbeat_ttl(job, *args, **kwargs)
+        return SimpleWorker.get_heartbeat_ttl(self, job, *args, **kwargs)
 
     def main_work_horse(self, job, queue):
         # A fork must not use the database connections pooled by its parent.

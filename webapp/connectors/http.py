@@ -31,6 +31,7 @@ from ..error_words import describe
 from .auth import BasicAuth, BearerAuth, HeaderKeyAuth, OAuth2ClientCredentials  # noqa: F401 (re-export)
 from .errors import AuthError, ConfigError, HttpError, QuotaExhausted, RateLimited, TransientError
 from .ratelimit import remaining_in_window
+from .session import EnvironmentOnceSession
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,8 @@ class HttpClient:
         self._owns_session = session is None
         if session is None:
             # Retries are ours (classified, rate limited); urllib3 must not add its own.
-            session = net_guard.session(pool_connections=POOL_SIZE, pool_maxsize=POOL_SIZE, max_retries=0)
+            session = net_guard.session(pool_connections=POOL_SIZE, pool_maxsize=POOL_SIZE, max_retries=0,
+                                        base=EnvironmentOnceSession)
         self._session = session
 
     def close(self):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import and_, exists, or_, select, text, update
+from sqlalchemy import and_, case, exists, or_, select, text, tuple_, update
 from sqlalchemy.orm import aliased
 
 from .. import metrics, retry_policy
@@ -36,6 +36,7 @@ class Claimed:
     idempotency_key: str
     attempts: int
     max_attempts: int
+    created_at: object  # for the delivery latency metric, read with the claim
     claimed_by: str
     lease_until: object
     claimed_at: float = field(default_factory=time.monotonic)
@@ -75,7 +76,7 @@ def claim(session, claimed_by, *, limit=1, lease_seconds=None, event_id=None, sk
                 claimed_by=claimed_by, updated_at=now)
         .returning(OutboxEvent.id, OutboxEvent.connection_id, OutboxEvent.type, OutboxEvent.key,
                    OutboxEvent.payload, OutboxEvent.idempotency_key, OutboxEvent.attempts,
-                   OutboxEvent.max_attempts)
+                   OutboxEvent.max_attempts, OutboxEvent.created_at)
         .execution_options(synchronize_session=False)
     )
     if session.get_bind().dialect.name == "postgresql":
@@ -109,21 +110,49 @@ def _settle(session, c, values):
                              .execution_options(synchronize_session=False))
     session.commit()
     if result.rowcount != 1:
-        log.warning("outbox event %s: claim lost before its outcome was recorded (lease expired?)", c.id)
+        _lost(c)
         return False
     return True
 
 
+def _lost(c):
+    log.warning("outbox event %s: claim lost before its outcome was recorded (lease expired?)", c.id)
+
+
 def mark_done(session, c, now=None):
-    now = now or utcnow()
-    settled = _settle(session, c, {"status": DONE, "delivered_at": now, "lease_until": None,
-                                   "last_error": None, "updated_at": now})
-    if settled:
+    return mark_done_many(session, [(c, now or utcnow())])[0]
+
+
+def mark_done_many(session, delivered):
+    """Record [(claimed row, the time the destination accepted it)] as delivered, in one
+    statement and one transaction (a sender records a batch's successes together: one
+    commit instead of one per row; a crash before it only means those rows are sent again,
+    with the same idempotency keys). Returns one bool per row: False where the claim had
+    been lost (its lease expired and another worker took it)."""
+    if not delivered:
+        return []
+    now = utcnow()
+    if session.get_bind().dialect.name == "postgresql":
+        _relaxed_commit(session)
+    # (id, attempts) with this claimer is each row's claim.
+    accepted_at = case({c.id: at for c, at in delivered}, value=OutboxEvent.id)
+    done = set(session.execute(
+        update(OutboxEvent)
+        .where(tuple_(OutboxEvent.id, OutboxEvent.attempts).in_([(c.id, c.attempts) for c, _ in delivered]),
+               OutboxEvent.status == PROCESSING, OutboxEvent.claimed_by.in_({c.claimed_by for c, _ in delivered}))
+        .values(status=DONE, delivered_at=accepted_at, lease_until=None, last_error=None, updated_at=now)
+        .returning(OutboxEvent.id, OutboxEvent.claimed_by)
+        .execution_options(synchronize_session=False)).all())
+    session.commit()
+    settled = []
+    for c, at in delivered:
+        settled.append((c.id, c.claimed_by) in done)
+        if not settled[-1]:
+            _lost(c)
+            continue
         metrics.inc("outbox_events", status=DONE)
-        created_at = session.execute(select(OutboxEvent.created_at).where(OutboxEvent.id == c.id)).scalar()
-        session.commit()  # end the read's transaction; nothing is pending
-        if created_at is not None:
-            metrics.observe("outbox_delivery_latency_seconds", max(0.0, (now - created_at).total_seconds()))
+        if c.created_at is not None:
+            metrics.observe("outbox_delivery_latency_seconds", max(0.0, (at - c.created_at).total_seconds()))
     return settled
 
 
