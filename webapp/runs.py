@@ -606,37 +606,37 @@ def waiting_reason(run):
             + (f" (the last one failed: {run.error_message})" if run.error_message else ""))
 
 
+def _cancel_if(run_id, conditions, message, now, **values):
+    """Cancel the run at once if it meets `conditions` (one conditional UPDATE); True if so."""
+    result = db.session.execute(
+        update(Run).where(Run.id == run_id, *conditions)
+        .values(status=CANCELLED, cancel_requested=True, finished_at=now, not_before=None, **values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        return False
+    db.session.add(RunEvent(run_id=run_id, message=message))
+    db.session.commit()
+    ended(run_id, CANCELLED)
+    return True
+
+
 def cancel(run_id, requested_by=None, now=None):
     """Cancel a run in any active state. Returns the run's status afterwards.
 
-    queued: cancelled at once (it will never start). running: the flag is set and the
-    worker stops at its next page boundary. running with no heartbeat for longer than
+    waiting or queued: cancelled at once (it will never start). running: the flag is set and
+    the worker stops at its next page boundary. running with no heartbeat for longer than
     the stale threshold: the worker is gone, so the row is cancelled directly.
     """
     now = now or utcnow()
     who = f" by {requested_by}" if requested_by else ""
     for status in (QUEUED, WAITING):
-        result = db.session.execute(
-            update(Run).where(Run.id == run_id, Run.status == status)
-            .values(status=CANCELLED, cancel_requested=True, finished_at=now, not_before=None)
-            .execution_options(synchronize_session=False)
-        )
-        if result.rowcount == 1:
-            db.session.add(RunEvent(run_id=run_id, message=f"cancelled while {status}{who}"))
-            db.session.commit()
-            ended(run_id, CANCELLED)
+        if _cancel_if(run_id, (Run.status == status,), f"cancelled while {status}{who}", now):
             return CANCELLED
     stale_before = now - timedelta(seconds=current_app.config["STALE_AFTER_SECONDS"])
-    result = db.session.execute(
-        update(Run).where(Run.id == run_id, Run.status == RUNNING, Run.heartbeat_at < stale_before)
-        .values(status=CANCELLED, cancel_requested=True, finished_at=now,
-                error_message="cancelled; the worker had stopped sending heartbeats")
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount == 1:
-        db.session.add(RunEvent(run_id=run_id, message=f"cancelled{who}; its worker was gone"))
-        db.session.commit()
-        ended(run_id, CANCELLED)
+    if _cancel_if(run_id, (Run.status == RUNNING, Run.heartbeat_at < stale_before),
+                  f"cancelled{who}; its worker was gone", now,
+                  error_message="cancelled; the worker had stopped sending heartbeats"):
         return CANCELLED
     result = db.session.execute(
         update(Run).where(Run.id == run_id, Run.status == RUNNING, Run.cancel_requested.is_(False))
