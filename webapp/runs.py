@@ -364,6 +364,33 @@ def enqueue_run(run):
         return False
 
 
+def insert_queued_syncs(rows):
+    """Queued sync runs (not record runs) of many connections, one each, in one INSERT,
+    added to the caller's transaction (not committed, not enqueued, no events): the
+    supervisor fires its due slots so (webapp/schedules/batches.py). `rows` are the runs'
+    column values. A connection whose active sync appeared meanwhile is left out by the
+    one-active-sync index (ON CONFLICT DO NOTHING) instead of failing the statement.
+    Returns {connection_id: QueuedRun} of the runs inserted, job ids set
+    (queue.run_job_id(run id, 1))."""
+    table = Run.__table__
+    dialect = db.session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+        # Ids first, so each row goes in with its job id (an id given to a row left out is a gap).
+        ids = db.session.execute(text("SELECT nextval(pg_get_serial_sequence('runs', 'id')) "
+                                      "FROM generate_series(1, :n)"), {"n": len(rows)}).scalars().all()
+        rows = [dict(row, id=run_id, rq_job_id=run_job_id(run_id, 1)) for run_id, row in zip(ids, rows)]
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    inserted = db.session.execute(insert(table).values(rows).on_conflict_do_nothing()
+                                  .returning(table.c.id, table.c.connection_id, table.c.mode, table.c.trigger)).all()
+    if dialect != "postgresql" and inserted:
+        # The same id as run_job_id(run_id, 1), computed by the database for the whole batch.
+        db.session.execute(update(table).where(table.c.id.in_([row.id for row in inserted]))
+                           .values(rq_job_id=run_job_id_sql(table.c.id, 1)))
+    return {row.connection_id: QueuedRun(row.id, run_job_id(row.id, 1), row.mode, row.trigger) for row in inserted}
+
+
 def claim(run_id, worker_name=None):
     """queued -> running for one worker. Returns the attempt number, or None if not ours."""
     now = utcnow()

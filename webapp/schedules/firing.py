@@ -4,25 +4,24 @@ Each connection stores its next slot in `next_run_at`. `fire_due` takes a slot b
 `next_run_at` forward with a conditional UPDATE (WHERE next_run_at = the value read) in
 the same transaction that inserts the run, so a slot yields at most one run whatever
 number of supervisors race for it, and a crash mid-slot leaves either both or neither.
-Slots missed while no supervisor ran are coalesced into one run. Callers: the supervisor
-(scheduler/supervisor.py) and the cron endpoint (webapp/api/cron.py); the schedule
-language itself is parser.py.
+Slots missed while no supervisor ran are coalesced into one run. The due slots are fired
+in batches (batches.py: one transaction for a few hundred slots, the same conditional
+UPDATE per slot), those that meet an active sync one by one (slot.py). Callers: the
+supervisor (scheduler/supervisor.py) and the cron endpoint (webapp/api/cron.py); the
+schedule language itself is parser.py.
 """
 import logging
-from dataclasses import dataclass
-from datetime import datetime
 
 from sqlalchemy import select, update
 
-from .. import runs
 from ..extensions import db
 from ..models import Connection, utcnow
 from ..trigger_policy import allowed_triggers
-from .parser import MANUAL, ScheduleError, missed_slots, parse
+from .batches import fire_in_batches
+from .parser import MANUAL, ScheduleError, parse
+from .slot import SCHEDULE_MODES, DueSlot, SlotOutcome  # noqa: F401  (SlotOutcome, SCHEDULE_MODES: this module's API)
 
 log = logging.getLogger(__name__)
-
-SCHEDULE_MODES = ("full", "incremental")
 
 
 def reschedule(connection, now=None):
@@ -35,16 +34,6 @@ def reschedule(connection, now=None):
     return connection.next_run_at
 
 
-@dataclass
-class SlotOutcome:
-    connection_id: int
-    connection: str
-    slot: datetime
-    action: str  # enqueued | follow_up | skipped_active | refused | taken (by another supervisor)
-    run_id: int | None = None
-    next_run_at: datetime | None = None
-    missed: int = 1
-    reason: str | None = None
 
 
 _warned_invalid = set()
@@ -110,55 +99,13 @@ def due_connections(now):
 
 
 def fire_due(now=None, requested_by="supervisor"):
-    """Enqueue one scheduled run per due slot. Returns a SlotOutcome per due connection."""
+    """Enqueue one scheduled run per due slot, in batches (batches.py). Returns a
+    SlotOutcome per due connection, in the order they came due."""
     now = now or utcnow()
-    outcomes = []
+    slots = []
     for connection_id, name, text, due_at in due_connections(now):
         schedule = _parsed_or_none(connection_id, name, text)
         if schedule is None or schedule.manual:
             continue  # plan_next_runs clears these; a manual connection never gets a run from here
-        outcomes.append(_fire_slot(connection_id, name, text, schedule, due_at, now, requested_by))
-    return outcomes
-
-
-def _take_slot(connection_id, text, due_at, next_at):
-    """The conditional UPDATE that decides which supervisor owns a slot (not committed)."""
-    return db.session.execute(
-        update(Connection)
-        .where(Connection.id == connection_id, Connection.next_run_at == due_at,
-               Connection.schedule == text, Connection.enabled.is_(True))
-        .values(next_run_at=next_at).execution_options(synchronize_session=False)
-    ).rowcount == 1
-
-
-def _fire_slot(connection_id, name, text, schedule, due_at, now, requested_by):
-    next_at = schedule.next_after(now)
-    outcome = SlotOutcome(connection_id, name, due_at, "taken", next_run_at=next_at,
-                          missed=missed_slots(schedule, due_at, now))
-    if not _take_slot(connection_id, text, due_at, next_at):
-        db.session.rollback()
-        return outcome  # another supervisor took it, or the schedule changed under us
-    connection = db.session.get(Connection, connection_id)
-    mode = (connection.settings or {}).get("schedule_mode") or "full"
-    try:
-        if mode not in SCHEDULE_MODES:
-            raise runs.TriggerRefused(f"settings.schedule_mode {mode!r} is not one of {', '.join(SCHEDULE_MODES)}")
-        # trigger() commits its insert in the transaction that holds our slot UPDATE, so the
-        # slot and its run are one atomic change. Meeting an active sync, it applies the
-        # overlap policy (skip: logged on that run; buffer_one: one waiting follow-up).
-        result = runs.trigger(connection, mode=mode, trigger="schedule",
-                              requested_by=f"{requested_by} (slot {due_at.isoformat(timespec='minutes')}Z)")
-    except runs.TriggerRefused as exc:
-        db.session.commit()  # the slot is used up; the refusal is logged, not retried every tick
-        outcome.action, outcome.reason = "refused", str(exc)
-        return outcome
-    # When trigger() hit the unique index it rolled our UPDATE back with its insert attempt
-    # (and, rarely, inserted on a second try): then take the slot again.
-    still_due = db.session.scalar(select(Connection.next_run_at).where(Connection.id == connection_id)) == due_at
-    if still_due and _take_slot(connection_id, text, due_at, next_at):
-        db.session.commit()
-    else:
-        db.session.rollback()
-    outcome.run_id = result.run.id
-    outcome.action = {"queued": "enqueued", "follow_up": "follow_up"}.get(result.outcome, "skipped_active")
-    return outcome
+        slots.append(DueSlot(connection_id, name, text, schedule, due_at))
+    return fire_in_batches(slots, now, requested_by)
