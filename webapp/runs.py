@@ -199,9 +199,13 @@ def _key_of(run):
 
 def _note_skipped(active, who):
     """Overlap policy skip: the slot is logged on the history of the run it met."""
-    db.session.add(RunEvent(run_id=active.id, message=f"a scheduled slot was skipped: this run was still active "
-                                                      f"(overlap policy: skip; {who})"))
+    db.session.add(RunEvent(run_id=active.id, message=skipped_slot_note(who)))
     db.session.commit()
+
+
+def skipped_slot_note(who):
+    """The line a skipped slot leaves on the active run's history (also batches.py's)."""
+    return f"a scheduled slot was skipped: this run was still active (overlap policy: skip; {who})"
 
 
 def _follow_up_for(connection_id, key):

@@ -11,12 +11,14 @@ A batch is one transaction:
      follow-up (one query each);
   3. refuse, in words, what check_trigger refuses (trigger policy, schedule_mode): the
      slot is used up, as slot by slot;
-  4. give back the slots that need runs.trigger's care, the overlap policy (a connection
-     with an active sync or a follow-up, a paused one: pausing counts the refusal and
-     commits), and insert one queued run for each of the others in one statement, ON
-     CONFLICT DO NOTHING; a connection whose active sync appeared meanwhile is left out by
-     the one-active-sync index and its slot given back too;
-  5. the runs' "created" events in one statement, then the commit.
+  4. a connection whose active sync meets the slot under the overlap policy `skip`: the
+     slot is logged on that run (webapp/trigger_policy.py), in this transaction;
+  5. give back the slots that need runs.trigger's care (`buffer_one` with an active sync,
+     a waiting follow-up, which may coalesce, a paused connection: pausing counts the
+     refusal and commits), and insert one queued run for each of the others in one
+     statement, ON CONFLICT DO NOTHING; a connection whose active sync appeared meanwhile
+     is left out by the one-active-sync index and its slot given back too;
+  6. the runs' "created" events and the skip notes in one statement, then the commit.
 After the commit the runs are announced and enqueued in one Redis pipeline; if that
 fails the runs stay queued and the lost-job sweep (webapp/recovery.py, requeue_lost)
 enqueues them. The slots given back are fired slot by slot (slot.fire_slot), which takes
@@ -32,7 +34,7 @@ from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
-from .. import runs
+from .. import runs, trigger_policy
 from ..extensions import db
 from ..models import QUEUED, RUNNING, WAITING, Connection, Run, RunEvent, utcnow
 from ..queue import enqueue_execute_runs
@@ -45,8 +47,9 @@ log = logging.getLogger(__name__)
 BATCH_SIZE = 250
 
 
-def fire_in_batches(slots, now, requested_by, size=BATCH_SIZE):
+def fire_in_batches(slots, now, requested_by, size=None):
     """[SlotOutcome] of the DueSlots `slots`, in their order."""
+    size = size or BATCH_SIZE
     outcomes = []
     for start in range(0, len(slots), size):
         outcomes += fire_batch(slots[start:start + size], now, requested_by)
@@ -69,22 +72,20 @@ def fire_batch(slots, now, requested_by):
 
 
 def _fire_together(slots, outcomes, requested_by):
-    """Steps 1-5 above. Returns ({index: QueuedRun} created, [indexes left to fire one by one])."""
+    """Steps 1-6 above. Returns ({index: QueuedRun} created, [indexes left to fire one by one])."""
     taken = _take(slots, outcomes)
     if not taken:
         db.session.rollback()
         return {}, []
     connections = {c.id: c for c in db.session.execute(
         select(Connection).where(Connection.id.in_([slots[i].connection_id for i in taken]))).scalars()}
-    busy = set(db.session.execute(
-        select(Run.connection_id).where(Run.connection_id.in_(list(connections)), Run.mode != "record",
-                                        Run.status.in_((QUEUED, RUNNING, WAITING)))).scalars())
-    one_by_one, rows = [], {}
+    active, follow_ups = _syncs_of(list(connections))
+    one_by_one, rows, skipped = [], {}, {}
     for index in taken:
         slot, outcome = slots[index], outcomes[index]
         connection = connections[slot.connection_id]
-        if connection.paused_at is not None or slot.connection_id in busy:
-            one_by_one.append(index)
+        if connection.paused_at is not None or slot.connection_id in follow_ups:
+            one_by_one.append(index)  # pausing counts the refusal and commits; a follow-up may coalesce
             continue
         mode, refused = scheduled_mode(connection.settings)
         try:
@@ -94,19 +95,43 @@ def _fire_together(slots, outcomes, requested_by):
         except runs.TriggerRefused as exc:
             outcome.action, outcome.reason = "refused", str(exc)  # the slot stays used up
             continue
+        if slot.connection_id in active:
+            if trigger_policy.follows_up(connection.settings, "schedule"):
+                one_by_one.append(index)  # buffer_one: runs.trigger inserts the follow-up
+            else:
+                skipped[index] = active[slot.connection_id]
+            continue
         rows[index] = _run_row(slot, mode, requested_by)
     inserted = runs.insert_queued_syncs(list(rows.values())) if rows else {}
     created = {index: inserted[row["connection_id"]] for index, row in rows.items() if row["connection_id"] in inserted}
     one_by_one += [index for index in rows if index not in created]
     _give_back([slots[i] for i in one_by_one])
-    if created:
-        db.session.execute(RunEvent.__table__.insert(), [
-            {"run_id": run.id, "message": f"queued by schedule ({rows[index]['requested_by']})", "created_at": utcnow()}
-            for index, run in created.items()])
+    events = [{"run_id": run.id, "message": f"queued by schedule ({rows[index]['requested_by']})"}
+              for index, run in created.items()]
+    events += [{"run_id": run_id, "message": runs.skipped_slot_note(requested_by_of(requested_by, slots[index].due_at))}
+               for index, run_id in skipped.items()]
+    if events:
+        db.session.execute(RunEvent.__table__.insert(), [dict(event, created_at=utcnow()) for event in events])
     db.session.commit()
     for index, run in created.items():
         outcomes[index].action, outcomes[index].run_id = "enqueued", run.id
+    for index, run_id in skipped.items():
+        outcomes[index].action, outcomes[index].run_id = "skipped_active", run_id
     return created, sorted(one_by_one)
+
+
+def _syncs_of(connection_ids):
+    """({connection id: its active sync's id}, {connection ids with a waiting follow-up})."""
+    active, follow_ups = {}, set()
+    for connection_id, run_id, status, not_before in db.session.execute(
+            select(Run.connection_id, Run.id, Run.status, Run.not_before)
+            .where(Run.connection_id.in_(connection_ids), Run.mode != "record",
+                   Run.status.in_((QUEUED, RUNNING, WAITING)))):
+        if status == WAITING and not_before is None:
+            follow_ups.add(connection_id)
+        else:
+            active[connection_id] = run_id
+    return active, follow_ups
 
 
 def _take(slots, outcomes):
