@@ -386,8 +386,11 @@ def insert_queued_syncs(rows):
         rows = [dict(row, id=run_id, rq_job_id=run_job_id(run_id, 1)) for run_id, row in zip(ids, rows)]
     else:
         from sqlalchemy.dialects.sqlite import insert
-    inserted = db.session.execute(insert(table).values(rows).on_conflict_do_nothing()
-                                  .returning(table.c.id, table.c.connection_id, table.c.mode, table.c.trigger)).all()
+    # Parameters as a list, not .values(rows): SQLAlchemy's "insertmanyvalues" renders the
+    # multi-row INSERT from one cached compilation (a .values() list is compiled afresh).
+    inserted = db.session.execute(insert(table).on_conflict_do_nothing()
+                                  .returning(table.c.id, table.c.connection_id, table.c.mode, table.c.trigger),
+                                  rows).all()
     if dialect != "postgresql" and inserted:
         # The same id as run_job_id(run_id, 1), computed by the database for the whole batch.
         db.session.execute(update(table).where(table.c.id.in_([row.id for row in inserted]))
