@@ -162,13 +162,13 @@ def parse_supervisor(out):
 def parse_supervisor_scale(out):
     n = re.search(r"^(\d+) connections \(hourly:0\) due at the same instant", out, re.M)
     rows = []
-    for backend, _, last, p50, p99, fired, twice, missing in re.findall(
-            rf"^(sqlite|postgresql)\s+(\S+)\s+(\S+)\s+{NUM}\s+{NUM}\s+(\d+)\s+(\d+)\s+(\d+)", out, re.M):
+    for backend, _, first, last, p50, p99, fired, twice, missing in re.findall(
+            rf"^(sqlite|postgresql)\s+(\S+)\s+(\S+)\s+(\S+)\s+{NUM}\s+{NUM}\s+(\d+)\s+(\d+)\s+(\d+)", out, re.M):
         what = f"supervisor, {backend}: {int(n[1]):,} connections due at once, two supervisors" if n else backend
         rows.append(_row(f"{what}: last slot fired after", _n(last) if last != "-" else None, None, "s",
                          ("ours", "<=", 60)))
         rows.append(_row(f"{what}: slot lag p50 / p99", _n(p50), None, "s"))
-        rows[-1]["figure"] += f" (p99 {_n(p99):.1f} s)"
+        rows[-1]["figure"] += f" (p99 {_n(p99):.1f} s" + (f", first slot {_n(first):.1f} s)" if first != "-" else ")")
         rows.append(_row(f"{what}: slots fired twice or missing", int(twice) + int(missing), None, "slots",
                          ("ours", "<=", 0)))
     return rows
