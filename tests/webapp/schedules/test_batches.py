@@ -81,7 +81,8 @@ def test_a_batch_mixing_every_kind_of_connection_gives_each_the_outcome_of_slot_
 
     assert [r.id for r in _runs_of("busy-skip")] == [skip_run.id]
     assert any("a scheduled slot was skipped" in m for m in _messages(skip_run.id))
-    follow_up = _runs_of("busy-buffer")[1]
+    active_run, follow_up = _runs_of("busy-buffer")
+    assert active_run.id == buffer_run.id
     assert by_name["busy-buffer"].run_id == follow_up.id and follow_up.status == "waiting"
     for name in ("manual", "disabled", "odd-mode", "events-only", "paused"):
         assert _runs_of(name) == []
