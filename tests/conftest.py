@@ -27,11 +27,45 @@ def redis_url():
     url = os.environ.get("REDIS_URL_FOR_TESTS")
     if url:
         redis_lib.Redis.from_url(url).ping()  # CI: fail loudly if the real server is down
-        yield url
+        claimed, release = _claim_database(url)
+        if claimed is None:
+            pytest.fail(f"every Redis database 1-15 of {url} is in use by another test session")
+        yield claimed
+        redis_lib.Redis.from_url(claimed).flushdb()
+        release()
         return
     server = RedisServer().start()
     yield server.url
     server.stop()
+
+
+def _claim_database(url):
+    """The URL of a Redis database (1-15) no other test session is using, claimed for this
+    one: every test flushes its database, so two sessions sharing one (two pytest-xdist
+    workers, or a developer's run beside CI's) would wipe each other's queues and locks.
+    Claims live in database 0, which no session flushes; one expires after two hours, so a
+    killed session's database comes free again. Returns (url, release) or (None, None)."""
+    base = url.split("?")[0].rstrip("/")
+    head, _, last = base.rpartition("/")
+    if last.isdigit() and head.count("/") >= 2:
+        base = head
+    registry = redis_lib.Redis.from_url(f"{base}/0")
+    owner = f"{os.getpid()}@{os.uname().nodename}"
+    for index in range(1, 16):
+        claim = f"synchub-tests:redis-db-claimed:{index}"
+        if registry.set(claim, owner, nx=True, ex=7200):
+            return f"{base}/{index}", lambda: registry.delete(claim)
+    return None, None
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a test of a minute or more (the chaos and soak runs); scheduled first")
+
+
+def pytest_collection_modifyitems(items):
+    """The longest tests first (marked `slow`), so with `-n 2` they run beside the rest
+    instead of alone at the end."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1)
 
 
 @pytest.fixture(scope="session")

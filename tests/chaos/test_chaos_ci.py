@@ -17,6 +17,7 @@ from tests.chaos.scenarios import REAL_RESTART, SCENARIOS
 KNOWN_BUGS = {}
 
 
+@pytest.mark.slow
 def test_every_fault_scenario_keeps_every_invariant():
     if not os.environ.get("SYNCHUB_TEST_POSTGRES_URL"):
         pytest.skip("the chaos suite needs PostgreSQL: SYNCHUB_TEST_POSTGRES_URL is unset")

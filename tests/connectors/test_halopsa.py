@@ -63,15 +63,16 @@ def test_latest_fiscal_year_is_todays_unless_the_app_created_a_newer_one(halo):
 
 
 def test_tickets_page_with_pageinate_and_later_pages_come_concurrently(halo):
-    halo.latency = 0.5
+    halo.latency = 1.0
     records = _tickets(_connector(halo, page_concurrency=4), ReadRequest("full"))
     assert sorted(t["id"] for t in records) == sorted(halo.tickets)
     requests = halo.server.log.entries("/api/Tickets")
     assert all(r.args["pageinate"] == "true" and r.args["page_size"] == "100" for r in requests)
     assert sorted(int(r.args["page_no"]) for r in requests) == [1, 2, 3, 4, 5]
     later = [r.time for r in requests if r.args["page_no"] != "1"]
-    # Pages 2-5 asked together: one after the other they would arrive at least 3 x 0.5 s apart.
-    assert max(later) - min(later) < 1.0
+    # Pages 2-5 asked together: one after the other they would arrive at least 3 x 1 s apart
+    # (the margin is for a busy machine).
+    assert max(later) - min(later) < 2.0
 
 
 def test_fiscal_year_parameter_lists_only_that_years_tickets(halo):

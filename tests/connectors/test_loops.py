@@ -208,8 +208,9 @@ def test_requests_arriving_late_never_put_more_than_the_limit_in_one_of_loops_wi
         t.join(60)
     elapsed = time.monotonic() - started
     assert errors == [] and api.violations == 0 and len(api.contacts()) == 40
-    # ...and the limit is still used: 40 requests, 10 per second plus the held ones' 0.3 s.
-    assert 3.0 <= elapsed < 3 + 2 * 0.3 + 1.0
+    # ...and the limit is still used: 40 requests, 10 per second plus the held ones' 0.3 s
+    # (the slack is for a busy machine; half the rate would need 6 s).
+    assert 3.0 <= elapsed < 3 + 2 * 0.3 + 1.9
 
 
 # -- the simulator itself ----------------------------------------------------------------

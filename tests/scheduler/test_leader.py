@@ -6,7 +6,7 @@ import pytest
 import redis as redis_lib
 
 from scheduler.leader import Lease, holder
-from tests.support import RedisServer
+from tests.support import RedisServer, wait_for
 
 
 @pytest.fixture
@@ -29,14 +29,17 @@ def test_only_one_of_two_supervisors_leads(client, key):
 
 
 def test_leader_keeps_the_lease_by_renewing_it(client, key):
-    # Renewed every 0.1 s against a 1.5 s lease: only a stall of over a second (not a busy
-    # machine's scheduling delay) could let it lapse.
-    a, b = Lease(client, "a", 1.5, key=key), Lease(client, "b", 1.5, key=key)
-    deadline = time.monotonic() + 4.0  # over two TTLs
-    while time.monotonic() < deadline:
-        assert a.acquire_or_renew()
+    # Driven by the lease's remaining time in Redis, not by a sleep against its TTL: each
+    # round waits until part of the lease has run out, then the renewal must restore all of
+    # it, and the rival is refused throughout. A 10 s lease: a busy machine's stall of
+    # several seconds still cannot let it lapse between the look and the renewal.
+    a, b = Lease(client, "a", 10, key=key), Lease(client, "b", 10, key=key)
+    assert a.acquire_or_renew()
+    for _ in range(3):
+        wait_for(lambda: client.pttl(key) < 9500, timeout=30, interval=0.05, message="part of the lease to run out")
         assert not b.acquire_or_renew()
-        time.sleep(0.1)
+        assert a.acquire_or_renew()
+        assert client.pttl(key) > 9500 and holder(client, key) == "a"
 
 
 def test_dead_leader_is_replaced_once_its_lease_expires(client, key):

@@ -138,7 +138,9 @@ def test_progress_is_published_to_redis_and_persisted_on_the_row(app, make_conne
     pubsub.get_message(timeout=1)
     execute_run(run_id, redis_client=redis, worker_name="t")
     messages = []
-    while (m := pubsub.get_message(timeout=0.5)) is not None:
+    while not messages or messages[-1]["status"] != COMPLETED:  # the last one the run publishes
+        m = pubsub.get_message(timeout=30)
+        assert m is not None, f"no progress message after {messages[-1:] or 'none'}"
         if m["type"] == "message":
             messages.append(json.loads(m["data"]))
     percents = [m["percent"] for m in messages if m["phase"].startswith("fetching")]

@@ -11,10 +11,20 @@ from webapp.webhooks import dispatch
 from worker.jobs import dispatch_webhooks
 
 
-def test_delivery_that_skipped_the_kick_is_caught_by_the_dispatchers_last_look(app, make_connection, redis):
+def test_delivery_that_skipped_the_kick_is_caught_by_the_dispatchers_last_look(app, make_connection, redis,
+                                                                                monkeypatch):
     secret = signing.whsec()
     make_connection(name="shop", settings=TAKES_WEBHOOKS, credentials={"webhook_secret": secret})
-    app.config["WEBHOOK_KICK_DEBOUNCE_SECONDS"] = 1.0
+    # A debounce longer than the test, and the job's wait before its last look ends when the
+    # second delivery is stored: the order the debounce relies on, without a clock window.
+    app.config["WEBHOOK_KICK_DEBOUNCE_SECONDS"] = 3600
+    second_stored = threading.Event()
+
+    def last_look_delay():
+        assert second_stored.wait(30), "the second delivery was never stored"
+        return 0
+
+    monkeypatch.setattr(dispatch, "last_look_delay", last_look_delay)
     client = app.test_client()
 
     def post(n):
@@ -37,6 +47,7 @@ def test_delivery_that_skipped_the_kick_is_caught_by_the_dispatchers_last_look(a
         time.sleep(0.005)
     assert not redis.exists(dispatch.kick_marker())  # the job found nothing left and released the marker
     second = post(2)  # within the debounce: this process does not ask Redis again
+    second_stored.set()
     assert not redis.exists(dispatch.kick_marker()) and queue(WEBHOOKS).count == 1
     runner.join(10)
     assert results == [2]  # the job's last look, after the debounce, found the second delivery

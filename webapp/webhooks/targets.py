@@ -21,6 +21,7 @@ from ..models import Connection
 
 EXTENSION_KEY = "synchub_webhook_targets"
 MAX_ENTRIES = 1000
+clock = time.monotonic  # tests move it forward instead of sleeping through the cache time
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ def lookup(key):
     cache = current_app.extensions.setdefault(EXTENSION_KEY, {})
     ttl = current_app.config["WEBHOOK_CONNECTION_CACHE_SECONDS"]
     entry = cache.get(text)
-    now = time.monotonic()
+    now = clock()
     if entry is not None and entry[0] > now:
         return entry[1]
     connection = runs.get_connection(text)

@@ -1,5 +1,4 @@
 """POST /api/events: configured syncs are queued and the caller gets 202 at once."""
-import time
 
 from webapp.extensions import db
 from webapp.models import COMPLETED, Run
@@ -14,16 +13,18 @@ def _post(client, auth, body):
 
 
 def test_event_returns_at_once_while_the_sync_it_starts_takes_longer(client, auth, make_connection, workers):
-    # 6 pages of 250 ms: the sync needs about 1.5 s; the caller must not wait for it.
+    # 6 pages of 500 ms: the sync needs at least 3 s; the caller must not wait for it.
     make_connection(name="halo", schedule="hourly:0",
-                    settings={"records": 30, "page_size": 5, "latency_ms": 250, "event_triggers": FISCAL})
+                    settings={"records": 30, "page_size": 5, "latency_ms": 500, "event_triggers": FISCAL})
     workers.start()
-    started = time.monotonic()
     response = _post(client, auth, {"type": "fiscal_year.created", "data": {"fiscal_year": 2027}})
-    answered = time.monotonic() - started
-    assert response.status_code == 202 and answered < 0.5, answered
+    assert response.status_code == 202
     [queued] = response.get_json()["runs"]
     assert queued["created"] is True and queued["status"] == "queued"
+    # Answered before the sync ended (no wall-clock bound: a busy machine may take its time
+    # to answer, but an endpoint that waited for the sync would find it completed here).
+    db.session.expire_all()
+    assert db.session.get(Run, queued["run_id"]).status in ("queued", "running")
 
     def finished():
         db.session.expire_all()
@@ -31,8 +32,7 @@ def test_event_returns_at_once_while_the_sync_it_starts_takes_longer(client, aut
         return run if run.status == COMPLETED else None
 
     run = wait_for(finished, timeout=60, message="the event's sync to complete")
-    assert time.monotonic() - started > 1.0 > answered
-    assert (run.finished_at - run.started_at).total_seconds() >= 1.0
+    assert (run.finished_at - run.started_at).total_seconds() >= 3.0
     assert run.trigger == "event" and run.requested_by == "event:fiscal_year.created"
     assert run.params == {"fiscal_year": 2027, "label": "FY2027"}
     assert run.seen == 30
