@@ -15,7 +15,7 @@ A run counts in the period it was created in, as the statistics always counted r
 Durations: bin 0 holds runs under FIRST_EDGE seconds; bin k >= 1 holds
 [FIRST_EDGE * 2**((k-1)/STEPS), FIRST_EDGE * 2**(k/STEPS)), the last bin everything above.
 A percentile is the geometric middle of the bin that holds the nearest-rank value, so it is
-within RELATIVE_ERROR (4.4 %) of the exact one for durations from 0.01 s to 38 h.
+within RELATIVE_ERROR (4.4 %) of the exact one for durations from 0.01 s to 39 h.
 """
 import math
 from datetime import datetime, timedelta

@@ -34,7 +34,7 @@ RECORD_COUNTERS = ("created", "updated", "deleted", "skipped")
 WEBHOOK_OUTCOMES = ("enqueued", "ignored", "failed", "received", "dispatching")
 OUTBOX_OUTCOMES = ("done", "dead", "pending", "processing")
 PERCENTILE_NOTE = (f"Durations p50/p95 are read from per-hour and per-day histograms of finished runs: within "
-                   f"{100 * rollups.RELATIVE_ERROR:.1f}% of the exact value (for runs between 0.01 s and 38 h).")
+                   f"{100 * rollups.RELATIVE_ERROR:.1f}% of the exact value (for runs between 0.01 s and 39 h).")
 
 
 @dataclass

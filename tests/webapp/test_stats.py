@@ -317,3 +317,22 @@ def test_report_csv_and_api_series_carry_the_same_numbers(app, make_connection, 
     page = client.get("/admin/stats?window=7d").get_data(as_text=True)
     assert stats.PERCENTILE_NOTE in page and 'id="table-waits"' in page
     assert client.get("/admin/stats?window=1y").status_code == 400
+
+
+def test_statistics_outlive_retention_of_the_runs_in_daily_rollups(app, make_connection):
+    from webapp import retention
+
+    conn = make_connection()
+    ids = []
+    for age in (40, 0):  # the newer run keeps the connection's latest, which retention never deletes
+        run = runs.trigger(conn, enqueue=False).run
+        attempt = runs.claim(run.id, "w")
+        db.session.execute(sa.update(Run).where(Run.id == run.id).values(created_at=utcnow() - timedelta(days=age)))
+        assert runs.finish(run.id, attempt, COMPLETED)
+        ids.append(run.id)
+    counts = retention.cleanup(runs=30)
+    assert counts["runs"] == 1 and db.session.get(Run, ids[0]) is None
+    assert counts["hourly_rollups"] == 1  # the old run's hour; its day stays
+    win = stats.window("90d")
+    assert stats.run_stats(win, conn).total.by_status["completed"] == 2
+    assert stats.run_stats_from_runs(win, conn).total.by_status["completed"] == 1

@@ -128,7 +128,9 @@ OPENAPI_PATHS = {
                                "days=1, 6 hours up to 7 days, a day up to 30, 3 days up to 90, else a week"},
             "series": {"type": "array", "items": {"$ref": "#/components/schemas/StatsPeriod"},
                        "description": "whole periods, oldest first, the last one containing now; "
-                                      "runs counted by the period they were created in"}}},
+                                      "runs counted by the period they were created in; finished runs "
+                                      "read from per-hour and per-day roll-ups, so counts are exact and "
+                                      "duration percentiles histogram-based (see StatsPeriod)"}}},
             BAD_REQUEST, UNAUTHORIZED, NOT_FOUND),
     }},
 }
@@ -137,7 +139,8 @@ _COUNTS = {"type": "object", "additionalProperties": {"type": "integer"}}
 
 OPENAPI_SCHEMAS = {"StatsPeriod": {
     "type": "object",
-    "required": ["start", "runs", "by_status", "success_rate", "duration_seconds", "records", "seen", "retries"],
+    "required": ["start", "runs", "by_status", "success_rate", "duration_seconds", "records", "seen", "retries",
+                 "rate_limit_wait_seconds"],
     "properties": {
         "start": {"type": "string", "format": "date-time"},
         "runs": {"type": "integer"},
@@ -146,10 +149,13 @@ OPENAPI_SCHEMAS = {"StatsPeriod": {
                          "description": "completed / (completed + failed) in the period; null when none finished"},
         "duration_seconds": {"type": "object", "required": ["p50", "p95"], "properties": {
             "p50": _NULLABLE_NUMBER, "p95": _NULLABLE_NUMBER},
-            "description": "nearest-rank percentiles of the durations of completed and failed runs"},
+            "description": "nearest-rank percentiles of the durations of completed and failed runs, from "
+                           "log-spaced histograms: within 4.4% of the exact value for runs of 0.01 s to 39 h"},
         "records": {"type": "object", "properties": {k: {"type": "integer"} for k in stats.RECORD_COUNTERS}},
         "seen": {"type": "integer"},
-        "retries": {"type": "integer", "description": "attempts beyond the first"}}},
+        "retries": {"type": "integer", "description": "attempts beyond the first"},
+        "rate_limit_wait_seconds": {"type": "number", "description": "seconds the period's runs waited for "
+                                    "rate-limit budget or a provider's Retry-After"}}},
     "Health": {"type": "object", "required": ["status", "checks"], "properties": {
     "status": {"type": "string", "enum": ["ok", "unavailable"]},
     "checks": {"type": "object", "additionalProperties": {"type": "string"}},
