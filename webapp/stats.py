@@ -19,7 +19,7 @@ from sqlalchemy import bindparam, select, text
 
 from . import rollups
 from .extensions import db
-from .models import ACTIVE_STATUSES, ROLLUP_DURATION_BINS, Connection, Run, utcnow
+from .models import ACTIVE_STATUSES, ROLLUP_DURATION_BINS, TERMINAL_STATUSES, Connection, Run, utcnow
 
 # window key -> (length, bucket length)
 WINDOWS = {
@@ -72,6 +72,10 @@ class Bucket:
     seen: int = 0
     retries: int = 0  # attempts beyond the first (rate limits, outages, lost workers)
     rate_limit_wait_seconds: float = 0.0  # waited for rate-limit budget or Retry-After
+    finished: int = 0  # completed, failed or cancelled
+    finished_seen: int = 0  # records seen by those
+    durations: int = 0  # completed and failed runs with a duration (those p50/p95 rank)
+    duration_sum: float = 0.0
     p50: float | None = None
     p95: float | None = None
 
@@ -84,6 +88,14 @@ class Bucket:
         """completed / (completed + failed); None when none finished either way."""
         finished = self.by_status["completed"] + self.by_status["failed"]
         return self.by_status["completed"] / finished if finished else None
+
+    @property
+    def mean_duration(self):
+        return round(self.duration_sum / self.durations, 3) if self.durations else None
+
+    @property
+    def seen_per_finished_run(self):
+        return round(self.finished_seen / self.finished, 1) if self.finished else None
 
     def per_run(self, name):
         return round(self.records[name] / self.runs, 1) if self.runs else None
@@ -182,7 +194,8 @@ _ACTIVE = ", ".join(f"'{status}'" for status in ACTIVE_STATUSES)
 def rollup_sql(win, connection, group, histogram=True):
     """(SQL, params) of the window's figures grouped by `group` ("bucket" or "connection"):
     the finished runs' roll-ups UNION ALL the active runs, columns: key, status, runs, seen,
-    created, updated, deleted, skipped, retries, rate-limit seconds[, histogram bins]."""
+    created, updated, deleted, skipped, retries, rate-limit seconds, durations, their sum[,
+    histogram bins]."""
     period = rollup_period(win)
     seconds = win.bucket.total_seconds()
     params = {"since": win.since, "until": win.until, "period": period}
@@ -199,22 +212,32 @@ def rollup_sql(win, connection, group, histogram=True):
     active = "runs INDEXED BY ix_runs_status_heartbeat" if _dialect() != "postgresql" else "runs"
     sql = f"""
         SELECT {key_rollup} AS k, status, SUM(runs), SUM(seen), SUM(created), SUM(updated), SUM(deleted),
-               SUM(skipped), SUM(retries), SUM(rate_limit_wait_seconds){bins_rollup}
+               SUM(skipped), SUM(retries), SUM(rate_limit_wait_seconds), SUM(durations),
+               SUM(duration_sum){bins_rollup}
         FROM run_rollups WHERE period_seconds = :period AND period_start >= :since AND period_start < :until{only}
         GROUP BY k, status
         UNION ALL
         SELECT {key_runs} AS k, status, COUNT(*), SUM(seen), SUM(created), SUM(updated), SUM(deleted),
                SUM(failed), SUM(CASE WHEN attempt > 1 THEN attempt - 1 ELSE 0 END),
-               SUM(rate_limit_wait_seconds){bins_runs}
+               SUM(rate_limit_wait_seconds), 0, 0{bins_runs}
         FROM {active} WHERE status IN ({_ACTIVE}) AND created_at >= :since AND created_at < :until{only}
         GROUP BY k, status"""  # noqa: S608  table, column and bucket SQL are this module's constants; values are bound
     return sql, params
 
 
+_FIGURES = 10  # the columns before the histogram's
+
+
 def _add_row(target, status, values):
-    count, seen, created, updated, deleted, skipped, retries, waited = (v or 0 for v in values[:8])
+    count, seen, created, updated, deleted, skipped, retries, waited, durations, duration_sum = (
+        v or 0 for v in values[:_FIGURES])
     if status in target.by_status:
         target.by_status[status] += count
+    if status in TERMINAL_STATUSES:
+        target.finished += count
+        target.finished_seen += seen
+    target.durations += durations
+    target.duration_sum += duration_sum
     target.seen += seen
     target.retries += retries
     target.rate_limit_wait_seconds += waited
@@ -233,7 +256,7 @@ def run_stats(win, connection=None):
     for b, status, *values in db.session.execute(text(sql), params).all():
         for target in ((buckets[b],) if 0 <= b < len(buckets) else ()) + (total,):
             _add_row(target, status, values)
-        for k, count in enumerate(values[8:]):
+        for k, count in enumerate(values[_FIGURES:]):
             if count:
                 histograms.setdefault(b, {}).setdefault(k, 0)
                 histograms[b][k] += count

@@ -312,6 +312,9 @@ def test_report_csv_and_api_series_carry_the_same_numbers(app, make_connection, 
     api = client.get("/api/stats?days=7&connection=a", headers={"Authorization": f"Bearer {token}"}).get_json()
     assert api["bucket_seconds"] == 6 * 3600
     assert sum(point["runs"] for point in api["series"]) == sum(x.runs for x in got.buckets)
+    assert api["runs"] == got.total.runs and api["by_status"]["failed"] == got.total.by_status["failed"]
+    assert api["since"] == win.since.isoformat() + "Z" and api["records_skipped"] == got.total.records["skipped"]
+    assert api["rate_limit_wait_seconds"] == round(got.total.rate_limit_wait_seconds, 1)
     assert [point["rate_limit_wait_seconds"] for point in api["series"]] == [
         round(x.rate_limit_wait_seconds, 1) for x in got.buckets]
     page = client.get("/admin/stats?window=7d").get_data(as_text=True)
@@ -329,6 +332,9 @@ def test_statistics_outlive_retention_of_the_runs_in_daily_rollups(app, make_con
         attempt = runs.claim(run.id, "w")
         db.session.execute(sa.update(Run).where(Run.id == run.id).values(created_at=utcnow() - timedelta(days=age)))
         assert runs.finish(run.id, attempt, COMPLETED)
+        db.session.execute(sa.update(Run).where(Run.id == run.id).values(
+            finished_at=utcnow() - timedelta(days=age), started_at=utcnow() - timedelta(days=age)))
+        db.session.commit()
         ids.append(run.id)
     counts = retention.cleanup(runs=30)
     assert counts["runs"] == 1 and db.session.get(Run, ids[0]) is None
