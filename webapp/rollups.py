@@ -20,8 +20,9 @@ within RELATIVE_ERROR (4.4 %) of the exact one for durations from 0.01 s to 39 h
 import math
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
-from sqlalchemy.dialects import postgresql, sqlite
+from functools import lru_cache
+
+from sqlalchemy import DateTime, bindparam, delete, select, text
 
 from .extensions import db
 from .models import COMPLETED, FAILED, ROLLUP_COUNTERS, ROLLUP_DURATION_BINS, TERMINAL_STATUSES, Run, run_rollups
@@ -95,23 +96,23 @@ def add_finished(run_id):
     if row.status not in TERMINAL_STATUSES:
         raise ValueError(f"run {run_id} is {row.status}, not finished")
     values, k = contribution(row)
-    rows = []
-    for seconds in PERIODS:
-        item = dict(values, period_seconds=seconds, connection_id=row.connection_id,
-                    period_start=period_start(row.created_at, seconds), status=row.status)
-        if k is not None:
-            item[f"d{k}"] = 1
-        rows.append(item)
-    _upsert(rows, [f"d{k}"] if k is not None else [])
+    rows = [dict(values, period_seconds=seconds, connection_id=row.connection_id,
+                 period_start=period_start(row.created_at, seconds), status=row.status) for seconds in PERIODS]
+    db.session.execute(_upsert(k), rows)
 
 
-def _upsert(rows, bins):
-    insert = postgresql.insert if db.session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    statement = insert(run_rollups).values(rows)
-    statement = statement.on_conflict_do_update(
-        index_elements=list(KEY),
-        set_={name: run_rollups.c[name] + statement.excluded[name] for name in (*ADDED, *bins)})
-    db.session.execute(statement)
+@lru_cache(maxsize=None)
+def _upsert(k):
+    """The upsert adding one run to a period's row, and 1 to its duration bin k (None: no
+    duration). Written out once per bin: SQLAlchemy's on_conflict_do_update builds the
+    192-column `excluded` collection on every call (10 ms a run). Same SQL on both databases."""
+    names = [*KEY, *ADDED] + ([f"d{k}"] if k is not None else [])
+    values = [f":{name}" for name in KEY + ADDED] + (["1"] if k is not None else [])
+    added = [*ADDED] + ([f"d{k}"] if k is not None else [])
+    sql = (f"INSERT INTO run_rollups ({', '.join(names)}) VALUES ({', '.join(values)}) "  # noqa: S608  column names are this module's constants; values are bound
+           f"ON CONFLICT ({', '.join(KEY)}) DO UPDATE SET "
+           + ", ".join(f"{name} = run_rollups.{name} + excluded.{name}" for name in added))
+    return text(sql).bindparams(bindparam("period_start", type_=DateTime()))
 
 
 def aggregate(rows):

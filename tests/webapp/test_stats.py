@@ -174,6 +174,16 @@ def test_a_retried_and_swept_run_counts_once_and_late_writes_add_nothing(app, ma
     assert _rollup_totals() == _from_runs() == {(p, conn.id, COMPLETED): (1, 2) for p in rollups.PERIODS}
     waited = db.session.execute(select(func.sum(run_rollups.c.rate_limit_wait_seconds))).scalar()
     assert waited == 2 * 3.5  # the hour's row and the day's, each with the attempts' waits
+    # Rows written by a rebuild (or the migration) and by the upsert are the same rows.
+    rollups.rebuild()
+    assert _rollup_totals() == {(p, conn.id, COMPLETED): (1, 2) for p in rollups.PERIODS}
+    another = runs.trigger(conn, enqueue=False).run
+    attempt = runs.claim(another.id, "w")
+    db.session.execute(sa.update(Run).where(Run.id == another.id).values(  # the same hour, whatever the clock
+        created_at=select(Run.created_at).where(Run.id == run.id).scalar_subquery()))
+    assert runs.finish(another.id, attempt, COMPLETED)
+    assert _rollup_totals() == _from_runs() == {(p, conn.id, COMPLETED): (2, 2) for p in rollups.PERIODS}
+    assert db.session.scalar(select(func.count()).select_from(run_rollups)) == 2
 
 
 def _race_to_end(config, barrier, results):
