@@ -14,6 +14,9 @@ Transitions:
     running --defer-->            waiting    (not_before: a long Retry-After; the attempt is given back)
     running --sweep-->            failed     (no heartbeat, attempts used up)
     running --cancel (orphan)-->  cancelled  (no heartbeat: nobody left to notice the flag)
+
+Each UPDATE that makes a run completed, failed or cancelled adds it to the statistics'
+roll-ups in its own transaction, only when it matched (webapp/rollups.py): exactly once.
 """
 import hashlib
 import json
@@ -534,7 +537,7 @@ def retry_later(run_id, attempt, *, error_class, error_message, delay=0.0, now=N
     )
     if result.rowcount != 1:
         db.session.rollback()
-        return _cancel_instead(run_id, attempt)
+        return _cancel_instead(run_id, attempt, waited)
     db.session.add(RunEvent(run_id=run_id, level="warning", message=message))
     db.session.commit()
     if values[Run.status] == QUEUED:
@@ -569,7 +572,7 @@ def defer(run_id, attempt, *, seconds, reason, now=None, waited=0.0):
     )
     if result.rowcount != 1:
         db.session.rollback()
-        return _cancel_instead(run_id, attempt)
+        return _cancel_instead(run_id, attempt, waited)
     db.session.add(RunEvent(run_id=run_id, level="warning",
                             message=f"{sentence}; attempt {attempt} given back, will resume from checkpoint"))
     db.session.commit()
@@ -577,11 +580,11 @@ def defer(run_id, attempt, *, seconds, reason, now=None, waited=0.0):
     return WAITING
 
 
-def _cancel_instead(run_id, attempt):
+def _cancel_instead(run_id, attempt, waited=0.0):
     """A run asked to stop must not go back to waiting or the queue (it would sit there, an
     hour maybe, only to be cancelled when taken): it is cancelled now. None when the run is
     no longer this attempt's at all."""
-    if finish(run_id, attempt, CANCELLED, error_message="cancelled; it was between attempts"):
+    if finish(run_id, attempt, CANCELLED, error_message="cancelled; it was between attempts", waited=waited):
         return CANCELLED
     return None
 
