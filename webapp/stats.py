@@ -124,13 +124,19 @@ def _dialect():
     return db.session.get_bind().dialect.name
 
 
-def _bucket_sql(column, seconds):
-    """SQL for the bucket number of `column` (0 = the first), counted from :since."""
+def _bucket_sql(column, seconds, on_boundaries=False):
+    """SQL for the bucket number of `column` (0 = the first), counted from :since.
+    on_boundaries: the column holds period starts, whole seconds on bucket boundaries; on
+    SQLite julianday()'s floating point puts such a start a hair before its boundary (and so
+    in the bucket before) unless the difference is rounded to the second first."""
     if seconds is None:
         return "0"
     if _dialect() == "postgresql":
         return f"CAST(FLOOR(EXTRACT(EPOCH FROM ({column} - CAST(:since AS timestamp))) / {int(seconds)}) AS INTEGER)"
-    return f"CAST((julianday({column}) - julianday(:since)) * 86400 / {int(seconds)} AS INTEGER)"
+    difference = f"(julianday({column}) - julianday(:since)) * 86400"
+    if on_boundaries:
+        difference = f"ROUND({difference})"
+    return f"CAST({difference} / {int(seconds)} AS INTEGER)"
 
 
 def _duration_sql():
@@ -203,7 +209,7 @@ def rollup_sql(win, connection, group, histogram=True):
     if connection is not None:
         only = " AND connection_id = :connection"
         params["connection"] = connection.id
-    key_rollup = _bucket_sql("period_start", seconds) if group == "bucket" else "connection_id"
+    key_rollup = _bucket_sql("period_start", seconds, on_boundaries=True) if group == "bucket" else "connection_id"
     key_runs = _bucket_sql("created_at", seconds) if group == "bucket" else "connection_id"
     bins_rollup = (", " + _HISTOGRAM) if histogram else ""
     bins_runs = (", " + _NO_HISTOGRAM) if histogram else ""

@@ -352,3 +352,18 @@ def test_statistics_outlive_retention_of_the_runs_in_daily_rollups(app, make_con
     win = stats.window("90d")
     assert stats.run_stats(win, conn).total.by_status["completed"] == 2
     assert stats.run_stats_from_runs(win, conn).total.by_status["completed"] == 1
+
+
+def test_period_starts_fall_in_their_own_bucket(app):
+    """A roll-up's period start lies exactly on a bucket boundary: floating point must not
+    put it in the bucket before (SQLite's julianday() did, for some hours of some days)."""
+    since = stats.window("7d", utcnow()).since
+    for bucket_seconds in (3600, 6 * 3600, 86400):
+        sql = f"SELECT {stats._bucket_sql('CAST(:p AS timestamp)', bucket_seconds, on_boundaries=True)}"
+        if db.engine.dialect.name == "sqlite":
+            sql = f"SELECT {stats._bucket_sql(':p', bucket_seconds, on_boundaries=True)}"
+        statement = text(sql).bindparams(sa.bindparam("p", type_=sa.DateTime()), sa.bindparam("since", type_=sa.DateTime()))
+        for k in range(0, 24 * 14):
+            start = since + timedelta(hours=k)
+            got = db.session.execute(statement, {"p": start, "since": since}).scalar()
+            assert got == k * 3600 // bucket_seconds, (bucket_seconds, start, got)
