@@ -18,7 +18,7 @@ if os.environ.get("CI") == "true" and "postgresql" not in BACKENDS:
 # workers): one database is enough, PostgreSQL when there is one. Keeps the suite short.
 one_backend = pytest.mark.parametrize("app", BACKENDS[-1:], indirect=True)
 
-TABLES = ("run_events", "records", "stream_states", "runs", "webhook_deliveries", "outbox_events", "connection_issues",
+TABLES = ("run_events", "records", "stream_states", "run_rollups", "runs", "webhook_deliveries", "outbox_events", "connection_issues",
           "connections", "users", "api_tokens", "supervisors", "alerts")
 
 

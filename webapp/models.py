@@ -139,6 +139,9 @@ class Run(db.Model):
     params_key = db.Column(db.String(40), nullable=True)
     # The counters above, stream by stream: {stream: {seen, created, updated, unchanged, deleted, failed}}.
     stream_counters = db.Column(db.JSON, nullable=True)
+    # Seconds this run's requests waited for rate-limit budget or a provider's Retry-After
+    # (webapp/rate_limit_waits.py), written with each page and at the end.
+    rate_limit_wait_seconds = db.Column(db.Float, nullable=False, default=0.0, server_default="0")
 
     connection = db.relationship("Connection", lazy="joined")
 
@@ -443,3 +446,22 @@ class ConnectionIssue(db.Model):
             "last_message": self.last_message,
             "run_ids": list(self.run_ids or []),
         }
+
+
+# Roll-ups of finished runs per connection, period and status (webapp/rollups.py): what the
+# statistics read instead of every run. Periods are hours (3600) and days (86400), by the
+# hour or day the run was created in. d0..dN-1 count durations in log-spaced bins.
+ROLLUP_DURATION_BINS = 192
+ROLLUP_COUNTERS = ("runs", "seen", "created", "updated", "deleted", "skipped", "retries", "durations")
+run_rollups = db.Table(
+    "run_rollups",
+    db.Column("period_seconds", db.Integer, primary_key=True),
+    db.Column("connection_id", db.Integer, db.ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True),
+    db.Column("period_start", db.DateTime, primary_key=True),
+    db.Column("status", db.String(20), primary_key=True),
+    *(db.Column(name, db.Integer, nullable=False, server_default="0") for name in ROLLUP_COUNTERS),
+    db.Column("duration_sum", db.Float, nullable=False, server_default="0"),
+    db.Column("rate_limit_wait_seconds", db.Float, nullable=False, server_default="0"),
+    *(db.Column(f"d{k}", db.Integer, nullable=False, server_default="0") for k in range(ROLLUP_DURATION_BINS)),
+    Index("ix_run_rollups_period", "period_seconds", "period_start"),
+)

@@ -9,6 +9,9 @@ What goes, each after its own number of days (RETENTION_*_DAYS):
     webhook deliveries received before the window
     outbox events      delivered (`done`) before the window; `dead` ones wait for a person
     supervisors        rows of supervisor processes silent for longer than the window
+    hourly roll-ups    of finished runs (webapp/rollups.py), older than rollups.HOURLY_KEEP_DAYS
+                       (31): only windows of a week or less read hours. The daily roll-ups
+                       stay: the statistics of runs deleted here live on in them.
 Records (the synced data itself) are never touched here.
 
 Deletes go in small batches, each its own transaction, so a big cleanup never holds a
@@ -20,6 +23,7 @@ from datetime import timedelta
 from flask import current_app
 from sqlalchemy import delete, func, select
 
+from . import rollups
 from .extensions import db
 from .models import TERMINAL_STATUSES, OutboxEvent, Run, RunEvent, SupervisorState, WebhookDelivery, utcnow
 
@@ -54,6 +58,7 @@ def cleanup(now=None, batch_size=BATCH_SIZE, **days):
             OutboxEvent, (OutboxEvent.status == "done")
             & (func.coalesce(OutboxEvent.delivered_at, OutboxEvent.updated_at) < limits["outbox_events"]), batch_size),
         "supervisors": _delete_supervisors(limits["supervisors"]),
+        "hourly_rollups": rollups.prune_hourly(now or utcnow()),
     }
     runs, run_events = _delete_runs(limits["runs"], batch_size)
     counts["runs"] = runs

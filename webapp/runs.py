@@ -14,6 +14,9 @@ Transitions:
     running --defer-->            waiting    (not_before: a long Retry-After; the attempt is given back)
     running --sweep-->            failed     (no heartbeat, attempts used up)
     running --cancel (orphan)-->  cancelled  (no heartbeat: nobody left to notice the flag)
+
+Each UPDATE that makes a run completed, failed or cancelled adds it to the statistics'
+roll-ups in its own transaction, only when it matched (webapp/rollups.py): exactly once.
 """
 import hashlib
 import json
@@ -27,7 +30,7 @@ from sqlalchemy import bindparam, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from .connectors.errors import ConfigError
-from . import connection_issues, metrics, trigger_policy
+from . import connection_issues, metrics, rollups, trigger_policy
 from .extensions import db
 from .logs import log_context
 from .models import (
@@ -432,6 +435,8 @@ def _settle_cancel_requested_queued(run_id):
         .values(status=CANCELLED, finished_at=utcnow())
         .execution_options(synchronize_session=False)
     )
+    if result.rowcount == 1:
+        rollups.add_finished(run_id)
     db.session.commit()
     if result.rowcount == 1:
         ended(run_id, CANCELLED)
@@ -443,7 +448,7 @@ def owned(run_id, attempt):
     return (Run.id == run_id, Run.status == RUNNING, Run.attempt == attempt)
 
 
-def record_page(run_id, attempt, *, checkpoint, counts, processed, total, phase, stream_counters=None):
+def record_page(run_id, attempt, *, checkpoint, counts, processed, total, phase, stream_counters=None, waited=0.0):
     """Inside the page's transaction (no commit): checkpoint, counters (the run's, and each
     stream's as a whole) and progress. Returns (still_owned, cancel_requested). If not owned
     the caller must roll back."""
@@ -454,6 +459,7 @@ def record_page(run_id, attempt, *, checkpoint, counts, processed, total, phase,
     for name, delta in counts.items():
         if delta:
             values[getattr(Run, name)] = getattr(Run, name) + delta
+    _add_waited(values, waited)
     # RETURNING reads the cancel flag in the same statement: one round trip per page.
     row = db.session.execute(
         update(Run).where(*owned(run_id, attempt)).values(values).returning(Run.cancel_requested)
@@ -465,8 +471,9 @@ def record_page(run_id, attempt, *, checkpoint, counts, processed, total, phase,
 
 
 def finish(run_id, attempt, status, *, error_class=None, error_message=None, counts=None, commit=True,
-           stream_counters=None):
-    """running -> completed/failed/cancelled, only if this attempt still owns the run."""
+           stream_counters=None, waited=0.0):
+    """running -> completed/failed/cancelled, only if this attempt still owns the run; the
+    run is added to the roll-ups in the same transaction (webapp/rollups.py)."""
     if status not in TERMINAL_STATUSES:  # not an assert: `python -O` would skip it
         raise ValueError(f"{status!r} is not a terminal status")
     values = {Run.status: status, Run.finished_at: utcnow(), Run.error_class: error_class,
@@ -478,11 +485,13 @@ def finish(run_id, attempt, status, *, error_class=None, error_message=None, cou
     for name, delta in (counts or {}).items():
         if delta:
             values[getattr(Run, name)] = getattr(Run, name) + delta
+    _add_waited(values, waited)
     result = db.session.execute(
         update(Run).where(*owned(run_id, attempt)).values(values).execution_options(synchronize_session=False)
     )
     ok = result.rowcount == 1
     if ok:
+        rollups.add_finished(run_id)
         db.session.add(RunEvent(run_id=run_id, level="error" if status == FAILED else "info",
                                 message=f"{status}" + (f": {error_message}" if error_message else "")))
     if commit:
@@ -496,6 +505,12 @@ def finish(run_id, attempt, status, *, error_class=None, error_message=None, cou
         else:
             count_finished(run_id, status)
     return ok
+
+
+def _add_waited(values, waited):
+    """Seconds the attempt's requests waited for rate-limit budget since its last write."""
+    if waited:
+        values[Run.rate_limit_wait_seconds] = Run.rate_limit_wait_seconds + float(waited)
 
 
 def ended(run_id, status):
@@ -527,7 +542,7 @@ def count_finished(run_id, status):
         metrics.observe("run_duration_seconds", (finished_at - started_at).total_seconds(), connection=name, status=status)
 
 
-def retry_later(run_id, attempt, *, error_class, error_message, delay=0.0, now=None):
+def retry_later(run_id, attempt, *, error_class, error_message, delay=0.0, now=None, waited=0.0):
     """running -> queued for another attempt (resuming from the checkpoint), or -> waiting
     until `delay` seconds from now when the retry policy asks for a pause between attempts,
     or -> failed when attempts are used up. Returns the new status, or None if the run
@@ -539,7 +554,7 @@ def retry_later(run_id, attempt, *, error_class, error_message, delay=0.0, now=N
         return None
     if attempt >= run.max_attempts:
         ok = finish(run_id, attempt, FAILED, error_class=error_class,
-                    error_message=f"{error_message} (gave up after {attempt} attempts)")
+                    error_message=f"{error_message} (gave up after {attempt} attempts)", waited=waited)
         return FAILED if ok else None
     values = dict(status=QUEUED, error_class=error_class, error_message=error_message,
                   rq_job_id=run_job_id(run_id, attempt + 1, run.deferrals))
@@ -548,21 +563,23 @@ def retry_later(run_id, attempt, *, error_class, error_message, delay=0.0, now=N
         not_before = (now or utcnow()) + timedelta(seconds=delay)
         values.update(status=WAITING, not_before=not_before)
         message += f" after a pause, at {_clock(not_before)}"
+    values = {getattr(Run, name): value for name, value in values.items()}
+    _add_waited(values, waited)
     result = db.session.execute(
-        update(Run).where(*owned(run_id, attempt), Run.cancel_requested.is_(False)).values(**values)
+        update(Run).where(*owned(run_id, attempt), Run.cancel_requested.is_(False)).values(values)
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
         db.session.rollback()
-        return _cancel_instead(run_id, attempt)
+        return _cancel_instead(run_id, attempt, waited)
     db.session.add(RunEvent(run_id=run_id, level="warning", message=message))
     db.session.commit()
-    if values["status"] == QUEUED:
+    if values[Run.status] == QUEUED:
         enqueue_run(db.session.get(Run, run_id))
-    return values["status"]
+    return values[Run.status]
 
 
-def defer(run_id, attempt, *, seconds, reason, now=None):
+def defer(run_id, attempt, *, seconds, reason, now=None, waited=0.0):
     """running -> waiting until `seconds` from now, giving the attempt back: the provider
     asked us to come back later (a Retry-After longer than a worker may wait), which is no
     failure. The run keeps its place as the connection's active sync and resumes from its
@@ -576,7 +593,7 @@ def defer(run_id, attempt, *, seconds, reason, now=None):
     limit = current_app.config["RUN_MAX_DEFERRALS"]
     if run.deferrals >= limit:
         ok = finish(run_id, attempt, FAILED, error_class="rate_limited",
-                    error_message=f"{reason}; gave up after waiting {limit} times")
+                    error_message=f"{reason}; gave up after waiting {limit} times", waited=waited)
         return FAILED if ok else None
     not_before = (now or utcnow()) + timedelta(seconds=seconds)
     sentence = f"{reason} until {_clock(not_before)}"
@@ -584,12 +601,12 @@ def defer(run_id, attempt, *, seconds, reason, now=None):
         update(Run).where(*owned(run_id, attempt), Run.cancel_requested.is_(False))
         .values(status=WAITING, not_before=not_before, attempt=attempt - 1, deferrals=Run.deferrals + 1,
                 rq_job_id=run_job_id(run_id, attempt, run.deferrals + 1), error_class="rate_limited",
-                error_message=sentence)
+                error_message=sentence, rate_limit_wait_seconds=Run.rate_limit_wait_seconds + float(waited))
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
         db.session.rollback()
-        return _cancel_instead(run_id, attempt)
+        return _cancel_instead(run_id, attempt, waited)
     db.session.add(RunEvent(run_id=run_id, level="warning",
                             message=f"{sentence}; attempt {attempt} given back, will resume from checkpoint"))
     db.session.commit()
@@ -597,11 +614,11 @@ def defer(run_id, attempt, *, seconds, reason, now=None):
     return WAITING
 
 
-def _cancel_instead(run_id, attempt):
+def _cancel_instead(run_id, attempt, waited=0.0):
     """A run asked to stop must not go back to waiting or the queue (it would sit there, an
     hour maybe, only to be cancelled when taken): it is cancelled now. None when the run is
     no longer this attempt's at all."""
-    if finish(run_id, attempt, CANCELLED, error_message="cancelled; it was between attempts"):
+    if finish(run_id, attempt, CANCELLED, error_message="cancelled; it was between attempts", waited=waited):
         return CANCELLED
     return None
 
@@ -649,6 +666,7 @@ def _cancel_if(run_id, conditions, message, now, **values):
     )
     if result.rowcount != 1:
         return False
+    rollups.add_finished(run_id)
     db.session.add(RunEvent(run_id=run_id, message=message))
     db.session.commit()
     ended(run_id, CANCELLED)
@@ -736,6 +754,8 @@ def sweep_stale(now=None, stale_after=None, candidates=None):
         if result.rowcount != 1:
             db.session.rollback()
             continue
+        if new_status != QUEUED:
+            rollups.add_finished(run_id)
         db.session.add(RunEvent(run_id=run_id, level="warning", message=message))
         db.session.commit()
         metrics.inc("stale_runs_swept", action=new_status)

@@ -1,18 +1,25 @@
 """Run statistics over a window, bucketed in time: what the statistics page, the
-per-connection report and GET /api/stats show. Counted in the database (GROUP BY), the
-percentiles from one read of the window's durations. Queries read the window, never the
-whole history (Scope): one connection's runs through the (connection_id, created_at) index,
-all connections' as a primary-key range from the window's first run. The cost grows with
-the runs in the window, not with the table (tests/webapp/test_stats.py checks the plans;
-bench/stats_queries.py measures it at a million runs).
+per-connection report and GET /api/stats show.
+
+Finished runs come from their roll-ups (webapp/rollups.py: per connection, hour or day, and
+status), read through the (period_seconds, period_start) index or the primary key for one
+connection; the still-active runs (queued, running, waiting: few) from the runs table
+through its status index, in the same statement, so one snapshot counts each run once.
+Counts and sums equal the runs'; p50/p95 of the finished runs come from the roll-ups'
+duration histograms, within rollups.RELATIVE_ERROR of the exact nearest-rank values
+(PERCENTILE_NOTE says so where they are shown). A window whose buckets are not whole hours
+is counted from the runs instead (the query before roll-ups: Scope), with exact
+percentiles. tests/webapp/test_stats.py checks the plans; bench/stats_queries.py measures
+both at a million runs.
 """
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, select, text
 
+from . import rollups
 from .extensions import db
-from .models import Connection, Run, utcnow
+from .models import ACTIVE_STATUSES, ROLLUP_DURATION_BINS, TERMINAL_STATUSES, Connection, Run, utcnow
 
 # window key -> (length, bucket length)
 WINDOWS = {
@@ -26,6 +33,8 @@ RUN_OUTCOMES = ("completed", "failed", "cancelled", "running", "queued", "waitin
 RECORD_COUNTERS = ("created", "updated", "deleted", "skipped")
 WEBHOOK_OUTCOMES = ("enqueued", "ignored", "failed", "received", "dispatching")
 OUTBOX_OUTCOMES = ("done", "dead", "pending", "processing")
+PERCENTILE_NOTE = (f"Durations p50/p95 are read from per-hour and per-day histograms of finished runs: within "
+                   f"{100 * rollups.RELATIVE_ERROR:.1f}% of the exact value (for runs between 0.01 s and 39 h).")
 
 
 @dataclass
@@ -62,6 +71,11 @@ class Bucket:
     records: dict = field(default_factory=lambda: dict.fromkeys(RECORD_COUNTERS, 0))
     seen: int = 0
     retries: int = 0  # attempts beyond the first (rate limits, outages, lost workers)
+    rate_limit_wait_seconds: float = 0.0  # waited for rate-limit budget or Retry-After
+    finished: int = 0  # completed, failed or cancelled
+    finished_seen: int = 0  # records seen by those
+    durations: int = 0  # completed and failed runs with a duration (those p50/p95 rank)
+    duration_sum: float = 0.0
     p50: float | None = None
     p95: float | None = None
 
@@ -75,13 +89,22 @@ class Bucket:
         finished = self.by_status["completed"] + self.by_status["failed"]
         return self.by_status["completed"] / finished if finished else None
 
+    @property
+    def mean_duration(self):
+        return round(self.duration_sum / self.durations, 3) if self.durations else None
+
+    @property
+    def seen_per_finished_run(self):
+        return round(self.finished_seen / self.finished, 1) if self.finished else None
+
     def per_run(self, name):
         return round(self.records[name] / self.runs, 1) if self.runs else None
 
     def as_dict(self):
         return {"start": self.start.isoformat() + "Z", "runs": self.runs, "by_status": dict(self.by_status),
                 "success_rate": None if self.success_rate is None else round(self.success_rate, 4), "duration_seconds": {"p50": self.p50, "p95": self.p95},
-                "records": dict(self.records), "seen": self.seen, "retries": self.retries}
+                "records": dict(self.records), "seen": self.seen, "retries": self.retries,
+                "rate_limit_wait_seconds": round(self.rate_limit_wait_seconds, 1)}
 
 
 @dataclass
@@ -101,13 +124,19 @@ def _dialect():
     return db.session.get_bind().dialect.name
 
 
-def _bucket_sql(column, seconds):
-    """SQL for the bucket number of `column` (0 = the first), counted from :since."""
+def _bucket_sql(column, seconds, on_boundaries=False):
+    """SQL for the bucket number of `column` (0 = the first), counted from :since.
+    on_boundaries: the column holds period starts, whole seconds on bucket boundaries; on
+    SQLite julianday()'s floating point puts such a start a hair before its boundary (and so
+    in the bucket before) unless the difference is rounded to the second first."""
     if seconds is None:
         return "0"
     if _dialect() == "postgresql":
         return f"CAST(FLOOR(EXTRACT(EPOCH FROM ({column} - CAST(:since AS timestamp))) / {int(seconds)}) AS INTEGER)"
-    return f"CAST((julianday({column}) - julianday(:since)) * 86400 / {int(seconds)} AS INTEGER)"
+    difference = f"(julianday({column}) - julianday(:since)) * 86400"
+    if on_boundaries:
+        difference = f"ROUND({difference})"
+    return f"CAST({difference} / {int(seconds)} AS INTEGER)"
 
 
 def _duration_sql():
@@ -154,8 +183,100 @@ def _execute(sql, where):
     return db.session.execute(text(sql.format(source=where.source, where=where.where)), where.params).all()
 
 
+def rollup_period(win):
+    """The roll-ups' period (seconds) that tiles the window's buckets, or None."""
+    bucket = win.bucket.total_seconds()
+    for period in (rollups.DAY, rollups.HOUR):
+        if bucket % period == 0 and (win.since - rollups.EPOCH).total_seconds() % period == 0:
+            return period
+    return None
+
+
+_HISTOGRAM = ", ".join(f"SUM(d{k})" for k in range(ROLLUP_DURATION_BINS))
+_NO_HISTOGRAM = ", ".join("0" for _ in range(ROLLUP_DURATION_BINS))
+_ACTIVE = ", ".join(f"'{status}'" for status in ACTIVE_STATUSES)
+
+
+def rollup_sql(win, connection, group, histogram=True):
+    """(SQL, params) of the window's figures grouped by `group` ("bucket" or "connection"):
+    the finished runs' roll-ups UNION ALL the active runs, columns: key, status, runs, seen,
+    created, updated, deleted, skipped, retries, rate-limit seconds, durations, their sum[,
+    histogram bins]."""
+    period = rollup_period(win)
+    seconds = win.bucket.total_seconds()
+    params = {"since": win.since, "until": win.until, "period": period}
+    only = ""
+    if connection is not None:
+        only = " AND connection_id = :connection"
+        params["connection"] = connection.id
+    key_rollup = _bucket_sql("period_start", seconds, on_boundaries=True) if group == "bucket" else "connection_id"
+    key_runs = _bucket_sql("created_at", seconds) if group == "bucket" else "connection_id"
+    bins_rollup = (", " + _HISTOGRAM) if histogram else ""
+    bins_runs = (", " + _NO_HISTOGRAM) if histogram else ""
+    # The active runs are few: through the status index, never the window's runs (SQLite
+    # otherwise picks the (connection_id, created_at) index for one connection).
+    active = "runs INDEXED BY ix_runs_status_heartbeat" if _dialect() != "postgresql" else "runs"
+    sql = f"""
+        SELECT {key_rollup} AS k, status, SUM(runs), SUM(seen), SUM(created), SUM(updated), SUM(deleted),
+               SUM(skipped), SUM(retries), SUM(rate_limit_wait_seconds), SUM(durations),
+               SUM(duration_sum){bins_rollup}
+        FROM run_rollups WHERE period_seconds = :period AND period_start >= :since AND period_start < :until{only}
+        GROUP BY k, status
+        UNION ALL
+        SELECT {key_runs} AS k, status, COUNT(*), SUM(seen), SUM(created), SUM(updated), SUM(deleted),
+               SUM(failed), SUM(CASE WHEN attempt > 1 THEN attempt - 1 ELSE 0 END),
+               SUM(rate_limit_wait_seconds), 0, 0{bins_runs}
+        FROM {active} WHERE status IN ({_ACTIVE}) AND created_at >= :since AND created_at < :until{only}
+        GROUP BY k, status"""  # noqa: S608  table, column and bucket SQL are this module's constants; values are bound
+    return sql, params
+
+
+_FIGURES = 10  # the columns before the histogram's
+
+
+def _add_row(target, status, values):
+    count, seen, created, updated, deleted, skipped, retries, waited, durations, duration_sum = (
+        v or 0 for v in values[:_FIGURES])
+    if status in target.by_status:
+        target.by_status[status] += count
+    if status in TERMINAL_STATUSES:
+        target.finished += count
+        target.finished_seen += seen
+    target.durations += durations
+    target.duration_sum += duration_sum
+    target.seen += seen
+    target.retries += retries
+    target.rate_limit_wait_seconds += waited
+    for name, value in zip(RECORD_COUNTERS, (created, updated, deleted, skipped)):
+        target.records[name] += value
+
+
 def run_stats(win, connection=None):
     """RunStats for the runs created in the window, of one connection or of all."""
+    if rollup_period(win) is None:
+        return run_stats_from_runs(win, connection)
+    buckets = [Bucket(start) for start in win.starts]
+    total = Bucket(win.since)
+    histograms, every = {}, {}
+    sql, params = rollup_sql(win, connection, "bucket")
+    for b, status, *values in db.session.execute(text(sql), params).all():
+        for target in ((buckets[b],) if 0 <= b < len(buckets) else ()) + (total,):
+            _add_row(target, status, values)
+        for k, count in enumerate(values[_FIGURES:]):
+            if count:
+                histograms.setdefault(b, {}).setdefault(k, 0)
+                histograms[b][k] += count
+                every[k] = every.get(k, 0) + count
+    for b, histogram in histograms.items():
+        if 0 <= b < len(buckets):
+            buckets[b].p50, buckets[b].p95 = rollups.percentile(histogram, 50), rollups.percentile(histogram, 95)
+    total.p50, total.p95 = rollups.percentile(every, 50), rollups.percentile(every, 95)
+    return RunStats(win, buckets, total)
+
+
+def run_stats_from_runs(win, connection=None):
+    """RunStats counted from the runs themselves, exact percentiles (the query before the
+    roll-ups; windows whose buckets are not whole hours, and the bench's comparison)."""
     where = scope(win, connection)
     seconds = win.bucket.total_seconds()
     buckets = [Bucket(start) for start in win.starts]
@@ -234,6 +355,23 @@ def outbox_series(win, connection=None):
 
 def per_connection(win):
     """[(connection, Bucket of its whole window)] for every connection, busiest first."""
+    if rollup_period(win) is None:
+        return per_connection_from_runs(win)
+    totals = {}
+    sql, params = rollup_sql(win, None, "connection", histogram=False)
+    for connection_id, status, *values in db.session.execute(text(sql), params).all():
+        _add_row(totals.setdefault(connection_id, Bucket(win.since)), status, values)
+    return _busiest_first(win, totals)
+
+
+def _busiest_first(win, totals):
+    connections = db.session.execute(select(Connection).order_by(Connection.name)).scalars().all()
+    rows = [(c, totals.get(c.id, Bucket(win.since))) for c in connections]
+    return sorted(rows, key=lambda row: -row[1].runs)
+
+
+def per_connection_from_runs(win):
+    """per_connection counted from the runs themselves (before the roll-ups)."""
     totals = {}
     rows = _execute(f"""
         SELECT connection_id, status, COUNT(*), COALESCE(SUM(created), 0), COALESCE(SUM(updated), 0),
@@ -247,35 +385,9 @@ def per_connection(win):
         target.retries += retries
         for name, value in zip(RECORD_COUNTERS, (created, updated, deleted, skipped)):
             target.records[name] += value
-    connections = db.session.execute(select(Connection).order_by(Connection.name)).scalars().all()
-    rows = [(c, totals.get(c.id, Bucket(win.since))) for c in connections]
-    return sorted(rows, key=lambda row: -row[1].runs)
+    return _busiest_first(win, totals)
 
 
 def recent_runs(connection, limit=50):
     return db.session.execute(select(Run).where(Run.connection_id == connection.id)
                               .order_by(Run.id.desc()).limit(limit)).scalars().all()
-
-
-def rate_limit_waits():
-    """[(limiter key, seconds waited)] since the metrics were last reset (Redis); [] without Redis."""
-    import json
-
-    import redis
-
-    from . import redis_keys
-    from .extensions import redis_ext
-
-    client = redis_ext.optional()
-    if client is None:
-        return []
-    try:
-        raw = client.hgetall(redis_keys.key("metrics"))
-    except redis.RedisError:
-        return []
-    waits = []
-    for name, value in raw.items():
-        metric, labels = json.loads(name)
-        if metric == "rate_limit_wait_seconds":
-            waits.append((labels[0] if labels else "", round(float(value), 1)))
-    return sorted(waits, key=lambda item: -item[1])

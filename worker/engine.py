@@ -17,7 +17,7 @@ from flask import current_app
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
-from webapp import metrics, retry_policy, runs
+from webapp import metrics, rate_limit_waits, retry_policy, runs
 from webapp.connectors import connector_class
 from webapp.connectors.base import ReadRequest, Services
 from webapp.connectors.errors import BadRecord, ConfigError
@@ -78,12 +78,18 @@ class RunExecution:
         self.stream_counters = {name: dict(c) for name, c in (run.stream_counters or {}).items()}
         self.processed_at_start = run.processed
         self.started = time.monotonic()
+        # Rate-limit waits of this attempt not yet written to the run (webapp/rate_limit_waits.py).
+        self.waits = rate_limit_waits.Tally()
         # Per stream of this attempt: {name: {"processed", "total", "done"}}, for the run page
         # and for overall progress over every stream (a run is not at 100% after its first).
         self.stream_progress = {}
 
     # -- the straight line -------------------------------------------------------------
     def run(self):
+        with rate_limit_waits.counting(self.waits):
+            return self._run()
+
+    def _run(self):
         self.heartbeat.start()
         try:
             connection = db.session.get(Connection, self.connection_id)
@@ -196,7 +202,7 @@ class RunExecution:
         owned, cancel = runs.record_page(
             self.run_id, self.attempt, checkpoint=dict(self.checkpoint), counts=delta,
             processed=self.processed, total=self.total, phase=f"fetching {name}",
-            stream_counters=self._stream_counters_copy())
+            stream_counters=self._stream_counters_copy(), waited=self.waits.take())
         if not owned:
             raise LostOwnership("the run is no longer running this attempt")
         db.session.commit()
@@ -252,7 +258,7 @@ class RunExecution:
             _add(self.counters, child_delta)
         owned, _ = runs.record_page(self.run_id, self.attempt, checkpoint=None, counts=self.counters,
                                     processed=self.processed, total=self.processed, phase="record",
-                                    stream_counters=self._stream_counters_copy())
+                                    stream_counters=self._stream_counters_copy(), waited=self.waits.take())
         if not owned:
             raise LostOwnership("the run is no longer running this attempt")
         return 0
@@ -277,7 +283,7 @@ class RunExecution:
         if deleted:
             runs.log_event(self.run_id, f"{deleted} records no longer at the provider: marked deleted")
         if not runs.finish(self.run_id, self.attempt, COMPLETED, counts={"deleted": deleted},
-                           stream_counters=self._stream_counters_copy()):
+                           stream_counters=self._stream_counters_copy(), waited=self.waits.take()):
             raise LostOwnership("the run was finished by someone else")
         self._set_health("ok", None)
         self.counters["deleted"] += deleted
@@ -288,7 +294,8 @@ class RunExecution:
 
     # -- outcomes ----------------------------------------------------------------------
     def _cancelled(self):
-        if runs.finish(self.run_id, self.attempt, CANCELLED, error_message="cancelled at a page boundary"):
+        if runs.finish(self.run_id, self.attempt, CANCELLED, error_message="cancelled at a page boundary",
+                       waited=self.waits.take()):
             self._publish("cancelled", "cancelled; records written so far are kept", status=CANCELLED)
             return CANCELLED
         raise LostOwnership("the run changed state while cancelling")
@@ -296,7 +303,8 @@ class RunExecution:
     def _fail(self, error_class, exc, health="failing"):
         db.session.rollback()
         message = str(exc) or describe(exc)
-        if runs.finish(self.run_id, self.attempt, FAILED, error_class=error_class, error_message=message):
+        if runs.finish(self.run_id, self.attempt, FAILED, error_class=error_class, error_message=message,
+                       waited=self.waits.take()):
             self._set_health(health, message)
             self._publish("failed", f"failed ({run_error_words(error_class)}): {message}", status=FAILED)
             return FAILED
@@ -306,8 +314,9 @@ class RunExecution:
         message = str(exc) or describe(exc)
         pause = retry_policy.run_backoff(self.attempt, self.config["RUN_RETRY_BASE_SECONDS"],
                                          self.config["RUN_RETRY_MAX_SECONDS"])
+        waited = self.waits.take()
         status = self._settle(lambda: runs.retry_later(self.run_id, self.attempt, error_class=error_class,
-                                                       error_message=message, delay=pause))
+                                                       error_message=message, delay=pause, waited=waited))
         if status == FAILED:
             self._set_health("failing", message)
         if status:
@@ -321,7 +330,9 @@ class RunExecution:
         """The provider asked us to come back later than a worker may wait: give the
         attempt back and wait (webapp/retry_policy.py)."""
         reason = f"waiting for {self.connector.provider_name()}'s rate limit"
-        status = self._settle(lambda: runs.defer(self.run_id, self.attempt, seconds=seconds, reason=reason))
+        waited = self.waits.take()
+        status = self._settle(lambda: runs.defer(self.run_id, self.attempt, seconds=seconds, reason=reason,
+                                                 waited=waited))
         if status == FAILED:
             self._set_health("failing", str(exc))
         if status:

@@ -8,7 +8,7 @@ LEFT, RIGHT, TOP, BOTTOM = 48, 10, 12, 34
 COLORS = {
     "completed": "#1d7a3a", "failed": "#b3261e", "cancelled": "#9a6200", "running": "#2457c5", "queued": "#7a8aa3", "waiting": "#b9c3d3",
     "created": "#1d7a3a", "updated": "#2457c5", "deleted": "#b3261e", "skipped": "#9a6200",
-    "p50": "#2457c5", "p95": "#b3261e", "success_rate": "#1d7a3a", "retries": "#9a6200",
+    "p50": "#2457c5", "p95": "#b3261e", "success_rate": "#1d7a3a", "retries": "#9a6200", "seconds": "#5a3fc0",
     "enqueued": "#1d7a3a", "ignored": "#7a8aa3", "received": "#2457c5", "dispatching": "#5a3fc0",
     "done": "#1d7a3a", "dead": "#b3261e", "pending": "#2457c5", "processing": "#5a3fc0",
 }

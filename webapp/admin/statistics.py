@@ -1,6 +1,6 @@
 """The statistics page (/admin/stats) and each connection's report with its CSV: runs by
-outcome, success rate, durations, records per run, retries, webhook deliveries and outbox
-events, over 24 h, 7 d, 30 d or 90 d. Figures come from webapp/stats.py; charts are SVG drawn
+outcome, success rate, durations, records per run, retries, rate-limit waits, webhook
+deliveries and outbox events, over 24 h, 7 d, 30 d or 90 d. Figures come from webapp/stats.py; charts are SVG drawn
 here (charts.py), each beside a table with the same numbers."""
 import csv
 import io
@@ -42,7 +42,8 @@ def figures(win, connection=None):
         "tables": tables(labels, runs, webhooks, outbox),
         "window": win, "runs": runs, "labels": labels, "webhooks": webhooks, "outbox": outbox,
         "webhook_outcomes": stats.WEBHOOK_OUTCOMES, "outbox_outcomes": stats.OUTBOX_OUTCOMES,
-        "rate_limit_waits": stats.rate_limit_waits(),
+        "notes": {"durations": stats.PERCENTILE_NOTE if stats.rollup_period(win) else None,
+                  "waits": "Seconds the runs' requests waited for rate-limit budget or a provider's Retry-After."},
         "charts": {
             "outcomes": charts.stacked_bars(
                 prefix + "chart-outcomes", "Runs by outcome", "Runs created in each period, stacked by outcome.",
@@ -59,6 +60,10 @@ def figures(win, connection=None):
             "retries": charts.stacked_bars(
                 prefix + "chart-retries", "Retries", "Attempts beyond the first (rate limits, outages, lost workers).",
                 labels, [{"retries": b.retries} for b in runs.buckets], ("retries",)),
+            "waits": charts.stacked_bars(
+                prefix + "chart-waits", "Rate-limit waits",
+                "Seconds spent waiting for rate-limit budget or a provider's Retry-After, by the runs created in each period.",
+                labels, [{"seconds": round(b.rate_limit_wait_seconds, 1)} for b in runs.buckets], ("seconds",)),
             "webhooks": charts.stacked_bars(
                 prefix + "chart-webhooks", "Webhook deliveries", "Webhook deliveries received, by outcome.",
                 labels, [counts for _, counts in webhooks], stats.WEBHOOK_OUTCOMES),
@@ -84,6 +89,8 @@ def tables(labels, runs, webhooks, outbox):
          [[label, x.runs, *(x.records[k] for k in stats.RECORD_COUNTERS), _dash(x.per_run("created")),
            _dash(x.per_run("updated"))] for label, x in b]),
         ("retries", "Retries", ["Period", "Retries"], [[label, x.retries] for label, x in b]),
+        ("waits", "Rate-limit waits", ["Period", "Seconds waited"],
+         [[label, round(x.rate_limit_wait_seconds, 1)] for label, x in b]),
         ("webhooks", "Webhook deliveries by outcome", ["Period", *stats.WEBHOOK_OUTCOMES],
          [[label, *(counts[o] for o in stats.WEBHOOK_OUTCOMES)] for label, (_, counts) in zip(labels, webhooks)]),
         ("outbox", "Outbox events by state", ["Period", *stats.OUTBOX_OUTCOMES],
@@ -136,12 +143,14 @@ def connection_report_csv(connection_id):
     if kind == "series":
         runs = stats.run_stats(win, connection)
         writer.writerow(["period_start_utc", "runs", *stats.RUN_OUTCOMES, "success_rate", "duration_p50_s",
-                         "duration_p95_s", *(f"records_{k}" for k in stats.RECORD_COUNTERS), "retries"])
+                         "duration_p95_s", *(f"records_{k}" for k in stats.RECORD_COUNTERS), "retries",
+                         "rate_limit_wait_s"])
         for b in runs.buckets + [runs.total]:
             writer.writerow([b.start.isoformat() + "Z" if b is not runs.total else "whole window", b.runs,
                              *(b.by_status[s] for s in stats.RUN_OUTCOMES), _blank(b.success_rate and round(b.success_rate, 4)),
                              _blank(b.p50),
-                             _blank(b.p95), *(b.records[k] for k in stats.RECORD_COUNTERS), b.retries])
+                             _blank(b.p95), *(b.records[k] for k in stats.RECORD_COUNTERS), b.retries,
+                             round(b.rate_limit_wait_seconds, 1)])
     else:
         writer.writerow(["run_id", "created_at_utc", "mode", "trigger", "status", "duration_s", "seen", "created",
                          "updated", "unchanged", "deleted", "skipped", "attempts", "error"])

@@ -1,20 +1,17 @@
 """Health and statistics over JSON (token): what the admin's health page shows, and run
-outcomes over a window, computed from the job table (never made up)."""
+outcomes over a window, from the finished runs' roll-ups and the active runs (webapp/stats.py;
+never made up)."""
 from datetime import timedelta
 
 from flask import jsonify, request
-from sqlalchemy import select
-
 from .. import stats
-from ..extensions import db
 from ..health import health_report, readiness
-from ..models import STATUSES, TERMINAL_STATUSES, Run, utcnow
+from ..models import STATUSES
 from .blueprint import bp
 from .auth import require_token
 from .common import BAD_REQUEST, NOT_FOUND, TOKEN, UNAUTHORIZED, ApiError, find_connection, responses
 
 MAX_DAYS = 365
-MAX_RUNS = 50_000  # a window this large is summarised from its most recent runs
 
 
 def _iso(value):
@@ -53,45 +50,29 @@ def series_bucket(days):
     return timedelta(days=7)
 
 
-def _percentile(values, p):
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))], 3)
-
-
 @bp.get("/stats")
 @require_token
 def api_stats():
-    """Runs created in the last ?days=N (default 7), optionally of one ?connection=."""
+    """Runs created in the last ?days=N (default 7) in whole periods of the series,
+    optionally of one ?connection=: the whole window's figures and the series."""
     days = request.args.get("days", "7")
     if not (days.isascii() and days.isdigit()) or not 1 <= int(days) <= MAX_DAYS:
         raise ApiError(400, "bad_request", f"days must be an integer from 1 to {MAX_DAYS}")
-    since = utcnow() - timedelta(days=int(days))
-    query = select(Run.status, Run.started_at, Run.finished_at, Run.seen, Run.failed).where(Run.created_at >= since)
     connection = None
     if request.args.get("connection") is not None:
         connection = find_connection(request.args["connection"])
-        query = query.where(Run.connection_id == connection.id)
-    rows = db.session.execute(query.order_by(Run.id.desc()).limit(MAX_RUNS)).all()
-    by_status = {status: 0 for status in STATUSES}
-    durations, seen, skipped = [], [], 0
-    for status, started, finished, seen_count, failed in rows:
-        by_status[status] += 1
-        if status in TERMINAL_STATUSES and started and finished:
-            durations.append((finished - started).total_seconds())
-            seen.append(seen_count)
-        skipped += failed or 0
-    finished_count = by_status["completed"] + by_status["failed"]
     series = stats.run_stats(stats.window_of(timedelta(days=int(days)), series_bucket(int(days))), connection)
+    total = series.total
     return jsonify(
         bucket_seconds=int(series.window.bucket.total_seconds()),
         series=[bucket.as_dict() for bucket in series.buckets],
-        since=_iso(since), connection=connection.name if connection else None, runs=len(rows), by_status=by_status,
-        success_rate=round(by_status["completed"] / finished_count, 4) if finished_count else None,
-        duration_seconds={"p50": _percentile(durations, 50), "p95": _percentile(durations, 95),
-                          "mean": round(sum(durations) / len(durations), 3) if durations else None},
-        records_per_run=round(sum(seen) / len(seen), 1) if seen else None, records_skipped=skipped,
+        since=_iso(series.window.since), until=_iso(series.window.until),
+        connection=connection.name if connection else None, runs=total.runs,
+        by_status={status: total.by_status.get(status, 0) for status in STATUSES},
+        success_rate=None if total.success_rate is None else round(total.success_rate, 4),
+        duration_seconds={"p50": total.p50, "p95": total.p95, "mean": total.mean_duration},
+        records_per_run=total.seen_per_finished_run, records_skipped=total.records["skipped"],
+        rate_limit_wait_seconds=round(total.rate_limit_wait_seconds, 1),
     )
 
 
@@ -108,13 +89,18 @@ OPENAPI_PATHS = {
     }},
     "/api/stats": {"get": {
         "summary": "Run outcomes over the last N days: counts per status, success rate, durations, records",
+        "description": "Figures of the runs created in the window of `series` (N days in whole periods, the "
+                       "last containing now). Counts and sums are exact; finished runs are read from per-hour "
+                       "and per-day roll-ups, so duration p50/p95 come from log-spaced histograms, within 4.4% "
+                       "of the exact nearest-rank value for runs of 0.01 s to 39 h; the mean is exact.",
         "security": TOKEN, "tags": ["meta"],
         "parameters": [
             {"name": "days", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_DAYS, "default": 7}},
             {"name": "connection", "in": "query", "description": "connection id or name",
              "schema": {"type": "string", "maxLength": 100}}],
         "responses": responses(200, {"type": "object", "required": ["since", "runs", "by_status", "success_rate"], "properties": {
-            "since": {"type": "string", "format": "date-time"},
+            "since": {"type": "string", "format": "date-time", "description": "start of the window (of its first period)"},
+            "until": {"type": "string", "format": "date-time", "description": "end of the window (of its last period)"},
             "connection": {"type": "string", "nullable": True},
             "runs": {"type": "integer"},
             "by_status": {"type": "object", "additionalProperties": {"type": "integer"}},
@@ -122,13 +108,17 @@ OPENAPI_PATHS = {
                              "description": "completed / (completed + failed); null when none finished"},
             "duration_seconds": {"type": "object", "properties": {
                 "p50": _NULLABLE_NUMBER, "p95": _NULLABLE_NUMBER, "mean": _NULLABLE_NUMBER}},
-            "records_per_run": _NULLABLE_NUMBER,
+            "records_per_run": dict(_NULLABLE_NUMBER, description="records seen per finished run"),
+            "rate_limit_wait_seconds": {"type": "number", "description": "seconds the runs waited for rate-limit "
+                                        "budget or a provider's Retry-After"},
             "records_skipped": {"type": "integer"},
             "bucket_seconds": {"type": "integer", "description": "length of each period of `series`: an hour for "
                                "days=1, 6 hours up to 7 days, a day up to 30, 3 days up to 90, else a week"},
             "series": {"type": "array", "items": {"$ref": "#/components/schemas/StatsPeriod"},
                        "description": "whole periods, oldest first, the last one containing now; "
-                                      "runs counted by the period they were created in"}}},
+                                      "runs counted by the period they were created in; finished runs "
+                                      "read from per-hour and per-day roll-ups, so counts are exact and "
+                                      "duration percentiles histogram-based (see StatsPeriod)"}}},
             BAD_REQUEST, UNAUTHORIZED, NOT_FOUND),
     }},
 }
@@ -137,7 +127,8 @@ _COUNTS = {"type": "object", "additionalProperties": {"type": "integer"}}
 
 OPENAPI_SCHEMAS = {"StatsPeriod": {
     "type": "object",
-    "required": ["start", "runs", "by_status", "success_rate", "duration_seconds", "records", "seen", "retries"],
+    "required": ["start", "runs", "by_status", "success_rate", "duration_seconds", "records", "seen", "retries",
+                 "rate_limit_wait_seconds"],
     "properties": {
         "start": {"type": "string", "format": "date-time"},
         "runs": {"type": "integer"},
@@ -146,10 +137,13 @@ OPENAPI_SCHEMAS = {"StatsPeriod": {
                          "description": "completed / (completed + failed) in the period; null when none finished"},
         "duration_seconds": {"type": "object", "required": ["p50", "p95"], "properties": {
             "p50": _NULLABLE_NUMBER, "p95": _NULLABLE_NUMBER},
-            "description": "nearest-rank percentiles of the durations of completed and failed runs"},
+            "description": "nearest-rank percentiles of the durations of completed and failed runs, from "
+                           "log-spaced histograms: within 4.4% of the exact value for runs of 0.01 s to 39 h"},
         "records": {"type": "object", "properties": {k: {"type": "integer"} for k in stats.RECORD_COUNTERS}},
         "seen": {"type": "integer"},
-        "retries": {"type": "integer", "description": "attempts beyond the first"}}},
+        "retries": {"type": "integer", "description": "attempts beyond the first"},
+        "rate_limit_wait_seconds": {"type": "number", "description": "seconds the period's runs waited for "
+                                    "rate-limit budget or a provider's Retry-After"}}},
     "Health": {"type": "object", "required": ["status", "checks"], "properties": {
     "status": {"type": "string", "enum": ["ok", "unavailable"]},
     "checks": {"type": "object", "additionalProperties": {"type": "string"}},

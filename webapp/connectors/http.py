@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import requests
 import tenacity
 
-from .. import metrics, net_guard, retry_policy
+from .. import metrics, net_guard, rate_limit_waits, retry_policy
 from ..error_words import describe
 
 from .auth import BasicAuth, BearerAuth, HeaderKeyAuth, OAuth2ClientCredentials  # noqa: F401 (re-export)
@@ -194,7 +194,7 @@ class HttpClient:
             self.rate_limiter.acquire()
             waited = time.monotonic() - waited
             if waited > 0.001:
-                metrics.inc("rate_limit_wait_seconds", waited, key=self._host)
+                rate_limit_waits.waited(waited, self._host)
         headers = {**self._headers, **(extra_headers or {})}
         if self.auth is not None:
             try:
@@ -287,7 +287,7 @@ def _log_retry(host, retry_state):
     reason = "rate_limited" if isinstance(exc, _RateLimitedRetry) else "transient"
     metrics.inc("provider_retries", host=host, reason=reason)
     if reason == "rate_limited" and retry_state.upcoming_sleep:
-        metrics.inc("rate_limit_wait_seconds", retry_state.upcoming_sleep, key=host)
+        rate_limit_waits.waited(retry_state.upcoming_sleep, host)
 
 
 def parse_json(resp):
