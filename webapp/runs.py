@@ -288,7 +288,7 @@ def add_record_runs(connection, events, *, trigger="webhook", requested_by=None)
                             max_attempts=current_app.config["RUN_MAX_ATTEMPTS"], created_at=utcnow())
     created = []
     if new:
-        fresh = _insert_runs(new, trigger)
+        fresh = insert_record_runs(new, trigger)
         note = f"queued by {trigger}" + (f" ({requested_by})" if requested_by else "")
         db.session.execute(events_table.insert(), [{"run_id": run.id, "message": note} for run in fresh.values()])
         created = list(fresh.values())
@@ -296,7 +296,7 @@ def add_record_runs(connection, events, *, trigger="webhook", requested_by=None)
     return [by_key[key] for key in keys], created
 
 
-def _insert_runs(new, trigger):
+def insert_record_runs(new, trigger):
     """{record key: QueuedRun} for the rows of `new` ({record key: row}), inserted with
     their RQ job ids (queue.run_job_id(run id, 1)). PostgreSQL hands out the ids first, so each
     row goes in complete; SQLite has no sequence to ask: the rows go in, then are read
