@@ -310,7 +310,7 @@ class RunExecution:
                 _add(delta, {"deleted": gone})
             else:
                 stream = connector.stream(stream_name)
-                good, bad = self._sort(stream, result)
+                good, bad = self._sort(stream, result, record_id=record_id)
                 for error in bad:
                     error.key = error.key or record_id
                     self._record_failed(entry, str(error), stream=stream_name, key=error.key)
@@ -506,7 +506,7 @@ class RunExecution:
     def _stream_counters_copy(self):
         return {name: dict(counters) for name, counters in self.stream_counters.items()}
 
-    def _sort(self, stream, page, in_fetch_thread=False):
+    def _sort(self, stream, page, in_fetch_thread=False, record_id=None):
         """(keyed good records, BadRecord errors). In the fetch thread the run's position of a
         keyless record is not known yet (the page before may still be written): the error
         keeps its place in the page and _write_page names it."""
@@ -519,6 +519,9 @@ class RunExecution:
             except BadRecord as exc:
                 if exc.key is None and isinstance(record, dict) and record.get(stream.primary_key) is not None:
                     exc.key = str(record.get(stream.primary_key))
+                if exc.key is None and record_id is not None:  # a record fetched by its id: that id
+                    exc.key = record_id
+                    exc.args = (f"{exc}; it begins {_excerpt(record)}",)
                 if exc.key is None:  # nothing to find it by: where it came in the run, and how it begins
                     if in_fetch_thread:
                         exc.page_position = position
