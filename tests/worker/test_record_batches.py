@@ -155,3 +155,29 @@ def test_a_batch_fetches_records_at_once_within_the_providers_shared_rate_limit(
     assert api.violations == 0 and api.window.busiest <= 20
     failed = db.session.scalars(select(WebhookDelivery).where(WebhookDelivery.outcome == "failed")).all()
     assert [bad in d.error for d in failed] == [True]
+
+
+def test_a_batch_requeued_after_its_first_record_was_queued_again_keeps_its_records(app, make_connection):
+    from webapp import record_batches, runs
+    from webapp.models import QUEUED, WAITING, utcnow
+
+    conn, _secret = _sandbox(make_connection)
+    events = [("items", f"item-{n:07d}", False) for n in range(3)]
+    (first_ids, [first]) = record_batches.add_records(conn, [(1, events)])
+    db.session.commit()
+    attempt = runs.claim(first.id, "w1")
+    # While it runs, a webhook names its first record again: a new run, with the same record_key.
+    (_ids, [second]) = record_batches.add_records(conn, [(2, events[:1])])
+    db.session.commit()
+    assert db.session.get(Run, second.id).record_key == db.session.get(Run, first.id).record_key
+    # Its attempt fails: it goes back to the queue under a key of its own, its records intact.
+    assert runs.retry_later(first.id, attempt, error_class="transient", error_message="the provider is down") == QUEUED
+    requeued = db.session.get(Run, first.id)
+    db.session.refresh(requeued)
+    assert requeued.record_key == f"items:item-0000000#{first.id}"
+    assert [entry[1] for entry in requeued.params["records"]] == [e[1] for e in events]
+    # And the supervisor's sweep, and a deferral, the same way.
+    attempt = runs.claim(first.id, "w1")
+    assert runs.sweep_stale(now=utcnow(), stale_after=-1) == [(first.id, QUEUED)]
+    attempt = runs.claim(first.id, "w1")
+    assert runs.defer(first.id, attempt, seconds=60, reason="rate limited") == WAITING
