@@ -279,15 +279,23 @@ class RunExecution:
         self.total, self.processed = len(entries), len(done)
         fetcher = RecordFetcher(current_app._get_current_object(), connector,
                                 self.config["RECORD_FETCH_CONCURRENCY"])
+        chunks = [todo[start:start + RECORD_CHUNK] for start in range(0, len(todo), RECORD_CHUNK)]
+        # The next chunk downloads while this one is written (as PageFetcher does for pages):
+        # never more than one ahead, and the checkpoint only names written chunks.
+        ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="record-chunk")
         try:
-            for start in range(0, len(todo), RECORD_CHUNK):
-                chunk = todo[start:start + RECORD_CHUNK]
-                fatal = self._write_records(connector, chunk, fetcher.fetch(chunk), done, len(entries))
+            future = ahead.submit(contextvars.copy_context().run, fetcher.fetch, chunks[0]) if chunks else None
+            for number, chunk in enumerate(chunks):
+                results = future.result()
+                if number + 1 < len(chunks):
+                    future = ahead.submit(contextvars.copy_context().run, fetcher.fetch, chunks[number + 1])
+                fatal = self._write_records(connector, chunk, results, done, len(entries))
                 if fatal is CANCELLED:
                     return CANCELLED
                 if fatal is not None:
                     raise fatal
         finally:
+            ahead.shutdown(wait=False, cancel_futures=True)
             fetcher.close()
         return None
 
