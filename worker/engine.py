@@ -33,8 +33,11 @@ from .record_fetch import RecordFetcher
 log = logging.getLogger(__name__)
 DATABASE_WAIT_SECONDS = 60  # how long a failed attempt waits for the database to requeue itself
 # Records of a batched record run fetched, then written in one transaction, at a time: the
-# checkpoint's grain (what a crash makes it fetch again).
+# checkpoint's grain (what a crash makes it fetch again). A provider with a bulk endpoint
+# (Connector.read_records) answers a chunk in one request, so its chunks are larger: the
+# request's latency is paid per chunk (docs/PERFORMANCE.md, issue 20 item 3).
 RECORD_CHUNK = 50
+RECORD_CHUNK_BULK = 200
 
 class LostOwnership(Exception):
     """The run was cancelled, requeued or finished by someone else while we worked."""
@@ -279,7 +282,8 @@ class RunExecution:
         self.total, self.processed = len(entries), len(done)
         fetcher = RecordFetcher(current_app._get_current_object(), connector,
                                 self.config["RECORD_FETCH_CONCURRENCY"])
-        chunks = [todo[start:start + RECORD_CHUNK] for start in range(0, len(todo), RECORD_CHUNK)]
+        size = RECORD_CHUNK_BULK if connector.has_bulk_reads() else RECORD_CHUNK
+        chunks = [todo[start:start + size] for start in range(0, len(todo), size)]
         # The next chunk downloads while this one is written (as PageFetcher does for pages):
         # never more than one ahead, and the checkpoint only names written chunks.
         ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="record-chunk")

@@ -114,18 +114,19 @@ def test_a_bad_record_fails_alone_and_its_delivery_says_why(app, make_connection
 
 def test_a_worker_killed_mid_batch_loses_nothing_the_batch_is_swept_and_resumed(app, make_connection, workers,
                                                                                 serve):
-    # Its bulk endpoint takes 0.4 s a call: a batch of 300 records is six chunks, ~2.4 s.
+    # Its bulk endpoint takes 0.4 s a call: a batch of 500 records is three chunks of 200
+    # (worker/engine.py RECORD_CHUNK_BULK), over a second.
     conn, secret = _sandbox(make_connection, latency_ms=400)
     hub = serve(app)
-    _send_sandbox(f"{hub.url}/webhooks/shop", secret, [(i, i) for i in range(300)])
+    _send_sandbox(f"{hub.url}/webhooks/shop", secret, [(i, i) for i in range(500)])
     wait_for(lambda: dispatch_pending(min_age_seconds=0) == 0 and
              _count(WebhookDelivery, WebhookDelivery.outcome == "received") == 0, message="deliveries dispatched")
     [run] = _record_runs()
-    resumed = crash_mid_run_and_resume(app, workers, run.id, after=50, total=300)
-    assert resumed.attempt == 2 and resumed.processed == 300
+    resumed = crash_mid_run_and_resume(app, workers, run.id, after=1, total=500)
+    assert resumed.attempt == 2 and resumed.processed == 500
     # The chunks written before the kill were not fetched or counted again.
-    assert (resumed.seen, resumed.created) == (300, 300)
-    assert _stored(conn.id, "items") == {f"item-{n:07d}" for n in range(300)}
+    assert (resumed.seen, resumed.created) == (500, 500)
+    assert _stored(conn.id, "items") == {f"item-{n:07d}" for n in range(500)}
 
 
 def test_a_batch_fetches_records_at_once_within_the_providers_shared_rate_limit(app, make_connection, workers,

@@ -202,6 +202,10 @@ class Connector(abc.ABC):
         several at once, every request admitted by the shared rate limit."""
         return None
 
+    @classmethod
+    def has_bulk_reads(cls):
+        return cls.read_records is not Connector.read_records
+
     def derive(self, stream, parent_key, parent):
         """The complete list of records of derived `stream` for one parent record, each
         keyed "<parent_key>:...". No requests of its own: it works from the parent and what
