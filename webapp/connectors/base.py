@@ -225,7 +225,8 @@ class Connector(abc.ABC):
 
     def webhook_events(self, payload):
         """The records a verified, parsed webhook body asks to sync, as a list of
-        (stream, record_id, deleted). Each becomes one record run. Empty: nothing to do."""
+        (stream, record_id, deleted). Each record is fetched by a record run, in batches
+        (webapp/record_batches.py). Empty: nothing to do."""
         return []
 
     def webhook_event_id(self, payload, headers):
