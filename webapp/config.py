@@ -140,6 +140,12 @@ SETTINGS = (
         ("WEBHOOK_DB_WRITERS", "SYNCHUB_WEBHOOK_DB_WRITERS", 1, int,
          "webhook delivery batches a web process writes at once (group commit), each on its own database "
          "connection; one measured best (docs/PERFORMANCE.md, webhook ingest)"),
+        ("RECORD_BATCH_MAX", "SYNCHUB_RECORD_BATCH_MAX", 500, int,
+         "records one webhook record run fetches at most: the records of a burst of webhooks join a queued "
+         "run of their connection until it holds this many (docs/ARCHITECTURE.md, the life of a webhook)"),
+        ("RECORD_FETCH_CONCURRENCY", "SYNCHUB_RECORD_FETCH_CONCURRENCY", 8, int,
+         "records a batched record run fetches at once, every request still admitted by the provider's "
+         "shared rate limit"),
     ),
     _settings(
         "admin",

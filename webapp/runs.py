@@ -295,7 +295,7 @@ def add_record_runs(connection, events, *, trigger="webhook", requested_by=None)
                             max_attempts=current_app.config["RUN_MAX_ATTEMPTS"], created_at=utcnow())
     created = []
     if new:
-        fresh = _insert_runs(new, trigger)
+        fresh = insert_record_runs(new, trigger)
         note = f"queued by {trigger}" + (f" ({requested_by})" if requested_by else "")
         db.session.execute(events_table.insert(), [{"run_id": run.id, "message": note} for run in fresh.values()])
         created = list(fresh.values())
@@ -303,7 +303,7 @@ def add_record_runs(connection, events, *, trigger="webhook", requested_by=None)
     return [by_key[key] for key in keys], created
 
 
-def _insert_runs(new, trigger):
+def insert_record_runs(new, trigger):
     """{record key: QueuedRun} for the rows of `new` ({record key: row}), inserted with
     their RQ job ids (queue.run_job_id(run id, 1)). PostgreSQL hands out the ids first, so each
     row goes in complete; SQLite has no sequence to ask: the rows go in, then are read
@@ -557,7 +557,8 @@ def retry_later(run_id, attempt, *, error_class, error_message, delay=0.0, now=N
                     error_message=f"{error_message} (gave up after {attempt} attempts)", waited=waited)
         return FAILED if ok else None
     values = dict(status=QUEUED, error_class=error_class, error_message=error_message,
-                  rq_job_id=run_job_id(run_id, attempt + 1, run.deferrals))
+                  rq_job_id=run_job_id(run_id, attempt + 1, run.deferrals),
+                  **_own_record_key_if_taken(run_id, run.connection_id, run.mode, run.record_key))
     message = f"attempt {attempt} failed ({error_class}: {error_message}); will resume from checkpoint"
     if delay > 0:
         not_before = (now or utcnow()) + timedelta(seconds=delay)
@@ -601,7 +602,8 @@ def defer(run_id, attempt, *, seconds, reason, now=None, waited=0.0):
         update(Run).where(*owned(run_id, attempt), Run.cancel_requested.is_(False))
         .values(status=WAITING, not_before=not_before, attempt=attempt - 1, deferrals=Run.deferrals + 1,
                 rq_job_id=run_job_id(run_id, attempt, run.deferrals + 1), error_class="rate_limited",
-                error_message=sentence, rate_limit_wait_seconds=Run.rate_limit_wait_seconds + float(waited))
+                error_message=sentence, rate_limit_wait_seconds=Run.rate_limit_wait_seconds + float(waited),
+                **_own_record_key_if_taken(run_id, run.connection_id, run.mode, run.record_key))
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
@@ -612,6 +614,19 @@ def defer(run_id, attempt, *, seconds, reason, now=None, waited=0.0):
     db.session.commit()
     connection_issues.note_deferred(run.connection_id, sentence, run_id)
     return WAITING
+
+
+def _own_record_key_if_taken(run_id, connection_id, mode, record_key):
+    """A record run going back to queued or waiting re-enters the partial unique index
+    uq_runs_one_queued_record. While it ran, a webhook may have queued another run whose
+    record_key is the same (a batch's is its first record's: webapp/record_batches.py);
+    then this one takes a key of its own, "<key>#<run id>", rather than fail its requeue:
+    it still has records to fetch. {} when its key is free."""
+    if mode != "record" or not record_key:
+        return {}
+    taken = db.session.execute(select(Run.id).where(Run.connection_id == connection_id, Run.record_key == record_key,
+                                                    Run.id != run_id, text(QUEUED_RECORD_WHERE))).first()
+    return {"record_key": f"{record_key}#{run_id}"[:255]} if taken else {}
 
 
 def _cancel_instead(run_id, attempt, waited=0.0):
@@ -721,7 +736,8 @@ def sweep_stale(now=None, stale_after=None, candidates=None):
     clock, immune to wall-clock jumps and skew); otherwise heartbeats older than
     `now - stale_after` by the wall clock."""
     now = now or utcnow()
-    query = select(Run.id, Run.attempt, Run.max_attempts, Run.heartbeat_at, Run.cancel_requested).where(
+    query = select(Run.id, Run.attempt, Run.max_attempts, Run.heartbeat_at, Run.cancel_requested, Run.connection_id,
+                   Run.mode, Run.record_key).where(
         Run.status == RUNNING)
     if candidates is None:
         stale_after = current_app.config["STALE_AFTER_SECONDS"] if stale_after is None else stale_after
@@ -736,7 +752,7 @@ def sweep_stale(now=None, stale_after=None, candidates=None):
     if candidates is not None:
         stale = [row for row in stale if row.heartbeat_at == judged[row.id]]
     outcomes = []
-    for run_id, attempt, max_attempts, beat, cancel_requested in stale:
+    for run_id, attempt, max_attempts, beat, cancel_requested, connection_id, mode, record_key in stale:
         where = (*owned(run_id, attempt), Run.heartbeat_at == beat)
         since = beat.isoformat(timespec="seconds") + "Z"
         if cancel_requested:
@@ -744,7 +760,8 @@ def sweep_stale(now=None, stale_after=None, candidates=None):
             new_status, message = CANCELLED, "cancelled: its worker was lost"
         elif attempt < max_attempts:
             values = dict(status=QUEUED, rq_job_id=run_job_id(run_id, attempt + 1), error_class="worker_lost",
-                          error_message=f"worker lost: no heartbeat since {since}")
+                          error_message=f"worker lost: no heartbeat since {since}",
+                          **_own_record_key_if_taken(run_id, connection_id, mode, record_key))
             new_status, message = QUEUED, f"worker lost (no heartbeat since {since}); requeued to resume from checkpoint"
         else:
             values = dict(status=FAILED, finished_at=now, error_class="worker_lost",

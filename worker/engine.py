@@ -17,7 +17,7 @@ from flask import current_app
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
-from webapp import metrics, rate_limit_waits, retry_policy, runs
+from webapp import metrics, rate_limit_waits, record_batches, retry_policy, runs
 from webapp.connectors import connector_class
 from webapp.connectors.base import ReadRequest, Services
 from webapp.connectors.errors import BadRecord, ConfigError
@@ -28,9 +28,16 @@ from webapp.models import CANCELLED, COMPLETED, FAILED, QUEUED, WAITING, Connect
 from webapp.progress import ProgressPublisher
 
 from . import store
+from .record_fetch import RecordFetcher
 
 log = logging.getLogger(__name__)
 DATABASE_WAIT_SECONDS = 60  # how long a failed attempt waits for the database to requeue itself
+# Records of a batched record run fetched, then written in one transaction, at a time: the
+# checkpoint's grain (what a crash makes it fetch again). A provider with a bulk endpoint
+# (Connector.read_records) answers a chunk in one request, so its chunks are larger: the
+# request's latency is paid per chunk (docs/PERFORMANCE.md, issue 20 item 3).
+RECORD_CHUNK = 50
+RECORD_CHUNK_BULK = 200
 
 class LostOwnership(Exception):
     """The run was cancelled, requeued or finished by someone else while we worked."""
@@ -98,7 +105,11 @@ class RunExecution:
                 self.stream_progress = {name: {"processed": 0, "total": None, "done": name in self.checkpoint["done"]}
                                         for name in self._read_streams(connector)}
             self._publish("starting", f"attempt {self.attempt} started")
-            if self.mode == "record":
+            if self.mode == "record" and "records" in self.params:
+                if self._sync_records(connector) == CANCELLED:
+                    return CANCELLED
+                deleted = 0
+            elif self.mode == "record":
                 deleted = self._sync_one_record(connector)
             else:
                 for stream_name in self._read_streams(connector):
@@ -263,6 +274,124 @@ class RunExecution:
             raise LostOwnership("the run is no longer running this attempt")
         return 0
 
+    def _sync_records(self, connector):
+        """A batched record run (webapp/record_batches.py): its records in chunks, each
+        chunk fetched at once (worker/record_fetch.py) and written in one transaction with
+        the checkpoint (the positions done), so a retried or resumed run fetches only what
+        is left. A record that is bad, or that the provider refuses (a 4xx), fails alone:
+        logged with the reason, its deliveries marked failed, the others stored. Any other
+        error (an outage, a rate limit) ends the attempt after the chunk's other records
+        are stored: the retry policy decides, and the retry fetches what is left."""
+        entries = record_batches.entries_of(self.params)
+        done = set(self.checkpoint.get("records_done") or [])
+        todo = [(position, entry) for position, entry in enumerate(entries) if position not in done]
+        self.total, self.processed = len(entries), len(done)
+        fetcher = RecordFetcher(current_app._get_current_object(), connector,
+                                self.config["RECORD_FETCH_CONCURRENCY"])
+        size = RECORD_CHUNK_BULK if connector.has_bulk_reads() else RECORD_CHUNK
+        chunks = [todo[start:start + size] for start in range(0, len(todo), size)]
+        # The next chunk downloads while this one is written (as PageFetcher does for pages):
+        # never more than one ahead, and the checkpoint only names written chunks.
+        ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="record-chunk")
+        try:
+            future = ahead.submit(contextvars.copy_context().run, fetcher.fetch, chunks[0]) if chunks else None
+            for number, chunk in enumerate(chunks):
+                results = future.result()
+                if number + 1 < len(chunks):
+                    future = ahead.submit(contextvars.copy_context().run, fetcher.fetch, chunks[number + 1])
+                fatal = self._write_records(connector, chunk, results, done, len(entries))
+                if fatal is CANCELLED:
+                    return CANCELLED
+                if fatal is not None:
+                    raise fatal
+        finally:
+            ahead.shutdown(wait=False, cancel_futures=True)
+            fetcher.close()
+        return None
+
+    def _write_records(self, connector, chunk, results, done, total):
+        """One transaction for a chunk of a batch. Returns CANCELLED, the error that ends
+        the attempt, or None."""
+        fatal, delta, good_by_stream, failed = None, _zero_counters(), {}, 0
+        for position, entry in chunk:
+            stream_name, record_id = entry[0], str(entry[1])
+            result = results.get(position)
+            if isinstance(result, Exception):
+                if not _fails_alone(result):
+                    fatal = fatal or result
+                    continue
+                self._record_failed(entry, f"{describe(result)}: {result}")
+                self._count_by_stream(stream_name, {"seen": 1, "failed": 1})
+                _add(delta, {"seen": 1, "failed": 1})
+            elif result is None or not (result.records or result.bad_records):
+                gone = self._soft_delete_record(stream_name, record_id)
+                _add(delta, {"deleted": gone})
+            else:
+                stream = connector.stream(stream_name)
+                good, bad = self._sort(stream, result, record_id=record_id)
+                for error in bad:
+                    error.key = error.key or record_id
+                    self._record_failed(entry, str(error), stream=stream_name, key=error.key)
+                good_by_stream.setdefault(stream_name, {}).update(good)
+                self._count_by_stream(stream_name, {"seen": len(good) + len(bad), "failed": len(bad)})
+                _add(delta, {"seen": len(good) + len(bad), "failed": len(bad)})
+            done.add(position)
+        for stream_name, keyed in good_by_stream.items():
+            stream = connector.stream(stream_name)
+            good = list(keyed.items())
+            counts = store.write_page(db.session, connection_id=self.connection_id, stream=stream_name,
+                                      run_id=self.run_id, keyed_records=good)
+            written = {"created": counts.created, "updated": counts.updated, "unchanged": counts.unchanged}
+            self._count_by_stream(stream_name, written)
+            _add(delta, written)
+            derived, _ = self._write_derived(stream, good)
+            for child, child_delta in derived.items():
+                self._count_by_stream(child, child_delta)
+                _add(delta, child_delta)
+        self.processed = len(done)
+        self.checkpoint["records_done"] = sorted(done)
+        owned, cancel = runs.record_page(
+            self.run_id, self.attempt, checkpoint=dict(self.checkpoint), counts=delta, processed=self.processed,
+            total=total, phase="records", stream_counters=self._stream_counters_copy())
+        if not owned:
+            raise LostOwnership("the run is no longer running this attempt")
+        db.session.commit()
+        for key, value in delta.items():
+            self.counters[key] += value
+            if key != "seen" and value:
+                metrics.inc("records", value, connection=self.connection_name, stream="*", outcome=key)
+        self._publish("records", f"records: {self.processed} of {total} done "
+                                 f"({delta['created']} new, {delta['updated']} changed, {delta['unchanged']} unchanged"
+                                 + (f", {delta['deleted']} deleted" if delta["deleted"] else "")
+                                 + (f", {delta['failed']} failed)" if delta["failed"] else ")"))
+        if cancel:
+            self._cancelled()
+            return CANCELLED
+        if self.heartbeat.lost:
+            raise LostOwnership("heartbeat found the run taken away")
+        return fatal
+
+    def _record_failed(self, entry, reason, *, stream=None, key=None):
+        """One record of a batch could not be synced: a record error on the run, and its
+        deliveries say so (same transaction as the chunk)."""
+        stream, key = stream or entry[0], key or str(entry[1])
+        message = f"record {entry[0]}:{entry[1]} could not be synced: {reason}"
+        runs.log_event(self.run_id, message, level="warning", kind="record_error", stream=stream, record_key=key)
+        record_batches.mark_failed_deliveries(entry[3] if len(entry) > 3 else [], f"{message} (run {self.run_id})")
+
+    def _soft_delete_record(self, stream_name, record_id):
+        """The provider says the record is gone (a delete webhook, or the lookup found
+        nothing): so are the records derived from it. Returns how many were marked."""
+        deleted = store.soft_delete_one(db.session, connection_id=self.connection_id, stream=stream_name,
+                                        external_id=record_id, run_id=self.run_id)
+        self._count_by_stream(stream_name, {"deleted": deleted})
+        for child in self._derived_of(stream_name):
+            gone = store.soft_delete_derived(db.session, connection_id=self.connection_id, stream=child.name,
+                                             run_id=self.run_id, parent_keys=[record_id], keep_keys=[])
+            self._count_by_stream(child.name, {"deleted": gone})
+            deleted += gone
+        return deleted
+
     def _complete(self, connector, deleted):
         """Deletions and cursor advance commit in the same transaction as `completed`."""
         self._publish("finalizing", "finalizing")
@@ -400,7 +529,7 @@ class RunExecution:
     def _stream_counters_copy(self):
         return {name: dict(counters) for name, counters in self.stream_counters.items()}
 
-    def _sort(self, stream, page, in_fetch_thread=False):
+    def _sort(self, stream, page, in_fetch_thread=False, record_id=None):
         """(keyed good records, BadRecord errors). In the fetch thread the run's position of a
         keyless record is not known yet (the page before may still be written): the error
         keeps its place in the page and _write_page names it."""
@@ -413,6 +542,9 @@ class RunExecution:
             except BadRecord as exc:
                 if exc.key is None and isinstance(record, dict) and record.get(stream.primary_key) is not None:
                     exc.key = str(record.get(stream.primary_key))
+                if exc.key is None and record_id is not None:  # a record fetched by its id: that id
+                    exc.key = record_id
+                    exc.args = (f"{exc}; it begins {_excerpt(record)}",)
                 if exc.key is None:  # nothing to find it by: where it came in the run, and how it begins
                     if in_fetch_thread:
                         exc.page_position = position
@@ -492,6 +624,13 @@ class RunExecution:
         })
         if self.on_progress:
             self.on_progress(snapshot)
+
+
+def _fails_alone(exc):
+    """A record's own fault, not the provider's or ours: a bad record, or a request the
+    provider refuses for that record (a 4xx other than 401/403/429, a stream that cannot
+    be read by id). The batch goes on without it."""
+    return isinstance(exc, (BadRecord, ConfigError))
 
 
 def _zero_counters():

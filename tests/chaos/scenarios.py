@@ -530,7 +530,8 @@ def concurrent_sync_now(stack, rng):
 
 def duplicate_webhooks(stack, rng):
     """Distinct events, each sent 2 to 4 times at once, then replayed later: one delivery
-    and one record run per event; the copies are counted as duplicates."""
+    per event, its record in exactly one record run (runs come in batches); the copies are
+    counted as duplicates."""
     from webapp.connectors.sandbox import SandboxConnector
 
     before = stack.query("SELECT coalesce(max(id), 0) AS m FROM webhook_deliveries")[0]["m"]
@@ -572,9 +573,24 @@ def duplicate_webhooks(stack, rng):
     duplicates = sum(d["duplicates"] for d in deliveries)
     if duplicates != len(sends) - len(events) + len(replayed):
         violations.append(f"{duplicates} duplicates counted, {len(sends) - len(events) + len(replayed)} sent")
-    run_ids = [i for d in deliveries for i in (d["run_ids"] or [])]
-    if len(run_ids) != len(set(run_ids)) or len(run_ids) != len(set(events.values())):
-        violations.append(f"record runs {run_ids} for {len(set(events.values()))} distinct records")
+    # Record runs come in batches (webapp/record_batches.py): each delivery has one run,
+    # and each record is in exactly one entry of those runs, naming that delivery.
+    run_ids = sorted({i for d in deliveries for i in (d["run_ids"] or [])})
+    if any(len(d["run_ids"] or []) != 1 for d in deliveries):
+        violations.append(f"deliveries with other than one record run: {[d['run_ids'] for d in deliveries]}")
+    entries = {}
+    for row in stack.query("SELECT id, params FROM runs WHERE id = ANY(:ids)", ids=run_ids):
+        params = json.loads(row["params"]) if isinstance(row["params"], str) else row["params"]
+        for stream, record_id, _deleted, delivery_ids in params.get("records", []):
+            entries.setdefault(record_id, []).append((row["id"], set(delivery_ids)))
+    for d in deliveries:
+        record_id = f"item-{events[d['provider_event_id']]:07d}"
+        found = entries.get(record_id, [])
+        if len(found) != 1 or (d["run_ids"] or [None])[0] != found[0][0] or d["id"] not in found[0][1]:
+            violations.append(f"delivery {d['provider_event_id']}: record {record_id} in runs {found}, "
+                              f"delivery's runs {d['run_ids']}")
+    if sorted(entries) != sorted(f"item-{i:07d}" for i in set(events.values())):
+        violations.append(f"records {sorted(entries)} in the runs for {len(set(events.values()))} distinct records")
     if wait_terminal(stack, run_ids):
         expect_completed(stack, run_ids, violations)
     truth = SandboxConnector({"records": 1000}, {}, None)

@@ -195,6 +195,17 @@ class Connector(abc.ABC):
     def read_page(self, stream, request, state):
         """Return the Page that follows `state` (None: the first page)."""
 
+    def read_records(self, stream, record_ids):
+        """Many records of `stream` in one request, for a provider with a bulk endpoint:
+        {record id: Page of that record (empty when it is gone)}. None: the provider has
+        none, and a batched record run reads each record with read_page (mode "record"),
+        several at once, every request admitted by the shared rate limit."""
+        return None
+
+    @classmethod
+    def has_bulk_reads(cls):
+        return cls.read_records is not Connector.read_records
+
     def derive(self, stream, parent_key, parent):
         """The complete list of records of derived `stream` for one parent record, each
         keyed "<parent_key>:...". No requests of its own: it works from the parent and what
@@ -214,7 +225,8 @@ class Connector(abc.ABC):
 
     def webhook_events(self, payload):
         """The records a verified, parsed webhook body asks to sync, as a list of
-        (stream, record_id, deleted). Each becomes one record run. Empty: nothing to do."""
+        (stream, record_id, deleted). Each record is fetched by a record run, in batches
+        (webapp/record_batches.py). Empty: nothing to do."""
         return []
 
     def webhook_event_id(self, payload, headers):

@@ -88,6 +88,19 @@ class SandboxConnector(Connector):
             raise QuotaExhausted(f"sandbox: rate limited at offset {offset} (HTTP 429), Retry-After {int(seconds)}s",
                                  retry_after=float(seconds))
 
+    def read_records(self, stream, record_ids):
+        """Its bulk endpoint: any number of records for one pause of `latency_ms`."""
+        count = self._setting("records", 1000)
+        latency = self._setting("latency_ms", 0)
+        if latency:
+            time.sleep(latency / 1000)
+        pages = {}
+        for record_id in record_ids:
+            number = str(record_id).rsplit("-", 1)[-1]
+            i = int(number) if number.isdigit() else count  # an id it never made: gone
+            pages[record_id] = Page([self._record(i)] if i < count else [], None, total=1)
+        return pages
+
     def read_page(self, stream, request, state):
         count = self._setting("records", 1000)
         page_size = self._setting("page_size", 100)

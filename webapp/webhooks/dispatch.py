@@ -27,7 +27,7 @@ from flask import current_app
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 
-from .. import queue, redis_keys, runs, trigger_policy
+from .. import queue, record_batches, redis_keys, runs, trigger_policy
 from ..connectors import connector_class
 from ..connectors.base import Services
 from ..error_words import describe
@@ -141,10 +141,11 @@ def _dispatch_batch(limit, cutoff, attempts=3):
     for attempt in range(attempts):
         try:
             return _dispatch_batch_once(limit, cutoff)
-        except IntegrityError:
+        except (IntegrityError, record_batches.StaleBatch):
             # Another transaction queued a run for one of these records meanwhile (the
-            # partial unique index). Nothing of ours was committed: take the batch again,
-            # and this time find that run.
+            # partial unique index), or a worker claimed the run we were adding records
+            # to. Nothing of ours was committed: take the batch again, and this time find
+            # that run, or start a new one.
             db.session.rollback()
             if attempt == attempts - 1:
                 raise
@@ -273,9 +274,10 @@ def _queued_runs_never_enqueued(run_ids):
 
 
 def _settle_fresh(connection, mapped, settled):
-    """Record runs for [(delivery id, events)] of one connection; returns the runs created."""
+    """Record runs for [(delivery id, events)] of one connection, in batches
+    (webapp/record_batches.py); returns the runs created."""
     try:
-        all_runs, created = runs.add_record_runs(connection, [e for _id, events in mapped for e in events])
+        run_ids, created = record_batches.add_records(connection, mapped)
     except runs.TriggerOff as exc:
         for delivery_id, _events in mapped:
             settled[delivery_id] = (IGNORED, [], str(exc))
@@ -284,11 +286,8 @@ def _settle_fresh(connection, mapped, settled):
         for delivery_id, _events in mapped:
             settled[delivery_id] = (FAILED, [], str(exc))
         return []
-    position = 0
-    for delivery_id, events in mapped:
-        ids = list(dict.fromkeys(run.id for run in all_runs[position:position + len(events)]))
-        position += len(events)
-        settled[delivery_id] = (ENQUEUED, ids, None)
+    for delivery_id, _events in mapped:
+        settled[delivery_id] = (ENQUEUED, run_ids[delivery_id], None)
     return created
 
 
