@@ -46,6 +46,11 @@ DISPATCH_JOB = "worker.jobs.dispatch_webhooks"
 # dispatching back until the marker expires (the supervisor's step is the safety net).
 KICK_TTL_SECONDS = 30
 KICK_STATE = "synchub_webhook_kick"
+# After a kick failed (Redis unreachable), a process does not ask again for this long: under a
+# network partition each ask waits out the Redis client's socket timeout (10 s, extensions.py),
+# and every webhook answer would wait with it. Deliveries stored meanwhile are as safe as after
+# a failed kick: the supervisor's step dispatches them (docs/RELIABILITY.md, "Partitions").
+KICK_AWAY_SECONDS = 5.0
 BATCH_SIZE = 200
 # On SQLite a batch holds the database's only write lock while it is written: smaller
 # batches keep deliveries from waiting long behind one.
@@ -72,10 +77,12 @@ def kick():
     the release, or while a job that had not yet released the marker was pending, so a
     last look is still to come after its commit.
     """
-    state = current_app.extensions.setdefault(KICK_STATE, {"asked_at": None})
+    state = current_app.extensions.setdefault(KICK_STATE, {"asked_at": None, "failed_at": None})
     debounce = current_app.config["WEBHOOK_KICK_DEBOUNCE_SECONDS"]
-    asked_at = state["asked_at"]
+    asked_at, failed_at = state["asked_at"], state["failed_at"]
     now = time.monotonic()
+    if failed_at is not None and now - failed_at < KICK_AWAY_SECONDS:
+        return False
     if asked_at is not None and now - asked_at < debounce:
         return True
     # Recorded before asking, so the other threads of this process do not all ask at once.
@@ -87,9 +94,11 @@ def kick():
             marker_ttl=KICK_TTL_SECONDS, trust_seconds=KICK_TTL_SECONDS,
             timeout=current_app.config["JOB_TIMEOUT_SECONDS"], result_ttl=60, failure_ttl=7 * 24 * 3600,
             description="dispatch webhook deliveries")
+        state["failed_at"] = None
         return True
     except (redis.RedisError, OSError) as exc:
         state["asked_at"] = None  # nobody may skip on the strength of a question that failed
+        state["failed_at"] = time.monotonic()
         log.warning("webhook dispatch not kicked (%s): the supervisor will dispatch stored deliveries", type(exc).__name__)
         return False
 
