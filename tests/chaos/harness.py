@@ -59,6 +59,21 @@ HOSTS_TIMING = {"SYNCHUB_DB_NETWORK_TIMEOUT_SECONDS": "2"}
 ACTIVE = ("waiting", "queued", "running")
 
 
+HOSTS = ["w1", "w2", "web"]  # worker-1 on w1, worker-2 on w2, gunicorn on web
+
+
+def hosts_parts(net=None):
+    """The network hosts and a throwaway cluster listening on their bridge: {"net", "cluster"}
+    (made ahead by the runner while another stack runs). Nothing is left behind on failure."""
+    net = net or Network(HOSTS).create()
+    try:
+        cluster = PostgresCluster(listen=("127.0.0.1", net.gateway), trusted_network=str(net.subnet)).start()
+    except BaseException:
+        net.destroy()
+        raise
+    return {"net": net, "cluster": cluster}
+
+
 class Proc:
     """One child process in its own session, its output in a log file."""
 
@@ -115,14 +130,15 @@ class ClusterDatabase:
 
 class Stack:
     def __init__(self, records=300, sim_latency=0.05, sim_rate="20/1", client_rate=(10, 1), workers=2,
-                 supervisors=2, own_cluster=False, cluster=None, hosts=False):
+                 supervisors=2, own_cluster=False, cluster=None, hosts=False, net=None):
         """own_cluster: on a throwaway cluster (`cluster`, started already, or one made in
         start()); the stack owns it from here on and destroys it in stop().
         hosts: the workers and the web server each on a network host of their own
         (tests/chaos/netns.py), reaching the stack's own cluster, Redis and simulators over
-        the hosts' bridge; implies own_cluster (the machine's servers listen on loopback only)."""
-        self.hosts = hosts
-        self.net = None
+        the hosts' bridge; implies own_cluster (the machine's servers listen on loopback only).
+        `net` and `cluster` may come made already (hosts_parts()); the stack owns them from here on."""
+        self.hosts = hosts or net is not None
+        self.net = net
         self.service_host = "127.0.0.1"  # where PostgreSQL, Redis and the simulators listen
         self.web_host = "127.0.0.1"
         self.worker_hosts = {}  # worker proc name -> network host
@@ -156,10 +172,10 @@ class Stack:
 
     def _start(self, connections):
         if self.hosts:
-            self.net = Network(["w1", "w2", "web"]).create()
+            if self.net is None or self.cluster is None:
+                parts = hosts_parts(self.net)
+                self.net, self.cluster = parts["net"], parts["cluster"]
             self.service_host, self.web_host = self.net.gateway, self.net.address("web")
-            self.cluster = self.cluster or PostgresCluster(listen=("127.0.0.1", self.net.gateway),
-                                                           trusted_network=str(self.net.subnet)).start()
             self.db = ClusterDatabase(self.cluster)
         elif self.own_cluster:
             self.cluster = self.cluster or PostgresCluster().start()

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import sqlalchemy as sa
 
-from .harness import Stack
+from .harness import Stack, hosts_parts
 from .invariants import ActiveRunSampler, check_all, records_match_provider
 from .netns import unavailable_reason as netns_unavailable_reason
 from .pgcluster import PostgresCluster, unavailable_reason
@@ -72,19 +72,26 @@ def run(scenarios, trials, seed, log=print, stack_factory=Stack, self_check=Fals
     for name in PARTITION & set(scenarios) if why else ():
         results[name]["notes"][f"SKIPPED: no network hosts here ({why})"] = trials
         log(f"{name:20s} SKIPPED: no network hosts can be made here: {why}")
-    # initdb and the first start (a few seconds, mostly waiting on the disk) while the shared stack runs.
-    early = ThreadPoolExecutor(1) if any(o.get("own_cluster") for _, o in groups[1:]) else None
-    cluster = early.submit(lambda: PostgresCluster().start()) if early else None
+    # initdb and the first start (a few seconds, mostly waiting on the disk), and the network hosts,
+    # made while the first stack runs.
+    prepared = {}  # group index -> future of the Stack kwargs made ahead
+    early = ThreadPoolExecutor(2) if len(groups) > 1 else None
+    for index, (_, options) in enumerate(groups[1:], start=1):
+        if options.get("hosts"):
+            prepared[index] = early.submit(hosts_parts)
+        elif options.get("own_cluster"):
+            prepared[index] = early.submit(lambda: {"cluster": PostgresCluster().start()})
     try:
         for index, (names, options) in enumerate(groups):
-            if options.get("own_cluster") and cluster is not None:
-                options, cluster = dict(options, cluster=cluster.result()), None  # the stack owns it now
+            if index in prepared:
+                options = dict(options, **prepared.pop(index).result())  # the stack owns them now
             last = index == len(groups) - 1
             _run_group(names, options, trials, seeds, results, log, stack_factory, self_check and last)
     finally:
-        if cluster is not None:  # the shared group failed first: the cluster must not outlive the run
+        for future in prepared.values():  # a group failed first: nothing made ahead may outlive the run
             try:
-                cluster.result().destroy()
+                for part in future.result().values():
+                    part.destroy()
             except Exception:
                 pass
         if early:
