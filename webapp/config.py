@@ -80,8 +80,8 @@ SETTINGS = (
         ("DB_NETWORK_TIMEOUT_SECONDS", "SYNCHUB_DB_NETWORK_TIMEOUT_SECONDS", 30, int,
          "how long a process waits on a PostgreSQL server that stopped answering (a network partition drops "
          "packets: without a bound a connection waits out TCP's retransmissions, about 15 minutes): the connect "
-         "timeout, TCP keepalives and `tcp_user_timeout` of our connections, and TCP keepalives on the server's "
-         "side of each session, so the open transaction of a worker cut off mid-page is rolled back and its locks "
+         "timeout, TCP keepalives and `tcp_user_timeout` of our connections, and the same keepalives and "
+         "`tcp_user_timeout` on the server's side of each session (startup `options`), so the open transaction of a worker cut off mid-page is rolled back and its locks "
          "freed within this time instead of hours (docs/RELIABILITY.md, \"Partitions\"); 0 leaves the operating "
          "system's defaults (for a connection pooler that refuses the `options` startup parameter)"),
         ("CONNECTORS_DIR", "SYNCHUB_CONNECTORS_DIR", None, _text_or_none,
@@ -317,13 +317,17 @@ def setting_value(key, environ=None):
 def database_connect_args(url, timeout):
     """{"connect_args": ...} bounding the wait on an unanswering PostgreSQL server to about
     `timeout` seconds on both ends of each connection (the DB_NETWORK_TIMEOUT_SECONDS row), or {}.
-    Keepalives detect a silent peer while nothing is in flight, TCP_USER_TIMEOUT while a request
-    is; no server-side TCP_USER_TIMEOUT, which could cut a client that reads a result slowly."""
+    Keepalives detect a silent peer while nothing is in flight, TCP_USER_TIMEOUT while something
+    is: on the server's side too, since a client cut off before it acknowledged the server's last
+    answer leaves that answer in flight, and the session, its transaction and its locks, waiting
+    out TCP's retransmissions (docs/RELIABILITY.md, bug 7). A slow but live reader is not cut: its
+    kernel acknowledges the server's zero-window probes."""
     if timeout <= 0 or not url.startswith("postgresql"):
         return {}
     idle, interval = max(1, timeout // 3), max(1, timeout // 6)
     count = max(1, (timeout - idle) // interval)
-    server = f"-c tcp_keepalives_idle={idle} -c tcp_keepalives_interval={interval} -c tcp_keepalives_count={count}"
+    server = (f"-c tcp_keepalives_idle={idle} -c tcp_keepalives_interval={interval} -c tcp_keepalives_count={count}"
+              f" -c tcp_user_timeout={timeout * 1000}")
     return {"connect_args": {"connect_timeout": timeout, "keepalives": 1, "keepalives_idle": idle,
                              "keepalives_interval": interval, "keepalives_count": count,
                              "tcp_user_timeout": timeout * 1000, "options": server}}

@@ -34,11 +34,13 @@ def test_the_server_side_of_each_session_probes_a_silent_client():
     try:
         with engine.connect() as conn:
             shown = {name: conn.execute(sa.text(f"SHOW {name}")).scalar()
-                     for name in ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count")}
+                     for name in ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count",
+                                  "tcp_user_timeout")}
             params = conn.connection.dbapi_connection.info.get_parameters()
     finally:
         engine.dispose()
-    assert shown == {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "4"}
+    assert shown == {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "4",
+                     "tcp_user_timeout": "30000"}
     assert params["tcp_user_timeout"] == "30000" and params["keepalives_idle"] == "10"
 
 
