@@ -3,7 +3,8 @@ supervisors, a private redis-server, the records simulator; one throwaway Postgr
 database, on the shared server or (own_cluster=True) on a throwaway cluster of its own that
 restart_database() really stops and starts. A keeper thread restarts workers and the web
 server when they exit, as systemd's Restart=always would; supervisors are restarted by the
-scenarios themselves."""
+scenarios themselves. With hosts=True the workers and the web server run on network hosts of
+their own (tests/chaos/netns.py) that the partition scenarios cut off."""
 import json
 import os
 import signal

@@ -751,10 +751,15 @@ def _partitioned_sync(stack, rng, ports_of):
         while time.monotonic() < deadline:
             swept_during = swept_during or run_row(stack, run_id)["attempt"] > row["attempt"]
             time.sleep(0.1)
+        # Who waits on what at the end of the cut, for a report of a sweep that did not happen.
+        sessions = stack.query("SELECT application_name, client_addr::text AS client, state, wait_event_type, "
+                               "left(query, 60) AS query FROM pg_stat_activity WHERE datname = current_database() "
+                               "AND state <> 'idle' AND pid <> pg_backend_pid()")
     finally:
         stack.net.heal(host)
     return {"run_id": run_id, "attempt": row["attempt"], "worker": row["worker_name"], "host": host, "proc": proc,
-            "offset": offset, "started": started, "hold": hold, "swept_during": swept_during}
+            "offset": offset, "started": started, "hold": hold, "swept_during": swept_during,
+            "sessions": [dict(r) for r in sessions]}
 
 
 def _completed_by(stack, run_id):
@@ -772,7 +777,8 @@ def worker_host_partition(stack, rng):
     cut = _partitioned_sync(stack, rng, lambda stack: None)
     run_id, attempt, violations = cut["run_id"], cut["attempt"], []
     if not cut["swept_during"]:
-        violations.append(f"run {run_id} was not swept while its worker host was cut off for {cut['hold']:.1f} s")
+        violations.append(f"run {run_id} was not swept while its worker host was cut off for {cut['hold']:.1f} s; "
+                          f"busy sessions at the end of the cut: {cut['sessions']}")
     if wait_terminal(stack, [run_id]):
         expect_completed(stack, [run_id], violations)
     recover = time.monotonic() - cut["started"]
@@ -844,6 +850,8 @@ def web_redis_partition(stack, rng):
         if "web" in stack.net.partitioned:
             stack.net.heal("web")
     healed = time.monotonic()
+    waiting_at_heal = stack.query("SELECT count(*) AS n FROM webhook_deliveries WHERE id > :m AND outcome = 'received'",
+                                  m=before)[0]["n"]
     violations += [f"a webhook sent while the web host was cut off from Redis answered {s} after {t:.1f} s"
                    for s, t in statuses if s != 200]
     # Providers give up on an answer after about 10 s (and send again): an acknowledgement must come sooner.
@@ -874,7 +882,8 @@ def web_redis_partition(stack, rng):
             violations.append(f"record item-{index:07d}: {rows!r}")
     slow = sorted(round(t, 1) for _, t in statuses if t > 1)
     return {"faults": 1, "recover": time.monotonic() - healed, "violations": violations,
-            "detail": f"cut {hold:.1f} s; {len(events)} webhooks, answers over 1 s: {slow or 'none'}"}
+            "detail": f"cut {hold:.1f} s; {len(events)} webhooks, answers over 1 s: {slow or 'none'}; "
+                      f"{waiting_at_heal} not yet dispatched at the heal"}
 
 
 WEBHOOK_ANSWER_LIMIT = 10.0  # seconds

@@ -2,7 +2,8 @@
 processes (gunicorn, 2 RQ workers, 2 supervisors, redis-server, the records simulator)
 on PostgreSQL (database_restart: a stack of its own on a throwaway cluster it really
 restarts; the partition scenarios: a third stack whose workers and web server are network
-hosts, skipped where none can be made, an error under CI=true), with zero invariant violations. The long run: python -m tests.chaos."""
+hosts, skipped where none can be made, an error under CI=true), with zero invariant
+violations. The long run: python -m tests.chaos."""
 import os
 import random
 import re
