@@ -122,6 +122,7 @@ def _run_group(scenarios, options, trials, seeds, results, log, stack_factory, s
                 entry["violations"] += [f"trial {trial} (seed {trial_seed}): {v}" for v in violations]
                 log(f"{name:20s} trial {trial + 1}/{trials} seed {trial_seed}: {result.get('faults', 0)} faults, "
                     f"{len(violations)} violations, {time.monotonic() - started:.1f}s"
+                    + (f", recovered in {result['recover']:.1f}s" if "recover" in result else "")
                     + "".join(f" ({result[k]})" for k in ("note", "detail") if result.get(k))
                     + "".join(f"\n    {v}" for v in violations))
         if self_check:
