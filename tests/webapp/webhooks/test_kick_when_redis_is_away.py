@@ -1,34 +1,13 @@
 """A web process whose Redis stopped answering does not make every webhook wait for it:
 after one failed kick it leaves dispatching to the supervisor's step for a while
 (webapp/webhooks/dispatch.py, KICK_AWAY_SECONDS)."""
-import socket
-import threading
-
 from tests.conftest import make_app
+from tests.support import closing_port
 from webapp.webhooks import dispatch
 
 
-def _broken_redis():
-    """A port that accepts connections and closes them at once; counts them."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    accepted = []
-
-    def serve():
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            accepted.append(1)
-            conn.close()
-    threading.Thread(target=serve, daemon=True).start()
-    return listener, accepted
-
-
 def test_after_a_failed_kick_the_process_does_not_ask_redis_again_for_a_while(tmp_path):
-    listener, accepted = _broken_redis()
+    listener, accepted = closing_port()
     try:
         app = make_app(f"sqlite:///{tmp_path / 'kick.db'}", f"redis://127.0.0.1:{listener.getsockname()[1]}/0",
                        str(tmp_path))
