@@ -10,6 +10,7 @@ session it waits for the operating system's (2 h + 9 x 75 s on Linux), holding t
 SYNCHUB_DB_NETWORK_TIMEOUT_SECONDS = T (webapp/config.py database_connect_args) it drops the
 session after about T seconds and the lock is freed. Prints one line per timeout."""
 import argparse
+import signal
 import subprocess
 import sys
 import time
@@ -59,6 +60,7 @@ def main(argv=None):
     parser.add_argument("--timeouts", default="0,5", help="SYNCHUB_DB_NETWORK_TIMEOUT_SECONDS values (0: off)")
     parser.add_argument("--give-up", type=int, default=60)
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill` cleans up too (as tests/chaos/__main__.py)
     missing = unavailable_reason()
     if missing:
         print(f"cannot make network hosts here: {missing}")
