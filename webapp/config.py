@@ -77,6 +77,13 @@ SETTINGS = (
         ("LOG_FORMAT", "SYNCHUB_LOG_FORMAT", "text", str, "`json` for one JSON object per line (run id, "
          "connection, attempt... as fields)"),
         ("LOG_LEVEL", "SYNCHUB_LOG_LEVEL", "INFO", str, "log level of every process"),
+        ("DB_NETWORK_TIMEOUT_SECONDS", "SYNCHUB_DB_NETWORK_TIMEOUT_SECONDS", 30, int,
+         "how long a process waits on a PostgreSQL server that stopped answering (a network partition drops "
+         "packets: without a bound a connection waits out TCP's retransmissions, about 15 minutes): the connect "
+         "timeout, TCP keepalives and `tcp_user_timeout` of our connections, and the same keepalives and "
+         "`tcp_user_timeout` on the server's side of each session (startup `options`), so the open transaction of a worker cut off mid-page is rolled back and its locks "
+         "freed within this time instead of hours (docs/RELIABILITY.md, \"Partitions\"); 0 leaves the operating "
+         "system's defaults (for a connection pooler that refuses the `options` startup parameter)"),
         ("CONNECTORS_DIR", "SYNCHUB_CONNECTORS_DIR", None, _text_or_none,
          "a folder of declared connectors (`*.yaml`, docs/CONNECTORS.md), loaded besides synchub's own; "
          "a broken file is refused with its line and the others still load", "unset (only synchub's own)"),
@@ -277,11 +284,12 @@ class Config:
                     "RETENTION_OUTBOX_EVENTS_DAYS"):
             if self.values[key] is None:
                 self.values[key] = self.values["RETENTION_DAYS"]
+        url = _database_url(environ.get("DATABASE_URL") or f"sqlite:///{os.path.join(instance_path, 'synchub.db')}")
         self.values.update(
             INSTANCE_PATH=instance_path,
-            SQLALCHEMY_DATABASE_URI=_database_url(
-                environ.get("DATABASE_URL") or f"sqlite:///{os.path.join(instance_path, 'synchub.db')}"),
-            SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True},
+            SQLALCHEMY_DATABASE_URI=url,
+            SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True,
+                                       **database_connect_args(url, self.values["DB_NETWORK_TIMEOUT_SECONDS"])},
             SOCK_SERVER_OPTIONS={"ping_interval": self.values["WS_PING_SECONDS"]},
         )
 
@@ -310,6 +318,25 @@ def setting_value(key, environ=None):
     (the connector registry is filled on first use, in any process)."""
     environ = os.environ if environ is None else environ
     return next(s for s in SETTINGS if s.key == key).read(environ)
+
+
+def database_connect_args(url, timeout):
+    """{"connect_args": ...} bounding the wait on an unanswering PostgreSQL server to about
+    `timeout` seconds on both ends of each connection (the DB_NETWORK_TIMEOUT_SECONDS row), or {}.
+    Keepalives detect a silent peer while nothing is in flight, TCP_USER_TIMEOUT while something
+    is: on the server's side too, since a client cut off before it acknowledged the server's last
+    answer leaves that answer in flight, and the session, its transaction and its locks, waiting
+    out TCP's retransmissions (docs/RELIABILITY.md, bug 7). A slow but live reader is not cut: its
+    kernel acknowledges the server's zero-window probes."""
+    if timeout <= 0 or not url.startswith("postgresql"):
+        return {}
+    idle, interval = max(1, timeout // 3), max(1, timeout // 6)
+    count = max(1, (timeout - idle) // interval)
+    server = (f"-c tcp_keepalives_idle={idle} -c tcp_keepalives_interval={interval} -c tcp_keepalives_count={count}"
+              f" -c tcp_user_timeout={timeout * 1000}")
+    return {"connect_args": {"connect_timeout": timeout, "keepalives": 1, "keepalives_idle": idle,
+                             "keepalives_interval": interval, "keepalives_count": count,
+                             "tcp_user_timeout": timeout * 1000, "options": server}}
 
 
 def _database_url(url):

@@ -8,6 +8,7 @@ here never fails a run.
 import json
 import logging
 import time
+import weakref
 
 import redis
 
@@ -16,6 +17,26 @@ from . import redis_keys
 log = logging.getLogger(__name__)
 
 MAX_MESSAGES = 20
+# A worker cut off from Redis (a network partition drops packets: docs/RELIABILITY.md,
+# "Partitions") must not hold each page for the main client's 10 s socket timeout
+# (extensions.py): snapshots go through a twin of that client with a short timeout, and after
+# a failure the publisher stays quiet for a while. The run row holds the persisted progress.
+PUBLISH_TIMEOUT_SECONDS = 2.0
+QUIET_AFTER_FAILURE_SECONDS = 5.0
+_twins = weakref.WeakKeyDictionary()  # a client's connection pool -> its short-timeout twin
+
+
+def _short_timeout_twin(client):
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:
+        return client
+    twin = _twins.get(pool)
+    if twin is None:
+        kwargs = dict(pool.connection_kwargs, socket_timeout=PUBLISH_TIMEOUT_SECONDS,
+                      socket_connect_timeout=PUBLISH_TIMEOUT_SECONDS)
+        twin = _twins[pool] = redis.Redis(connection_pool=redis.ConnectionPool(
+            connection_class=pool.connection_class, **kwargs))
+    return twin
 
 
 def snapshot_key(run_id):
@@ -35,12 +56,13 @@ class ProgressPublisher:
     def __init__(self, client, run_id, ttl=None):
         from flask import current_app
 
-        self.client = client
+        self.client = _short_timeout_twin(client) if client is not None else None
         self.run_id = run_id
         self.ttl = current_app.config["PROGRESS_TTL_SECONDS"] if ttl is None else ttl
         self.key = snapshot_key(run_id)  # read here, in the app context; publish may run in a thread
         self.messages = []
         self._warned = False
+        self._failed_at = None
 
     def add_message(self, text):
         self.messages.append({"at": time.time(), "message": text})
@@ -50,13 +72,17 @@ class ProgressPublisher:
         snapshot = dict(snapshot, run_id=self.run_id, messages=list(self.messages), updated_at=time.time())
         if self.client is None:
             return snapshot
+        if self._failed_at is not None and time.monotonic() - self._failed_at < QUIET_AFTER_FAILURE_SECONDS:
+            return snapshot
         payload = json.dumps(snapshot, default=str)
         try:
             pipe = self.client.pipeline(transaction=False)
             pipe.set(self.key, payload, ex=self.ttl)
             pipe.publish(self.key, payload)
             pipe.execute()
+            self._failed_at = None
         except redis.RedisError as exc:
+            self._failed_at = time.monotonic()
             if not self._warned:
                 log.warning("run %s: progress not published to Redis (%s); the run goes on", self.run_id, type(exc).__name__)
                 self._warned = True

@@ -27,6 +27,9 @@ OUTBOX_MAX_ATTEMPTS). Connectors never decide this themselves: they raise the cl
                                                                     run goes on
     MappingError, Unsendable     -                                  -                              dead at once (the event cannot be
                                                                                                   mapped, or has no destination)
+    a lost database connection   -                                  requeued after the run         -
+      (OperationalError, also                                       backoff, spends one
+      the driver's own)
     anything else (a bug)        -                                  failed ("internal")            retried after backoff, spends one
     breaker probe failure        -                                  -                              given back: no attempt spent
 
@@ -38,8 +41,10 @@ one outage do not all come back in the same second; the run waits (status waitin
 the supervisor queues it when the pause is over.
 """
 import random
+import sqlite3
 from dataclasses import dataclass
 
+import psycopg
 import requests
 from sqlalchemy.exc import OperationalError
 
@@ -47,6 +52,11 @@ from .connectors.errors import (AuthError, BadRecord, ConfigError, HttpError, Qu
                                 TransientError)
 from .connectors.mapping import MappingError
 from .error_words import describe
+
+# The drivers' own OperationalError, as SQLAlchemy's wraps it: the page store's raw DBAPI cursors
+# (worker/store.py) raise it unwrapped. A connection lost mid-page (a database restart, a
+# network partition: docs/RELIABILITY.md, "Partitions") is transient there too, not a bug.
+DRIVER_OPERATIONAL_ERRORS = (psycopg.OperationalError, sqlite3.OperationalError)
 
 # -- request: inside one HTTP call -------------------------------------------------------
 
@@ -90,7 +100,7 @@ def for_run(exc):
         return RunVerdict("rate_limited", retry=False, defer_seconds=float(exc.retry_after))
     if isinstance(exc, RateLimited):
         return RunVerdict("rate_limited", retry=True)
-    if isinstance(exc, (TransientError, requests.RequestException, OperationalError)):
+    if isinstance(exc, (TransientError, requests.RequestException, OperationalError, *DRIVER_OPERATIONAL_ERRORS)):
         return RunVerdict("transient", retry=True)
     return RunVerdict("internal", retry=False)
 

@@ -124,18 +124,28 @@ class RunExecution:
             log.warning("run %s attempt %s: stopped, %s", self.run_id, self.attempt, exc)
             return None
         except Exception as exc:
-            # What a failed attempt becomes is webapp/retry_policy.py's decision ("run").
-            verdict = retry_policy.for_run(exc)
-            if verdict.defer_seconds is not None:
-                return self._defer(verdict.defer_seconds, exc)
-            if verdict.retry:
-                return self._retry(verdict.error_class, exc)
-            if verdict.error_class == "internal":  # a bug: fail loudly with the class, never loop on it
-                log.exception("run %s: unexpected error", self.run_id)
-                return self._fail("internal", internal_error_message(self.run_id, exc))
-            return self._fail(verdict.error_class, exc, health=verdict.health)
+            status = self._after_failure(exc)
+            if status is None:
+                # The run was resumed elsewhere meanwhile (its heartbeat went stale: a worker cut off by a
+                # network partition, docs/RELIABILITY.md): the conditional change wrote nothing; say so.
+                log.warning("run %s attempt %s: stopped, the run is no longer running this attempt (after %s)",
+                            self.run_id, self.attempt, type(exc).__name__)
+            return status
         finally:
             self.heartbeat.stop()
+
+    def _after_failure(self, exc):
+        """What a failed attempt becomes is webapp/retry_policy.py's decision ("run"); None when
+        the run is no longer this attempt's."""
+        verdict = retry_policy.for_run(exc)
+        if verdict.defer_seconds is not None:
+            return self._defer(verdict.defer_seconds, exc)
+        if verdict.retry:
+            return self._retry(verdict.error_class, exc)
+        if verdict.error_class == "internal":  # a bug: fail loudly with the class, never loop on it
+            log.exception("run %s: unexpected error", self.run_id)
+            return self._fail("internal", internal_error_message(self.run_id, exc))
+        return self._fail(verdict.error_class, exc, health=verdict.health)
 
     def _streams(self, connector):
         return self.requested_streams or connector.default_streams()

@@ -5,6 +5,7 @@ one line per trial (with its seed, to replay it) and the table for docs/RELIABIL
 exits 1 when any invariant was violated."""
 import argparse
 import random
+import signal
 import sys
 
 from .runner import run, table
@@ -17,6 +18,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=None, help="replay a run (default: a fresh seed, printed)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated; default all")
     args = parser.parse_args(argv)
+    # `kill <pid>` stops the run like Ctrl-C: the stacks' processes, clusters and network hosts are
+    # cleaned up on the way out (a run started in the background ignores SIGINT).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
     print(f"chaos run: seed {seed}, {args.trials} trials", flush=True)
     results = run(args.scenarios.split(","), args.trials, seed, log=lambda line: print(line, flush=True))

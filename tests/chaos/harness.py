@@ -3,7 +3,8 @@ supervisors, a private redis-server, the records simulator; one throwaway Postgr
 database, on the shared server or (own_cluster=True) on a throwaway cluster of its own that
 restart_database() really stops and starts. A keeper thread restarts workers and the web
 server when they exit, as systemd's Restart=always would; supervisors are restarted by the
-scenarios themselves."""
+scenarios themselves. With hosts=True the workers and the web server run on network hosts of
+their own (tests/chaos/netns.py) that the partition scenarios cut off."""
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ import sqlalchemy as sa
 
 from tests.support import ROOT, TEST_KEY, Database, RedisServer, cleanup_dir, free_port, kill_session, wait_for
 
+from .netns import Network
 from .pgcluster import PostgresCluster
 
 # Short thresholds so a fault is noticed and repaired in seconds (the brief's numbers).
@@ -52,7 +54,25 @@ TIMING = {
     "SYNCHUB_OUTBOX_MAX_ATTEMPTS": "30",
 }
 STALE_AFTER = float(TIMING["SYNCHUB_STALE_AFTER_SECONDS"])
+# On the network hosts' stack: a server or worker gone silent is given up on within 2 s, shorter
+# than the partitions (1.5-2.5 x STALE_AFTER), so the partition scenarios exercise that bound.
+HOSTS_TIMING = {"SYNCHUB_DB_NETWORK_TIMEOUT_SECONDS": "2"}
 ACTIVE = ("waiting", "queued", "running")
+
+
+HOSTS = ["w1", "w2", "web"]  # worker-1 on w1, worker-2 on w2, gunicorn on web
+
+
+def hosts_parts(net=None):
+    """The network hosts and a throwaway cluster listening on their bridge: {"net", "cluster"}
+    (made ahead by the runner while another stack runs). Nothing is left behind on failure."""
+    net = net or Network(HOSTS).create()
+    try:
+        cluster = PostgresCluster(listen=("127.0.0.1", net.gateway), trusted_network=str(net.subnet)).start()
+    except BaseException:
+        net.destroy()
+        raise
+    return {"net": net, "cluster": cluster}
 
 
 class Proc:
@@ -111,10 +131,19 @@ class ClusterDatabase:
 
 class Stack:
     def __init__(self, records=300, sim_latency=0.05, sim_rate="20/1", client_rate=(10, 1), workers=2,
-                 supervisors=2, own_cluster=False, cluster=None):
+                 supervisors=2, own_cluster=False, cluster=None, hosts=False, net=None):
         """own_cluster: on a throwaway cluster (`cluster`, started already, or one made in
-        start()); the stack owns it from here on and destroys it in stop()."""
-        self.own_cluster = own_cluster or cluster is not None
+        start()); the stack owns it from here on and destroys it in stop().
+        hosts: the workers and the web server each on a network host of their own
+        (tests/chaos/netns.py), reaching the stack's own cluster, Redis and simulators over
+        the hosts' bridge; implies own_cluster (the machine's servers listen on loopback only).
+        `net` and `cluster` may come made already (hosts_parts()); the stack owns them from here on."""
+        self.hosts = hosts or net is not None
+        self.net = net
+        self.service_host = "127.0.0.1"  # where PostgreSQL, Redis and the simulators listen
+        self.web_host = "127.0.0.1"
+        self.worker_hosts = {}  # worker proc name -> network host
+        self.own_cluster = own_cluster or cluster is not None or hosts
         self.cluster = cluster
         if not self.own_cluster and not os.environ.get("SYNCHUB_TEST_POSTGRES_URL"):
             raise RuntimeError("SYNCHUB_TEST_POSTGRES_URL is unset: the chaos suite runs against PostgreSQL "
@@ -143,12 +172,18 @@ class Stack:
             raise
 
     def _start(self, connections):
-        if self.own_cluster:
+        if self.hosts:
+            if self.net is None or self.cluster is None:
+                parts = hosts_parts(self.net)
+                self.net, self.cluster = parts["net"], parts["cluster"]
+            self.service_host, self.web_host = self.net.gateway, self.net.address("web")
+            self.db = ClusterDatabase(self.cluster)
+        elif self.own_cluster:
             self.cluster = self.cluster or PostgresCluster().start()
             self.db = ClusterDatabase(self.cluster)
         else:
             self.db = Database("postgresql", self.workdir)
-        self.redis_server = RedisServer().start()
+        self.redis_server = RedisServer(host=self.service_host).start()
         self.clock_file = os.path.join(self.workdir, "clock")
         self.set_clock("+0")
         self.web_port, self.sim_port, self.loops_port = free_port(), free_port(), free_port()
@@ -159,23 +194,31 @@ class Stack:
             "SYNCHUB_INSTANCE_PATH": self.workdir, "SECRET_KEY": "chaos-" + uuid.uuid4().hex,
             "SYNCHUB_LOG_LEVEL": "WARNING", "PYTHONPATH": ROOT, "SYNCHUB_CRON_SECRET": "chaos-cron",
         })
+        if self.net:  # the connections' URLs name the simulators on the bridge
+            self.env["SYNCHUB_ALLOW_PRIVATE_URLS"] = f"{self.env.get('SYNCHUB_ALLOW_PRIVATE_URLS', '')},{self.net.subnet}"
+            self.env.update(HOSTS_TIMING)
         seeded = subprocess.run([sys.executable, "-m", "tests.chaos.seed"], cwd=ROOT, env=self.env, check=True,
                                 capture_output=True, text=True,
                                 input=json.dumps({"token": True, "connections": connections(self)}))
         self.token = seeded.stdout.strip().splitlines()[-1]
         self.engine = sa.create_engine(self.db.url, pool_pre_ping=True, pool_size=3)
         self.redis = redis_lib.Redis.from_url(self.redis_server.url)
-        self._add("sim", [sys.executable, "-m", "tests.chaos.sim", "--port", str(self.sim_port), "--records",
-                          str(self.records), "--rate-limit", self.sim_rate, "--latency", str(self.sim_latency),
+        self._add("sim", [sys.executable, "-m", "tests.chaos.sim", "--port", str(self.sim_port), "--host", self.service_host,
+                          "--records", str(self.records), "--rate-limit", self.sim_rate, "--latency", str(self.sim_latency),
                           "--state-file", os.path.join(self.workdir, "sim-state.json")])
-        self._add("loops", [sys.executable, "-m", "tests.chaos.loops_sim", "--port", str(self.loops_port)])
-        self._add("web", [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--threads", "32",
-                          "--workers", "2", "--bind", f"127.0.0.1:{self.web_port}", "wsgi:app"])
+        self._add("loops", [sys.executable, "-m", "tests.chaos.loops_sim", "--host", self.service_host,
+                            "--port", str(self.loops_port)])
+        self._add("web", self._on_host("web", [
+            sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--threads", "32", "--workers", "2",
+            "--bind", f"{self.web_host}:{self.web_port}", "wsgi:app"]))
         for i in range(1, self.n_workers + 1):
             # A fresh name per start, like the default host.pid: RQ refuses a name whose
             # registration is still live (up to 420 s after a SIGKILL; see worker_restart_same_name).
-            self._add(f"worker-{i}", lambda starts, i=i: [sys.executable, "-m", "worker", "--name",
-                                                          f"chaos-worker-{i}.{starts}"])
+            host = f"w{(i - 1) % 2 + 1}"
+            if self.net:
+                self.worker_hosts[f"worker-{i}"] = host
+            self._add(f"worker-{i}", lambda starts, i=i, host=host: self._on_host(host, [
+                sys.executable, "-m", "worker", "--name", f"chaos-worker-{i}.{starts}"]))
         for i in range(1, self.n_supervisors + 1):
             self._add(f"supervisor-{i}", [sys.executable, "-m", "scheduler", "--name", f"chaos-supervisor-{i}",
                                           "--clock-file", self.clock_file])
@@ -191,6 +234,8 @@ class Stack:
 
     def stop(self):
         self._stop.set()
+        if self.net:
+            self.net.heal_all()  # so nothing hangs on the way down
         for proc in self.procs.values():
             try:
                 proc.kill(signal.SIGKILL)
@@ -206,7 +251,13 @@ class Stack:
         finally:
             if self.cluster:
                 self.cluster.destroy()
+            if self.net:
+                self.net.destroy()
             cleanup_dir(self.workdir)
+
+    def _on_host(self, host, args):
+        """`args` run on that network host when the stack has hosts, else here."""
+        return self.net.run_in(host, args) if self.net else args
 
     def _add(self, name, args):
         self.procs[name] = Proc(name, args, self.env, self.workdir)
@@ -239,15 +290,15 @@ class Stack:
 
     @property
     def web_url(self):
-        return f"http://127.0.0.1:{self.web_port}"
+        return f"http://{self.web_host}:{self.web_port}"
 
     @property
     def sim_url(self):
-        return f"http://127.0.0.1:{self.sim_port}"
+        return f"http://{self.service_host}:{self.sim_port}"
 
     @property
     def loops_url(self):
-        return f"http://127.0.0.1:{self.loops_port}"
+        return f"http://{self.service_host}:{self.loops_port}"
 
     def loops(self, method, path, **kwargs):
         response = requests.request(method, f"{self.loops_url}{path}", timeout=10, **kwargs)

@@ -39,10 +39,11 @@ class ChaosLoops:
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tests.chaos.loops_sim")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--rate-limit", default="10/1")
     args = parser.parse_args(argv)
     n, seconds = args.rate_limit.split("/")
-    server = SimulatorServer(ChaosLoops(LoopsAPI(rate_limit=(int(n), float(seconds)))), port=args.port)
+    server = SimulatorServer(ChaosLoops(LoopsAPI(rate_limit=(int(n), float(seconds)))), host=args.host, port=args.port)
     print(f"chaos Loops simulator on {server.url}", flush=True)
     server.serve_forever()
 

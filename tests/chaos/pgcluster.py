@@ -46,7 +46,10 @@ def unavailable_reason():
 
 
 class PostgresCluster:
-    def __init__(self):
+    def __init__(self, listen=("127.0.0.1",), trusted_network=None):
+        """listen: the addresses it listens on (clients are given the last); trusted_network:
+        a CIDR besides loopback allowed in without a password (the partition hosts' subnet)."""
+        self.listen, self.trusted_network = tuple(listen), trusted_network
         self.bindir = find_bindir()
         if self.bindir is None:
             raise RuntimeError(unavailable_reason())
@@ -65,7 +68,7 @@ class PostgresCluster:
 
     @property
     def url(self):
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        return f"postgresql://postgres@{self.listen[-1]}:{self.port}/postgres"
 
     def _run(self, *args, timeout=60):
         kwargs = {}
@@ -96,6 +99,9 @@ class PostgresCluster:
                 user = pwd.getpwnam(OS_USER)
                 os.chown(self.dir, user.pw_uid, user.pw_gid)
             self._run("initdb", "-D", self.datadir, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C")
+            if self.trusted_network:
+                with open(os.path.join(self.datadir, "pg_hba.conf"), "a") as f:
+                    f.write(f"host all all {self.trusted_network} trust\n")
             self.port = free_port()
             self.start_server()
             return self
@@ -104,7 +110,7 @@ class PostgresCluster:
             raise
 
     def start_server(self):
-        options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} -c fsync=on "
+        options = (f"-p {self.port} -c listen_addresses={','.join(self.listen)} -k {self.dir} -c fsync=on "
                    "-c synchronous_commit=on -c max_connections=200")
         self._run("pg_ctl", "start", "-D", self.datadir, "-l", self.log_path, "-w", "-t", "60", "-o", options)
         self.running = True

@@ -11,10 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import sqlalchemy as sa
 
-from .harness import Stack
+from .harness import Stack, hosts_parts
 from .invariants import ActiveRunSampler, check_all, records_match_provider
+from .netns import unavailable_reason as netns_unavailable_reason
 from .pgcluster import PostgresCluster, unavailable_reason
-from .scenarios import OWN_CLUSTER, SCENARIOS, connections
+from .scenarios import OWN_CLUSTER, PARTITION, SCENARIOS, connections
 
 
 def in_ci():
@@ -22,19 +23,37 @@ def in_ci():
 
 
 def stack_groups(scenarios):
-    """[(scenario names, Stack kwargs)]: the shared stack's, then the own-cluster stack's.
+    """[(scenario names, Stack kwargs)]: the shared stack's, then the own-cluster stack's, then
+    the network hosts' stack's (PARTITION, on a throwaway cluster of its own too).
     Where no cluster can be made, OWN_CLUSTER scenarios run on the shared stack and fall back
-    to their weaker fault (they say so in their notes); in CI that is an error, not a fallback."""
+    to their weaker fault (they say so in their notes); in CI that is an error, not a fallback.
+    Partition scenarios have no weaker fault: without hosts they are skipped (see skipped())."""
     own = [name for name in scenarios if name in OWN_CLUSTER]
     missing = unavailable_reason() if own else None
     if missing and in_ci():
         raise RuntimeError(f"CI must restart a real PostgreSQL server in {own}, but no throwaway cluster "
                            f"can be made: {missing}")
-    shared = [name for name in scenarios if name not in OWN_CLUSTER or missing]
+    shared = [name for name in scenarios if name not in PARTITION and (name not in OWN_CLUSTER or missing)]
     groups = [(shared, {})] if shared else []
     if own and not missing:
         groups.append((own, {"own_cluster": True}))
+    hosted = [name for name in scenarios if name in PARTITION]
+    if hosted and not skipped(hosted):
+        groups.append((hosted, {"hosts": True}))
     return groups
+
+
+def skipped(scenarios):
+    """Why the partition scenarios among `scenarios` cannot run here (None: they can). They
+    need root, `ip netns` and iptables, and a throwaway cluster; under CI=true a reason is
+    an error, not a skip."""
+    if not any(name in PARTITION for name in scenarios):
+        return None
+    reason = netns_unavailable_reason() or unavailable_reason()
+    if reason and in_ci():
+        raise RuntimeError(f"CI must partition network hosts in {sorted(PARTITION & set(scenarios))}, "
+                           f"but it cannot here: {reason}")
+    return reason
 
 
 def run(scenarios, trials, seed, log=print, stack_factory=Stack, self_check=False):
@@ -49,19 +68,30 @@ def run(scenarios, trials, seed, log=print, stack_factory=Stack, self_check=Fals
     seeds = {(trial, name): rng.randrange(2**32) for trial in range(trials) for name in scenarios}
     results = {name: {"trials": 0, "faults": 0, "violations": [], "recover": [], "notes": {}} for name in scenarios}
     groups = stack_groups(scenarios)
-    # initdb and the first start (a few seconds, mostly waiting on the disk) while the shared stack runs.
-    early = ThreadPoolExecutor(1) if len(groups) > 1 and groups[-1][1].get("own_cluster") else None
-    cluster = early.submit(lambda: PostgresCluster().start()) if early else None
+    why = skipped(scenarios)
+    for name in PARTITION & set(scenarios) if why else ():
+        results[name]["notes"][f"SKIPPED: no network hosts here ({why})"] = trials
+        log(f"{name:20s} SKIPPED: no network hosts can be made here: {why}")
+    # initdb and the first start (a few seconds, mostly waiting on the disk), and the network hosts,
+    # made while the first stack runs.
+    prepared = {}  # group index -> future of the Stack kwargs made ahead
+    early = ThreadPoolExecutor(2) if len(groups) > 1 else None
+    for index, (_, options) in enumerate(groups[1:], start=1):
+        if options.get("hosts"):
+            prepared[index] = early.submit(hosts_parts)
+        elif options.get("own_cluster"):
+            prepared[index] = early.submit(lambda: {"cluster": PostgresCluster().start()})
     try:
         for index, (names, options) in enumerate(groups):
-            if options.get("own_cluster") and cluster is not None:
-                options, cluster = dict(options, cluster=cluster.result()), None  # the stack owns it now
+            if index in prepared:
+                options = dict(options, **prepared.pop(index).result())  # the stack owns them now
             last = index == len(groups) - 1
             _run_group(names, options, trials, seeds, results, log, stack_factory, self_check and last)
     finally:
-        if cluster is not None:  # the shared group failed first: the cluster must not outlive the run
+        for future in prepared.values():  # a group failed first: nothing made ahead may outlive the run
             try:
-                cluster.result().destroy()
+                for part in future.result().values():
+                    part.destroy()
             except Exception:
                 pass
         if early:
@@ -92,6 +122,7 @@ def _run_group(scenarios, options, trials, seeds, results, log, stack_factory, s
                 entry["violations"] += [f"trial {trial} (seed {trial_seed}): {v}" for v in violations]
                 log(f"{name:20s} trial {trial + 1}/{trials} seed {trial_seed}: {result.get('faults', 0)} faults, "
                     f"{len(violations)} violations, {time.monotonic() - started:.1f}s"
+                    + (f", recovered in {result['recover']:.1f}s" if "recover" in result else "")
                     + "".join(f" ({result[k]})" for k in ("note", "detail") if result.get(k))
                     + "".join(f"\n    {v}" for v in violations))
         if self_check:

@@ -5,6 +5,7 @@ faults), injects its faults, and returns {"faults": n, "recover": seconds}. The 
 checks the invariants afterwards; a scenario's own expectations (the run it disturbed
 completed, not failed) go into its "violations" list."""
 import json
+import os
 import random
 import signal
 import subprocess
@@ -731,6 +732,181 @@ def outbox_machinery(stack):
             f"kicks(pttl ms)={kicks}")
 
 
+# -- partitions: packets dropped between a network host and the services (tests/chaos/netns.py) --
+
+
+def _log_size(proc):
+    try:
+        return os.path.getsize(proc.log_path)
+    except OSError:
+        return 0
+
+
+def _log_since(proc, offset):
+    with open(proc.log_path, "rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
+
+
+def _partitioned_sync(stack, rng, ports_of):
+    """Mutate the provider, start the `api` sync, and once it is mid-page cut the host of the
+    worker running it off (`ports_of(stack)`: None for everything, else those ports) for 1.5-2.5
+    times the stale threshold. Returns what the scenario needs to judge the aftermath."""
+    mutate_provider(stack, rng)
+    run_id = trigger(stack, "api")
+    row = wait_mid_sync(stack, run_id, rng)
+    proc_name = next(name for name, proc in stack.procs.items() if proc is stack.worker_named(row["worker_name"]))
+    host, proc = stack.worker_hosts[proc_name], stack.procs[proc_name]
+    offset = _log_size(proc)
+    hold = rng.uniform(1.5, 2.5) * STALE_AFTER
+    stack.net.partition(host, ports_of(stack))
+    started = time.monotonic()
+    swept_during = False
+    try:
+        deadline = started + hold
+        while time.monotonic() < deadline:
+            swept_during = swept_during or run_row(stack, run_id)["attempt"] > row["attempt"]
+            time.sleep(0.1)
+        # Who waits on what at the end of the cut, for a report of a sweep that did not happen.
+        sessions = stack.query("SELECT application_name, client_addr::text AS client, state, wait_event_type, "
+                               "left(query, 60) AS query FROM pg_stat_activity WHERE datname = current_database() "
+                               "AND state <> 'idle' AND pid <> pg_backend_pid()")
+    finally:
+        stack.net.heal(host)
+    return {"run_id": run_id, "attempt": row["attempt"], "worker": row["worker_name"], "host": host, "proc": proc,
+            "offset": offset, "started": started, "hold": hold, "swept_during": swept_during,
+            "sessions": [dict(r) for r in sessions]}
+
+
+def _completed_by(stack, run_id):
+    row = run_row(stack, run_id)
+    return row, next((h for n, h in stack.worker_hosts.items() if stack.procs[n] is stack.worker_named(row["worker_name"])),
+                     None)
+
+
+def worker_host_partition(stack, rng):
+    """The worker host running the `api` sync is cut off from PostgreSQL and Redis (every
+    packet dropped, both ways) mid-page for 1.5-2.5 x the stale threshold, then healed. The
+    sweep must find its heartbeat stale and resume the run on the other host, where it
+    completes; the zombie, hearing back after the heal, must write nothing: its conditional
+    updates fail and it stops (its log says so)."""
+    cut = _partitioned_sync(stack, rng, lambda stack: None)
+    run_id, attempt, violations = cut["run_id"], cut["attempt"], []
+    if not cut["swept_during"]:
+        violations.append(f"run {run_id} was not swept while its worker host was cut off for {cut['hold']:.1f} s; "
+                          f"busy sessions at the end of the cut: {cut['sessions']}")
+    if wait_terminal(stack, [run_id]):
+        expect_completed(stack, [run_id], violations)
+    recover = time.monotonic() - cut["started"]
+    row, host = _completed_by(stack, run_id)
+    if row["attempt"] <= attempt:
+        violations.append(f"run {run_id} ended in attempt {row['attempt']}, the zombie's; it was never resumed")
+    stopped = f"run {run_id} attempt {attempt}: stopped"
+    try:
+        wait_for(lambda: stopped in _log_since(cut["proc"], cut["offset"]), timeout=SETTLE_TIMEOUT, interval=0.2,
+                 message="the zombie's log saying it stopped")
+    except AssertionError:
+        violations.append(f"the zombie (worker {cut['worker']}, attempt {attempt}) never logged that it stopped; "
+                          f"its log since the cut: {_log_since(cut['proc'], cut['offset'])[-600:]!r}")
+    return {"faults": 1, "recover": recover, "violations": violations, "api_run": run_id,
+            "note": "completed on the other host" if host != cut["host"] else "completed on the healed host",
+            "detail": f"cut {cut['hold']:.1f} s; attempt {attempt} -> {row['attempt']}"}
+
+
+def worker_redis_partition(stack, rng):
+    """A partial partition: the worker host running the `api` sync still reaches PostgreSQL
+    but not Redis (packets to and from Redis's port dropped) for 1.5-2.5 x the stale
+    threshold, then healed. The run completes once, wherever; the invariants hold."""
+    cut = _partitioned_sync(stack, rng, lambda stack: [stack.redis_server.port])
+    run_id, violations = cut["run_id"], []
+    if wait_terminal(stack, [run_id]):
+        expect_completed(stack, [run_id], violations)
+    recover = time.monotonic() - cut["started"]
+    row, host = _completed_by(stack, run_id)
+    where = "same host" if host == cut["host"] else "other host"
+    return {"faults": 1, "recover": recover, "violations": violations, "api_run": run_id,
+            "note": f"completed in attempt {'1' if row['attempt'] == cut['attempt'] else 'n+1'} on the {where}",
+            "detail": f"cut {cut['hold']:.1f} s; attempt {cut['attempt']} -> {row['attempt']}"}
+
+
+def web_redis_partition(stack, rng):
+    """The web host is cut off from Redis (its port only; PostgreSQL still reachable) while
+    5-12 signed webhooks for distinct records arrive: each is stored and acknowledged (200, in
+    less than 10 s) although no dispatcher can be kicked, and every one is dispatched: one
+    record run each, completed with the sandbox's data."""
+    from webapp.connectors.sandbox import SandboxConnector
+
+    before = stack.query("SELECT coalesce(max(id), 0) AS m FROM webhook_deliveries")[0]["m"]
+    events = {f"msg_{uuid.uuid4().hex[:12]}": index for index in rng.sample(range(1000), rng.randint(5, 12))}
+    hold = rng.uniform(1.5, 2.5) * STALE_AFTER
+    stack.net.partition("web", [stack.redis_server.port])
+    started = time.monotonic()
+    violations = []
+    # Spread over the cut, each from its own thread: a slow answer must not hold the next one back.
+    due = sorted(rng.uniform(0, hold * 0.8) for _ in events)
+
+    def send(item):
+        (msg_id, index), at = item
+        time.sleep(max(0.0, started + at - time.monotonic()))
+        body = json.dumps({"type": "item.updated", "data": {"id": f"item-{index:07d}"}}).encode()
+        sent = time.monotonic()
+        try:
+            answer = requests.post(f"{stack.web_url}/webhooks/hooks", data=body, timeout=30,
+                                   headers=standard_headers(body, WEBHOOK_SECRET, msg_id=msg_id))
+            return answer.status_code, time.monotonic() - sent
+        except requests.RequestException as exc:
+            return type(exc).__name__, time.monotonic() - sent
+    try:
+        with ThreadPoolExecutor(len(events)) as pool:
+            answers = pool.map(send, zip(events.items(), due))
+            time.sleep(max(0.0, started + hold - time.monotonic()))
+            stack.net.heal("web")
+            statuses = list(answers)
+    finally:
+        if "web" in stack.net.partitioned:
+            stack.net.heal("web")
+    healed = time.monotonic()
+    waiting_at_heal = stack.query("SELECT count(*) AS n FROM webhook_deliveries WHERE id > :m AND outcome = 'received'",
+                                  m=before)[0]["n"]
+    violations += [f"a webhook sent while the web host was cut off from Redis answered {s} after {t:.1f} s"
+                   for s, t in statuses if s != 200]
+    # Providers give up on an answer after about 10 s (and send again): an acknowledgement must come sooner.
+    violations += [f"a webhook sent while the web host was cut off from Redis waited {t:.1f} s for its answer"
+                   for s, t in statuses if s == 200 and t >= WEBHOOK_ANSWER_LIMIT]
+
+    def dispatched():
+        rows = stack.query("SELECT count(*) AS n FROM webhook_deliveries WHERE id > :m AND outcome = 'received'",
+                           m=before)
+        return rows[0]["n"] == 0
+    try:
+        wait_for(dispatched, timeout=SETTLE_TIMEOUT, interval=0.1, message="deliveries dispatched")
+    except AssertionError:
+        violations.append("webhook deliveries still 'received' (not dispatched) after the settle time")
+    deliveries = stack.query("SELECT * FROM webhook_deliveries WHERE id > :m", m=before)
+    if sorted(d["provider_event_id"] for d in deliveries) != sorted(events):
+        violations.append(f"{len(deliveries)} deliveries stored for {len(events)} acknowledged events")
+    run_ids = [i for d in deliveries for i in (d["run_ids"] or [])]
+    if len(run_ids) != len(set(run_ids)) or len(run_ids) != len(events):
+        violations.append(f"record runs {run_ids} for {len(events)} distinct records")
+    if wait_terminal(stack, run_ids):
+        expect_completed(stack, run_ids, violations)
+    truth = SandboxConnector({"records": 1000}, {}, None)
+    for index in events.values():
+        rows = stack.query("SELECT r.data FROM records r JOIN connections c ON c.id = r.connection_id "
+                           "WHERE c.name = 'hooks' AND r.external_id = :e", e=f"item-{index:07d}")
+        if len(rows) != 1 or rows[0]["data"] != truth._record(index):
+            violations.append(f"record item-{index:07d}: {rows!r}")
+    slow = sorted(round(t, 1) for _, t in statuses if t > 1)
+    return {"faults": 1, "recover": time.monotonic() - healed, "violations": violations,
+            "detail": f"cut {hold:.1f} s; {len(events)} webhooks, answers over 1 s: {slow or 'none'}; "
+                      f"{waiting_at_heal} not yet dispatched at the heal"}
+
+
+WEBHOOK_ANSWER_LIMIT = 10.0  # seconds
+
+# Scenarios on the stack whose workers and web server are network hosts (tests/chaos/runner.py).
+PARTITION = {"worker_host_partition", "worker_redis_partition", "web_redis_partition"}
+
 # Scenarios that get a stack of their own on a throwaway cluster (tests/chaos/runner.py).
 OWN_CLUSTER = {"database_restart"}
 
@@ -749,4 +925,7 @@ SCENARIOS = {
     "duplicate_webhooks": duplicate_webhooks,
     "clock_jump": clock_jump,
     "outbox_delivery": outbox_delivery,
+    "worker_host_partition": worker_host_partition,
+    "worker_redis_partition": worker_redis_partition,
+    "web_redis_partition": web_redis_partition,
 }

@@ -68,6 +68,7 @@ class ChaosRecords:
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tests.chaos.sim")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--records", type=int, default=300)
     parser.add_argument("--rate-limit", default="20/1")
     parser.add_argument("--latency", type=float, default=0.0)
@@ -81,7 +82,7 @@ def main(argv=None):
     n, seconds = args.rate_limit.split("/")
     app = ChaosRecords(RecordsAPI(records, rate_limit=(int(n), float(seconds))), args.state_file)
     app.save()
-    server = SimulatorServer(app, port=args.port)
+    server = SimulatorServer(app, host=args.host, port=args.port)
     app.server = server
     server.faults.latency = args.latency
     print(f"chaos records simulator on {server.url}", flush=True)

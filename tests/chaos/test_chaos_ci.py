@@ -1,7 +1,9 @@
 """The CI-sized chaos run: every scenario once against the whole stack as separate
 processes (gunicorn, 2 RQ workers, 2 supervisors, redis-server, the records simulator)
 on PostgreSQL (database_restart: a stack of its own on a throwaway cluster it really
-restarts), with zero invariant violations. The long run: python -m tests.chaos."""
+restarts; the partition scenarios: a third stack whose workers and web server are network
+hosts, skipped where none can be made, an error under CI=true), with zero invariant
+violations. The long run: python -m tests.chaos."""
 import os
 import random
 import re
@@ -9,7 +11,7 @@ import re
 import pytest
 
 from tests.chaos.runner import in_ci, run, table
-from tests.chaos.scenarios import REAL_RESTART, SCENARIOS
+from tests.chaos.scenarios import PARTITION, REAL_RESTART, SCENARIOS
 
 # Violations this suite found in other areas and reported, still open: scenario -> the
 # pattern of that one violation. Anything else in the scenario still fails the test; the
@@ -28,6 +30,9 @@ def test_every_fault_scenario_keeps_every_invariant():
     unexpected = []
     assert set(results) == set(SCENARIOS) | {"self_check"}
     for name, result in results.items():
+        if result["trials"] == 0 and name in PARTITION and not in_ci():  # no network hosts here: said so
+            print(f"{name}: {next(iter(result['notes']))}")
+            continue
         assert result["trials"] == 1 and result["faults"] > 0, (name, result)
         for violation in result["violations"]:
             if name in KNOWN_BUGS and re.search(KNOWN_BUGS[name], violation):

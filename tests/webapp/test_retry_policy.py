@@ -1,4 +1,5 @@
 """The retry table (webapp/retry_policy.py): what each error class becomes, and the delays."""
+import psycopg
 import pytest
 import requests
 from sqlalchemy.exc import OperationalError
@@ -12,6 +13,9 @@ from webapp.connectors.errors import AuthError, BadRecord, ConfigError, HttpErro
     (TransientError("503"), "transient", True, "failing"),
     (requests.ConnectionError("reset"), "transient", True, "failing"),
     (OperationalError("SELECT 1", {}, Exception("server closed the connection")), "transient", True, "failing"),
+    # Raised unwrapped by worker/store.py's raw cursors: a connection lost mid-page is no bug.
+    (psycopg.OperationalError("consuming input failed: could not receive data from server: Connection timed out"),
+     "transient", True, "failing"),
     (AuthError("401"), "auth", False, "needs_reauth"),
     (ConfigError("bad base URL"), "config", False, "failing"),
     (HttpError("404", 404), "config", False, "failing"),

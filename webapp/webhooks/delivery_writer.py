@@ -62,6 +62,8 @@ def engine():
                 made = current_app.extensions[ENGINE_KEY] = create_engine(
                     current_app.config["SQLALCHEMY_DATABASE_URI"], isolation_level="AUTOCOMMIT",
                     json_serializer=serialize, max_overflow=0,
+                    # The same bounded waits on an unanswering server as the app's engine (webapp/config.py).
+                    connect_args=current_app.config["SQLALCHEMY_ENGINE_OPTIONS"].get("connect_args", {}),
                     pool_size=current_app.config["WEBHOOK_DB_WRITERS"])
     return made
 

@@ -18,6 +18,7 @@ delivery arrived, a dispatch job lost with its worker).
 """
 import json
 import logging
+import threading
 import time
 from datetime import timedelta
 from types import SimpleNamespace
@@ -46,6 +47,15 @@ DISPATCH_JOB = "worker.jobs.dispatch_webhooks"
 # dispatching back until the marker expires (the supervisor's step is the safety net).
 KICK_TTL_SECONDS = 30
 KICK_STATE = "synchub_webhook_kick"
+# A webhook's answer waits for its kick, so a Redis that stopped answering (a network partition
+# drops packets: docs/RELIABILITY.md, "Partitions") must not hold it for the main client's 10 s
+# socket timeout (extensions.py): the kick has a client of its own with a short one. After a kick
+# failed, a process asks again only every KICK_AWAY_SECONDS, one request at a time; the others
+# answer at once. Deliveries stored meanwhile are as safe as after any failed kick: the
+# supervisor's step dispatches them.
+KICK_TIMEOUT_SECONDS = 2.0
+KICK_AWAY_SECONDS = 5.0
+_kick_lock = threading.Lock()
 BATCH_SIZE = 200
 # On SQLite a batch holds the database's only write lock while it is written: smaller
 # batches keep deliveries from waiting long behind one.
@@ -72,11 +82,17 @@ def kick():
     the release, or while a job that had not yet released the marker was pending, so a
     last look is still to come after its commit.
     """
-    state = current_app.extensions.setdefault(KICK_STATE, {"asked_at": None})
+    state = current_app.extensions.setdefault(KICK_STATE, {"asked_at": None, "failed_at": None, "probing": False,
+                                                           "client": None})
     debounce = current_app.config["WEBHOOK_KICK_DEBOUNCE_SECONDS"]
-    asked_at = state["asked_at"]
     now = time.monotonic()
-    if asked_at is not None and now - asked_at < debounce:
+    probing = False
+    if state["failed_at"] is not None:  # Redis did not answer the last kick
+        with _kick_lock:
+            if state["probing"] or now - state["failed_at"] < KICK_AWAY_SECONDS:
+                return False
+            state["probing"] = probing = True
+    elif state["asked_at"] is not None and now - state["asked_at"] < debounce:
         return True
     # Recorded before asking, so the other threads of this process do not all ask at once.
     # Still safe: the dispatcher that releases the marker does so after this ask is answered.
@@ -84,14 +100,26 @@ def kick():
     try:
         queue.enqueue_unless_pending(
             kick_marker(), WEBHOOKS, DISPATCH_JOB, kind="webhook-dispatch",
-            marker_ttl=KICK_TTL_SECONDS, trust_seconds=KICK_TTL_SECONDS,
+            marker_ttl=KICK_TTL_SECONDS, trust_seconds=KICK_TTL_SECONDS, connection=_kick_client(state),
             timeout=current_app.config["JOB_TIMEOUT_SECONDS"], result_ttl=60, failure_ttl=7 * 24 * 3600,
             description="dispatch webhook deliveries")
+        state["failed_at"] = None
         return True
     except (redis.RedisError, OSError) as exc:
         state["asked_at"] = None  # nobody may skip on the strength of a question that failed
+        state["failed_at"] = time.monotonic()
         log.warning("webhook dispatch not kicked (%s): the supervisor will dispatch stored deliveries", type(exc).__name__)
         return False
+    finally:
+        if probing:
+            state["probing"] = False
+
+
+def _kick_client(state):
+    if state["client"] is None:
+        state["client"] = redis.Redis.from_url(redis_ext.url, socket_timeout=KICK_TIMEOUT_SECONDS,
+                                               socket_connect_timeout=KICK_TIMEOUT_SECONDS)
+    return state["client"]
 
 
 def release_kick():
