@@ -51,6 +51,30 @@ def connections(stack):
 # -- helpers ---------------------------------------------------------------------------
 
 
+def batched_record_runs(stack, deliveries, events, violations):
+    """The record runs of webhook deliveries ({provider event id: item index} in `events`),
+    checked: record runs come in batches (webapp/record_batches.py), so each delivery has
+    one run and each record is in exactly one entry of those runs, naming that delivery.
+    Returns the run ids; what is wrong goes into `violations`."""
+    run_ids = sorted({i for d in deliveries for i in (d["run_ids"] or [])})
+    if any(len(d["run_ids"] or []) != 1 for d in deliveries):
+        violations.append(f"deliveries with other than one record run: {[d['run_ids'] for d in deliveries]}")
+    entries = {}
+    for row in stack.query("SELECT id, params FROM runs WHERE id = ANY(:ids)", ids=run_ids):
+        params = json.loads(row["params"]) if isinstance(row["params"], str) else row["params"]
+        for _stream, record_id, _deleted, delivery_ids in params.get("records", []):
+            entries.setdefault(record_id, []).append((row["id"], set(delivery_ids)))
+    for d in deliveries:
+        record_id = f"item-{events[d['provider_event_id']]:07d}"
+        found = entries.get(record_id, [])
+        if len(found) != 1 or (d["run_ids"] or [None])[0] != found[0][0] or d["id"] not in found[0][1]:
+            violations.append(f"delivery {d['provider_event_id']}: record {record_id} in runs {found}, "
+                              f"delivery's runs {d['run_ids']}")
+    if sorted(entries) != sorted(f"item-{i:07d}" for i in set(events.values())):
+        violations.append(f"records {sorted(entries)} in the runs for {len(set(events.values()))} distinct records")
+    return run_ids
+
+
 def trigger(stack, name):
     response = stack.api("POST", f"/connections/{name}/runs", json={"mode": "full"})
     assert response.status_code in (200, 201), response.text
@@ -574,24 +598,7 @@ def duplicate_webhooks(stack, rng):
     duplicates = sum(d["duplicates"] for d in deliveries)
     if duplicates != len(sends) - len(events) + len(replayed):
         violations.append(f"{duplicates} duplicates counted, {len(sends) - len(events) + len(replayed)} sent")
-    # Record runs come in batches (webapp/record_batches.py): each delivery has one run,
-    # and each record is in exactly one entry of those runs, naming that delivery.
-    run_ids = sorted({i for d in deliveries for i in (d["run_ids"] or [])})
-    if any(len(d["run_ids"] or []) != 1 for d in deliveries):
-        violations.append(f"deliveries with other than one record run: {[d['run_ids'] for d in deliveries]}")
-    entries = {}
-    for row in stack.query("SELECT id, params FROM runs WHERE id = ANY(:ids)", ids=run_ids):
-        params = json.loads(row["params"]) if isinstance(row["params"], str) else row["params"]
-        for stream, record_id, _deleted, delivery_ids in params.get("records", []):
-            entries.setdefault(record_id, []).append((row["id"], set(delivery_ids)))
-    for d in deliveries:
-        record_id = f"item-{events[d['provider_event_id']]:07d}"
-        found = entries.get(record_id, [])
-        if len(found) != 1 or (d["run_ids"] or [None])[0] != found[0][0] or d["id"] not in found[0][1]:
-            violations.append(f"delivery {d['provider_event_id']}: record {record_id} in runs {found}, "
-                              f"delivery's runs {d['run_ids']}")
-    if sorted(entries) != sorted(f"item-{i:07d}" for i in set(events.values())):
-        violations.append(f"records {sorted(entries)} in the runs for {len(set(events.values()))} distinct records")
+    run_ids = batched_record_runs(stack, deliveries, events, violations)
     if wait_terminal(stack, run_ids):
         expect_completed(stack, run_ids, violations)
     truth = SandboxConnector({"records": 1000}, {}, None)
@@ -833,7 +840,7 @@ def web_redis_partition(stack, rng):
     """The web host is cut off from Redis (its port only; PostgreSQL still reachable) while
     5-12 signed webhooks for distinct records arrive: each is stored and acknowledged (200, in
     less than 10 s) although no dispatcher can be kicked, and every one is dispatched: one
-    record run each, completed with the sandbox's data."""
+    record run (batched: webapp/record_batches.py), completed with the sandbox's data."""
     from webapp.connectors.sandbox import SandboxConnector
 
     before = stack.query("SELECT coalesce(max(id), 0) AS m FROM webhook_deliveries")[0]["m"]
@@ -885,9 +892,7 @@ def web_redis_partition(stack, rng):
     deliveries = stack.query("SELECT * FROM webhook_deliveries WHERE id > :m", m=before)
     if sorted(d["provider_event_id"] for d in deliveries) != sorted(events):
         violations.append(f"{len(deliveries)} deliveries stored for {len(events)} acknowledged events")
-    run_ids = [i for d in deliveries for i in (d["run_ids"] or [])]
-    if len(run_ids) != len(set(run_ids)) or len(run_ids) != len(events):
-        violations.append(f"record runs {run_ids} for {len(events)} distinct records")
+    run_ids = batched_record_runs(stack, deliveries, events, violations)
     if wait_terminal(stack, run_ids):
         expect_completed(stack, run_ids, violations)
     truth = SandboxConnector({"records": 1000}, {}, None)
