@@ -73,7 +73,7 @@ def measure(app, n, workdir, timeout, with_baseline, firing_only=False):
     # (the worst case: a first start after an import or an outage). --firing-only turns
     # alerts and freshness off, as this benchmark did before alerts were opened in bulk
     # (docs/PERFORMANCE.md, "Supervisor scale").
-    settings = dict(ALERT_INTERVAL_SECONDS=0, FRESHNESS_INTERVAL_SECONDS=0) if firing_only else {}
+    settings = {"ALERT_INTERVAL_SECONDS": 0, "FRESHNESS_INTERVAL_SECONDS": 0} if firing_only else {}
     supervisors = [SupervisorProcess(app, name=f"scale-sup-{i}", clock_file=clock, **settings).start()
                    for i in range(2)]
     try:
