@@ -123,13 +123,13 @@ _LOGGED = 20  # alert lines logged per step; the rest are counted (the alerts pa
 def _open_alerts(conditions, now):
     """Insert the alerts nobody opened yet and announce those this process inserted, in
     one transaction. Returns their ids."""
-    opened = []
-    for start in range(0, len(conditions), _PAGE):
-        rows = [{"kind": c.kind, "subject": c.subject, "message": c.message, "fired_at": now}
-                for c in conditions[start:start + _PAGE]]
-        opened += db.session.execute(
-            _insert(rows).on_conflict_do_nothing(index_elements=["kind", "subject"], index_where=text(OPEN_ALERT))
-            .returning(Alert.id, Alert.kind, Alert.subject, Alert.message)).all()
+    table = Alert.__table__
+    rows = [{"kind": c.kind, "subject": c.subject, "message": c.message, "fired_at": now} for c in conditions]
+    # A parameter list: SQLAlchemy's "insertmanyvalues" sends multi-row INSERTs of one
+    # statement compiled once (.values(rows) compiled a statement of every row afresh).
+    opened = db.session.execute(
+        _insert(table).on_conflict_do_nothing(index_elements=["kind", "subject"], index_where=text(OPEN_ALERT))
+        .returning(table.c.id, table.c.kind, table.c.subject, table.c.message), rows).all()
     _announce([_Announced(*row) for row in opened], resolved=False)
     db.session.commit()
     return [row[0] for row in opened]
@@ -156,12 +156,12 @@ def _alerts_by_id(ids):
     return sorted(found, key=lambda a: (a.fired_at, a.id))
 
 
-def _insert(rows):
+def _insert(table):
     if db.session.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as dialect_insert
     else:
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    return dialect_insert(Alert).values(rows)
+    return dialect_insert(table)
 
 
 @dataclass(frozen=True)
