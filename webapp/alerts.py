@@ -88,7 +88,7 @@ def sync_alerts(now=None):
     is made by exactly one process (unique index / conditional update), in the transaction
     that publishes its notification, so a condition is announced once until it clears.
 
-    In bulk, a constant number of statements whatever the number of alerts: a first start
+    In bulk, a few statements per page of rows rather than several per alert: a first start
     on thousands of connections that never synced opens thousands at once, and one by one
     (a commit and an outbox row each) that took the supervisor minutes (docs/PERFORMANCE.md,
     "Supervisor scale"). New alerts go in with multi-row INSERT ... ON CONFLICT DO NOTHING
