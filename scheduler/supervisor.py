@@ -66,6 +66,7 @@ class Supervisor:
         self.leading = False
         self._stop = threading.Event()
         self._lease = None
+        self._last_tick = None  # self.monotonic() when the last tick began
 
     @property
     def redis(self):
@@ -74,7 +75,7 @@ class Supervisor:
     @property
     def lease(self):
         if self._lease is None:
-            self._lease = Lease(self.redis, self.name, self.config["LEADER_TTL_SECONDS"])
+            self._lease = Lease(self.redis, self.name, self.config["LEADER_TTL_SECONDS"], monotonic=self.monotonic)
         return self._lease
 
     # -- the steps -------------------------------------------------------------------------
@@ -87,6 +88,7 @@ class Supervisor:
     def tick(self, now=None):
         """One beat: leadership, due schedules (when leading), heartbeat. The heartbeat is
         written last, so a row's last_tick_at=T says this tick's work for time T is done."""
+        self._last_tick = self.monotonic()
         now = now or self.clock()
         self.lead()
         try:
@@ -182,9 +184,25 @@ class Supervisor:
 
     def run_step(self, step):
         """Run one step with the app's session cleaned up afterwards. A failing step is
-        logged and retried at its next turn; it never stops the loop."""
+        logged and retried at its next turn; it never stops the loop.
+
+        Firing comes first and one slow step must not cost the lease (docs/SUPERVISOR.md):
+        the lease is renewed before every leader-only step, not only in the tick, and a
+        tick that fell due while a step ran runs right after it, before the next step."""
+        result = self._run_step(step)
+        if step.name != "tick" and self._tick_overdue():
+            self._run_step(Step("tick", self.config["SUPERVISOR_TICK_SECONDS"], self.tick, leader_only=False))
+        return result
+
+    def _tick_overdue(self):
+        return self._last_tick is not None and \
+            self.monotonic() - self._last_tick >= float(self.config["SUPERVISOR_TICK_SECONDS"])
+
+    def _run_step(self, step):
         if self._stop.is_set():
             return None
+        if step.leader_only and self.leading:
+            self.lead()  # renew: the steps before this one may have taken a good part of the TTL
         if step.leader_only and not self.lease.held:
             return None
         try:

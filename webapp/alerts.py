@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import func, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, or_, select, text, update
 
-from .connection_issues import notify
+from .connection_issues import notify_many
 from .extensions import db
 from .models import (
     ACTIVE_STATUSES,
@@ -87,40 +86,90 @@ def open_alerts():
 def sync_alerts(now=None):
     """Open alerts for new conditions and clear those whose condition is gone. Each change
     is made by exactly one process (unique index / conditional update), in the transaction
-    that publishes its notification, so a condition is announced once until it clears."""
+    that publishes its notification, so a condition is announced once until it clears.
+
+    In bulk, a few statements per page of rows rather than several per alert: a first start
+    on thousands of connections that never synced opens thousands at once, and one by one
+    (a commit and an outbox row each) that took the supervisor minutes (docs/PERFORMANCE.md,
+    "Supervisor scale"). New alerts go in with multi-row INSERT ... ON CONFLICT DO NOTHING
+    RETURNING on the open-alert unique index: a process announces only the rows it
+    inserted, so two supervisors racing open one alert and publish one notification."""
     now = now or utcnow()
     conditions = {c.key: c for c in current_conditions(now)}
-    open_by_key = {(a.kind, a.subject): a for a in open_alerts()}
+    open_by_key = {(kind, subject): alert_id for alert_id, kind, subject in db.session.execute(
+        select(Alert.id, Alert.kind, Alert.subject).where(Alert.cleared_at.is_(None)))}
     db.session.rollback()
-    fired, cleared = [], []
-    for key, condition in conditions.items():
-        if key in open_by_key:
-            continue
-        alert = Alert(kind=condition.kind, subject=condition.subject, message=condition.message, fired_at=now)
-        db.session.add(alert)
-        try:
-            db.session.flush()
-            _announce(alert, resolved=False)
-            db.session.commit()
-        except IntegrityError:
-            db.session.rollback()  # another process opened it a moment ago
-            continue
-        fired.append(alert)
+    new = [conditions[key] for key in sorted(conditions) if key not in open_by_key]  # one order: no deadlock
+    gone = sorted(alert_id for key, alert_id in open_by_key.items() if key not in conditions)
+    fired_ids = _open_alerts(new, now) if new else []
+    cleared_ids = _clear_alerts(gone, now) if gone else []
+    fired, cleared = _alerts_by_id(fired_ids), _alerts_by_id(cleared_ids)
+    db.session.rollback()
+    for alert in fired[:_LOGGED]:
         log.warning("alert fired: kind=%s subject=%s %s", alert.kind, alert.subject, alert.message)
-    for key, alert in open_by_key.items():
-        if key in conditions:
-            continue
-        result = db.session.execute(
-            update(Alert).where(Alert.id == alert.id, Alert.cleared_at.is_(None)).values(cleared_at=now)
-            .execution_options(synchronize_session=False))
-        if result.rowcount == 1:
-            _announce(alert, resolved=True)
-        db.session.commit()
-        if result.rowcount == 1:
-            db.session.refresh(alert)
-            cleared.append(alert)
-            log.info("alert cleared: kind=%s subject=%s", alert.kind, alert.subject)
+    for alert in cleared[:_LOGGED]:
+        log.info("alert cleared: kind=%s subject=%s", alert.kind, alert.subject)
+    if len(fired) > _LOGGED or len(cleared) > _LOGGED:
+        log.warning("alerts: %d fired, %d cleared in this step (the first %d of each logged above)",
+                    len(fired), len(cleared), _LOGGED)
     return SyncResult(fired, cleared)
+
+
+OPEN_ALERT = "cleared_at IS NULL"  # the WHERE of models.Alert's partial unique index
+_PAGE = 500  # rows per statement: SQLite caps one statement's parameters
+_LOGGED = 20  # alert lines logged per step; the rest are counted (the alerts page lists them all)
+
+
+def _open_alerts(conditions, now):
+    """Insert the alerts nobody opened yet and announce those this process inserted, in
+    one transaction. Returns their ids."""
+    table = Alert.__table__
+    rows = [{"kind": c.kind, "subject": c.subject, "message": c.message, "fired_at": now} for c in conditions]
+    # A parameter list: SQLAlchemy's "insertmanyvalues" sends multi-row INSERTs of one
+    # statement compiled once (.values(rows) compiled a statement of every row afresh).
+    opened = db.session.execute(
+        _insert(table).on_conflict_do_nothing(index_elements=["kind", "subject"], index_where=text(OPEN_ALERT))
+        .returning(table.c.id, table.c.kind, table.c.subject, table.c.message), rows).all()
+    _announce([_Announced(*row) for row in opened], resolved=False)
+    db.session.commit()
+    return [row[0] for row in opened]
+
+
+def _clear_alerts(alert_ids, now):
+    """Clear the open alerts among `alert_ids` (a conditional UPDATE: one process clears
+    each) and announce those, in one transaction. Returns their ids."""
+    cleared = []
+    for start in range(0, len(alert_ids), _PAGE):
+        cleared += db.session.execute(
+            update(Alert).where(Alert.id.in_(alert_ids[start:start + _PAGE]), Alert.cleared_at.is_(None))
+            .values(cleared_at=now).returning(Alert.id, Alert.kind, Alert.subject, Alert.message)
+            .execution_options(synchronize_session=False)).all()
+    _announce([_Announced(*row) for row in cleared], resolved=True)
+    db.session.commit()
+    return [row[0] for row in cleared]
+
+
+def _alerts_by_id(ids):
+    found = []
+    for start in range(0, len(ids), _PAGE):
+        found += db.session.execute(select(Alert).where(Alert.id.in_(ids[start:start + _PAGE]))).scalars().all()
+    return sorted(found, key=lambda a: (a.fired_at, a.id))
+
+
+def _insert(table):
+    if db.session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    return dialect_insert(table)
+
+
+@dataclass(frozen=True)
+class _Announced:
+    id: int
+    kind: str
+    subject: str
+    message: str
 
 
 def notification_text(alert, resolved):
@@ -130,30 +179,46 @@ def notification_text(alert, resolved):
     return f"[synchub] ALERT {alert.kind}{subject}: {alert.message}"
 
 
-def _announce(alert, resolved):
+def _announce(alerts_, resolved):
     event = "alert.resolved" if resolved else "alert.fired"
-    notify(f"alerts:{alert.kind}:{alert.subject}"[:255], event,
-           {"text": notification_text(alert, resolved),
-            "alert": {"id": alert.id, "kind": alert.kind, "subject": alert.subject, "message": alert.message}},
-           idempotency_key=f"alert-{alert.id}-{'resolved' if resolved else 'fired'}")
+    notify_many([
+        (f"alerts:{a.kind}:{a.subject}"[:255], event,
+         {"text": notification_text(a, resolved),
+          "alert": {"id": a.id, "kind": a.kind, "subject": a.subject, "message": a.message}},
+         f"alert-{a.id}-{'resolved' if resolved else 'fired'}")
+        for a in alerts_])
 
 
 # -- the conditions ----------------------------------------------------------------------
 
 
 def _consecutive_failures(threshold):
+    """One query for every connection: each one's last `threshold` finished syncs, numbered
+    by a window function (SQLite >= 3.25 and PostgreSQL), rather than a query per connection
+    on every alerts step."""
     if threshold < 1:
         return []
+    # Record runs (single webhook records) don't count: a good one says nothing about the syncs.
+    ranked = (
+        select(Run.connection_id, Run.id, Run.status, Run.error_message,
+               func.row_number().over(partition_by=Run.connection_id,
+                                      order_by=(Run.finished_at.desc(), Run.id.desc())).label("n"))
+        .where(Run.mode != "record", Run.status.in_((COMPLETED, FAILED)))
+        .subquery()
+    )
+    rows = db.session.execute(
+        select(Connection.id, Connection.name, ranked.c.id, ranked.c.status, ranked.c.error_message)
+        .join(ranked, ranked.c.connection_id == Connection.id)
+        .where(ranked.c.n <= threshold)
+        .order_by(Connection.id, ranked.c.n)
+    ).all()
+    last = {}
+    for connection_id, name, run_id, status, error in rows:
+        last.setdefault((connection_id, name), []).append((run_id, status, error))
     conditions = []
-    for connection_id, name in db.session.execute(select(Connection.id, Connection.name).order_by(Connection.id)):
-        # Record runs (single webhook records) don't count: a good one says nothing about the syncs.
-        last = db.session.execute(
-            select(Run.id, Run.status, Run.error_message)
-            .where(Run.connection_id == connection_id, Run.mode != "record", Run.status.in_((COMPLETED, FAILED)))
-            .order_by(Run.finished_at.desc(), Run.id.desc()).limit(threshold)
-        ).all()
-        if len(last) == threshold and all(status == FAILED for _, status, _ in last):
-            latest_id, _, error = last[0]
+    for (_, name), runs_ in last.items():
+        if len(runs_) == threshold and all(status == FAILED for _, status, _ in runs_):
+            latest_id, _, error = runs_[0]
             conditions.append(Condition(CONSECUTIVE_FAILURES, name,
                                         f"the last {threshold} syncs of {name!r} failed "
                                         f"(latest: run {latest_id}: {error or 'no error message'})"))

@@ -349,3 +349,21 @@ def notify(key, event_type, payload, idempotency_key):
         else:
             log.error("notification %s not published: %s", event_type, exc)
         return None
+
+
+def notify_many(events):
+    """notify() for many events of one transaction: [(key, event_type, payload,
+    idempotency_key)], written with a few multi-row INSERTs (outbox.publish_many). Returns
+    the outbox row ids; a destination that cannot take them is logged, never raised."""
+    if not events:
+        return []
+    try:
+        with db.session.begin_nested():
+            return outbox.publish_many(db.session, [(event_type, key, payload, idempotency_key)
+                                                    for key, event_type, payload, idempotency_key in events])
+    except outbox.PublishError as exc:
+        if str(exc).startswith("no destination maps"):
+            log.debug("notifications: no notify connection")
+        else:
+            log.error("%d notification(s) not published: %s", len(events), exc)
+        return []

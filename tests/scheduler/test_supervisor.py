@@ -12,7 +12,7 @@ from scheduler.leader import holder, leader_key
 from scheduler.supervisor import Step, Supervisor, heartbeat_key
 from tests.support import wait_for
 from webapp.extensions import db
-from webapp.models import Run, SupervisorState, utcnow
+from webapp.models import Connection, Run, SupervisorState, utcnow
 from webapp.periodic import parse_maintenance_jobs
 from webapp.queue import DEFAULT, queue
 from worker.engine import Heartbeat
@@ -204,3 +204,32 @@ def test_sweep_judges_heartbeats_by_its_own_monotonic_clock_not_by_wall_clock_ju
     assert supervisor.sweep() == [(run.id, "queued")]  # unchanged for STALE_AFTER: the worker is gone
     db.session.expire_all()
     assert db.session.get(Run, run.id).status == "queued"
+
+
+def test_a_slow_step_neither_costs_the_lease_nor_holds_back_the_slots_due_meanwhile(app, redis, make_connection):
+    make_connection(name="five", schedule="every:5")
+    ticks, business = [1000.0], [T0]
+    leader = Supervisor(app, name="a", clock=lambda: business[0], monotonic=lambda: ticks[0])
+    ttl = app.config["LEADER_TTL_SECONDS"]
+    seen = []
+
+    def slow(now):
+        # Each step takes 60 % of the lease's TTL on the supervisor's own clock (the alerts step
+        # on a first start took minutes), and a slot falls due meanwhile.
+        seen.append(db.session.scalar(select(Connection.next_run_at).where(Connection.name == "five")))
+        ticks[0] += 0.6 * ttl
+        business[0] += timedelta(minutes=5)
+        return "done"
+
+    leader.steps = lambda: [Step("tick", 5, leader.tick, leader_only=False)] + [
+        Step(f"slow{i}", 60, slow) for i in range(3)]
+    done = leader.run_all_steps()
+
+    # Three in a row outlast the TTL, yet the last one still ran as leader: the lease was renewed
+    # between steps; and each slot that fell due during a step was fired before the next one.
+    assert [done[f"slow{i}"] for i in range(3)] == ["done", "done", "done"]
+    assert seen == [T0 + timedelta(minutes=m) for m in (5, 10, 15)]  # each slot taken before the next step
+    assert leader.lease.held and holder(redis) == "a"
+    rival = Supervisor(app, name="b")
+    rival.tick(business[0])
+    assert not rival.leading

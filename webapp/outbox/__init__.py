@@ -15,8 +15,8 @@ Other areas and apps use what is imported here: `from webapp import outbox`, the
 `outbox.publish(...)`, `outbox.enqueue_drain()`; the rest is imported from its module.
 """
 from .enqueue import enqueue_drain, request_sending
-from .publish import PublishError, Published, publish
+from .publish import PublishError, Published, publish, publish_many
 from .statuses import ACTIVE, DEAD, DONE, PENDING, PROCESSING
 
 __all__ = ["ACTIVE", "DEAD", "DONE", "PENDING", "PROCESSING", "PublishError", "Published", "enqueue_drain",
-           "publish", "request_sending"]
+           "publish", "publish_many", "request_sending"]
