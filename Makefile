@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed-$(REQ_HASH)
 # Every Procfile process except the one-shot release step (honcho stops all when one exits).
 PROCESSES = $(shell sed -n 's/^\([A-Za-z0-9_-]*\):.*/\1/p' Procfile | grep -vx release)
 
-.PHONY: setup run test chaos bench bench-tools
+.PHONY: setup run test chaos soak bench bench-tools
 
 setup: $(STAMP)
 
@@ -40,6 +40,11 @@ test: setup
 # The long fault-injection run (docs/RELIABILITY.md); needs SYNCHUB_TEST_POSTGRES_URL.
 chaos: setup
 	$(VENV_PATH) $(BIN)/python -m tests.chaos $(CHAOS_ARGS)
+
+# The chaos stack under mixed load with a random fault every 30-90 s (docs/RELIABILITY.md, "Soak"):
+# make soak SOAK_ARGS="--minutes 60" (or --duration 1h; default 60 min). Needs SYNCHUB_TEST_POSTGRES_URL.
+soak: setup
+	$(VENV_PATH) $(BIN)/python -m tests.soak $(SOAK_ARGS)
 
 # Every benchmark in bench/, one table, JSON in test-output/bench.json (BENCH_ARGS=--full for defaults).
 bench: setup bench-tools

@@ -1,0 +1,1 @@
+"""The soak: the chaos stack under an hour of mixed load and random faults (docs/RELIABILITY.md)."""
