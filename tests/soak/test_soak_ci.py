@@ -14,6 +14,7 @@ from tests.soak.sampler import METRICS
 SECONDS = 180
 
 
+@pytest.mark.slow
 def test_three_minutes_of_mixed_load_with_faults_keep_every_invariant_and_bounded_growth(tmp_path):
     if not os.environ.get("SYNCHUB_TEST_POSTGRES_URL"):
         pytest.skip("the soak needs PostgreSQL: SYNCHUB_TEST_POSTGRES_URL is unset")
