@@ -93,7 +93,8 @@ def wait_mid_sync(stack, run_id, rng):
     def mid():
         row = run_row(stack, run_id)
         return row["status"] == "running" and row["processed"] >= threshold
-    wait_for(mid, timeout=60, interval=0.02, message=f"run {run_id} running past {threshold} records")
+    # Generous: under the soak's load (tests/soak) a sync may queue behind minutes of other work.
+    wait_for(mid, timeout=180, interval=0.02, message=f"run {run_id} running past {threshold} records")
     return run_row(stack, run_id)
 
 
