@@ -13,7 +13,7 @@ from tests.chaos.harness import ACTIVE, Stack
 from tests.chaos.invariants import ActiveRunSampler, check_all, rate_limit_kept, rate_violations, slots_once
 from tests.chaos.pgcluster import unavailable_reason
 from tests.chaos.runner import in_ci
-from tests.chaos.scenarios import SCENARIOS, SETTLE_TIMEOUT, connections
+from tests.chaos.scenarios import PARTITION, SCENARIOS, SETTLE_TIMEOUT, connections
 from tests.support import wait_for
 
 from .load import LOAD_CONNECTIONS, Load, load_connections, warm_pools
@@ -23,7 +23,11 @@ from .sampler import MIN_RISE, ROLE_THRESHOLDS, THRESHOLDS, ProcessSampler, flag
 # twice, so every every:1 schedule stays silent until real time catches up with the slot the
 # jump took (up to 30 min), which would stop the soak's schedule load for that long.
 EXCLUDED = {"clock_jump": "stops every every:1 schedule of the load for up to 30 min (the slot taken on the "
-                          "jumped clock is not fired again when it jumps back, by design)"}
+                          "jumped clock is not fired again when it jumps back, by design)",
+            # The partitions need the chaos suite's third stack, whose workers and web server run
+            # on network hosts of their own (tests/chaos/netns.py); the soak's stack has none.
+            **{name: "needs the network hosts of the partition stack (tests/chaos/netns.py), which the "
+                     "soak's stack does not run" for name in sorted(PARTITION)}}
 FAULTS = [name for name in SCENARIOS if name not in EXCLUDED]
 # duplicate_webhooks counts every delivery stored while it runs: the webhook stream pauses
 # for it (the other streams go on).
