@@ -35,12 +35,13 @@ from webapp.runs import params_key
 
 log = logging.getLogger(__name__)
 # Two pages of one record each, synced twice: the first run creates the records, the
-# second finds them unchanged, so both write paths of a page are compiled.
+# second finds them unchanged, so both write paths of a page are compiled; then a record
+# run (mode "record", what a webhook starts) for one of them.
 REHEARSAL_SETTINGS = {"records": 2, "page_size": 1}
 
 
 def rehearse(app):
-    """Rehearse two runs; True when both completed. Never raises."""
+    """Rehearse three runs; True when all completed. Never raises."""
     outcome = False
     try:
         with app.app_context():
@@ -71,14 +72,17 @@ def _rehearse_in(conn):
         name=f"rehearsal-{uuid.uuid4().hex}", connector="sandbox", settings=REHEARSAL_SETTINGS,
     )).inserted_primary_key[0]
     db.session.registry.set(Session(bind=conn, join_transaction_mode="create_savepoint"))
+    full = dict(mode="full", params={}, trigger="api", streams=[], params_key=params_key("full", None, None))
+    # A webhook's record run too: one per webhook is the commonest run of all.
+    record = dict(mode="record", record_key="items:item-0000000", trigger="webhook", streams=[],
+                  params={"stream": "items", "record_id": "item-0000000", "deleted": False})
     statuses = []
-    for _ in range(2):
+    for fields in (full, full, record):
         run_id = conn.execute(insert(Run).values(
-            connection_id=connection_id, mode="full", params={}, trigger="api", streams=[],
-            params_key=params_key("full", None, None), status=QUEUED, attempt=0, max_attempts=1,
+            connection_id=connection_id, status=QUEUED, attempt=0, max_attempts=1, **fields,
         )).inserted_primary_key[0]
         statuses.append(execute_run(run_id, redis_client=None, worker_name=None))
-    return statuses == ["completed", "completed"]
+    return statuses == ["completed"] * 3
 
 
 class _quiet:

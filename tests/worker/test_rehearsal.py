@@ -33,6 +33,14 @@ def test_the_rehearsal_completes_and_leaves_no_row_and_no_metric(app, make_conne
 def test_a_run_forked_after_the_rehearsal_compiles_no_statement(app, make_connection):
     conn = make_connection(settings={"records": 5, "page_size": 2})
     run_id = runs.trigger(conn, trigger="api", enqueue=False).run.id
+    assert _forked_run(app, run_id) == {"status": "completed", "compiled": []}
+    db.session.expire_all()
+    assert db.session.get(Run, run_id).created == 5
+
+
+def _forked_run(app, run_id):
+    """Rehearse, then run `run_id` in a forked child as a work horse does; returns its
+    status and the statements it had to compile."""
     db.session.remove()
     assert rehearse(app) is True
     read, write = os.pipe()
@@ -60,8 +68,15 @@ def test_a_run_forked_after_the_rehearsal_compiles_no_statement(app, make_connec
         data += chunk
     os.close(read)
     os.waitpid(pid, 0)
-    result = json.loads(data)
-    assert result["status"] == "completed"
-    assert result["compiled"] == []
-    db.session.expire_all()
-    assert db.session.get(Run, run_id).created == 5
+    return json.loads(data)
+
+
+def test_a_record_run_forked_after_the_rehearsal_compiles_no_statement(app, make_connection):
+    from webapp.webhooks import dispatch  # noqa: F401  (what a worker has imported before forking)
+
+    conn = make_connection(settings={"records": 5})
+    run = Run(connection_id=conn.id, mode="record", record_key="items:item-0000003", trigger="webhook",
+              params={"stream": "items", "record_id": "item-0000003", "deleted": False}, status="queued")
+    db.session.add(run)
+    db.session.commit()
+    assert _forked_run(app, run.id) == {"status": "completed", "compiled": []}
