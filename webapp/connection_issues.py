@@ -105,6 +105,7 @@ def after_run(run_id, status, now=None, end=None):
         return
     now = now or utcnow()
     if status == FAILED:
+        db.session.rollback()  # only reads so far (runs.ended's): end them before writing
         cause = cause_of(row.error_class, row.error_message)
         if row.mode == "record" and cause not in FIXED_BY_CREDENTIALS:
             return  # one record's failure (gone at the provider, say) says little about the connection
@@ -121,6 +122,12 @@ def after_run(run_id, status, now=None, end=None):
     # opened after this read is newer than this success and stays open, as it would have
     # after resolve's own read.
     open_causes = _open_causes(row.connection_id)
+    rejected_share = 100.0 * row.failed / row.seen if row.mode != "record" and row.seen else None
+    if open_causes or end is None or (
+            rejected_share is not None and rejected_share > current_app.config["ISSUE_RECORDS_REJECTED_PERCENT"]):
+        # Only reads so far: end them before any write. With nothing to write, runs.ended
+        # goes on reading in the same transaction (its promote_waiting ends it).
+        db.session.rollback()
     if open_causes & set(DISPROVED_BY_SUCCESS):
         resolve(row.connection_id, DISPROVED_BY_SUCCESS, f"run {run_id} completed", now)
     if row.mode != "record" and row.seen:
@@ -135,10 +142,8 @@ def after_run(run_id, status, now=None, end=None):
 
 
 def _open_causes(connection_id):
-    causes = set(db.session.execute(select(ConnectionIssue.cause).where(
+    return set(db.session.execute(select(ConnectionIssue.cause).where(
         ConnectionIssue.connection_id == connection_id, ConnectionIssue.resolved_at.is_(None))).scalars())
-    db.session.rollback()  # a read only: end it before any write
-    return causes
 
 
 def _failed_in_a_row(connection_id):

@@ -144,8 +144,10 @@ def observe(name, value, **labels):
     _buffer.add(json.dumps([name + ":count", base[1]]), 1)
 
 
-def flush():
-    _buffer.flush()
+def flush(client=None):
+    """`client`: a Redis client to send with (the worker's own, connected already); else
+    one is made from the configured URL."""
+    _buffer.flush(client)
 
 
 @contextmanager

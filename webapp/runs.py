@@ -547,10 +547,13 @@ def run_end(run_id):
 def ended(run_id, status):
     """What follows a run's end, whichever path ended it (worker, sweep, cancel), after the
     commit: metrics, the connection's issues (webapp/connection_issues.py), and the next
-    waiting sync of the connection. The run's row is read once for all three."""
+    waiting sync of the connection. The run's row is read once for all three, and the
+    reads share one transaction up to the first write (after_run ends it before writing;
+    promote_waiting ends it after its read): each transaction is a pool checkout with its
+    ping and an end, round trips a no-op run is made of (docs/PERFORMANCE.md, "Cheap runs")."""
     end = run_end(run_id)
-    db.session.rollback()  # a read only: end it before the writes that follow
     if end is None:
+        db.session.rollback()
         return
     count_finished(run_id, status, end)
     connection_issues.after_run(run_id, status, end=end)

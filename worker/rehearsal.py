@@ -89,7 +89,8 @@ class _quiet:
     """Its log lines would name runs that never existed."""
 
     def __enter__(self):
+        self.before = logging.root.manager.disable
         logging.disable(logging.WARNING)
 
     def __exit__(self, *exc):
-        logging.disable(logging.NOTSET)
+        logging.disable(self.before)
