@@ -22,6 +22,7 @@ What the rehearsal must not leave behind:
 A rehearsal that fails costs nothing but its warning: the work horses then start cold.
 """
 import logging
+import threading
 import uuid
 
 from sqlalchemy import insert
@@ -65,8 +66,23 @@ def rehearse(app):
 
 
 def _rehearse_in(conn):
+    from flask import current_app
+
     from worker.engine import execute_run
 
+    # A heartbeat would write from its own connection: it could not see the uncommitted
+    # run (the rehearsal would end as "lost"), and on SQLite it would wait for our lock.
+    config = current_app.config
+    heartbeat = config["HEARTBEAT_SECONDS"]
+    config["HEARTBEAT_SECONDS"] = 3600.0
+    try:
+        return _runs(conn, execute_run)
+    finally:
+        config["HEARTBEAT_SECONDS"] = heartbeat
+        _join_run_threads()
+
+
+def _runs(conn, execute_run):
     # A DML statement first, on the outer transaction (see the module's docstring).
     connection_id = conn.execute(insert(Connection).values(
         name=f"rehearsal-{uuid.uuid4().hex}", connector="sandbox", settings=REHEARSAL_SETTINGS,
@@ -83,6 +99,14 @@ def _rehearse_in(conn):
         )).inserted_primary_key[0]
         statuses.append(execute_run(run_id, redis_client=None, worker_name=None))
     return statuses == ["completed"] * 3
+
+
+def _join_run_threads():
+    """A fork must not happen while the rehearsal's threads (page fetchers, heartbeats) are
+    still winding down."""
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and thread.name.startswith(("page-fetch", "heartbeat-run-")):
+            thread.join(timeout=2)
 
 
 class _quiet:

@@ -23,8 +23,10 @@ def test_the_rehearsal_completes_and_leaves_no_row_and_no_metric(app, make_conne
     make_connection(settings={"records": 3})
     before = _counts()
     metrics._buffer.take()  # what the fixture's setup counted
+    heartbeat = app.config["HEARTBEAT_SECONDS"]
     assert rehearse(app) is True
     assert _counts() == before
+    assert app.config["HEARTBEAT_SECONDS"] == heartbeat  # lengthened during the rehearsal only
     assert dict(metrics._buffer.take()) == {}
     # The pool was disposed: nothing is checked out or kept for a fork to inherit.
     assert db.engine.pool.checkedout() == 0
