@@ -88,6 +88,14 @@ def parse_capacity(out):
     return rows
 
 
+def parse_fork_cpu(out):
+    return [_row(f"no-op run's CPU in a forked work horse, {backend} ({mode}; {statements} statements)", _n(cpu),
+                 None, "ms")
+            for backend, mode, cpu, statements in re.findall(
+                rf"^(sqlite|postgresql): no-op run in a forked child \((\w+)\), \d+ runs: CPU median {NUM} ms "
+                rf"\(range [^)]*\), statements (\d+)", out, re.M)]
+
+
 def parse_websocket_latency(out):
     rows = [_row(f"websocket progress latency p{p}", _n(ws), _n(base), "ms", ("ours", "<", 100) if p == "99" else None)
             for p, ws, base, _ in re.findall(rf"p(\d+): websocket\s+{NUM} ms \| baseline[^|]*?{NUM} ms \| ratio\s+{NUM}x",
@@ -190,6 +198,7 @@ def parse_supervisor_scale(out):
 BENCHES = [
     ("sync_throughput", ["--records", "20000", "--rounds", "1"], parse_sync_throughput),
     ("capacity", ["--runs", "50", "--scaling-runs", "4", "--records", "500", "--workers", "1,2"], parse_capacity),
+    ("fork_cpu", ["--runs", "15"], parse_fork_cpu),
     ("websocket_latency", ["--watchers", "20", "--messages", "100"], parse_websocket_latency),
     ("webhook_ingest", ["--backend", "postgresql", "--seconds", "5", "--half-seconds", "5"], parse_webhook_ingest),
     ("webhook_to_record", ["--n", "1000", "--highlevel-n", "300"], parse_webhook_to_record),

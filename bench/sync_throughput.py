@@ -79,12 +79,16 @@ def child_engine(db_url, backend, sim_url, page_size):
     from webapp.extensions import db, redis_ext
     from webapp.models import Connection, Run
     from worker.engine import execute_run
+    from worker.rehearsal import rehearse
     from worker.worker import _preload
 
     # What a worker does once before it forks (imports, connectors, ORM mappers): a run in
     # a work horse never pays for it, so neither does this measurement.
     _preload()
     app = create_app({"SQLALCHEMY_DATABASE_URI": db_url, "REDIS_URL": os.environ.get("BENCH_REDIS_URL")})
+    # ...and its rehearsal of a run (worker/rehearsal.py), whose compiled statements every
+    # work horse inherits.
+    rehearse(app)
     with app.app_context():
         for table in ("run_events", "records", "stream_states", "runs", "connections"):
             db.session.execute(text(f"DELETE FROM {table}"))

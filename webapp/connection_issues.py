@@ -91,18 +91,21 @@ def refusal(connection, trigger):
 # -- what happens to a run ---------------------------------------------------------------
 
 
-def after_run(run_id, status, now=None):
+def after_run(run_id, status, now=None, end=None):
     """A run ended (any path): open or add to its cause's issue, pause, or resolve what a
-    success disproves. Commits."""
+    success disproves. Commits. `end`: the run's row as runs.ended read it (runs.RunEnd)."""
     if status not in (COMPLETED, FAILED):
         return
-    row = db.session.execute(select(Run.connection_id, Run.mode, Run.error_class, Run.error_message, Run.seen,
-                                    Run.failed).where(Run.id == run_id)).first()
-    db.session.rollback()
+    row = end
+    if row is None:
+        row = db.session.execute(select(Run.connection_id, Run.mode, Run.error_class, Run.error_message, Run.seen,
+                                        Run.failed).where(Run.id == run_id)).first()
+        db.session.rollback()
     if row is None:
         return
     now = now or utcnow()
     if status == FAILED:
+        db.session.rollback()  # only reads so far (runs.ended's): end them before writing
         cause = cause_of(row.error_class, row.error_message)
         if row.mode == "record" and cause not in FIXED_BY_CREDENTIALS:
             return  # one record's failure (gone at the provider, say) says little about the connection
@@ -114,16 +117,33 @@ def after_run(run_id, status, now=None):
             pause(row.connection_id, f"{current_app.config['ISSUE_PAUSE_AFTER_FAILURES']} failed runs in a row "
                                      f"({LABELS[cause]})", now)
         return
-    resolve(row.connection_id, DISPROVED_BY_SUCCESS, f"run {run_id} completed", now)
+    # Most successes find no open issue: one read says which causes to resolve, instead of
+    # a read and a commit per group of causes (docs/PERFORMANCE.md, "Cheap runs"). An issue
+    # opened after this read is newer than this success and stays open, as it would have
+    # after resolve's own read.
+    open_causes = _open_causes(row.connection_id)
+    rejected_share = 100.0 * row.failed / row.seen if row.mode != "record" and row.seen else None
+    if open_causes or end is None or (
+            rejected_share is not None and rejected_share > current_app.config["ISSUE_RECORDS_REJECTED_PERCENT"]):
+        # Only reads so far: end them before any write. With nothing to write, runs.ended
+        # goes on reading in the same transaction (its promote_waiting ends it).
+        db.session.rollback()
+    if open_causes & set(DISPROVED_BY_SUCCESS):
+        resolve(row.connection_id, DISPROVED_BY_SUCCESS, f"run {run_id} completed", now)
     if row.mode != "record" and row.seen:
         share = 100.0 * row.failed / row.seen
         if share > current_app.config["ISSUE_RECORDS_REJECTED_PERCENT"]:
             record(row.connection_id, RECORDS_REJECTED,
                    f"run {run_id} skipped {row.failed} of {row.seen} records ({share:.0f} %)", run_id=run_id, now=now)
-        else:
+        elif RECORDS_REJECTED in open_causes:
             resolve(row.connection_id, (RECORDS_REJECTED,), f"run {run_id} skipped {share:.1f} % of its records", now)
-    if row.mode != "record":
+    if row.mode != "record" and STALE_DATA in open_causes:
         resolve(row.connection_id, (STALE_DATA,), f"run {run_id} brought fresh data", now)
+
+
+def _open_causes(connection_id):
+    return set(db.session.execute(select(ConnectionIssue.cause).where(
+        ConnectionIssue.connection_id == connection_id, ConnectionIssue.resolved_at.is_(None))).scalars())
 
 
 def _failed_in_a_row(connection_id):

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 from collections import defaultdict
+from contextlib import contextmanager
 
 import redis
 from flask import Blueprint, Response, current_app, request
@@ -52,6 +53,7 @@ class _Buffer:
         self.instance_path = None
         self.key = None  # "<prefix>:metrics", set by init_app: the flush thread has no app context
         self.thread = None
+        self.muted = False  # see muted()
 
     @property
     def redis_url(self):
@@ -65,6 +67,8 @@ class _Buffer:
         return None
 
     def add(self, field, amount):
+        if self.muted:
+            return
         with self.lock:
             self.values[field] += amount
         if self.thread is None and (self.configured_url or self.instance_path):
@@ -110,6 +114,7 @@ class _Buffer:
         self.lock = threading.Lock()
         self.values = defaultdict(float)
         self.thread = None
+        self.muted = False
 
 
 _buffer = _Buffer()
@@ -139,8 +144,21 @@ def observe(name, value, **labels):
     _buffer.add(json.dumps([name + ":count", base[1]]), 1)
 
 
-def flush():
-    _buffer.flush()
+def flush(client=None):
+    """`client`: a Redis client to send with (the worker's own, connected already); else
+    one is made from the configured URL."""
+    _buffer.flush(client)
+
+
+@contextmanager
+def muted():
+    """Count nothing meanwhile: for the worker's rehearsal of a run (worker/rehearsal.py),
+    whose runs never existed."""
+    _buffer.muted = True
+    try:
+        yield
+    finally:
+        _buffer.muted = False
 
 
 def init_app(app):

@@ -404,7 +404,9 @@ def insert_queued_syncs(rows):
 def claim(run_id, worker_name=None):
     """queued -> running for one worker. Returns the attempt number, or None if not ours."""
     now = utcnow()
-    result = db.session.execute(
+    # RETURNING gives the new attempt in the same statement (a no-op run's statements are
+    # its cost: docs/PERFORMANCE.md, "Cheap runs").
+    attempt = db.session.execute(
         update(Run)
         .where(Run.id == run_id, Run.status == QUEUED, Run.cancel_requested.is_(False))
         .values(
@@ -415,14 +417,14 @@ def claim(run_id, worker_name=None):
             finished_at=None,
             worker_name=worker_name,
         )
+        .returning(Run.attempt)
         .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:
+    ).scalar_one_or_none()
+    if attempt is None:
         db.session.rollback()
         # A queued run whose cancel was requested in the same instant: settle it here.
         _settle_cancel_requested_queued(run_id)
         return None
-    attempt = db.session.execute(select(Run.attempt).where(Run.id == run_id)).scalar_one()
     db.session.add(RunEvent(run_id=run_id, message=f"attempt {attempt} started" + (f" on {worker_name}" if worker_name else "")))
     db.session.commit()
     return attempt
@@ -456,9 +458,10 @@ def record_page(run_id, attempt, *, checkpoint, counts, processed, total, phase,
               Run.phase: phase, Run.heartbeat_at: utcnow()}
     if stream_counters is not None:
         values[Run.stream_counters] = stream_counters
+    # Every counter named is written, even with 0: one statement shape per call site, so
+    # the worker's rehearsal compiles it once for every page (worker/rehearsal.py).
     for name, delta in counts.items():
-        if delta:
-            values[getattr(Run, name)] = getattr(Run, name) + delta
+        values[getattr(Run, name)] = getattr(Run, name) + delta
     _add_waited(values, waited)
     # RETURNING reads the cancel flag in the same statement: one round trip per page.
     row = db.session.execute(
@@ -471,9 +474,11 @@ def record_page(run_id, attempt, *, checkpoint, counts, processed, total, phase,
 
 
 def finish(run_id, attempt, status, *, error_class=None, error_message=None, counts=None, commit=True,
-           stream_counters=None, waited=0.0):
+           stream_counters=None, waited=0.0, connection_health=None):
     """running -> completed/failed/cancelled, only if this attempt still owns the run; the
-    run is added to the roll-ups in the same transaction (webapp/rollups.py)."""
+    run is added to the roll-ups in the same transaction (webapp/rollups.py).
+    `connection_health`: (connection id, health, message), written in the same transaction
+    when the run is finished (one commit fewer than a transaction of its own)."""
     if status not in TERMINAL_STATUSES:  # not an assert: `python -O` would skip it
         raise ValueError(f"{status!r} is not a terminal status")
     values = {Run.status: status, Run.finished_at: utcnow(), Run.error_class: error_class,
@@ -482,9 +487,8 @@ def finish(run_id, attempt, status, *, error_class=None, error_message=None, cou
         values[Run.phase] = "done"
     if stream_counters is not None:
         values[Run.stream_counters] = stream_counters
-    for name, delta in (counts or {}).items():
-        if delta:
-            values[getattr(Run, name)] = getattr(Run, name) + delta
+    for name, delta in (counts or {}).items():  # written even with 0: see record_page
+        values[getattr(Run, name)] = getattr(Run, name) + delta
     _add_waited(values, waited)
     result = db.session.execute(
         update(Run).where(*owned(run_id, attempt)).values(values).execution_options(synchronize_session=False)
@@ -494,6 +498,11 @@ def finish(run_id, attempt, status, *, error_class=None, error_message=None, cou
         rollups.add_finished(run_id)
         db.session.add(RunEvent(run_id=run_id, level="error" if status == FAILED else "info",
                                 message=f"{status}" + (f": {error_message}" if error_message else "")))
+        if connection_health is not None:
+            connection_id, health, message = connection_health
+            db.session.execute(update(Connection).where(Connection.id == connection_id)
+                               .values(health=health, health_message=message)
+                               .execution_options(synchronize_session=False))
     if commit:
         if ok:
             db.session.commit()
@@ -513,33 +522,54 @@ def _add_waited(values, waited):
         values[Run.rate_limit_wait_seconds] = Run.rate_limit_wait_seconds + float(waited)
 
 
+class RunEnd(NamedTuple):
+    """What follows a run's end needs of its row (metrics, issues, the next waiting sync)."""
+    connection_id: int
+    connection_name: str
+    trigger: str
+    mode: str
+    started_at: object
+    finished_at: object
+    error_class: object
+    error_message: object
+    seen: int
+    failed: int
+
+
+def run_end(run_id):
+    """The run's RunEnd, read in one statement, or None. Leaves the transaction open."""
+    row = db.session.execute(select(Run.connection_id, Connection.name, Run.trigger, Run.mode, Run.started_at,
+                                    Run.finished_at, Run.error_class, Run.error_message, Run.seen, Run.failed)
+                             .join(Connection, Run.connection_id == Connection.id).where(Run.id == run_id)).first()
+    return RunEnd(*row) if row is not None else None
+
+
 def ended(run_id, status):
     """What follows a run's end, whichever path ended it (worker, sweep, cancel), after the
     commit: metrics, the connection's issues (webapp/connection_issues.py), and the next
-    waiting sync of the connection."""
-    count_finished(run_id, status)
-    connection_issues.after_run(run_id, status)
-    promote_after(run_id)
-
-
-def promote_after(run_id):
-    """A run ended: the connection's next waiting sync may start."""
-    connection_id = db.session.execute(select(Run.connection_id).where(Run.id == run_id)).scalar_one_or_none()
-    db.session.rollback()
-    if connection_id is not None:
-        promote_waiting(connection_id=connection_id)
-
-
-def count_finished(run_id, status):
-    """Metrics for a run that just reached a terminal status (any path: worker, sweep, cancel)."""
-    row = db.session.execute(select(Connection.name, Run.trigger, Run.started_at, Run.finished_at)
-                             .join(Connection, Run.connection_id == Connection.id).where(Run.id == run_id)).first()
-    if row is None:
+    waiting sync of the connection. The run's row is read once for all three, and the
+    reads share one transaction up to the first write (after_run ends it before writing;
+    promote_waiting ends it after its read): each transaction is a pool checkout with its
+    ping and an end, round trips a no-op run is made of (docs/PERFORMANCE.md, "Cheap runs")."""
+    end = run_end(run_id)
+    if end is None:
+        db.session.rollback()
         return
-    name, trigger, started_at, finished_at = row
-    metrics.inc("runs_finished", connection=name, status=status, trigger=trigger)
-    if started_at and finished_at:
-        metrics.observe("run_duration_seconds", (finished_at - started_at).total_seconds(), connection=name, status=status)
+    count_finished(run_id, status, end)
+    connection_issues.after_run(run_id, status, end=end)
+    promote_waiting(connection_id=end.connection_id)
+
+
+def count_finished(run_id, status, end=None):
+    """Metrics for a run that just reached a terminal status (any path: worker, sweep, cancel).
+    `end`: its RunEnd when the caller read it already."""
+    end = end or run_end(run_id)
+    if end is None:
+        return
+    metrics.inc("runs_finished", connection=end.connection_name, status=status, trigger=end.trigger)
+    if end.started_at and end.finished_at:
+        metrics.observe("run_duration_seconds", (end.finished_at - end.started_at).total_seconds(),
+                        connection=end.connection_name, status=status)
 
 
 def retry_later(run_id, attempt, *, error_class, error_message, delay=0.0, now=None, waited=0.0):

@@ -421,10 +421,11 @@ class RunExecution:
                 self._store_cursor(name, cursor)
         if deleted:
             runs.log_event(self.run_id, f"{deleted} records no longer at the provider: marked deleted")
+        # The connection's health commits with `completed` (one commit fewer per run).
         if not runs.finish(self.run_id, self.attempt, COMPLETED, counts={"deleted": deleted},
-                           stream_counters=self._stream_counters_copy(), waited=self.waits.take()):
+                           stream_counters=self._stream_counters_copy(), waited=self.waits.take(),
+                           connection_health=(self.connection_id, "ok", None)):
             raise LostOwnership("the run was finished by someone else")
-        self._set_health("ok", None)
         self.counters["deleted"] += deleted
         if deleted:
             metrics.inc("records", deleted, connection=self.connection_name, stream="*", outcome="deleted")
@@ -443,8 +444,7 @@ class RunExecution:
         db.session.rollback()
         message = str(exc) or describe(exc)
         if runs.finish(self.run_id, self.attempt, FAILED, error_class=error_class, error_message=message,
-                       waited=self.waits.take()):
-            self._set_health(health, message)
+                       waited=self.waits.take(), connection_health=(self.connection_id, health, message)):
             self._publish("failed", f"failed ({run_error_words(error_class)}): {message}", status=FAILED)
             return FAILED
         return None

@@ -2,7 +2,9 @@
 
 It owns what every job relies on, so the jobs themselves (worker/jobs.py) are plain
 functions:
-  - before forking: what jobs use is imported and set up once, in this process;
+  - before forking: what jobs use is imported and set up once, in this process, and a run
+    is rehearsed in a transaction that is rolled back, so that every work horse inherits
+    the run's compiled statements (worker/rehearsal.py);
   - in the work horse (each job runs in a fresh fork): the database pool inherited from
     this process is dropped, the job runs in the app context, and the metrics it counted
     are flushed when it ends (the horse ends with os._exit: atexit hooks never run);
@@ -21,6 +23,8 @@ from rq import SimpleWorker, Worker
 from webapp import metrics, queue
 from webapp.extensions import db, redis_ext
 
+from .rehearsal import rehearse
+
 
 class SynchubWorker(Worker):
     def __init__(self, app, queue_names=queue.PRIORITY_ORDER, name=None):
@@ -33,6 +37,8 @@ class SynchubWorker(Worker):
 
     def work(self, *args, **kwargs):
         _preload()
+        # Every work horse inherits the statements this compiles (worker/rehearsal.py).
+        rehearse(self.app)
         return super().work(*args, **kwargs)
 
     def register_birth(self):
@@ -60,7 +66,8 @@ class SynchubWorker(Worker):
             try:
                 return super().perform_job(job, queue, execution)
             finally:
-                metrics.flush()
+                # With RQ's own connection: one connect fewer per job than a client of its own.
+                metrics.flush(self.connection)
 
     def _forget_dead_namesake(self):
         """A worker restarted under a fixed name (systemd's `--name %H.%i`) after a SIGKILL
