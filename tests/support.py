@@ -182,6 +182,25 @@ class WorkerProcess:
             return f.read().decode(errors="replace")
 
 
+def redis_servers_in(instance_dir):
+    """Pids of redis-server processes whose working directory is instance_dir (the bundled
+    Redis a process started for that instance: webapp/local_redis.py)."""
+    instance_dir = os.path.realpath(instance_dir)
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if b"redis-server" not in f.read():
+                    continue
+            if os.path.realpath(os.readlink(f"/proc/{entry}/cwd")) == instance_dir:
+                pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
 def kill_session(session_id, sig=signal.SIGKILL):
     """Signal every process of a session (all descendants started with start_new_session)."""
     for entry in os.listdir("/proc"):

@@ -13,30 +13,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from webapp import local_redis
+from tests.support import redis_servers_in
 from webapp.local_redis import ensure_local_redis, local_redis_pid, stop_local_redis
 
 pytestmark = [
     pytest.mark.timeout(120),
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts processes via /proc"),
 ]
-
-
-def _servers_in(instance_dir):
-    """Pids of redis-server processes whose working directory is instance_dir."""
-    instance_dir = os.path.realpath(instance_dir)
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if b"redis-server" not in f.read():
-                    continue
-            if os.path.realpath(os.readlink(f"/proc/{entry}/cwd")) == instance_dir:
-                pids.append(int(entry))
-        except OSError:
-            continue
-    return pids
 
 
 def _check_usable(url):
@@ -75,7 +58,7 @@ def test_start_twice_same_url_one_server(short_instance):
 
     assert ensure_local_redis(short_instance) == url
     assert local_redis_pid(short_instance) == pid
-    assert _servers_in(short_instance) == [pid]
+    assert redis_servers_in(short_instance) == [pid]
     assert oct(os.stat(os.path.join(short_instance, "redis.sock")).st_mode & 0o777) == "0o700"
 
 
@@ -117,7 +100,7 @@ def test_concurrent_callers_start_exactly_one_server(kind, short_instance, long_
     urls = {url for _, url in outcomes}
     assert len(urls) == 1
     _check_usable(urls.pop())
-    servers = _servers_in(instance)
+    servers = redis_servers_in(instance)
     assert servers == [local_redis_pid(instance)]
 
 
@@ -125,14 +108,14 @@ def test_stop_then_start_gives_a_new_server(short_instance):
     url = ensure_local_redis(short_instance)
     pid = local_redis_pid(short_instance)
     assert stop_local_redis(short_instance) is True
-    assert _servers_in(short_instance) == []
+    assert redis_servers_in(short_instance) == []
     assert not os.path.exists(os.path.join(short_instance, "redis.sock"))
     assert stop_local_redis(short_instance) is False
 
     assert ensure_local_redis(short_instance) == url
     new_pid = local_redis_pid(short_instance)
     assert new_pid is not None and new_pid != pid
-    assert _servers_in(short_instance) == [new_pid]
+    assert redis_servers_in(short_instance) == [new_pid]
     _check_usable(url)
 
 
@@ -142,14 +125,14 @@ def test_server_killed_hard_is_replaced(short_instance):
     pid = local_redis_pid(short_instance)
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while _servers_in(short_instance) and time.monotonic() < deadline:
+    while redis_servers_in(short_instance) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert os.path.exists(os.path.join(short_instance, "redis.sock"))
 
     assert ensure_local_redis(short_instance) == url
     new_pid = local_redis_pid(short_instance)
     assert new_pid not in (None, pid)
-    assert _servers_in(short_instance) == [new_pid]
+    assert redis_servers_in(short_instance) == [new_pid]
     _check_usable(url)
 
 
@@ -169,7 +152,7 @@ def test_long_path_falls_back_to_password_protected_tcp(long_instance):
 
     pid = local_redis_pid(long_instance)
     assert stop_local_redis(long_instance) is True
-    assert _servers_in(long_instance) == []
+    assert redis_servers_in(long_instance) == []
     url2 = ensure_local_redis(long_instance)
     assert local_redis_pid(long_instance) not in (None, pid)
     _check_usable(url2)

@@ -5,8 +5,9 @@ import subprocess
 import sys
 
 from tests.conftest import one_backend
-from tests.support import ROOT, process_env
+from tests.support import ROOT, process_env, redis_servers_in
 from webapp.extensions import db
+from webapp.local_redis import stop_local_redis
 from webapp.models import Connection, Run
 
 pytestmark = one_backend
@@ -118,10 +119,16 @@ def test_the_bundled_redis_note_stays_out_of_a_persons_terminal_unless_verbose(a
     make_connection(name="other", settings={"records": 10})
     # As on a fresh machine: no REDIS_URL, the default log level (the tests' processes run at WARNING).
     env = {"REDIS_URL": "", "SYNCHUB_LOG_LEVEL": "INFO"}
-    quiet = flask(app, "sync", "run", "demo", "--queue", "--no-follow",
-                  env_overrides=dict(env, SYNCHUB_INSTANCE_PATH=str(tmp_path / "one")))
-    assert quiet.returncode == 0, quiet.stderr
-    assert "REDIS_URL is not set" not in quiet.stdout + quiet.stderr
-    verbose = flask(app, "sync", "-v", "run", "other", "--queue", "--no-follow",
-                    env_overrides=dict(env, SYNCHUB_INSTANCE_PATH=str(tmp_path / "two")))
-    assert verbose.returncode == 0 and "REDIS_URL is not set" in verbose.stderr
+    instances = [str(tmp_path / "one"), str(tmp_path / "two")]
+    try:
+        quiet = flask(app, "sync", "run", "demo", "--queue", "--no-follow",
+                      env_overrides=dict(env, SYNCHUB_INSTANCE_PATH=instances[0]))
+        assert quiet.returncode == 0, quiet.stderr
+        assert "REDIS_URL is not set" not in quiet.stdout + quiet.stderr
+        verbose = flask(app, "sync", "-v", "run", "other", "--queue", "--no-follow",
+                        env_overrides=dict(env, SYNCHUB_INSTANCE_PATH=instances[1]))
+        assert verbose.returncode == 0 and "REDIS_URL is not set" in verbose.stderr
+    finally:  # the bundled servers the two commands started outlive them, by design: not the test's
+        for instance in instances:
+            stop_local_redis(instance)
+            assert redis_servers_in(instance) == []
