@@ -220,17 +220,7 @@ class RunExecution:
             _add(delta, child_delta)
         message = (f"{name}: +{len(good)} records ({counts.created} new, {counts.updated} changed, "
                    f"{counts.unchanged} unchanged" + (f", {len(bad)} skipped)" if bad else ")") + derived_message)
-        owned, cancel = runs.record_page(
-            self.run_id, self.attempt, checkpoint=dict(self.checkpoint), counts=delta,
-            processed=self.processed, total=self.total, phase=f"fetching {name}",
-            stream_counters=self._stream_counters_copy(), waited=self.waits.take())
-        if not owned:
-            raise LostOwnership("the run is no longer running this attempt")
-        db.session.commit()
-        for key, value in delta.items():
-            self.counters[key] += value
-            if key != "seen" and value:
-                metrics.inc("records", value, connection=self.connection_name, stream=name, outcome=key)
+        cancel = self._commit_page(delta, total=self.total, phase=f"fetching {name}", stream=name)
         self._publish(f"fetching {name}", message)
         if cancel:
             self._cancelled()
@@ -238,6 +228,22 @@ class RunExecution:
         if self.heartbeat.lost:
             raise LostOwnership("heartbeat found the run taken away")
         return False
+
+    def _commit_page(self, delta, *, total, phase, stream):
+        """The page's checkpoint and counters, in the transaction that holds its records (a
+        conditional UPDATE: LostOwnership when this attempt no longer owns the run); then the
+        counters here and in the metrics. Returns whether a cancel was asked."""
+        owned, cancel = runs.record_page(
+            self.run_id, self.attempt, checkpoint=dict(self.checkpoint), counts=delta, processed=self.processed,
+            total=total, phase=phase, stream_counters=self._stream_counters_copy(), waited=self.waits.take())
+        if not owned:
+            raise LostOwnership("the run is no longer running this attempt")
+        db.session.commit()
+        for key, value in delta.items():
+            self.counters[key] += value
+            if key != "seen" and value:
+                metrics.inc("records", value, connection=self.connection_name, stream=stream, outcome=key)
+        return cancel
 
     def _sync_one_record(self, connector):
         stream = connector.stream(self.params.get("stream") or self._streams(connector)[0])
@@ -360,16 +366,7 @@ class RunExecution:
                 _add(delta, child_delta)
         self.processed = len(done)
         self.checkpoint["records_done"] = sorted(done)
-        owned, cancel = runs.record_page(
-            self.run_id, self.attempt, checkpoint=dict(self.checkpoint), counts=delta, processed=self.processed,
-            total=total, phase="records", stream_counters=self._stream_counters_copy())
-        if not owned:
-            raise LostOwnership("the run is no longer running this attempt")
-        db.session.commit()
-        for key, value in delta.items():
-            self.counters[key] += value
-            if key != "seen" and value:
-                metrics.inc("records", value, connection=self.connection_name, stream="*", outcome=key)
+        cancel = self._commit_page(delta, total=total, phase="records", stream="*")
         self._publish("records", f"records: {self.processed} of {total} done "
                                  f"({delta['created']} new, {delta['updated']} changed, {delta['unchanged']} unchanged"
                                  + (f", {delta['deleted']} deleted" if delta["deleted"] else "")

@@ -51,6 +51,19 @@ def connections(stack):
 # -- helpers ---------------------------------------------------------------------------
 
 
+def wait_dispatched(stack, before, violations):
+    """Until no delivery after id `before` is still "received": the request only stores, a
+    worker's dispatch job (or the supervisor's) creates the runs."""
+    def dispatched():
+        rows = stack.query("SELECT count(*) AS n FROM webhook_deliveries WHERE id > :m AND outcome = 'received'",
+                           m=before)
+        return rows[0]["n"] == 0
+    try:
+        wait_for(dispatched, timeout=SETTLE_TIMEOUT, interval=0.1, message="deliveries dispatched")
+    except AssertionError:
+        violations.append("webhook deliveries still 'received' (not dispatched) after the settle time")
+
+
 def batched_record_runs(stack, deliveries, events, violations):
     """The record runs of webhook deliveries ({provider event id: item index} in `events`),
     checked: record runs come in batches (webapp/record_batches.py), so each delivery has
@@ -579,13 +592,7 @@ def duplicate_webhooks(stack, rng):
         statuses = list(pool.map(send, sends))
     violations = [f"webhook answered {s}" for s in statuses if s != 200]
 
-    def dispatched():  # the request only stores; a worker's dispatch job creates the runs
-        rows = stack.query("SELECT count(*) AS n FROM webhook_deliveries WHERE id > :m AND outcome = 'received'", m=before)
-        return rows[0]["n"] == 0
-    try:
-        wait_for(dispatched, timeout=SETTLE_TIMEOUT, interval=0.1, message="deliveries dispatched")
-    except AssertionError:
-        violations.append("webhook deliveries still 'received' (not dispatched) after the settle time")
+    wait_dispatched(stack, before, violations)
     deliveries = stack.query("SELECT * FROM webhook_deliveries WHERE id > :m", m=before)
     run_ids = [i for d in deliveries for i in (d["run_ids"] or [])]
     wait_terminal(stack, run_ids)
@@ -882,14 +889,7 @@ def web_redis_partition(stack, rng):
     violations += [f"a webhook sent while the web host was cut off from Redis waited {t:.1f} s for its answer"
                    for s, t in statuses if s == 200 and t >= WEBHOOK_ANSWER_LIMIT]
 
-    def dispatched():
-        rows = stack.query("SELECT count(*) AS n FROM webhook_deliveries WHERE id > :m AND outcome = 'received'",
-                           m=before)
-        return rows[0]["n"] == 0
-    try:
-        wait_for(dispatched, timeout=SETTLE_TIMEOUT, interval=0.1, message="deliveries dispatched")
-    except AssertionError:
-        violations.append("webhook deliveries still 'received' (not dispatched) after the settle time")
+    wait_dispatched(stack, before, violations)
     deliveries = stack.query("SELECT * FROM webhook_deliveries WHERE id > :m", m=before)
     if sorted(d["provider_event_id"] for d in deliveries) != sorted(events):
         violations.append(f"{len(deliveries)} deliveries stored for {len(events)} acknowledged events")
