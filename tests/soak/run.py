@@ -16,7 +16,7 @@ from tests.chaos.runner import in_ci
 from tests.chaos.scenarios import PARTITION, SCENARIOS, SETTLE_TIMEOUT, connections
 from tests.support import wait_for
 
-from .load import LOAD_CONNECTIONS, Load, load_connections, warm_pools
+from .load import LOAD_CONNECTIONS, NOT_DISPATCHED, Load, load_connections, warm_pools
 from .sampler import MIN_RISE, ROLE_THRESHOLDS, THRESHOLDS, ProcessSampler, flags, slopes, slopes_table
 
 # clock_jump moves the supervisors' clock 2-30 min ahead and back: by design no slot fires
@@ -141,19 +141,26 @@ def _load_line(load):
 
 def _settle(stack, log):
     """Stop the schedules (as an operator disabling the connections: enabled off, no next slot),
-    then every run must end within SETTLE."""
+    then every stored webhook must be dispatched and every run must end within SETTLE (a
+    delivery stored in the last seconds of the load becomes a record run only when a
+    dispatcher takes it: "no run active" before that would be a moment, not the end)."""
     with stack.engine.begin() as conn:
         conn.exec_driver_sql("UPDATE connections SET enabled = false, next_run_at = NULL WHERE schedule <> 'manual'")
     started = time.monotonic()
+    placeholders = ", ".join(f"'{outcome}'" for outcome in NOT_DISPATCHED)
+
+    def settled():
+        return not stack.query(f"SELECT 1 FROM webhook_deliveries WHERE outcome IN ({placeholders}) LIMIT 1") \
+            and not stack.query("SELECT 1 FROM runs WHERE status IN ('waiting', 'queued', 'running') LIMIT 1")
     try:
-        wait_for(lambda: not stack.query("SELECT 1 FROM runs WHERE status IN ('waiting', 'queued', 'running') "
-                                         "LIMIT 1"), timeout=SETTLE, interval=0.5, message="no run active")
+        wait_for(settled, timeout=SETTLE, interval=0.5, message="every webhook dispatched and no run active")
     except AssertionError:
         stuck = stack.query("SELECT r.id, c.name, r.status, r.trigger, r.attempt, r.created_at FROM runs r "
                             "JOIN connections c ON c.id = r.connection_id WHERE r.status IN "
                             "('waiting', 'queued', 'running') ORDER BY r.id LIMIT 5")
-        return [f"runs still active {SETTLE:.0f} s after the load stopped: {[dict(r) for r in stuck]}"]
-    log(f"  settled: no run active {time.monotonic() - started:.0f} s after the load stopped")
+        return [f"deliveries undispatched or runs still active {SETTLE:.0f} s after the load stopped: "
+                f"{[dict(r) for r in stuck]}"]
+    log(f"  settled: every webhook dispatched, no run active {time.monotonic() - started:.0f} s after the load stopped")
     return []
 
 
