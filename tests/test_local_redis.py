@@ -62,7 +62,10 @@ def test_start_twice_same_url_one_server(short_instance):
     assert oct(os.stat(os.path.join(short_instance, "redis.sock")).st_mode & 0o777) == "0o700"
 
 
-def test_warns_once_that_bundled_redis_is_used(short_instance, caplog):
+def test_warns_once_that_bundled_redis_is_used(short_instance, caplog, monkeypatch):
+    # A CLI command run earlier in this process (another test, same pytest worker) turns the
+    # warning into an INFO line for the terminal's sake (local_redis.quiet()): not here.
+    monkeypatch.setattr(local_redis, "_quiet", False)
     caplog.set_level("WARNING", logger="webapp.local_redis")
     ensure_local_redis(short_instance)
     ensure_local_redis(short_instance)
