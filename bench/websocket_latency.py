@@ -164,10 +164,11 @@ def main():
         ready = threading.Semaphore(0)
         ws_url = url.replace("http://", "ws://") + f"/admin/runs/{run_id}/live"
         watchers = [Watcher(ws_url, cookie, ready) for _ in range(args.watchers)]
-        from webapp.progress import ProgressPublisher, channel_pattern
+        from webapp.progress import ProgressPublisher, channel_pattern, database_of
 
         with app.app_context():
-            baseline = BareSubscriber(redis_url, run_id, ready, channel_pattern())
+            pattern = channel_pattern(database_of(redis.Redis.from_url(redis_url)))
+            baseline = BareSubscriber(redis_url, run_id, ready, pattern)
         for receiver in watchers + [baseline]:
             receiver.start()
         for _ in range(len(watchers) + 1):

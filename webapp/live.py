@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from .extensions import db, redis_ext
 from .models import TERMINAL_STATUSES, Run
-from .progress import channel_pattern
+from .progress import channel_pattern, database_of
 from .run_view import epoch, run_state
 
 log = logging.getLogger(__name__)
@@ -104,8 +104,9 @@ class LiveHub:
             try:
                 with self.app.app_context():
                     url = redis_ext.url
-                    pattern = channel_pattern()
                 client = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+                with self.app.app_context():
+                    pattern = channel_pattern(database_of(client))
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
                 pubsub.psubscribe(pattern)
                 self.subscribed.set()

@@ -43,13 +43,21 @@ def snapshot_key(run_id):
     return redis_keys.key("progress", run_id)
 
 
-def channel(run_id):
-    """The snapshot's key doubles as its channel's name: keys and channels are apart in Redis."""
-    return redis_keys.key("progress", run_id)
+def channel(run_id, database):
+    """The channel a run's snapshots are published on. Pub/Sub ignores Redis database numbers
+    (a PUBLISH on db 1 reaches a subscriber on db 3), so two installs that share one server by
+    database number would see each other's run 1: the channel names the database."""
+    return redis_keys.key("progress", f"db{database}", run_id)
 
 
-def channel_pattern():
-    return redis_keys.key("progress", "*")
+def channel_pattern(database):
+    return redis_keys.key("progress", f"db{database}", "*")
+
+
+def database_of(client):
+    """The database number a redis-py client is connected to (0 unless its URL chose one)."""
+    pool = getattr(client, "connection_pool", None)
+    return int((pool.connection_kwargs if pool is not None else {}).get("db") or 0)
 
 
 class ProgressPublisher:
@@ -59,7 +67,9 @@ class ProgressPublisher:
         self.client = _short_timeout_twin(client) if client is not None else None
         self.run_id = run_id
         self.ttl = current_app.config["PROGRESS_TTL_SECONDS"] if ttl is None else ttl
-        self.key = snapshot_key(run_id)  # read here, in the app context; publish may run in a thread
+        # Read here, in the app context: publish may run in a thread.
+        self.key = snapshot_key(run_id)
+        self.channel = channel(run_id, database_of(client)) if client is not None else None
         self.messages = []
         self._warned = False
         self._failed_at = None
@@ -78,7 +88,7 @@ class ProgressPublisher:
         try:
             pipe = self.client.pipeline(transaction=False)
             pipe.set(self.key, payload, ex=self.ttl)
-            pipe.publish(self.key, payload)
+            pipe.publish(self.channel, payload)
             pipe.execute()
             self._failed_at = None
         except redis.RedisError as exc:

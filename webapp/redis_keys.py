@@ -2,8 +2,9 @@
 environment SYNCHUB_REDIS_PREFIX, default "synchub"), so that two installs can share one
 Redis without reading or taking each other's keys, queues or jobs.
 
-    <prefix>:progress:<run id>                a run's live progress snapshot, and the channel
-                                              its updates are published on (webapp/progress.py)
+    <prefix>:progress:<run id>                a run's live progress snapshot (webapp/progress.py)
+    <prefix>:progress:db<N>:<run id>          the channel its updates are published on; Pub/Sub
+                                              ignores database numbers, so the name holds it
     <prefix>:metrics                          counters shared by every process (webapp/metrics.py)
     <prefix>:ratelimit:<limit key>            a provider rate limit's request log (connectors)
     <prefix>:login-failures:<address>         the admin login brake per client address

@@ -134,7 +134,7 @@ def test_progress_is_published_to_redis_and_persisted_on_the_row(app, make_conne
     conn = make_connection(settings={"records": 400, "page_size": 100})
     pubsub = redis.pubsub()
     run_id = runs.trigger(conn, enqueue=False).run.id
-    pubsub.subscribe(progress.channel(run_id))
+    pubsub.subscribe(progress.channel(run_id, progress.database_of(redis)))
     pubsub.get_message(timeout=1)
     execute_run(run_id, redis_client=redis, worker_name="t")
     messages = []
