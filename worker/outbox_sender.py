@@ -186,7 +186,18 @@ class OutboxSender:
                     self._announce(refresh=True)
                     self._send(claimed)
         finally:
+            self._settle_rate_limits()
             self._record_delivered()
+
+    def _settle_rate_limits(self):
+        # A request's rate-limit slot is settled by the next admission; none follows until the
+        # next batch, so settle now rather than hold the slots through the database work.
+        for connector in self._destinations.values():
+            if hasattr(connector, "settle_rate_limit"):
+                try:
+                    connector.settle_rate_limit()
+                except Exception as exc:  # a slot not settled lapses on its own (ratelimit.py)
+                    log.warning("outbox: rate-limit slots not settled (%s)", type(exc).__name__)
 
     def _may_start(self, claimed):
         """Whether to send a claimed row now; if not, it is given back untried."""

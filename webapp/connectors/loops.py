@@ -153,8 +153,16 @@ class LoopsConnector(Connector):
             )
         return self._http
 
+    def settle_rate_limit(self):
+        """Settle the limiter's slots whose answers are back: each slot's settlement rides on
+        the next admission (webapp/connectors/ratelimit.py, slot), so a sender calls this
+        when it stops sending for a while (after a batch) and close() at the end."""
+        if getattr(self, "_http", None) is not None:
+            self._limiter.settle()
+
     def close(self):
         if getattr(self, "_http", None) is not None:
+            self._limiter.settle()
             self._http.close()
             self._http = None
 
