@@ -276,3 +276,13 @@ def test_a_slots_settlement_rides_on_the_next_admission_and_settle_sends_the_res
     limiter.settle()
     assert score(2) <= redis_now()
     assert client.zcard(key) == 2  # both still count for the window after their answers
+
+    # Half the window taken: a request may be waiting for the place, so it is given back at
+    # the answer, as before.
+    for n in (3, 4):
+        with limiter.slot(max_in_flight=30):
+            pass
+        assert score(n) > redis_now() + 20_000_000
+    with limiter.slot(max_in_flight=30):  # the fifth of ten places
+        pass
+    assert score(4) <= redis_now() and score(5) <= redis_now() and client.zcard(key) == 5

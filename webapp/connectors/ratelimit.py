@@ -41,7 +41,7 @@ from ..error_words import describe
 # admitted entry counts as sent now (0, or a bound on the request's time in flight: the
 # entry is settled at the answer, see _SETTLE), then members whose answers are back, settled
 # here first (as _SETTLE would, a little later: see RedisRateLimiter.slot). Returns
-# {0, admitted_at_us} when admitted, else {wait_us, now_us}.
+# {0, admitted_at_us, entries in the log now} when admitted, else {wait_us, now_us}.
 _SLIDING_LOG = """
 local key = KEYS[1]
 local limit = tonumber(ARGV[1])
@@ -56,7 +56,7 @@ if redis.call('ZCARD', key) < limit then
   local hold = tonumber(ARGV[4] or '0')
   redis.call('ZADD', key, now + hold, ARGV[3])
   redis.call('PEXPIRE', key, math.ceil((window + hold) / 1000) + 1000)
-  return {0, now}
+  return {0, now, redis.call('ZCARD', key)}
 end
 local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
 local wait = tonumber(oldest[2]) + window - now
@@ -155,7 +155,7 @@ class RedisRateLimiter:
 
     def acquire(self):
         """Block until a request may be sent; return its admission time (Redis clock, seconds)."""
-        return self._acquire(self._member(), 0)[0]
+        return self._acquire(self._member(), 0)[1]
 
     @contextlib.contextmanager
     def slot(self, max_in_flight):
@@ -163,19 +163,23 @@ class RedisRateLimiter:
         its answer. `max_in_flight` (seconds) bounds how long a slot stays taken if this
         process dies before the answer.
 
-        The settlement (the entry counts from the answer) is not a round trip of its own:
-        it rides on this limiter's next admission, in the same script, so a request costs
-        one Redis round trip instead of two. Settled a little later, an entry only frees its
-        place a little later, which never lets more through. `settle()` sends what is left
-        when no admission follows (the sender calls it after each batch, via the connector's
-        `settle_rate_limit`, and at its end)."""
+        While the window is less than half full, the settlement (the entry counts from the
+        answer) is not a round trip of its own: it rides on this limiter's next admission, in
+        the same script, so a request costs one Redis round trip instead of two. Settled a
+        little later, an entry only frees its place a little later, which never lets more
+        through. `settle()` sends what is left when no admission follows (the sender calls it
+        after each batch, via the connector's `settle_rate_limit`, and at its end). Near the
+        limit every slot is settled at its answer, as a waiting request (here or in another
+        process) needs the place back a window after the answer, not after our next request."""
         member = self._member()
-        self._acquire(member, int(max_in_flight * 1_000_000))
+        in_window = self._acquire(member, int(max_in_flight * 1_000_000))[2]
         try:
             yield
         finally:
             with self._counter_lock:
                 self._unsettled.append(member)
+            if in_window * 2 >= self.requests:
+                self.settle()
 
     def settle(self):
         """Settle the slots whose answers are back and that no admission has settled yet."""
@@ -203,17 +207,19 @@ class RedisRateLimiter:
             return f"{self._prefix}:{self._counter}"
 
     def _acquire(self, member, hold_us):
+        """Block until admitted: (member, admission time (Redis clock, seconds), entries in
+        the log with this one)."""
         while True:
             with self._counter_lock:
                 answered, self._unsettled = self._unsettled, []
             try:
-                wait_us, now_us = self._script(keys=[self.key],
-                                               args=[self.requests, self._window_us, member, hold_us, *answered])
+                wait_us, now_us, *in_window = self._script(
+                    keys=[self.key], args=[self.requests, self._window_us, member, hold_us, *answered])
             except redis.RedisError as exc:
                 # Without the shared log no worker may assume it has budget; the run retries.
                 raise TransientError(f"rate limiter unavailable: Redis error ({describe(exc)})") from None
             if wait_us == 0:
-                return now_us / 1_000_000, member
+                return member, now_us / 1_000_000, in_window[0]
             self._sleep(wait_us / 1_000_000)
 
 
