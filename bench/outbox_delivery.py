@@ -12,8 +12,9 @@ worker is queued. Timing runs from that moment until the last row is `done`.
 
 Baseline: the same PUT /api/v1/contacts/update requests (same bodies, Bearer key,
 Idempotency-Key) sent by a bare `requests.Session` loop in this process, one at a time,
-measured once at the start and again right before each row (its `bare/s`, which the row's
-ratio divides by): on a shared machine the bare rate swings 2-3x within minutes. `start s`
+measured once at the start and again right before and right after each row's drain (its
+`bare/s` is the mean of those two, which the row's ratio divides by): on a shared machine
+the bare rate swings 2-4x within minutes. `start s`
 is how long after the drain jobs were queued the first event was delivered (job pickup,
 the work horse's fork, its first claim).
 
@@ -183,8 +184,9 @@ def main():
             try:
                 for workers in (int(w) for w in args.workers.split(",")):
                     published = bench.prepare(fast.url, args.events, rate_limit=[1_000_000, 1])
-                    bare = bare_loop(fast.url, args.events)
+                    bare_before = bare_loop(fast.url, args.events)
                     total, seconds, _, retried = bench.drain(workers)
+                    bare = (bare_before + bare_loop(fast.url, args.events)) / 2
                     rate = total / seconds
                     print(f"{backend:<11}{workers:>8}{published:>11,.0f}{rate:>10,.0f}{bare:>8,.0f}{rate / bare:>9.2f}"
                           f"{bench.start_seconds:>9.2f}{retried:>9}", flush=True)
