@@ -108,6 +108,7 @@ class OutboxSender:
         # Requests in flight at once; the HTTP session keeps POOL_SIZE connections per host.
         self.concurrency = max(1, min(POOL_SIZE, int(self.config["OUTBOX_SEND_CONCURRENCY"])))
         self._pool = None  # the threads that send, made for the first concurrent batch
+        self._next = []  # the next batch, claimed while this one's last requests were in flight
 
     def drain(self, first_event_id=None, budget_seconds=None, max_events=None):
         budget = self.config["OUTBOX_DRAIN_BUDGET_SECONDS"] if budget_seconds is None else budget_seconds
@@ -116,13 +117,29 @@ class OutboxSender:
         def budget_left():
             return time.monotonic() < deadline and (max_events is None or self.result.claimed < max_events)
 
+        def claim_next():
+            """The next batch, if the budget allows one."""
+            if not budget_left():
+                return []
+            return self._claim(limit=self.batch if max_events is None
+                               else min(self.batch, max_events - self.result.claimed))
+
         try:
             self._announce()
             if first_event_id is not None:
-                self._run(self._claim(event_id=first_event_id))
-            while budget_left():
-                batch = self._claim(limit=self.batch if max_events is None
-                                    else min(self.batch, max_events - self.result.claimed))
+                self._run(self._claim(event_id=first_event_id), claim_next)
+            while True:
+                # A batch claimed while the last requests of the previous one were in flight
+                # is sent whatever the budget says now: it was claimed within it.
+                batch, self._next = self._next, []
+                if not batch:
+                    if not budget_left():
+                        if max_events is None and self.redis is not None:
+                            # Out of time with work perhaps left: a fresh job carries on.
+                            self._retire()
+                            request_sending(client=self.redis)
+                        break
+                    batch = claim_next()
                 if not batch:
                     # Stop announcing, then look once more: a publisher that saw us announced
                     # skipped its own job, and its commit came before this claim.
@@ -131,15 +148,11 @@ class OutboxSender:
                     if not batch:
                         break
                     self._announce()
-                self._run(batch)
-            else:
-                if max_events is None and self.redis is not None:
-                    # Out of time with work perhaps left: a fresh job carries on.
-                    self._retire()
-                    request_sending(client=self.redis)
+                self._run(batch, claim_next)
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
+            self._give_back_next()
             self._retire()
             self.breaker.close()
             for connector in self._destinations.values():
@@ -177,10 +190,23 @@ class OutboxSender:
         except Exception as exc:
             log.warning("outbox: could not retire the drain (%s)", type(exc).__name__)
 
-    def _run(self, batch):
+    def _give_back_next(self):
+        """A drain that ends by an error with a batch claimed ahead gives it back untried."""
+        pending, self._next = self._next, []
+        for claimed in pending:
+            try:
+                self._release(claimed, None)
+            except Exception as exc:  # the rows are claimed again once their lease expires
+                log.warning("outbox event %s not given back (%s)", claimed.id, type(exc).__name__)
+                self.session.rollback()
+
+    def _run(self, batch, claim_next=None):
+        """Send a claimed batch and record the outcomes. `claim_next`: claims the batch after
+        it; called (once) while the last requests of a side-by-side batch are in flight, so
+        the claim's database round trips overlap them (see _send_side_by_side)."""
         self.result.claimed += len(batch)
         try:
-            one_at_a_time = self._send_side_by_side(batch) if self.concurrency > 1 else batch
+            one_at_a_time = (self._send_side_by_side(batch, claim_next) if self.concurrency > 1 else batch)
             for claimed in one_at_a_time:
                 if self._may_start(claimed):
                     self._announce(refresh=True)
@@ -215,7 +241,7 @@ class OutboxSender:
             self._record_delivered()  # slow requests: write outcomes well within the lease
         return True
 
-    def _send_side_by_side(self, batch):
+    def _send_side_by_side(self, batch, claim_next=None):
         """Send the rows of healthy destinations that allow it side by side; return the rows
         left to send one at a time, in claim order.
 
@@ -223,7 +249,12 @@ class OutboxSender:
         them fails, the breaker opens after exactly `threshold` failures, as when they went
         one at a time, so an outage still costs no more attempts than that (docs/OUTBOX.md,
         "Failures"). After a destination's first failure its rows not yet started wait for
-        the one-at-a-time pass, where an opened breaker gives them back untried."""
+        the one-at-a-time pass, where an opened breaker gives them back untried.
+
+        Once every row has been started and none has failed, the next batch is claimed
+        while the last requests are in flight. It cannot hold a row of a key this batch
+        holds (those are still processing), so per-key order is kept; a breaker that opens
+        meanwhile holds its rows back as for any batch (`held_until`)."""
         side_by_side = [c for c in batch if self._concurrent(c.connection_id)]
         if len(side_by_side) < 2:
             return batch
@@ -244,6 +275,8 @@ class OutboxSender:
                     in_flight.add(self._pool.submit(self._attempt, claimed))
             if not in_flight:
                 break
+            if claim_next is not None and not waiting and not failed and len(later) == 0:
+                self._next, claim_next = claim_next(), None
             finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in sorted(finished, key=lambda f: f.result()[0].id):
                 claimed, connector, exc, note, accepted_at = future.result()

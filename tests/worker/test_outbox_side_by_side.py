@@ -4,8 +4,10 @@ flight, and the half-open breaker's single probe. In-process drains against the 
 simulator over real HTTP; the simulator is wrapped in a gate that counts the requests in
 flight, so concurrency is observed where it happens: at the provider."""
 import threading
+import time
 
 import pytest
+import sqlalchemy
 
 from tests.simulators.harness import SimulatorServer
 from tests.simulators.loops import LoopsAPI
@@ -32,11 +34,14 @@ class Gate:
     waits that long for a second one to arrive: a sender that sent them together shows it
     (a correct one only pays the wait)."""
 
-    def __init__(self, api, hold_until=None, lone_first=None):
+    def __init__(self, api, hold_until=None, lone_first=None, first_waits_for=None):
         self.api = api
         self.keep_alive = True
         self.hold_until = hold_until
         self.lone_first = lone_first
+        # A condition the first request waits for (up to 10 s), and whether it came true.
+        self.first_waits_for = first_waits_for
+        self.condition_met = None
         self.in_flight = 0
         self.most = 0
         self.events = []  # ("arrived" | "answered", in flight after the change)
@@ -53,6 +58,12 @@ class Gate:
                                     timeout=10)
             if self.lone_first and len(self.events) == 1:
                 self._cond.wait_for(lambda: self.in_flight > 1, timeout=self.lone_first)
+            first = len(self.events) == 1
+        if first and self.first_waits_for is not None:
+            deadline = time.monotonic() + 10
+            while not self.first_waits_for() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            self.condition_met = bool(self.first_waits_for())
         try:
             return self.api(environ, start_response)
         finally:
@@ -167,3 +178,31 @@ def test_a_failure_during_a_side_by_side_batch_leaves_the_rest_to_the_breaker(
     assert api.requests == 3 and gate.most <= 3
     assert (result.retrying, result.released) == (3, 9)
     assert sorted(r.attempts for r in outbox_rows()) == [0] * 9 + [1] * 3
+
+
+def test_the_next_batch_is_claimed_while_the_last_requests_are_in_flight_and_keeps_per_key_order(
+        app, fast, redis, make_connection, gated):
+    app.config.update(OUTBOX_SEND_CONCURRENCY=5, OUTBOX_BREAKER_THRESHOLD=5, OUTBOX_CLAIM_BATCH=5,
+                      OUTBOX_LEASE_SECONDS=120)
+    engine = sqlalchemy.create_engine(app.config["SQLALCHEMY_DATABASE_URI"])
+
+    def next_batch_claimed():
+        with engine.connect() as connection:
+            return connection.scalar(sqlalchemy.text(
+                "SELECT count(*) FROM outbox_events WHERE status = 'processing'")) == 10
+
+    api = LoopsAPI(rate_limit=None)
+    # The first request is answered only once ten rows are processing: its own batch of five
+    # and the next five, claimed while this batch is in flight.
+    gate = Gate(api, first_waits_for=next_batch_claimed)
+    server = gated(gate)
+    connection = loops_connection(make_connection, _Sim(server), mappings=SCORES, rate_limit=[1000, 1])
+    expected = _publish_scores(connection.id, contacts=10, per_contact=3)
+    try:
+        result = drain(redis_client=redis)
+    finally:
+        engine.dispose()
+    assert gate.condition_met is True
+    assert (result.claimed, result.done) == (30, 30)
+    for email, keys in expected.items():
+        assert api.sequence(email) == keys  # the batch claimed ahead never overtook a key
