@@ -3,7 +3,7 @@ the outcome (docs/OUTBOX.md, "Sending"). The rules are in webapp/outbox/ (claim.
 claim, lease, per-key order, backoff, dead letters; breaker.py: the circuit breaker);
 this is the loop that applies them. One run of it is a drain.
 
-A drain claims small batches until nothing is due or its time budget is spent; it never
+A drain claims batches until nothing is due or its time budget is spent; it never
 sleeps waiting for a retry, because the next attempt time is in the row. The successes of
 a batch are committed together when the batch is through (a failure, a release at once),
 so a worker that dies mid-batch leaves at most a batch of rows whose requests went out
