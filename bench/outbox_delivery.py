@@ -11,7 +11,12 @@ latency. Events are published first (one upsert_contact row each, 200 contacts, 
 worker is queued. Timing runs from that moment until the last row is `done`.
 
 Baseline: the same PUT /api/v1/contacts/update requests (same bodies, Bearer key,
-Idempotency-Key) sent by a bare `requests.Session` loop in this process, one at a time.
+Idempotency-Key) sent by a bare `requests.Session` loop in this process, one at a time,
+measured once at the start and again right before and right after each row's drain (its
+`bare/s` is the mean of those two, which the row's ratio divides by): on a shared machine
+the bare rate swings 2-4x within minutes. `start s`
+is how long after the drain jobs were queued the first event was delivered (job pickup,
+the work horse's fork, its first claim).
 
 Rate-limited: the simulator enforces Loops' 10 requests/s per team (sliding one-second
 window, 429 beyond) and 4 workers drain through the shared Redis limiter. The steady rate
@@ -112,7 +117,7 @@ class Bench:
         from sqlalchemy import func, select
 
         from webapp.extensions import db, redis_ext
-        from webapp.models import OutboxEvent
+        from webapp.models import OutboxEvent, utcnow
         from webapp.queue import queue_name
 
         with self.app.app_context():
@@ -127,7 +132,7 @@ class Bench:
                         raise RuntimeError("workers did not start")
                     time.sleep(0.1)
                 total = db.session.scalar(select(func.count()).select_from(OutboxEvent))
-                started = time.perf_counter()
+                started, queued_at = time.perf_counter(), utcnow()
                 give_up = time.monotonic() + 600
                 for _ in range(workers):
                     Queue(queue_name("default"), connection=client).enqueue_call("worker.jobs.send_due_outbox_events", timeout=900)
@@ -145,6 +150,7 @@ class Bench:
                                                         func.max(OutboxEvent.delivered_at))).one()
                 retried = db.session.scalar(select(func.count()).select_from(OutboxEvent)
                                             .where(OutboxEvent.attempts > 1))
+                self.start_seconds = (first - queued_at).total_seconds()
                 return total, seconds, (last - first).total_seconds(), retried
             finally:
                 for proc in procs:
@@ -171,15 +177,19 @@ def main():
         bare = bare_loop(fast.url, args.events)
         print(f"zero-latency Loops simulator, {args.events} events, {CONTACTS} contacts")
         print(f"bare requests loop (1 thread): {bare:,.0f} requests/s\n")
-        print(f"{'backend':<11}{'workers':>8}{'publish/s':>11}{'events/s':>10}{'vs bare':>9}{'retried':>9}")
+        print(f"{'backend':<11}{'workers':>8}{'publish/s':>11}{'events/s':>10}{'bare/s':>8}{'vs bare':>9}"
+              f"{'start s':>9}{'retried':>9}")
         for backend in args.backends.split(","):
             bench = Bench(backend, redis_server.url, instance)
             try:
                 for workers in (int(w) for w in args.workers.split(",")):
                     published = bench.prepare(fast.url, args.events, rate_limit=[1_000_000, 1])
+                    bare_before = bare_loop(fast.url, args.events)
                     total, seconds, _, retried = bench.drain(workers)
+                    bare = (bare_before + bare_loop(fast.url, args.events)) / 2
                     rate = total / seconds
-                    print(f"{backend:<11}{workers:>8}{published:>11,.0f}{rate:>10,.0f}{rate / bare:>9.2f}{retried:>9}")
+                    print(f"{backend:<11}{workers:>8}{published:>11,.0f}{rate:>10,.0f}{bare:>8,.0f}{rate / bare:>9.2f}"
+                          f"{bench.start_seconds:>9.2f}{retried:>9}", flush=True)
                 if backend == args.backends.split(",")[-1]:
                     bench.prepare(limited.url, args.limited_events)
                     total, seconds, span, retried = bench.drain(4)

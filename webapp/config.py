@@ -244,7 +244,12 @@ SETTINGS = (
         ("OUTBOX_BACKOFF_MAX_SECONDS", "SYNCHUB_OUTBOX_BACKOFF_MAX_SECONDS", 3600.0, float, "longest such wait"),
         ("OUTBOX_LEASE_SECONDS", "SYNCHUB_OUTBOX_LEASE_SECONDS", 120.0, float,
          "a claimed event whose worker died is claimed again after this; it must outlast a batch of requests"),
-        ("OUTBOX_CLAIM_BATCH", "SYNCHUB_OUTBOX_CLAIM_BATCH", 10, int, "events a sender claims at once"),
+        ("OUTBOX_CLAIM_BATCH", "SYNCHUB_OUTBOX_CLAIM_BATCH", 50, int,
+         "events a sender claims at once; a worker killed mid-batch leaves at most this many to be sent again "
+         "(same idempotency keys) after their lease"),
+        ("OUTBOX_SEND_CONCURRENCY", "SYNCHUB_OUTBOX_SEND_CONCURRENCY", 5, int,
+         "requests of a claimed batch a sender has in flight at once to a healthy destination that allows it "
+         "(Loops); never more than 10 nor than `SYNCHUB_OUTBOX_BREAKER_THRESHOLD`; 1 sends one at a time"),
         ("OUTBOX_PARALLEL_DRAINS", "SYNCHUB_OUTBOX_PARALLEL_DRAINS", 4, int,
          "real-time sending jobs at once; past this, new events wait for a running one"),
         ("OUTBOX_DRAIN_BUDGET_SECONDS", "SYNCHUB_OUTBOX_DRAIN_BUDGET_SECONDS", 60.0, float,

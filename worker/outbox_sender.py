@@ -3,17 +3,29 @@ the outcome (docs/OUTBOX.md, "Sending"). The rules are in webapp/outbox/ (claim.
 claim, lease, per-key order, backoff, dead letters; breaker.py: the circuit breaker);
 this is the loop that applies them. One run of it is a drain.
 
-A drain claims small batches until nothing is due or its time budget is spent; it never
+A drain claims batches until nothing is due or its time budget is spent; it never
 sleeps waiting for a retry, because the next attempt time is in the row. The successes of
 a batch are committed together when the batch is through (a failure, a release at once),
 so a worker that dies mid-batch leaves at most a batch of rows whose requests went out
 but whose outcomes were not written: they are claimed again once their leases expire and
 sent again with the same idempotency keys (docs/OUTBOX.md). The next row of a key is
 claimable only after that commit, so per-key order holds.
+
+A batch's requests to a healthy destination whose connector allows it (`concurrent_sends`)
+go out side by side, up to OUTBOX_SEND_CONCURRENCY at once: a claim never holds two rows of
+one key (a row waits while an older row of its key is pending or processing), so they cannot
+overtake each other. Only the requests run in threads; every outcome, breaker decision and
+database write is made here, one at a time. A destination that is half-open (this drain
+holds its probe) or has failures on record gets one request at a time, as before; the first
+failure during a concurrent batch stops the requests of that destination not yet started,
+and they are sent one at a time after it; no more requests are in flight than the breaker's
+threshold (docs/OUTBOX.md, "Sending").
 """
+import collections
 import logging
 import time
 import uuid
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 
 from flask import current_app
@@ -22,6 +34,7 @@ from sqlalchemy import update
 from webapp import retry_policy
 from webapp.connectors import connector_class
 from webapp.connectors.base import Services
+from webapp.connectors.http import POOL_SIZE
 from webapp.connectors.errors import RateLimited
 from webapp.extensions import db
 from webapp.models import Connection, utcnow
@@ -92,6 +105,10 @@ class OutboxSender:
         self.result = DrainResult()
         self._destinations = {}  # connection id -> connector, or the exception building it raised
         self._delivered = []  # [(claimed row, accepted at)] whose outcome is not yet written
+        # Requests in flight at once; the HTTP session keeps POOL_SIZE connections per host.
+        self.concurrency = max(1, min(POOL_SIZE, int(self.config["OUTBOX_SEND_CONCURRENCY"])))
+        self._pool = None  # the threads that send, made for the first concurrent batch
+        self._next = []  # the next batch, claimed while this one's last requests were in flight
 
     def drain(self, first_event_id=None, budget_seconds=None, max_events=None):
         budget = self.config["OUTBOX_DRAIN_BUDGET_SECONDS"] if budget_seconds is None else budget_seconds
@@ -100,13 +117,29 @@ class OutboxSender:
         def budget_left():
             return time.monotonic() < deadline and (max_events is None or self.result.claimed < max_events)
 
+        def claim_next():
+            """The next batch, if the budget allows one."""
+            if not budget_left():
+                return []
+            return self._claim(limit=self.batch if max_events is None
+                               else min(self.batch, max_events - self.result.claimed))
+
         try:
             self._announce()
             if first_event_id is not None:
-                self._run(self._claim(event_id=first_event_id))
-            while budget_left():
-                batch = self._claim(limit=self.batch if max_events is None
-                                    else min(self.batch, max_events - self.result.claimed))
+                self._run(self._claim(event_id=first_event_id), claim_next)
+            while True:
+                # A batch claimed while the last requests of the previous one were in flight
+                # is sent whatever the budget says now: it was claimed within it.
+                batch, self._next = self._next, []
+                if not batch:
+                    if not budget_left():
+                        if max_events is None and self.redis is not None:
+                            # Out of time with work perhaps left: a fresh job carries on.
+                            self._retire()
+                            request_sending(client=self.redis)
+                        break
+                    batch = claim_next()
                 if not batch:
                     # Stop announcing, then look once more: a publisher that saw us announced
                     # skipped its own job, and its commit came before this claim.
@@ -115,13 +148,11 @@ class OutboxSender:
                     if not batch:
                         break
                     self._announce()
-                self._run(batch)
-            else:
-                if max_events is None and self.redis is not None:
-                    # Out of time with work perhaps left: a fresh job carries on.
-                    self._retire()
-                    request_sending(client=self.redis)
+                self._run(batch, claim_next)
         finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            self._give_back_next()
             self._retire()
             self.breaker.close()
             for connector in self._destinations.values():
@@ -159,25 +190,122 @@ class OutboxSender:
         except Exception as exc:
             log.warning("outbox: could not retire the drain (%s)", type(exc).__name__)
 
-    def _run(self, batch):
+    def _give_back_next(self):
+        """A drain that ends by an error with a batch claimed ahead gives it back untried."""
+        pending, self._next = self._next, []
+        for claimed in pending:
+            try:
+                self._release(claimed, None)
+            except Exception as exc:  # the rows are claimed again once their lease expires
+                log.warning("outbox event %s not given back (%s)", claimed.id, type(exc).__name__)
+                self.session.rollback()
+
+    def _run(self, batch, claim_next=None):
+        """Send a claimed batch and record the outcomes. `claim_next`: claims the batch after
+        it; called (once) while the last requests of a side-by-side batch are in flight, so
+        the claim's database round trips overlap them (see _send_side_by_side)."""
         self.result.claimed += len(batch)
         try:
-            for claimed in batch:
-                held_until = self.breaker.held_until(claimed.connection_id)
-                used = time.monotonic() - claimed.claimed_at
-                if held_until is not None:
-                    self._release(claimed, held_until)
-                elif used > self.lease_seconds / 2:
-                    # Too little of the lease is left to start a request that another worker
-                    # could not also start: give the row back instead.
-                    self._release(claimed, None)
-                else:
-                    if used > self.lease_seconds / 4:
-                        self._record_delivered()  # slow requests: write outcomes well within the lease
+            one_at_a_time = (self._send_side_by_side(batch, claim_next) if self.concurrency > 1 else batch)
+            for claimed in one_at_a_time:
+                if self._may_start(claimed):
                     self._announce(refresh=True)
                     self._send(claimed)
         finally:
+            self._settle_rate_limits()
             self._record_delivered()
+
+    def _settle_rate_limits(self):
+        # A request's rate-limit slot is settled by the next admission; none follows until the
+        # next batch, so settle now rather than hold the slots through the database work.
+        for connector in self._destinations.values():
+            if hasattr(connector, "settle_rate_limit"):
+                try:
+                    connector.settle_rate_limit()
+                except Exception as exc:  # a slot not settled lapses on its own (ratelimit.py)
+                    log.warning("outbox: rate-limit slots not settled (%s)", type(exc).__name__)
+
+    def _may_start(self, claimed):
+        """Whether to send a claimed row now; if not, it is given back untried."""
+        held_until = self.breaker.held_until(claimed.connection_id)
+        used = time.monotonic() - claimed.claimed_at
+        if held_until is not None:
+            self._release(claimed, held_until)
+            return False
+        if used > self.lease_seconds / 2:
+            # Too little of the lease is left to start a request that another worker
+            # could not also start: give the row back instead.
+            self._release(claimed, None)
+            return False
+        if used > self.lease_seconds / 4:
+            self._record_delivered()  # slow requests: write outcomes well within the lease
+        return True
+
+    def _send_side_by_side(self, batch, claim_next=None):
+        """Send the rows of healthy destinations that allow it side by side; return the rows
+        left to send one at a time, in claim order.
+
+        At most as many requests are in flight as the breaker's threshold: if every one of
+        them fails, the breaker opens after exactly `threshold` failures, as when they went
+        one at a time, so an outage still costs no more attempts than that (docs/OUTBOX.md,
+        "Failures"). After a destination's first failure its rows not yet started wait for
+        the one-at-a-time pass, where an opened breaker gives them back untried.
+
+        Once every row has been started and none has failed, the next batch is claimed
+        while the last requests are in flight. It cannot hold a row of a key this batch
+        holds (those are still processing), so per-key order is kept; a breaker that opens
+        meanwhile holds its rows back as for any batch (`held_until`)."""
+        side_by_side = [c for c in batch if self._concurrent(c.connection_id)]
+        if len(side_by_side) < 2:
+            return batch
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="outbox-send")
+        width = max(1, min(self.concurrency, self.breaker.threshold))
+        waiting = collections.deque(side_by_side)
+        later = {c.id for c in batch if c not in side_by_side}
+        failed = set()  # destinations that failed during this batch
+        in_flight = set()
+        while waiting or in_flight:
+            while waiting and len(in_flight) < width:
+                claimed = waiting.popleft()
+                if claimed.connection_id in failed:
+                    later.add(claimed.id)
+                elif self._may_start(claimed):
+                    self._announce(refresh=True)
+                    in_flight.add(self._pool.submit(self._attempt, claimed))
+            if not in_flight:
+                break
+            if claim_next is not None and not waiting and not failed and len(later) == 0:
+                self._next, claim_next = claim_next(), None
+            finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in sorted(finished, key=lambda f: f.result()[0].id):
+                claimed, connector, exc, note, accepted_at = future.result()
+                if exc is not None:
+                    failed.add(claimed.connection_id)
+                self._outcome(claimed, connector, exc, note, accepted_at)
+        return [c for c in batch if c.id in later]
+
+    def _attempt(self, claimed):
+        """One row's request, in a sending thread: (row, connector, exception or None, note,
+        acceptance time). Touches neither the database nor the breaker."""
+        connector = self._destinations[claimed.connection_id]
+        try:
+            note = self._request(connector, claimed)
+        except Exception as exc:
+            return claimed, connector, exc, None, None
+        return claimed, connector, None, note, utcnow()
+
+    def _concurrent(self, destination):
+        """Whether rows of `destination` may be sent side by side: its connector allows it
+        and its breaker has nothing on record (not half-open with our probe, no failures at
+        the last look, not opened during this batch)."""
+        if not self.breaker.healthy(destination):
+            return False
+        try:
+            connector = self._destination(destination)
+        except Exception:
+            return False  # sent one at a time, where the error becomes the row's outcome
+        return getattr(connector, "concurrent_sends", False)  # _destinations now holds it
 
     def _record_delivered(self):
         delivered, self._delivered = self._delivered, []
@@ -195,17 +323,25 @@ class OutboxSender:
             self.result.lost += 1
 
     def _send(self, claimed):
-        destination = claimed.connection_id
         connector = None
         try:
-            connector = self._destination(destination)
+            connector = self._destination(claimed.connection_id)
             note = self._request(connector, claimed)
         except Exception as exc:
+            self._outcome(claimed, connector, exc)
+        else:
+            self._outcome(claimed, connector, None, note, utcnow())
+
+    def _outcome(self, claimed, connector, exc, note=None, accepted_at=None):
+        """Record what one request came to: the exception it raised, or (exc None) the
+        destination's acceptance, at `accepted_at`."""
+        destination = claimed.connection_id
+        if exc is not None:
             # What the failure becomes is webapp/retry_policy.py's decision ("outbox").
             verdict = retry_policy.for_outbox(
                 exc, getattr(connector, "permanent_statuses", retry_policy.PERMANENT_STATUSES))
             if verdict.unexpected:
-                log.exception("outbox event %s: unexpected error", claimed.id)
+                log.error("outbox event %s: unexpected error", claimed.id, exc_info=exc)
             if verdict.needs_reauth:
                 self._needs_reauth(destination, exc)
             if verdict.provider_answered:
@@ -219,7 +355,7 @@ class OutboxSender:
         else:
             self.breaker.success(destination)
             log.debug("outbox event %s: %s", claimed.id, note)
-            self._delivered.append((claimed, utcnow()))
+            self._delivered.append((claimed, accepted_at))
 
     def _request(self, connector, claimed):
         """The destination's request for one row; returns once the destination accepted it."""

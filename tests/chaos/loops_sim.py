@@ -43,7 +43,9 @@ def main(argv=None):
     parser.add_argument("--rate-limit", default="10/1")
     args = parser.parse_args(argv)
     n, seconds = args.rate_limit.split("/")
-    server = SimulatorServer(ChaosLoops(LoopsAPI(rate_limit=(int(n), float(seconds)))), host=args.host, port=args.port)
+    # keep_alive: LoopsAPI.keep_alive, which ChaosLoops does not forward (tests/simulators/harness.py).
+    server = SimulatorServer(ChaosLoops(LoopsAPI(rate_limit=(int(n), float(seconds)))), host=args.host, port=args.port,
+                             keep_alive=True)
     print(f"chaos Loops simulator on {server.url}", flush=True)
     server.serve_forever()
 

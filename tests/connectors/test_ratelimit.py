@@ -250,3 +250,39 @@ def test_an_http_client_slows_down_before_the_429_when_another_app_spent_the_quo
     assert ours(quota_headers=True) == (0, 0)
     refused, violations = ours(quota_headers=False)  # the control: the header is what helped
     assert refused >= 1 and violations >= 1
+
+
+def test_a_slots_settlement_rides_on_the_next_admission_and_settle_sends_the_rest(limiter_redis_url):
+    """One Redis round trip per request: the answer of a slot is settled by the limiter's
+    next admission; settle() settles what no admission followed. Until then the entry still
+    counts as in flight (it holds its place longer, never shorter)."""
+    client = redis_lib.Redis.from_url(limiter_redis_url)
+    key = f"test:{uuid.uuid4().hex}"
+    limiter = RedisRateLimiter(client, key, 10, 1.0)
+
+    def score(n):
+        return client.zscore(key, f"{limiter._prefix}:{n}")
+
+    def redis_now():
+        seconds, micros = client.time()
+        return seconds * 1_000_000 + micros
+
+    with limiter.slot(max_in_flight=30):
+        pass
+    assert score(1) > redis_now() + 20_000_000  # answered, not settled yet: still held as in flight
+    with limiter.slot(max_in_flight=30):
+        assert score(1) <= redis_now()  # settled by the second slot's admission
+        assert score(2) > redis_now() + 20_000_000
+    limiter.settle()
+    assert score(2) <= redis_now()
+    assert client.zcard(key) == 2  # both still count for the window after their answers
+
+    # Half the window taken: a request may be waiting for the place, so it is given back at
+    # the answer, as before.
+    for n in (3, 4):
+        with limiter.slot(max_in_flight=30):
+            pass
+        assert score(n) > redis_now() + 20_000_000
+    with limiter.slot(max_in_flight=30):  # the fifth of ten places
+        pass
+    assert score(4) <= redis_now() and score(5) <= redis_now() and client.zcard(key) == 5

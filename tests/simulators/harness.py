@@ -8,20 +8,29 @@
         arrivals = [r.time for r in server.log.entries()]
 
 SimulatorServer runs any WSGI app in a threaded werkzeug server and puts a fault layer and a
-request log in front of it. RecordsAPI is a generic paged JSON API with auth, filters, its
+request log in front of it. Werkzeug's server closes every connection after one answer
+(`Connection: close`); an API whose real service keeps HTTP/1.1 connections alive, as HTTP/1.1
+does by default, sets `keep_alive = True` on its app (or the caller passes keep_alive=True) and
+is served by a small keep-alive server instead (_KeepAliveServer), so a client pays a TCP
+connect per connection, not per request, as it does against the real service. RecordsAPI is a generic paged JSON API with auth, filters, its
 own rate limit enforcement and a mutable dataset.
 """
 import base64
 import collections
+import http.server
 import io
 import json
 import math
 import secrets
 import socket
+import socketserver
 import struct
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
+
+from urllib.parse import unquote
 
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
@@ -186,15 +195,134 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-class SimulatorServer:
-    """Serve a WSGI app on 127.0.0.1 from a background thread, with faults and a request log."""
+class _KeepAliveHandler(http.server.BaseHTTPRequestHandler):
+    """One connection: HTTP/1.1 requests answered one after another on it until the client
+    closes it, asks `Connection: close`, or the server stops. Request bodies must come with
+    Content-Length (what HTTP clients send for JSON); the whole body is read before the app
+    runs, so the next request line is never mistaken for leftover body. Answers are buffered
+    and sent with Content-Length."""
 
-    def __init__(self, app, host="127.0.0.1", port=0):
+    protocol_version = "HTTP/1.1"
+    # An answer leaves in one segment, flushed after each request (BaseHTTPRequestHandler),
+    # without Nagle's delay: else the client's delayed ACK costs 40 ms a request.
+    wbufsize = -1
+    disable_nagle_algorithm = True
+
+    def setup(self):
+        super().setup()
+        self.server.opened(self.connection)
+
+    def finish(self):
+        self.server.closed(self.connection)
+        super().finish()
+
+    def handle(self):
+        try:
+            super().handle()
+        except (ConnectionError, socket.timeout, OSError):
+            pass  # the client went away, or a fault dropped the connection
+
+    def log_message(self, format, *args):  # thousands of requests per benchmark
+        pass
+
+    def __getattr__(self, name):
+        if name.startswith("do_"):
+            return self._run_wsgi
+        raise AttributeError(name)
+
+    def _run_wsgi(self):
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.send_error(411, "a request body needs Content-Length here")
+            self.close_connection = True
+            return
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        path, _, query = self.path.partition("?")
+        environ = {
+            "REQUEST_METHOD": self.command, "SCRIPT_NAME": "", "PATH_INFO": unquote(path), "QUERY_STRING": query,
+            "SERVER_NAME": self.server.server_address[0], "SERVER_PORT": str(self.server.server_address[1]),
+            "SERVER_PROTOCOL": self.request_version, "REMOTE_ADDR": self.client_address[0],
+            "REMOTE_PORT": self.client_address[1], "CONTENT_LENGTH": str(len(body)),
+            "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body),
+            "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
+            "wsgi.run_once": False, "werkzeug.socket": self.connection,
+        }
+        if self.headers.get("Content-Type"):
+            environ["CONTENT_TYPE"] = self.headers["Content-Type"]
+        for name, value in self.headers.items():
+            key = "HTTP_" + name.upper().replace("-", "_")
+            if key not in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
+                environ[key] = f"{environ[key]},{value}" if key in environ else value
+        started = []
+
+        def start_response(status, headers, exc_info=None):
+            started[:] = [status, headers]
+            return lambda data: None  # the legacy write(): no app here uses it
+
+        chunks = self.server.app(environ, start_response)
+        try:
+            payload = b"".join(chunks)
+        finally:
+            if hasattr(chunks, "close"):
+                chunks.close()
+        status, headers = started
+        code, _, reason = status.partition(" ")
+        self.send_response(int(code), reason)
+        for name, value in headers:
+            if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+
+class _KeepAliveServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    """A thread per connection. Stopping it also shuts the open connections, so a stopped
+    simulator is an outage for clients holding a kept-alive connection too."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, host, port, app):
+        self.app = app
+        self._connections = set()
+        self._connections_lock = threading.Lock()
+        super().__init__((host, port), _KeepAliveHandler)
+
+    def opened(self, connection):
+        with self._connections_lock:
+            self._connections.add(connection)
+
+    def closed(self, connection):
+        with self._connections_lock:
+            self._connections.discard(connection)
+
+    def server_close(self):
+        super().server_close()
+        with self._connections_lock:
+            connections, self._connections = list(self._connections), set()
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class SimulatorServer:
+    """Serve a WSGI app on 127.0.0.1 from a background thread, with faults and a request log.
+    `keep_alive` (default: the app's own `keep_alive` attribute, else False): see the module
+    docstring."""
+
+    def __init__(self, app, host="127.0.0.1", port=0, keep_alive=None):
         self.app = app
         self.faults = FaultPlan()
         self.log = RequestLog()
-        self._server = make_server(host, port, _FaultLayer(app, self.faults, self.log), threaded=True,
-                                   request_handler=_QuietHandler)
+        self.keep_alive = getattr(app, "keep_alive", False) if keep_alive is None else keep_alive
+        layered = _FaultLayer(app, self.faults, self.log)
+        if self.keep_alive:
+            self._server = _KeepAliveServer(host, port, layered)
+        else:
+            self._server = make_server(host, port, layered, threaded=True, request_handler=_QuietHandler)
         self.host = host
         self.port = self._server.server_port
         self.url = f"http://{host}:{self.port}"

@@ -78,6 +78,11 @@ def _answer(obj, status=200, headers=None):
 class LoopsAPI:
     """The Loops API as a WSGI app. `api_keys` maps each valid key to its team's name."""
 
+    # The real API is HTTPS/1.1 (and HTTP/2): connections stay open between requests, which
+    # PROVIDERS.md does not contradict. Served keep-alive (harness.SimulatorServer), a client
+    # pays a connect per connection, not per request, as against Loops (docs/PERFORMANCE.md).
+    keep_alive = True
+
     def __init__(self, api_keys=None, *, rate_limit=(10, 1.0), known_properties=None):
         self.api_keys = dict(api_keys or {"loops-test-key": "Test Team"})
         self.rate_limit = rate_limit

@@ -14,6 +14,7 @@ The rate limit, 10 requests/s per team, is shared through Redis by every worker;
 budget is keyed by a digest of the API key, since the key identifies the team.
 """
 import hashlib
+import threading
 import time
 from urllib.parse import urlsplit
 
@@ -53,6 +54,11 @@ class LoopsConnector(Connector):
     credential_fields = ("api_key",)
     # Loops answers these when the request itself is wrong: retrying cannot help.
     permanent_statuses = (400, 409, 413, 422)
+    # send() may be called from several threads at once: the outbox sender sends a batch's
+    # rows (distinct keys) side by side (docs/OUTBOX.md, "Sending"). Its HTTP session is
+    # made once, under a lock; the shared limiter admits each request.
+    concurrent_sends = True
+    _client_lock = threading.Lock()
 
     def read_page(self, stream, request, state):
         raise ConfigError("Loops is an outbound destination: it has no streams to sync")
@@ -121,6 +127,12 @@ class LoopsConnector(Connector):
         return "contact upserted" if kind == "upsert_contact" else "event sent"
 
     def _client(self):
+        if getattr(self, "_http", None) is not None:
+            return self._http
+        with self._client_lock:
+            return self._make_client()
+
+    def _make_client(self):
         if getattr(self, "_http", None) is None:
             api_key = self.credentials.get("api_key")
             if not api_key:
@@ -141,8 +153,16 @@ class LoopsConnector(Connector):
             )
         return self._http
 
+    def settle_rate_limit(self):
+        """Settle the limiter's slots whose answers are back: each slot's settlement rides on
+        the next admission (webapp/connectors/ratelimit.py, slot), so a sender calls this
+        when it stops sending for a while (after a batch) and close() at the end."""
+        if getattr(self, "_http", None) is not None:
+            self._limiter.settle()
+
     def close(self):
         if getattr(self, "_http", None) is not None:
+            self._limiter.settle()
             self._http.close()
             self._http = None
 

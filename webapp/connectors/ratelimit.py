@@ -39,20 +39,24 @@ from ..error_words import describe
 
 # KEYS[1] the log; ARGV: limit, window in microseconds, a unique member, how long (us) an
 # admitted entry counts as sent now (0, or a bound on the request's time in flight: the
-# entry is settled at the answer, see _SETTLE). Returns {0, admitted_at_us} when admitted,
-# else {wait_us, now_us}.
+# entry is settled at the answer, see _SETTLE), then members whose answers are back, settled
+# here first (as _SETTLE would, a little later: see RedisRateLimiter.slot). Returns
+# {0, admitted_at_us, entries in the log now} when admitted, else {wait_us, now_us}.
 _SLIDING_LOG = """
 local key = KEYS[1]
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+for i = 5, #ARGV do
+  redis.call('ZADD', key, 'XX', now, ARGV[i])
+end
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
 if redis.call('ZCARD', key) < limit then
   local hold = tonumber(ARGV[4] or '0')
   redis.call('ZADD', key, now + hold, ARGV[3])
   redis.call('PEXPIRE', key, math.ceil((window + hold) / 1000) + 1000)
-  return {0, now}
+  return {0, now, redis.call('ZCARD', key)}
 end
 local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
 local wait = tonumber(oldest[2]) + window - now
@@ -62,13 +66,17 @@ if wait < 1 then wait = 1 end
 return {wait, now}
 """
 
-# KEYS[1] the log; ARGV: the member, window in microseconds. The answer is back: the entry
-# counts from now (Redis' clock), which is after the provider received the request.
+# KEYS[1] the log; ARGV: window in microseconds, then members. Their answers are back: each
+# entry counts from now (Redis' clock), which is after the provider received the request.
 _SETTLE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-if redis.call('ZADD', KEYS[1], 'XX', 'CH', now, ARGV[1]) == 1 then
-  redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) / 1000) + 1000)
+local changed = 0
+for i = 2, #ARGV do
+  changed = changed + redis.call('ZADD', KEYS[1], 'XX', 'CH', now, ARGV[i])
+end
+if changed > 0 then
+  redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[1]) / 1000) + 1000)
 end
 return now
 """
@@ -143,25 +151,46 @@ class RedisRateLimiter:
         self._prefix = os.urandom(6).hex()
         self._counter = 0
         self._counter_lock = threading.Lock()
+        self._unsettled = []  # members of slots whose answers are back, for the next admission
 
     def acquire(self):
         """Block until a request may be sent; return its admission time (Redis clock, seconds)."""
-        return self._acquire(self._member(), 0)[0]
+        return self._acquire(self._member(), 0)[1]
 
     @contextlib.contextmanager
     def slot(self, max_in_flight):
         """Hold a slot while the request in the block is in flight, and for a window after
         its answer. `max_in_flight` (seconds) bounds how long a slot stays taken if this
-        process dies before the answer."""
+        process dies before the answer.
+
+        While the window is less than half full, the settlement (the entry counts from the
+        answer) is not a round trip of its own: it rides on this limiter's next admission, in
+        the same script, so a request costs one Redis round trip instead of two. Settled a
+        little later, an entry only frees its place a little later, which never lets more
+        through. `settle()` sends what is left when no admission follows (the sender calls it
+        after each batch, via the connector's `settle_rate_limit`, and at its end). Near the
+        limit every slot is settled at its answer, as a waiting request (here or in another
+        process) needs the place back a window after the answer, not after our next request."""
         member = self._member()
-        self._acquire(member, int(max_in_flight * 1_000_000))
+        in_window = self._acquire(member, int(max_in_flight * 1_000_000))[2]
         try:
             yield
         finally:
-            try:
-                self._settle(keys=[self.key], args=[member, self._window_us])
-            except redis.RedisError:
-                pass  # the entry lapses max_in_flight after its admission
+            with self._counter_lock:
+                self._unsettled.append(member)
+            if in_window * 2 >= self.requests:
+                self.settle()
+
+    def settle(self):
+        """Settle the slots whose answers are back and that no admission has settled yet."""
+        with self._counter_lock:
+            members, self._unsettled = self._unsettled, []
+        if not members:
+            return
+        try:
+            self._settle(keys=[self.key], args=[self._window_us, *members])
+        except redis.RedisError:
+            pass  # the entries lapse max_in_flight after their admission
 
     def observe_remaining(self, remaining):
         """The provider says `remaining` requests are left in its window: count the ones our
@@ -178,15 +207,19 @@ class RedisRateLimiter:
             return f"{self._prefix}:{self._counter}"
 
     def _acquire(self, member, hold_us):
+        """Block until admitted: (member, admission time (Redis clock, seconds), entries in
+        the log with this one)."""
         while True:
+            with self._counter_lock:
+                answered, self._unsettled = self._unsettled, []
             try:
-                wait_us, now_us = self._script(keys=[self.key],
-                                               args=[self.requests, self._window_us, member, hold_us])
+                wait_us, now_us, *in_window = self._script(
+                    keys=[self.key], args=[self.requests, self._window_us, member, hold_us, *answered])
             except redis.RedisError as exc:
                 # Without the shared log no worker may assume it has budget; the run retries.
                 raise TransientError(f"rate limiter unavailable: Redis error ({describe(exc)})") from None
             if wait_us == 0:
-                return now_us / 1_000_000, member
+                return member, now_us / 1_000_000, in_window[0]
             self._sleep(wait_us / 1_000_000)
 
 
@@ -215,6 +248,9 @@ class LocalRateLimiter:
                     if held is entry:
                         self._log[i] = [self._clock()]
                         break
+
+    def settle(self):
+        """Nothing to do: this limiter settles each slot at its answer (no round trip)."""
 
     def observe_remaining(self, remaining):
         """As RedisRateLimiter.observe_remaining, for the threads of this process."""

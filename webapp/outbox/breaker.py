@@ -11,9 +11,9 @@ probe's row keeps its attempt too. Redis trouble never stops sending: the breake
 counts as closed.
 
 The sender only asks: which destinations not to claim (`blocked`), which probes a claim
-did not use (`claimed`), whether a failed request spends its event's attempt
-(`request_failed`), and until when rows of a destination whose breaker opened during the
-batch wait (`held_until`).
+did not use (`claimed`), whether a destination's requests may go out side by side
+(`healthy`), whether a failed request spends its event's attempt (`request_failed`), and
+until when rows of a destination whose breaker opened during the batch wait (`held_until`).
 """
 import logging
 import time
@@ -177,6 +177,13 @@ class Breaker:
             return None
         value = float(value or 0)
         return value if value > self.clock() else None
+
+    def healthy(self, destination):
+        """True when this instance knows of no trouble at `destination`: no breaker state at
+        the last look nor failures since, not half-open with our probe, not opened since the
+        last claim. Only then may its requests go out side by side: a half-open breaker's
+        probe is one request, alone (worker/outbox_sender.py)."""
+        return destination not in self._troubled and destination not in self._probes and destination not in self._opened
 
     def probing(self, destination):
         """True while this instance holds the destination's probe (half-open)."""

@@ -8,13 +8,14 @@ Every change after publish is a conditional UPDATE on the row's status and, for 
 on its claim (claimed_by and the attempt number), so a worker whose lease ran out can
 never overwrite the outcome of the worker that took the row over.
 """
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import and_, case, exists, or_, select, text, tuple_, update
+from sqlalchemy import Integer, String, and_, bindparam, case, exists, or_, select, text, tuple_, update
 from sqlalchemy.orm import aliased
 
 from .. import metrics, retry_policy
@@ -53,9 +54,33 @@ def claim(session, claimed_by, *, limit=1, lease_seconds=None, event_id=None, sk
     runs one writer at a time, so the pick and the claim are atomic."""
     now = now or utcnow()
     lease_seconds = current_app.config["OUTBOX_LEASE_SECONDS"] if lease_seconds is None else lease_seconds
-    lease_until = now + timedelta(seconds=lease_seconds)
+    params = {"now": now, "lease_until": now + timedelta(seconds=lease_seconds), "claimed_by": claimed_by,
+              "limit": limit}
+    if event_id is not None:
+        params["event_id"] = event_id
+    if skip_connections:
+        params["skip"] = list(skip_connections)
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    pick, claim_update = _claim_statements(postgresql, event_id is not None, bool(skip_connections))
+    if postgresql:
+        _relaxed_commit(session)
+        ids = session.execute(pick, params).scalars().all()
+        rows = session.execute(claim_update, dict(params, ids=ids)).all() if ids else []
+    else:
+        rows = session.execute(claim_update, params).all()
+    session.commit()
+    return sorted((Claimed(*row, claimed_by=claimed_by, lease_until=params["lease_until"]) for row in rows),
+                  key=lambda c: c.id)
+
+
+@functools.lru_cache(maxsize=None)
+def _claim_statements(postgresql, one_event, skipping):
+    """The claim's statements, built once per shape with bound parameters (now, lease_until,
+    claimed_by, limit; event_id, skip, ids): building them per claim, and SQLAlchemy's cache
+    key of a new statement object, were a fifth of a delivery's CPU (docs/PERFORMANCE.md)."""
     cand, older = aliased(OutboxEvent, name="cand"), aliased(OutboxEvent, name="older")
-    query = (
+    now = bindparam("now", type_=OutboxEvent.__table__.c.updated_at.type)
+    pick = (
         select(cand.id)
         .where(
             or_(and_(cand.status == PENDING, cand.next_attempt_at <= now),
@@ -64,30 +89,28 @@ def claim(session, claimed_by, *, limit=1, lease_seconds=None, event_id=None, sk
             cand.connection_id.in_(select(Connection.id).where(Connection.enabled.is_(True))),
         )
         .order_by(cand.id)
-        .limit(limit)
+        .limit(bindparam("limit", type_=Integer))
     )
-    if event_id is not None:
-        query = query.where(cand.id == event_id)
-    if skip_connections:
-        query = query.where(cand.connection_id.not_in(list(skip_connections)))
+    if one_event:
+        pick = pick.where(cand.id == bindparam("event_id", type_=Integer))
+    if skipping:
+        pick = pick.where(cand.connection_id.not_in(bindparam("skip", expanding=True, type_=Integer)))
     claim_update = (
         update(OutboxEvent)
-        .values(status=PROCESSING, attempts=OutboxEvent.attempts + 1, lease_until=lease_until,
-                claimed_by=claimed_by, updated_at=now)
+        .values(status=PROCESSING, attempts=OutboxEvent.attempts + 1,
+                lease_until=bindparam("lease_until", type_=OutboxEvent.__table__.c.lease_until.type),
+                claimed_by=bindparam("claimed_by", type_=String), updated_at=now)
         .returning(OutboxEvent.id, OutboxEvent.connection_id, OutboxEvent.type, OutboxEvent.key,
                    OutboxEvent.payload, OutboxEvent.idempotency_key, OutboxEvent.attempts,
                    OutboxEvent.max_attempts, OutboxEvent.created_at)
         .execution_options(synchronize_session=False)
     )
-    if session.get_bind().dialect.name == "postgresql":
-        _relaxed_commit(session)
-        ids = session.execute(query.with_for_update(skip_locked=True)).scalars().all()
-        rows = session.execute(claim_update.where(OutboxEvent.id.in_(ids))).all() if ids else []
+    if postgresql:
+        pick = pick.with_for_update(skip_locked=True)
+        claim_update = claim_update.where(OutboxEvent.id.in_(bindparam("ids", expanding=True, type_=Integer)))
     else:
-        rows = session.execute(claim_update.where(OutboxEvent.id.in_(query.scalar_subquery()))).all()
-    session.commit()
-    return sorted((Claimed(*row, claimed_by=claimed_by, lease_until=lease_until) for row in rows),
-                  key=lambda c: c.id)
+        claim_update = claim_update.where(OutboxEvent.id.in_(pick.scalar_subquery()))
+    return pick, claim_update
 
 
 def _owned(c):
@@ -131,18 +154,13 @@ def mark_done_many(session, delivered):
     been lost (its lease expired and another worker took it)."""
     if not delivered:
         return []
-    now = utcnow()
     if session.get_bind().dialect.name == "postgresql":
         _relaxed_commit(session)
-    # (id, attempts) with this claimer is each row's claim.
-    accepted_at = case({c.id: at for c, at in delivered}, value=OutboxEvent.id)
-    done = set(session.execute(
-        update(OutboxEvent)
-        .where(tuple_(OutboxEvent.id, OutboxEvent.attempts).in_([(c.id, c.attempts) for c, _ in delivered]),
-               OutboxEvent.status == PROCESSING, OutboxEvent.claimed_by.in_({c.claimed_by for c, _ in delivered}))
-        .values(status=DONE, delivered_at=accepted_at, lease_until=None, last_error=None, updated_at=now)
-        .returning(OutboxEvent.id, OutboxEvent.claimed_by)
-        .execution_options(synchronize_session=False)).all())
+    params = {"now": utcnow(), "claims": [(c.id, c.attempts) for c, _ in delivered],
+              "claimers": sorted({c.claimed_by for c, _ in delivered})}
+    for i, (c, at) in enumerate(delivered):
+        params[f"id_{i}"], params[f"at_{i}"] = c.id, at
+    done = set(session.execute(_done_statement(len(delivered)), params).all())
     session.commit()
     settled = []
     for c, at in delivered:
@@ -154,6 +172,26 @@ def mark_done_many(session, delivered):
         if c.created_at is not None:
             metrics.observe("outbox_delivery_latency_seconds", max(0.0, (at - c.created_at).total_seconds()))
     return settled
+
+
+@functools.lru_cache(maxsize=64)
+def _done_statement(n):
+    """mark_done_many's UPDATE for n rows, built once per n with bound parameters (see
+    _claim_statements): (id, attempts) with this claimer is each row's claim, and
+    `delivered_at` is each row's own acceptance time."""
+    delivered_at = OutboxEvent.__table__.c.delivered_at.type
+    accepted_at = case(*[(OutboxEvent.id == bindparam(f"id_{i}", type_=Integer), bindparam(f"at_{i}", type_=delivered_at))
+                         for i in range(n)])
+    return (
+        update(OutboxEvent)
+        .where(tuple_(OutboxEvent.id, OutboxEvent.attempts).in_(bindparam("claims", expanding=True)),
+               OutboxEvent.status == PROCESSING,
+               OutboxEvent.claimed_by.in_(bindparam("claimers", expanding=True, type_=String)))
+        .values(status=DONE, delivered_at=accepted_at, lease_until=None, last_error=None,
+                updated_at=bindparam("now", type_=OutboxEvent.__table__.c.updated_at.type))
+        .returning(OutboxEvent.id, OutboxEvent.claimed_by)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def mark_failed(session, c, reason, *, permanent=False, retry_after=None, now=None):
