@@ -485,7 +485,8 @@ def _page_update(counter_names, with_stream_counters, with_waited):
     for name in counter_names:
         values[t.c[name]] = t.c[name] + bindparam(f"p_add_{name}", type_=t.c[name].type)
     if with_waited:
-        values[t.c.rate_limit_wait_seconds] = t.c.rate_limit_wait_seconds + bindparam("p_waited", type_=t.c.rate_limit_wait_seconds.type)
+        waited = t.c.rate_limit_wait_seconds
+        values[waited] = waited + bindparam("p_waited", type_=waited.type)
     # owned(), with the run and attempt bound.
     return (update(t).where(t.c.id == bindparam("p_run_id"), t.c.status == RUNNING,
                             t.c.attempt == bindparam("p_attempt"))
