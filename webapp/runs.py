@@ -18,6 +18,7 @@ Transitions:
 Each UPDATE that makes a run completed, failed or cancelled adds it to the statistics'
 roll-ups in its own transaction, only when it matched (webapp/rollups.py): exactly once.
 """
+import functools
 import hashlib
 import json
 import logging
@@ -454,23 +455,42 @@ def record_page(run_id, attempt, *, checkpoint, counts, processed, total, phase,
     """Inside the page's transaction (no commit): checkpoint, counters (the run's, and each
     stream's as a whole) and progress. Returns (still_owned, cancel_requested). If not owned
     the caller must roll back."""
-    values = {Run.checkpoint: checkpoint, Run.processed: processed, Run.total: total,
-              Run.phase: phase, Run.heartbeat_at: utcnow()}
-    if stream_counters is not None:
-        values[Run.stream_counters] = stream_counters
     # Every counter named is written, even with 0: one statement shape per call site, so
     # the worker's rehearsal compiles it once for every page (worker/rehearsal.py).
-    for name, delta in counts.items():
-        values[getattr(Run, name)] = getattr(Run, name) + delta
-    _add_waited(values, waited)
+    statement = _page_update(tuple(counts), stream_counters is not None, bool(waited))
+    params = {"p_run_id": run_id, "p_attempt": attempt, "p_checkpoint": checkpoint, "p_processed": processed,
+              "p_total": total, "p_phase": phase, "p_heartbeat_at": utcnow(), "p_stream_counters": stream_counters,
+              "p_waited": float(waited)}
+    params.update({f"p_add_{name}": delta for name, delta in counts.items()})
     # RETURNING reads the cancel flag in the same statement: one round trip per page.
-    row = db.session.execute(
-        update(Run).where(*owned(run_id, attempt)).values(values).returning(Run.cancel_requested)
-        .execution_options(synchronize_session=False)
-    ).first()
+    row = db.session.execute(statement, params).first()
     if row is None:
         return False, False
     return True, bool(row[0])
+
+
+@functools.lru_cache(maxsize=32)
+def _page_update(counter_names, with_stream_counters, with_waited):
+    """record_page's conditional UPDATE for one shape, built once with every value a bound
+    parameter: reusing the statement object keeps its cache key, so a page no longer builds
+    and keys some fifteen SQL expressions (docs/PERFORMANCE.md, "Engine throughput")."""
+    t = Run.__table__
+    values = {t.c.checkpoint: bindparam("p_checkpoint", type_=t.c.checkpoint.type),
+              t.c.processed: bindparam("p_processed", type_=t.c.processed.type),
+              t.c.total: bindparam("p_total", type_=t.c.total.type),
+              t.c.phase: bindparam("p_phase", type_=t.c.phase.type),
+              t.c.heartbeat_at: bindparam("p_heartbeat_at", type_=t.c.heartbeat_at.type)}
+    if with_stream_counters:
+        values[t.c.stream_counters] = bindparam("p_stream_counters", type_=t.c.stream_counters.type)
+    for name in counter_names:
+        values[t.c[name]] = t.c[name] + bindparam(f"p_add_{name}", type_=t.c[name].type)
+    if with_waited:
+        waited = t.c.rate_limit_wait_seconds
+        values[waited] = waited + bindparam("p_waited", type_=waited.type)
+    # owned(), with the run and attempt bound.
+    return (update(t).where(t.c.id == bindparam("p_run_id"), t.c.status == RUNNING,
+                            t.c.attempt == bindparam("p_attempt"))
+            .values(values).returning(t.c.cancel_requested))
 
 
 def finish(run_id, attempt, status, *, error_class=None, error_message=None, counts=None, commit=True,

@@ -650,12 +650,16 @@ def _add(counters, delta):
 
 
 def _highest_cursor(records, field):
-    best = None
-    for record in records:
-        value = record.get(field)
-        if value is not None and (best is None or _cursor_gt(value, best)):
-            best = value
-    return best
+    values = [value for value in (record.get(field) for record in records) if value is not None]
+    try:
+        # max() keeps the first of equal values and compares with ">" as _cursor_gt does, in C.
+        return max(values, default=None)
+    except TypeError:  # values of mixed types: compared as text where they cannot be compared
+        best = None
+        for value in values:
+            if best is None or _cursor_gt(value, best):
+                best = value
+        return best
 
 
 @dataclass

@@ -1,40 +1,76 @@
 """Batched record writes with change detection by content hash, and soft deletes.
 
-One page is written with at most three statements, whatever its size: one SELECT of
-the hashes already stored, one upsert of the new and changed records, and one UPDATE
-marking the unchanged ones as seen by this run. The upsert is the hot path, so it goes
-straight to the driver: on PostgreSQL as a single INSERT ... SELECT FROM unnest(arrays),
-on SQLite as one executemany (sqlite3 loops in C). SQLAlchemy's per-row parameter
-processing would otherwise cost more than the database work itself.
+One page is written with one statement, whatever its size (docs/PERFORMANCE.md, "Engine
+throughput"): an upsert of every record of the page that decides in the database, row by
+row, whether the stored record changed (same content hash, not soft-deleted: unchanged), and
+reports per row which of created, updated or unchanged it was. An unchanged record keeps
+its content, timestamps and last_run_id; only last_seen_run_id moves to this run (the full
+sync's soft delete needs it). The statement goes straight to the driver: on PostgreSQL as
+one INSERT ... SELECT FROM unnest(three text arrays sent in binary, so nothing is escaped)
+with the counts added up in the same statement, on SQLite as one INSERT ... SELECT FROM
+(VALUES ...) with RETURNING. SQLAlchemy's per-row parameter processing would otherwise
+cost more than the database work itself.
 """
-import json
+import functools
+import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, func, or_, update
+from sqlalchemy import func, or_, update
 
 from webapp.jsonutil import canonical, content_hash
 from webapp.models import Record, utcnow
 
 _T = Record.__table__  # Core, not ORM: no identity map or unit of work on the hot path
 
-# ON CONFLICT, not a plain INSERT: a webhook's record run may have stored the same record
-# since our SELECT. first_seen_at is kept from the original row.
-_ON_CONFLICT = """
+_COLUMNS = """INSERT INTO records (connection_id, stream, external_id, data, content_hash, first_seen_at,
+                     last_changed_at, deleted_at, last_run_id, last_seen_run_id)"""
+
+# ON CONFLICT, not a plain INSERT: a webhook's record run may store the same record
+# meanwhile. A stored record with the same hash and not soft-deleted is unchanged: its
+# content, last_changed_at and last_run_id stay. first_seen_at is always the original's.
+_SAME = "(records.content_hash = excluded.content_hash AND records.deleted_at IS NULL)"
+_ON_CONFLICT = f"""
 ON CONFLICT (connection_id, stream, external_id) DO UPDATE SET
-    data = excluded.data, content_hash = excluded.content_hash, last_changed_at = excluded.last_changed_at,
-    deleted_at = NULL, last_run_id = excluded.last_run_id, last_seen_run_id = excluded.last_seen_run_id"""
+    data = CASE WHEN {_SAME} THEN records.data ELSE excluded.data END,
+    content_hash = excluded.content_hash,
+    last_changed_at = CASE WHEN {_SAME} THEN records.last_changed_at ELSE excluded.last_changed_at END,
+    deleted_at = NULL,
+    last_run_id = CASE WHEN {_SAME} THEN records.last_run_id ELSE excluded.last_run_id END,
+    last_seen_run_id = excluded.last_seen_run_id"""
 
-_UPSERT_POSTGRESQL = """
-INSERT INTO records (connection_id, stream, external_id, data, content_hash, first_seen_at, last_changed_at,
-                     deleted_at, last_run_id, last_seen_run_id)
-SELECT %s, %s, e->>0, e->1, e->>2, %s, %s, NULL, %s, %s
-FROM json_array_elements(%s::json) AS e""" + _ON_CONFLICT
+# What each row became, from the row as written: this call's timestamp (`now`) with this
+# run as last_run_id in first_seen_at means inserted, in last_changed_at means written.
+# The run id rules out another writer's row stamped in the same microsecond, the timestamp
+# a record an earlier page of this run wrote (a key repeated across pages: unchanged here).
+_CREATED = "(first_seen_at = {now} AND last_run_id = {run})"
+_CHANGED = "(last_changed_at = {now} AND last_run_id = {run})"
 
-_UPSERT_SQLITE = """
-INSERT INTO records (connection_id, stream, external_id, data, content_hash, first_seen_at, last_changed_at,
-                     deleted_at, last_run_id, last_seen_run_id)
-VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)""" + _ON_CONFLICT
+_UPSERT_POSTGRESQL = f"""
+WITH written AS (
+    {_COLUMNS}
+    SELECT %(connection_id)s, %(stream)s, page.external_id, page.data::json, page.content_hash,
+           %(now)s, %(now)s, NULL, %(run_id)s, %(run_id)s
+    FROM unnest(%(keys)b::text[], %(data)b::text[], %(hashes)b::text[]) AS page(external_id, data, content_hash)
+    {_ON_CONFLICT}
+    RETURNING {_CREATED.format(now="%(now)s", run="%(run_id)s")} AS created,
+              {_CHANGED.format(now="%(now)s", run="%(run_id)s")} AS changed
+)
+SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE changed AND NOT created),
+       count(*) FILTER (WHERE NOT changed)
+FROM written"""
+
+
+@functools.lru_cache(maxsize=8)
+def _upsert_sqlite(rows):
+    """The SQLite statement for `rows` records: ?1-?4 the page's constants, then three
+    placeholders a record. RETURNING says per row 2 (created), 1 (updated) or 0 (unchanged).
+    `WHERE true` is SQLite's rule for INSERT ... SELECT ... ON CONFLICT (a parsing ambiguity)."""
+    values = ",".join(f"(?{5 + 3 * i},?{6 + 3 * i},?{7 + 3 * i})" for i in range(rows))
+    return f"""{_COLUMNS}
+    SELECT ?1, ?2, column1, column2, column3, ?3, ?3, NULL, ?4, ?4 FROM (VALUES {values}) WHERE true
+    {_ON_CONFLICT}
+    RETURNING {_CREATED.format(now="?3", run="?4")} + {_CHANGED.format(now="?3", run="?4")}"""
 
 
 @dataclass
@@ -57,63 +93,19 @@ def prepare_rows(keyed_records):
 
 def write_page(session, *, connection_id, stream, run_id, keyed_records=None, rows=None):
     """Upsert [(external_id, record_dict)] of one stream, or the `rows` prepare_rows made of
-    them. Does not commit: the caller commits together with the run's checkpoint, so a page
-    and its checkpoint land or vanish together."""
-    counts = PageCounts()
+    them; returns how many were created, updated and unchanged. Does not commit: the caller
+    commits together with the run's checkpoint, so a page and its checkpoint land or vanish
+    together."""
     if rows is None:
         rows = prepare_rows(keyed_records or ())
     if not rows:
-        return counts
-    existing = _existing(session, connection_id, stream, list(rows))
-    changed, unchanged_ids = [], []
-    for key, (data, digest) in rows.items():
-        found = existing.get(key)
-        if found is not None and found[1] == digest and not found[2]:
-            unchanged_ids.append(found[0])
-            continue
-        if found is None:
-            counts.created += 1
-        else:
-            counts.updated += 1  # changed content, or a soft-deleted record that came back
-        changed.append((key, data, digest))
-    counts.unchanged = len(unchanged_ids)
-    if changed:
-        _upsert(session, connection_id, stream, run_id, changed)
-    if unchanged_ids:
-        session.execute(
-            update(_T).where(_T.c.id.in_(bindparam("ids", expanding=True))).values(last_seen_run_id=run_id),
-            {"ids": unchanged_ids},
-        )
-    return counts
-
-
-_EXISTING_POSTGRESQL = """
-SELECT r.external_id, r.id, r.content_hash, r.deleted_at IS NOT NULL
-FROM json_array_elements_text(%s::json) AS k(external_id)
-CROSS JOIN LATERAL (
-    SELECT id, external_id, content_hash, deleted_at FROM records
-    WHERE connection_id = %s AND stream = %s AND external_id = k.external_id
-    LIMIT 1
-) AS r"""
-
-
-def _existing(session, connection_id, stream, keys):
-    """{external_id: (id, content_hash, is_deleted)} for the keys already stored."""
-    if session.get_bind().dialect.name == "postgresql":
-        # One index probe per key (LATERAL ... LIMIT 1 cannot be flattened into a join),
-        # not `IN (...)` or a plain join: while a big first sync outruns autovacuum's
-        # statistics, PostgreSQL plans those as a scan of the whole stream per page
-        # (quadratic in the stream's size); the probes stay O(page x log n) whatever the
-        # statistics say.
-        cursor = _cursor(session)
-        cursor.execute(_EXISTING_POSTGRESQL, (json.dumps(keys), connection_id, stream))
-    else:
-        placeholders = ",".join("?" * len(keys))
-        cursor = _cursor(session)
-        cursor.execute("SELECT external_id, id, content_hash, deleted_at IS NOT NULL FROM records "  # noqa: S608  only "?" placeholders are formatted in
-                       f"WHERE connection_id = ? AND stream = ? AND external_id IN ({placeholders})",
-                       (connection_id, stream, *keys))
-    return {ext_id: (row_id, digest, bool(deleted)) for ext_id, row_id, digest, deleted in cursor.fetchall()}
+        return PageCounts()
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return _write_postgresql(session, connection_id, stream, run_id, rows)
+    if dialect == "sqlite":
+        return _write_sqlite(session, connection_id, stream, run_id, rows)
+    raise RuntimeError(f"unsupported database dialect {dialect!r}")
 
 
 def _cursor(session):
@@ -121,22 +113,36 @@ def _cursor(session):
     return session.connection().connection.cursor()
 
 
-def _upsert(session, connection_id, stream, run_id, changed):
-    dialect = session.get_bind().dialect.name
+def _write_postgresql(session, connection_id, stream, run_id, rows):
+    data, hashes = [], []
+    for text, digest in rows.values():
+        data.append(text)
+        hashes.append(digest)
     cursor = _cursor(session)
-    now = utcnow()
-    if dialect == "postgresql":
-        # The page travels as one JSON array of [key, record, hash] triples: the records are
-        # already JSON text, so this is string joining, with no per-value escaping by the driver.
-        page = "[" + ",".join(f"[{json.dumps(key)},{data},\"{digest}\"]" for key, data, digest in changed) + "]"
-        cursor.execute(_UPSERT_POSTGRESQL, (connection_id, stream, now, now, run_id, run_id, page))
-    elif dialect == "sqlite":
-        # The text form SQLAlchemy's SQLite DateTime type writes and reads back.
-        stamp = now.isoformat(sep=" ", timespec="microseconds")
-        cursor.executemany(_UPSERT_SQLITE, [(connection_id, stream, key, data, digest, stamp, stamp, run_id, run_id)
-                                            for key, data, digest in changed])
-    else:
-        raise RuntimeError(f"unsupported database dialect {dialect!r}")
+    cursor.execute(_UPSERT_POSTGRESQL, {"connection_id": connection_id, "stream": stream, "now": utcnow(),
+                                        "run_id": run_id, "keys": list(rows), "data": data, "hashes": hashes})
+    created, updated, unchanged = cursor.fetchone()
+    return PageCounts(created=created, updated=updated, unchanged=unchanged)
+
+
+def _write_sqlite(session, connection_id, stream, run_id, rows):
+    cursor = _cursor(session)
+    # The text form SQLAlchemy's SQLite DateTime type writes and reads back.
+    stamp = utcnow().isoformat(sep=" ", timespec="microseconds")
+    # One statement holds as many records as the build's limit on placeholders allows
+    # (32,766 by default: 10,921 records); a larger page takes a few statements.
+    per_statement = (cursor.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 4) // 3
+    items = list(rows.items())
+    outcomes = [0, 0, 0]  # unchanged, updated, created
+    for start in range(0, len(items), per_statement):
+        chunk = items[start:start + per_statement]
+        params = [connection_id, stream, stamp, run_id]
+        for key, (text, digest) in chunk:
+            params += (key, text, digest)
+        cursor.execute(_upsert_sqlite(len(chunk)), params)
+        for (outcome,) in cursor.fetchall():
+            outcomes[outcome] += 1
+    return PageCounts(created=outcomes[2], updated=outcomes[1], unchanged=outcomes[0])
 
 
 def soft_delete_unseen(session, *, connection_id, stream, run_id):

@@ -2,11 +2,13 @@
 import calendar
 import datetime
 import email.utils
+import math
 import time
 import traceback
 from urllib.parse import parse_qs
 
 import pytest
+import requests
 
 from tests.connectors.conftest import free_port
 from tests.simulators.harness import RecordsAPI, make_records
@@ -17,6 +19,7 @@ from webapp.connectors.http import (
     HttpClient,
     HttpError,
     OAuth2ClientCredentials,
+    parse_json,
     parse_retry_after,
     redact_url,
 )
@@ -369,3 +372,20 @@ def test_oauth2_refused_client_is_an_auth_error_without_the_secret(oauth_server)
     assert "invalid_client" in str(info.value)
     assert "wrong-SECRET-456" not in full_text(info.value)
     assert oauth_server.log.entries("/items") == []  # never sent without a token
+
+
+def _response(body, content_type="application/json"):
+    resp = requests.Response()
+    resp.status_code, resp._content = 200, body
+    resp.headers["Content-Type"] = content_type
+    resp.encoding = requests.utils.get_encoding_from_headers(resp.headers)
+    return resp
+
+
+def test_json_bodies_read_by_orjson_read_as_requests_reads_them():
+    # The fast parser takes UTF-8 bodies; what it refuses, requests' parser still reads.
+    assert parse_json(_response(b'{"id": 18446744073709551616, "x": 1.5}')) == {"id": 2**64, "x": 1.5}
+    assert math.isnan(parse_json(_response(b'{"v": NaN}'))["v"])
+    # A body that is valid UTF-8 but declared as Latin-1 means what its charset says.
+    assert parse_json(_response(b'{"n": "\xc3\xa9"}', "application/json; charset=ISO-8859-1")) == {"n": "Ã©"}
+    assert parse_json(_response('{"n": "café"}'.encode())) == {"n": "café"}
