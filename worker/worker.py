@@ -2,9 +2,9 @@
 
 It owns what every job relies on, so the jobs themselves (worker/jobs.py) are plain
 functions:
-  - before forking: what jobs use is imported and set up once, in this process, and a run
-    is rehearsed in a transaction that is rolled back, so that every work horse inherits
-    the run's compiled statements (worker/rehearsal.py);
+  - at start: what jobs use is imported and set up once, in this process, and a run is
+    rehearsed in a transaction that is rolled back, so that the first job (and, forking,
+    every work horse) finds the run's statements compiled (worker/rehearsal.py);
   - by default (WORKER_FORK off) each job runs in this process, as RQ's SimpleWorker runs
     jobs: the pool's connections and SQLAlchemy's compiled statements serve job after job
     (a forked work horse opened a connection and started cold every time: a no-op run cost
@@ -145,7 +145,7 @@ def restart_in_place():
     non-inheritable."""
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])  # noqa: S606  this process's own command line, no shell
 
 
 def resident_megabytes():
@@ -159,8 +159,8 @@ def resident_megabytes():
 
 
 def _preload():
-    """Import what jobs use before forking: every job runs in a fresh fork of this process,
-    so anything imported here is paid once, not once per job."""
+    """Import what jobs use before the first job: paid once here, not by a job (with forking,
+    not by every work horse)."""
     from sqlalchemy.orm import configure_mappers
 
     import worker.jobs  # noqa: F401  (and through it the engine, the outbox sender...)
