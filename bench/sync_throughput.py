@@ -8,9 +8,8 @@ Baseline: the same pages fetched with a bare `requests` loop and written with a 
 batched DBAPI `executemany` upsert (one commit per page), into a table of the same shape.
 Engine: a `rest` connection synced by worker.engine.execute_run (checkpoint, change
 detection by content hash, progress to Redis, heartbeat), in a process prepared as the
-worker is (preload, rehearsal) and, in the default worker configuration (no fork), after a
-no-op run, as the worker's previous job (`SYNCHUB_WORKER_FORK=1`: a work horse's cold
-start). Every measurement runs in a
+worker is (preload, rehearsal); with `SYNCHUB_WORKER_FORK=0` after a no-op run, as the
+worker's previous job (the default, forking: a work horse's cold start). Every measurement runs in a
 fresh child process, so the peak RSS it reports is its own (interpreter and imports
 included): with memory bounded by the page size, the engine's peak must not grow with N
 (compare the N/5 rows).
@@ -97,7 +96,7 @@ def child_engine(db_url, backend, sim_url, page_size):
         if os.environ.get("BENCH_REDIS_URL"):
             client = redis_ext.client
         if not app.config["WORKER_FORK"]:
-            # The default worker runs jobs in its own process (worker/worker.py): a run
+            # Without fork a worker runs jobs in its own process (worker/worker.py): a run
             # follows the worker's previous job, whose database and Redis connections are
             # still pooled. One no-op run first, as that previous job.
             before = Connection(name="previous-job", connector="sandbox", settings={"records": 0})
