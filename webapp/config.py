@@ -297,10 +297,7 @@ class Config:
         self.values.update(
             INSTANCE_PATH=instance_path,
             SQLALCHEMY_DATABASE_URI=url,
-            # A ping before each checkout replaces a connection a database restart broke; a SQLite
-            # file has no server to lose, and its pings were a tenth of a small sync's time
-            # (docs/PERFORMANCE.md, "Cheap runs", 2026-12-06).
-            SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": not url.startswith("sqlite"),
+            SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True,
                                        **database_connect_args(url, self.values["DB_NETWORK_TIMEOUT_SECONDS"])},
             SOCK_SERVER_OPTIONS={"ping_interval": self.values["WS_PING_SECONDS"]},
         )
