@@ -108,7 +108,9 @@ def main():
                 return lambda: FinishedJobRegistry(queue=queue).count
 
             # 1. per-run overhead: a no-op sync run (zero records) against a bare RQ job, with
-            #    each job in a forked work horse (RQ's default) and without (WORKER_FORK=false).
+            #    each job in a forked work horse (WORKER_FORK=true, RQ's and synchub's default) and
+            #    without (WORKER_FORK=false: worker/worker.py); and the fork-free run against a
+            #    bare job in RQ's default (forking) worker.
             bare_forked = None
             for mode in args.modes.split(","):
                 reset()
@@ -124,14 +126,15 @@ def main():
                                   lambda: completed() >= args.runs)
                 finally:
                     workers.stop()
-                label = "forked work horse" if mode == "fork" else "no fork, WORKER_FORK=false"
+                label = ("forked work horse, the default SYNCHUB_WORKER_FORK=1" if mode == "fork"
+                         else "no fork, SYNCHUB_WORKER_FORK=0")
                 print(f"per-run cost, 1 worker ({label}), {args.runs} jobs: bare RQ job {1000 * bare / args.runs:.1f} ms, "
-                      f"no-op sync run {1000 * sync / args.runs:.1f} ms, ratio {sync / bare:.2f} (target <= 1.50)")
+                      f"no-op sync run {1000 * sync / args.runs:.1f} ms, ratio {sync / bare:.2f}")
                 if mode == "fork":
                     bare_forked = bare
                 elif bare_forked is not None:
-                    print(f"no-op sync run without fork vs bare RQ job in RQ's default forking worker: "
-                          f"{1000 * sync / args.runs:.1f} ms vs {1000 * bare_forked / args.runs:.1f} ms, "
+                    print(f"no-op sync run without fork vs bare RQ job in RQ's default forking "
+                          f"worker: {1000 * sync / args.runs:.1f} ms vs {1000 * bare_forked / args.runs:.1f} ms, "
                           f"ratio {sync / bare_forked:.2f} (target <= 1.50)")
 
             # 2. scaling with worker processes

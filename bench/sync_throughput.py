@@ -7,7 +7,9 @@ to a bare baseline measured in the same run.
 Baseline: the same pages fetched with a bare `requests` loop and written with a bare
 batched DBAPI `executemany` upsert (one commit per page), into a table of the same shape.
 Engine: a `rest` connection synced by worker.engine.execute_run (checkpoint, change
-detection by content hash, progress to Redis, heartbeat). Every measurement runs in a
+detection by content hash, progress to Redis, heartbeat), in a process prepared as the
+worker is (preload, rehearsal); with `SYNCHUB_WORKER_FORK=0` after a no-op run, as the
+worker's previous job (the default, forking: a work horse's cold start). Every measurement runs in a
 fresh child process, so the peak RSS it reports is its own (interpreter and imports
 included): with memory bounded by the page size, the engine's peak must not grow with N
 (compare the N/5 rows).
@@ -89,17 +91,30 @@ def child_engine(db_url, backend, sim_url, page_size):
     # ...and its rehearsal of a run (worker/rehearsal.py), whose compiled statements every
     # work horse inherits.
     rehearse(app)
+    client = None
     with app.app_context():
-        for table in ("run_events", "records", "stream_states", "runs", "connections"):
+        if os.environ.get("BENCH_REDIS_URL"):
+            client = redis_ext.client
+        if not app.config["WORKER_FORK"]:
+            # Without fork a worker runs jobs in its own process (worker/worker.py): a run
+            # follows the worker's previous job, whose database and Redis connections are
+            # still pooled. One no-op run first, as that previous job.
+            before = Connection(name="previous-job", connector="sandbox", settings={"records": 0})
+            db.session.add(before)
+            db.session.commit()
+            execute_run(runs.trigger(before, trigger="cli", enqueue=False).run.id, redis_client=client,
+                        worker_name="bench")
+        for table in ("run_events", "records", "stream_states", "runs", "run_rollups", "connections"):
             db.session.execute(text(f"DELETE FROM {table}"))
         conn = Connection(name="bench", connector="rest", settings={
             "base_url": sim_url,
+            # total_key: the listing says how many there are, as the bare loop's has_more does;
+            # without it the engine reads one empty page past the end.
             "streams": {"items": {"path": "/items", "records_key": "items", "cursor_field": "updated_at",
-                                  "pagination": {"type": "page", "page_size": page_size}}}})
+                                  "total_key": "total", "pagination": {"type": "page", "page_size": page_size}}}})
         db.session.add(conn)
         db.session.commit()
         run_id = runs.trigger(conn, trigger="cli", enqueue=False).run.id
-        client = redis_ext.client if os.environ.get("BENCH_REDIS_URL") else None
         started = time.perf_counter()
         status = execute_run(run_id, redis_client=client, worker_name="bench")
         elapsed = time.perf_counter() - started

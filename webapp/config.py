@@ -97,10 +97,19 @@ SETTINGS = (
          "a running run whose heartbeat has not changed for this long is resumed elsewhere (or failed)"),
         ("RUN_MAX_ATTEMPTS", "SYNCHUB_RUN_MAX_ATTEMPTS", 3, int, "attempts of a run before it is failed"),
         ("WORKER_FORK", "SYNCHUB_WORKER_FORK", True, _bool,
-         "run each job in a fresh fork of the worker (RQ's work horse); `false`: in the worker process "
-         "itself (RQ's SimpleWorker), which keeps its database connections and compiled statements from job "
-         "to job, so a short run costs about half as much (docs/PERFORMANCE.md); a killed worker's run is "
-         "swept and resumed either way"),
+         "`true`: each job runs in a fresh fork of the worker (RQ's work horse), which isolates its memory "
+         "and crashes from the worker; `false`: in the worker process itself (RQ's SimpleWorker), which keeps "
+         "its database connections and compiled statements from job to job, so a short run costs a third to "
+         "three quarters of a forked one (docs/PERFORMANCE.md), but a Redis outage at a job's end stops the "
+         "worker (its supervisor restarts it). A killed worker's run is swept and resumed either way "
+         "(docs/DEPLOY.md, \"Workers\")"),
+        ("WORKER_MAX_MEMORY_MB", "SYNCHUB_WORKER_MAX_MEMORY_MB", 512, int,
+         "without forking: a worker whose resident memory exceeds this after a job starts afresh in place "
+         "(same command, same pid: no process manager is involved), so memory a job leaves behind stays "
+         "bounded; 0: no ceiling"),
+        ("WORKER_MAX_JOBS", "SYNCHUB_WORKER_MAX_JOBS", 0, int,
+         "without forking: a worker starts afresh in place after this many jobs (anything else a job could "
+         "leave behind, such as threads or files, is shed with it; a restart costs about a second); 0: never"),
         ("RUN_RETRY_BASE_SECONDS", "SYNCHUB_RUN_RETRY_BASE_SECONDS", 10.0, float,
          "pause before a failed run's second attempt; each further pause is three times longer (with "
          "jitter); 0 requeues at once"),

@@ -30,6 +30,8 @@ OUTBOX_MAX_ATTEMPTS). Connectors never decide this themselves: they raise the cl
     a lost database connection   -                                  requeued after the run         -
       (OperationalError, also                                       backoff, spends one
       the driver's own)
+    RQ's job time limit          -                                  failed ("config": raise        -
+      (JobTimeoutException)                                         SYNCHUB_JOB_TIMEOUT_SECONDS)
     anything else (a bug)        -                                  failed ("internal")            retried after backoff, spends one
     breaker probe failure        -                                  -                              given back: no attempt spent
 
@@ -46,6 +48,7 @@ from dataclasses import dataclass
 
 import psycopg
 import requests
+from rq.timeouts import JobTimeoutException
 from sqlalchemy.exc import OperationalError
 
 from .connectors.errors import (AuthError, BadRecord, ConfigError, HttpError, QuotaExhausted, RateLimited,
@@ -95,6 +98,8 @@ def for_run(exc):
     if isinstance(exc, AuthError):
         return RunVerdict("auth", retry=False, health="needs_reauth")
     if isinstance(exc, (ConfigError, BadRecord)):  # a BadRecord here is one the engine could not skip
+        return RunVerdict("config", retry=False)
+    if isinstance(exc, JobTimeoutException):  # RQ's time limit struck inside the run: SYNCHUB_JOB_TIMEOUT_SECONDS
         return RunVerdict("config", retry=False)
     if isinstance(exc, QuotaExhausted):
         return RunVerdict("rate_limited", retry=False, defer_seconds=float(exc.retry_after))

@@ -4,7 +4,7 @@ import argparse
 from webapp import create_app
 from webapp.queue import PRIORITY_ORDER
 
-from .worker import SynchubWorker
+from .worker import SynchubWorker, restart_in_place
 
 
 def main(argv=None):
@@ -16,6 +16,9 @@ def main(argv=None):
 
     worker = SynchubWorker(create_app(), args.queues.split(","), name=args.name)
     worker.work(burst=args.burst, with_scheduler=False)
+    if worker.should_restart():
+        # Past its memory ceiling or job count (worker/worker.py): the same command afresh.
+        restart_in_place()
 
 
 if __name__ == "__main__":

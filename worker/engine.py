@@ -90,6 +90,7 @@ class RunExecution:
         # Per stream of this attempt: {name: {"processed", "total", "done"}}, for the run page
         # and for overall progress over every stream (a run is not at 100% after its first).
         self.stream_progress = {}
+        self.last_stream = None  # the last stream this run reads (its last page's publish waits for the end's)
 
     # -- the straight line -------------------------------------------------------------
     def run(self):
@@ -104,6 +105,7 @@ class RunExecution:
             if self.mode != "record":
                 self.stream_progress = {name: {"processed": 0, "total": None, "done": name in self.checkpoint["done"]}
                                         for name in self._read_streams(connector)}
+                self.last_stream = self._read_streams(connector)[-1]
             self._publish("starting", f"attempt {self.attempt} started")
             if self.mode == "record" and "records" in self.params:
                 if self._sync_records(connector) == CANCELLED:
@@ -221,7 +223,7 @@ class RunExecution:
         message = (f"{name}: +{len(good)} records ({counts.created} new, {counts.updated} changed, "
                    f"{counts.unchanged} unchanged" + (f", {len(bad)} skipped)" if bad else ")") + derived_message)
         cancel = self._commit_page(delta, total=self.total, phase=f"fetching {name}", stream=name)
-        self._publish(f"fetching {name}", message)
+        self._publish(f"fetching {name}", message, last=finished and name == self.last_stream)
         if cancel:
             self._cancelled()
             return True
@@ -370,7 +372,8 @@ class RunExecution:
         self._publish("records", f"records: {self.processed} of {total} done "
                                  f"({delta['created']} new, {delta['updated']} changed, {delta['unchanged']} unchanged"
                                  + (f", {delta['deleted']} deleted" if delta["deleted"] else "")
-                                 + (f", {delta['failed']} failed)" if delta["failed"] else ")"))
+                                 + (f", {delta['failed']} failed)" if delta["failed"] else ")"),
+                      last=self.processed == total)
         if cancel:
             self._cancelled()
             return CANCELLED
@@ -401,7 +404,8 @@ class RunExecution:
 
     def _complete(self, connector, deleted):
         """Deletions and cursor advance commit in the same transaction as `completed`."""
-        self._publish("finalizing", "finalizing")
+        # Only syncs have work to do here (deletions); a record run's next word is "completed".
+        self._publish("finalizing", "finalizing", last=self.mode == "record")
         if self.mode != "record":
             request = ReadRequest(mode=self.mode, params=self.params)
             for name in self._read_streams(connector):
@@ -617,7 +621,12 @@ class RunExecution:
             return sum(max(0, p["total"] - p["processed"]) for p in left)
         return self.total - self.processed if self.total else None
 
-    def _publish(self, phase, message, status="running"):
+    def _publish(self, phase, message, status="running", last=False):
+        """`last`: another publish follows at once (the run's end), carrying this message
+        too; a message alone then, not a round trip to Redis (docs/PERFORMANCE.md)."""
+        if last and status == "running":
+            self.progress.add_message(message)
+            return
         elapsed = max(time.monotonic() - self.started, 1e-6)
         rate = (self.processed - self.processed_at_start) / elapsed
         percent = 100.0 if status == COMPLETED else self._overall_percent()

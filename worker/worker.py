@@ -2,31 +2,52 @@
 
 It owns what every job relies on, so the jobs themselves (worker/jobs.py) are plain
 functions:
-  - before forking: what jobs use is imported and set up once, in this process, and a run
-    is rehearsed in a transaction that is rolled back, so that every work horse inherits
-    the run's compiled statements (worker/rehearsal.py);
-  - in the work horse (each job runs in a fresh fork): the database pool inherited from
-    this process is dropped, the job runs in the app context, and the metrics it counted
-    are flushed when it ends (the horse ends with os._exit: atexit hooks never run);
-  - or, with WORKER_FORK off, in this process, as RQ's SimpleWorker runs jobs: the pool's
-    connections and SQLAlchemy's compiled statements then serve job after job, where each
-    fork started cold (compiling a no-op run's statements was half of its cost,
-    docs/PERFORMANCE.md). The app context is pushed and popped per job, so the session of
-    one job never leaks into the next;
+  - at start: what jobs use is imported and set up once, in this process, and a run is
+    rehearsed in a transaction that is rolled back, so that the first job (and, forking,
+    every work horse) finds the run's statements compiled (worker/rehearsal.py);
+  - with WORKER_FORK off, each job runs in this process, as RQ's SimpleWorker runs jobs: the pool's connections and SQLAlchemy's compiled statements serve job after job
+    (a forked work horse opened a connection and started cold every time: a no-op run cost
+    2.4-3.2x a bare forked RQ job, docs/PERFORMANCE.md). The app context is pushed and
+    popped per job, so the session of one job never leaks into the next. What a fork gave
+    for free is kept otherwise: memory a job leaves behind is bounded by a ceiling
+    (WORKER_MAX_MEMORY_MB) and a job count (WORKER_MAX_JOBS), after which the worker
+    finishes its job, unregisters and starts afresh in the same process (restart_in_place);
+  - with WORKER_FORK on (the default until the long chaos run passes without it,
+    docs/RELIABILITY.md run 9), in a work horse (a fresh fork per job): the database pool
+    inherited from this process is dropped, the job runs in the app context, and the
+    metrics it counted are flushed when it ends (the horse ends with os._exit: atexit
+    hooks never run);
   - at start: a dead predecessor registered under the same name is forgotten.
 """
+import logging
 import os
+import resource
 import socket
+import sys
 
 from rq import SimpleWorker, Worker
+from rq.timeouts import UnixSignalDeathPenalty
 
 from webapp import metrics, queue
 from webapp.extensions import db, redis_ext
 
 from .rehearsal import rehearse
 
+log = logging.getLogger(__name__)
+
+
+class RunTimeLimit(UnixSignalDeathPenalty):
+    """RQ's job time limit (SIGALRM in the thread that runs the job, forked or not), in words:
+    the engine fails a run it stops with this message (webapp/retry_policy.py)."""
+
+    def handle_death_penalty(self, signum, frame):
+        raise self._exception(f"The job ran longer than its time limit of {self._timeout} seconds and was stopped "
+                              f"(SYNCHUB_JOB_TIMEOUT_SECONDS, for runs; set it above your longest sync).")
+
 
 class SynchubWorker(Worker):
+    death_penalty_class = RunTimeLimit
+
     def __init__(self, app, queue_names=queue.PRIORITY_ORDER, name=None):
         """`queue_names`: webapp.queue's names (high, default...), highest priority first."""
         self.app = app
@@ -34,6 +55,9 @@ class SynchubWorker(Worker):
             connection = redis_ext.client
             queues = [queue.queue(queue_name, connection) for queue_name in queue_names]
         super().__init__(queues, name=name or f"{socket.gethostname()}.{os.getpid()}", connection=connection)
+        self.jobs_in_process = 0
+        # Why this worker stopped taking jobs to start afresh (restart_in_place), or None.
+        self.restart_reason = None
 
     def work(self, *args, **kwargs):
         _preload()
@@ -48,7 +72,29 @@ class SynchubWorker(Worker):
     def execute_job(self, job, queue):
         if self.app.config["WORKER_FORK"]:
             return super().execute_job(job, queue)
-        return SimpleWorker.execute_job(self, job, queue)
+        try:
+            return SimpleWorker.execute_job(self, job, queue)
+        finally:
+            self.jobs_in_process += 1
+            self._stop_if_worn()
+
+    def _stop_if_worn(self):
+        """After a job in this process: past the job count or the memory ceiling, stop taking
+        jobs (RQ's loop ends after the current job, as on SIGTERM) so that the caller starts
+        afresh (restart_in_place)."""
+        max_jobs, max_mb = self.app.config["WORKER_MAX_JOBS"], self.app.config["WORKER_MAX_MEMORY_MB"]
+        if max_jobs and self.jobs_in_process >= max_jobs:
+            self.restart_reason = f"it ran {self.jobs_in_process} jobs (SYNCHUB_WORKER_MAX_JOBS is {max_jobs})"
+        elif max_mb and (resident := resident_megabytes()) > max_mb:
+            self.restart_reason = (f"it holds {resident:.0f} MB of memory "
+                                   f"(SYNCHUB_WORKER_MAX_MEMORY_MB is {max_mb})")
+        if self.restart_reason:
+            log.warning("Worker %s starts afresh after this job: %s.", self.name, self.restart_reason)
+            self._stop_requested = True  # what RQ's own warm shutdown sets
+
+    def should_restart(self):
+        """Stopped because it was worn (not by a signal, not at the end of a burst)."""
+        return self.restart_reason is not None and self._shutdown_requested_date is None
 
     def get_heartbeat_ttl(self, job, *args, **kwargs):
         if self.app.config["WORKER_FORK"]:
@@ -90,9 +136,31 @@ class SynchubWorker(Worker):
         old.register_death()
 
 
+def restart_in_place():
+    """Replace this process with a fresh `python -m worker` with the same arguments (and
+    pid): the fork-free worker's way to shed what its jobs left behind. The same pid
+    keeps any process manager content (systemd, honcho, a container), none of which has to
+    restart anything; the new process registers with RQ afresh (the old registration was
+    removed when the work loop ended). File descriptors do not survive: Python opens them
+    non-inheritable."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])  # noqa: S606  this process's own command line, no shell
+
+
+def resident_megabytes():
+    """This process's resident memory now (Linux: /proc); elsewhere its peak so far."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except OSError:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10
+
+
 def _preload():
-    """Import what jobs use before forking: every job runs in a fresh fork of this process,
-    so anything imported here is paid once, not once per job."""
+    """Import what jobs use before the first job: paid once here, not by a job (with forking,
+    not by every work horse)."""
     from sqlalchemy.orm import configure_mappers
 
     import worker.jobs  # noqa: F401  (and through it the engine, the outbox sender...)

@@ -256,7 +256,7 @@ def test_the_migration_fills_the_rollups_from_the_runs_already_there(tmp_path, r
                 upgrade()
                 assert _rollup_totals() == _from_runs()
                 assert len(_rollup_totals()) == 2 * 3
-                terminal = db.session.execute(select(*rollups._COLUMNS).where(Run.status.in_(TERMINAL_STATUSES))).all()
+                terminal = db.session.execute(select(*rollups.COLUMNS).where(Run.status.in_(TERMINAL_STATUSES))).all()
                 expected = rollups.aggregate(terminal)
                 got = db.session.execute(select(run_rollups)).mappings().all()
                 assert len(got) == len(expected)

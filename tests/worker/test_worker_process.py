@@ -1,12 +1,13 @@
 """Real RQ worker processes: crash, resume and cancel, end to end."""
 import signal
 
+import pytest
 from sqlalchemy import func, select
 
 from tests.support import crash_mid_run_and_resume, wait_for
 from webapp import runs
 from webapp.extensions import db
-from webapp.models import CANCELLED, COMPLETED, Record, Run
+from webapp.models import CANCELLED, COMPLETED, FAILED, Record, Run
 
 
 def _run(run_id):
@@ -67,3 +68,37 @@ def test_worker_restarted_under_its_name_after_sigkill_starts_and_works(app, mak
     run_id = runs.trigger(conn).run.id
     wait_for(lambda: _run(run_id).status == COMPLETED, timeout=60, message="the restarted worker to run it")
     assert second.proc.poll() is None
+
+
+@pytest.mark.parametrize("limit, restarts", [
+    ({"SYNCHUB_WORKER_MAX_JOBS": "2"}, 1),  # after the 2nd job; the 3rd is the new process's first
+    ({"SYNCHUB_WORKER_MAX_MEMORY_MB": "1"}, 3),  # every worker holds more than 1 MB: after each job
+])
+def test_a_worker_past_its_job_count_or_memory_ceiling_starts_afresh_in_place_and_goes_on(
+        app, make_connection, workers, limit, restarts):
+    worker = workers.start(env={"SYNCHUB_WORKER_FORK": "0", **limit})
+    run_ids = [runs.trigger(make_connection(name=f"c{i}", settings={"records": 5})).run.id for i in range(3)]
+    for run_id in run_ids:  # the last one runs only if the worker came back after its restart
+        wait_for(lambda run_id=run_id: _run(run_id).status == COMPLETED, timeout=120, message=f"run {run_id}")
+
+    def restarted():  # the last restart is logged after its run completed
+        with open(worker.log_path, encoding="utf-8") as log:
+            return log.read().count("starts afresh after this job")
+
+    wait_for(lambda: restarted() >= restarts, timeout=30, message=f"{restarts} restarts logged")
+    assert restarted() == restarts
+    assert worker.proc.poll() is None  # the same process (pid) all along: its supervisor saw nothing
+
+
+def test_the_job_time_limit_stops_a_run_with_a_sentence_and_the_worker_takes_the_next_job(
+        app, make_connection, workers, monkeypatch):
+    monkeypatch.setitem(app.config, "JOB_TIMEOUT_SECONDS", 3)  # read when the job is enqueued
+    slow = runs.trigger(make_connection(name="slow", settings={"records": 2000, "page_size": 20,
+                                                                "latency_ms": 100})).run.id
+    worker = workers.start()
+    stopped = wait_for(lambda: (r := _run(slow)).status == FAILED and r, timeout=120, message="the time limit")
+    assert stopped.error_class == "config" and "SYNCHUB_JOB_TIMEOUT_SECONDS" in stopped.error_message
+    assert stopped.processed < 2000
+    quick = runs.trigger(make_connection(name="quick", settings={"records": 5})).run.id
+    wait_for(lambda: _run(quick).status == COMPLETED, timeout=60, message="the next run")
+    assert worker.proc.poll() is None
