@@ -6,10 +6,8 @@ flight, so concurrency is observed where it happens: at the provider."""
 import threading
 import time
 
-import pytest
 import sqlalchemy
 
-from tests.simulators.harness import SimulatorServer
 from tests.simulators.loops import LoopsAPI
 from tests.webapp.outbox.support import (  # noqa: F401  (fixtures)
     end_breaker_cooldown,
@@ -72,20 +70,6 @@ class Gate:
                 self.events.append(("answered", self.in_flight))
 
 
-@pytest.fixture
-def gated():
-    servers = []
-
-    def serve(gate):
-        server = SimulatorServer(gate).start()
-        servers.append(server)
-        return server
-
-    yield serve
-    for server in servers:
-        server.stop()
-
-
 def _publish_scores(connection_id, contacts, per_contact):
     """per_contact score changes for each of `contacts` contacts, interleaved; returns
     {email: [idempotency keys in publish order]}."""
@@ -107,11 +91,11 @@ class _Sim:
 
 
 def test_a_healthy_destination_gets_a_batch_side_by_side_never_more_than_the_breaker_threshold(
-        app, fast, redis, make_connection, gated):
+        app, fast, redis, make_connection, serve):
     app.config.update(OUTBOX_SEND_CONCURRENCY=8, OUTBOX_BREAKER_THRESHOLD=4, OUTBOX_CLAIM_BATCH=20,
                       OUTBOX_LEASE_SECONDS=120)
     gate = Gate(LoopsAPI(rate_limit=None), hold_until=4)
-    server = gated(gate)
+    server = serve(gate)
     connection = loops_connection(make_connection, _Sim(server), mappings=SCORES, rate_limit=[1000, 1])
     _publish_scores(connection.id, contacts=20, per_contact=1)
     result = drain(redis_client=redis)
@@ -123,12 +107,12 @@ def test_a_healthy_destination_gets_a_batch_side_by_side_never_more_than_the_bre
     assert all(row.attempts == 1 for row in outbox_rows())
 
 
-def test_side_by_side_keeps_per_key_order_and_the_shared_rate_limit(app, fast, redis, make_connection, gated):
+def test_side_by_side_keeps_per_key_order_and_the_shared_rate_limit(app, fast, redis, make_connection, serve):
     app.config.update(OUTBOX_SEND_CONCURRENCY=5, OUTBOX_BREAKER_THRESHOLD=5, OUTBOX_CLAIM_BATCH=50,
                       OUTBOX_LEASE_SECONDS=120)
     api = LoopsAPI(rate_limit=(5, 0.5))  # what the provider enforces: 429s counted as violations
     gate = Gate(api, hold_until=3)  # the first requests wait for each other: they overlap
-    server = gated(gate)
+    server = serve(gate)
     connection = loops_connection(make_connection, _Sim(server), mappings=SCORES, rate_limit=[5, 0.5])
     expected = _publish_scores(connection.id, contacts=6, per_contact=5)
     result = drain(redis_client=redis)
@@ -139,11 +123,11 @@ def test_side_by_side_keeps_per_key_order_and_the_shared_rate_limit(app, fast, r
     assert 3 <= gate.most <= 5
 
 
-def test_a_half_open_breaker_sends_its_probe_alone_then_the_rest(app, fast, redis, make_connection, gated):
+def test_a_half_open_breaker_sends_its_probe_alone_then_the_rest(app, fast, redis, make_connection, serve):
     app.config.update(OUTBOX_SEND_CONCURRENCY=5, OUTBOX_BREAKER_THRESHOLD=2, OUTBOX_BREAKER_COOLDOWN_SECONDS=60,
                       OUTBOX_CLAIM_BATCH=10, OUTBOX_LEASE_SECONDS=120)
     gate = Gate(LoopsAPI(rate_limit=None), lone_first=2)
-    server = gated(gate)
+    server = serve(gate)
     destination = loops_connection(make_connection, _Sim(server), rate_limit=[1000, 1]).id
     for n in range(10):
         vote(f"voter{n}")
@@ -161,7 +145,7 @@ def test_a_half_open_breaker_sends_its_probe_alone_then_the_rest(app, fast, redi
 
 
 def test_a_failure_during_a_side_by_side_batch_leaves_the_rest_to_the_breaker(
-        app, fast, redis, make_connection, gated):
+        app, fast, redis, make_connection, serve):
     """The destination fails everything: the requests in flight when it started failing are
     at most the threshold, so the breaker opens after `threshold` attempts, as one at a time."""
     app.config.update(OUTBOX_SEND_CONCURRENCY=8, OUTBOX_BREAKER_THRESHOLD=3, OUTBOX_BREAKER_COOLDOWN_SECONDS=60,
@@ -169,7 +153,7 @@ def test_a_failure_during_a_side_by_side_batch_leaves_the_rest_to_the_breaker(
     api = LoopsAPI(rate_limit=None)
     api.outage = 503
     gate = Gate(api)
-    server = gated(gate)
+    server = serve(gate)
     loops_connection(make_connection, _Sim(server), rate_limit=[1000, 1])
     for n in range(12):
         vote(f"voter{n}")
@@ -181,7 +165,7 @@ def test_a_failure_during_a_side_by_side_batch_leaves_the_rest_to_the_breaker(
 
 
 def test_the_next_batch_is_claimed_while_the_last_requests_are_in_flight_and_keeps_per_key_order(
-        app, fast, redis, make_connection, gated):
+        app, fast, redis, make_connection, serve):
     app.config.update(OUTBOX_SEND_CONCURRENCY=5, OUTBOX_BREAKER_THRESHOLD=5, OUTBOX_CLAIM_BATCH=5,
                       OUTBOX_LEASE_SECONDS=120)
     engine = sqlalchemy.create_engine(app.config["SQLALCHEMY_DATABASE_URI"])
@@ -195,7 +179,7 @@ def test_the_next_batch_is_claimed_while_the_last_requests_are_in_flight_and_kee
     # The first request is answered only once ten rows are processing: its own batch of five
     # and the next five, claimed while this batch is in flight.
     gate = Gate(api, first_waits_for=next_batch_claimed)
-    server = gated(gate)
+    server = serve(gate)
     connection = loops_connection(make_connection, _Sim(server), mappings=SCORES, rate_limit=[1000, 1])
     expected = _publish_scores(connection.id, contacts=10, per_contact=3)
     try:

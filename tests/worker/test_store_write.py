@@ -70,10 +70,9 @@ def test_a_page_that_fails_mid_statement_writes_none_of_its_records(app, make_co
     assert _stored(conn.id)["1"].data == {"id": 1, "v": 0}
 
 
+@pytest.mark.parametrize("app", ["sqlite"], indirect=True)  # a limit of SQLite's
 def test_a_page_larger_than_sqlites_placeholder_limit_takes_several_statements(app, make_connection):
     conn = make_connection(name="big")
-    if db.session.get_bind().dialect.name != "sqlite":
-        pytest.skip("a limit of SQLite's")
     raw = db.session.connection().connection.dbapi_connection
     previous = raw.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 40)  # 12 records a statement
     try:
