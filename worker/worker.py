@@ -24,7 +24,9 @@ import os
 import resource
 import socket
 import sys
+import time
 
+import redis
 from rq import SimpleWorker, Worker
 from rq.timeouts import UnixSignalDeathPenalty
 
@@ -34,6 +36,9 @@ from webapp.extensions import db, redis_ext
 from .rehearsal import rehearse
 
 log = logging.getLogger(__name__)
+
+# What redis-py raises when Redis cannot be reached (refused, reset, timed out).
+REDIS_UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 class RunTimeLimit(UnixSignalDeathPenalty):
@@ -70,13 +75,35 @@ class SynchubWorker(Worker):
         super().register_birth()
 
     def execute_job(self, job, queue):
-        if self.app.config["WORKER_FORK"]:
-            return super().execute_job(job, queue)
         try:
-            return SimpleWorker.execute_job(self, job, queue)
-        finally:
-            self.jobs_in_process += 1
-            self._stop_if_worn()
+            if self.app.config["WORKER_FORK"]:
+                return super().execute_job(job, queue)
+            try:
+                return SimpleWorker.execute_job(self, job, queue)
+            finally:
+                self.jobs_in_process += 1
+                self._stop_if_worn()
+        except REDIS_UNREACHABLE as exc:
+            # RQ records a job's start and end in Redis from this process when it does not fork
+            # (and a forking worker records what its work horse left). Its work loop ends the
+            # worker on any such error, so a Redis outage at the end of a job would stop a worker
+            # that RQ's own dequeue keeps alive through the same outage. The job's run is in the
+            # database, which is what the supervisor sweeps and requeues (docs/RELIABILITY.md).
+            log.warning("Worker %s could not record the end of job %s in Redis (%s); it waits for Redis "
+                        "and goes on.", self.name, job.id, exc)
+            self._wait_for_redis()
+            return None
+
+    def _wait_for_redis(self):
+        """Until Redis answers or a stop is requested, with RQ's own backoff between tries."""
+        wait = 1.0
+        while not self._stop_requested:
+            try:
+                self.connection.ping()
+                return
+            except REDIS_UNREACHABLE:
+                time.sleep(wait)
+                wait = min(wait * self.exponential_backoff_factor, self.max_connection_wait_time)
 
     def _stop_if_worn(self):
         """After a job in this process: past the job count or the memory ceiling, stop taking

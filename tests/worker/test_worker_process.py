@@ -4,10 +4,11 @@ import signal
 import pytest
 from sqlalchemy import func, select
 
-from tests.support import crash_mid_run_and_resume, wait_for
+from tests.conftest import make_app
+from tests.support import RedisServer, WorkerProcess, crash_mid_run_and_resume, wait_for
 from webapp import runs
 from webapp.extensions import db
-from webapp.models import CANCELLED, COMPLETED, FAILED, Record, Run
+from webapp.models import CANCELLED, COMPLETED, FAILED, Connection, Record, Run
 
 
 def _run(run_id):
@@ -102,3 +103,34 @@ def test_the_job_time_limit_stops_a_run_with_a_sentence_and_the_worker_takes_the
     quick = runs.trigger(make_connection(name="quick", settings={"records": 5})).run.id
     wait_for(lambda: _run(quick).status == COMPLETED, timeout=60, message="the next run")
     assert worker.proc.poll() is None
+
+
+@pytest.mark.parametrize("fork", ["0", "1"])
+def test_a_worker_outlives_a_redis_outage_at_the_end_of_a_job_and_takes_the_next_job(
+        app, make_connection, tmp_path, fork):
+    # RQ records a job's end in Redis; without a fork that happens in the worker process itself.
+    slow = make_connection(name="slow", settings={"records": 300, "page_size": 10, "latency_ms": 50}).id
+    quick = make_connection(name="quick", settings={"records": 5}).id
+    private = RedisServer().start()
+    worker = None
+    try:
+        web = make_app(app.config["SQLALCHEMY_DATABASE_URI"], private.url, str(tmp_path))
+        worker = WorkerProcess(web, env={"SYNCHUB_WORKER_FORK": fork}).start()
+        with web.app_context():
+            first = runs.trigger(db.session.get(Connection, slow)).run.id
+        wait_for(lambda: _run(first).processed >= 30, timeout=60, message="the first run to be mid-way")
+        private.stop()  # really stopped: the run goes on (progress is best effort), its job's end cannot be recorded
+        wait_for(lambda: _run(first).status == COMPLETED, timeout=60, message="the first run to complete")
+        wait_for(lambda: "could not record the end of job" in worker.output() or worker.proc.poll() is not None,
+                 timeout=30, message="the worker to meet the outage at the job's end (and wait, or end)")
+        private.start()  # the same port
+        assert worker.proc.poll() is None, worker.output()[-2000:]
+        with web.app_context():
+            second = runs.trigger(db.session.get(Connection, quick)).run.id
+        wait_for(lambda: _run(second).status == COMPLETED, timeout=60, message="the next run, by the same worker")
+        assert worker.proc.poll() is None
+        assert "found an unhandled exception" not in worker.output()
+    finally:
+        if worker:
+            worker.kill()
+        private.stop()
