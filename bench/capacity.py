@@ -108,8 +108,8 @@ def main():
                 return lambda: FinishedJobRegistry(queue=queue).count
 
             # 1. per-run overhead: a no-op sync run (zero records) against a bare RQ job, with
-            #    each job in a forked work horse (WORKER_FORK=true, RQ's and synchub's default) and
-            #    without (WORKER_FORK=false: worker/worker.py); and the fork-free run against a
+            #    each job in a forked work horse (WORKER_FORK=true, RQ's default) and
+            #    without (WORKER_FORK=false, synchub's default: worker/worker.py); and the fork-free run against a
             #    bare job in RQ's default (forking) worker.
             bare_forked = None
             for mode in args.modes.split(","):
@@ -126,8 +126,8 @@ def main():
                                   lambda: completed() >= args.runs)
                 finally:
                     workers.stop()
-                label = ("forked work horse, the default SYNCHUB_WORKER_FORK=1" if mode == "fork"
-                         else "no fork, SYNCHUB_WORKER_FORK=0")
+                label = ("forked work horse, SYNCHUB_WORKER_FORK=1" if mode == "fork"
+                         else "no fork, the default SYNCHUB_WORKER_FORK=0")
                 print(f"per-run cost, 1 worker ({label}), {args.runs} jobs: bare RQ job {1000 * bare / args.runs:.1f} ms, "
                       f"no-op sync run {1000 * sync / args.runs:.1f} ms, ratio {sync / bare:.2f}")
                 if mode == "fork":

@@ -96,12 +96,13 @@ SETTINGS = (
         ("STALE_AFTER_SECONDS", "SYNCHUB_STALE_AFTER_SECONDS", 180.0, float,
          "a running run whose heartbeat has not changed for this long is resumed elsewhere (or failed)"),
         ("RUN_MAX_ATTEMPTS", "SYNCHUB_RUN_MAX_ATTEMPTS", 3, int, "attempts of a run before it is failed"),
-        ("WORKER_FORK", "SYNCHUB_WORKER_FORK", True, _bool,
-         "`true`: each job runs in a fresh fork of the worker (RQ's work horse), which isolates its memory "
-         "and crashes from the worker; `false`: in the worker process itself (RQ's SimpleWorker), which keeps "
-         "its database connections and compiled statements from job to job, so a short run costs a third to "
-         "three quarters of a forked one (docs/PERFORMANCE.md), but a Redis outage at a job's end stops the "
-         "worker (its supervisor restarts it). A killed worker's run is swept and resumed either way "
+        ("WORKER_FORK", "SYNCHUB_WORKER_FORK", False, _bool,
+         "`false`: each job runs in the worker process itself (RQ's SimpleWorker), which keeps its database "
+         "connections and compiled statements from job to job, so a short run costs a third to three quarters "
+         "of a forked one (docs/PERFORMANCE.md); the worker starts afresh in place past "
+         "`SYNCHUB_WORKER_MAX_MEMORY_MB` or `SYNCHUB_WORKER_MAX_JOBS`. `true`: each job runs in a fresh fork "
+         "of the worker (RQ's work horse), which isolates its memory and crashes from the worker. A killed "
+         "worker's run is swept and resumed either way, and a Redis outage stops neither "
          "(docs/DEPLOY.md, \"Workers\")"),
         ("WORKER_MAX_MEMORY_MB", "SYNCHUB_WORKER_MAX_MEMORY_MB", 512, int,
          "without forking: a worker whose resident memory exceeds this after a job starts afresh in place "
