@@ -7,6 +7,7 @@ what the database and RQ already know (active runs, queue lengths, oldest queued
 supervisor leader and last tick), and renders them with the official prometheus-client.
 """
 import atexit
+import functools
 import json
 import logging
 import os
@@ -67,10 +68,15 @@ class _Buffer:
         return None
 
     def add(self, field, amount):
+        self.add_many(((field, amount),))
+
+    def add_many(self, amounts):
+        """[(field, amount)] under one lock: a histogram observation is up to 16 fields."""
         if self.muted:
             return
         with self.lock:
-            self.values[field] += amount
+            for field, amount in amounts:
+                self.values[field] += amount
         if self.thread is None and (self.configured_url or self.instance_path):
             self.thread = threading.Thread(target=self._loop, name="metrics-flush", daemon=True)
             self.thread.start()
@@ -122,12 +128,31 @@ os.register_at_fork(after_in_child=_buffer.after_fork)
 atexit.register(_buffer.flush)
 
 
-def _field(name, labels):
+def _label_values(name, labels):
     kind, _, names = METRICS[name]
     missing = set(names) - set(labels)
     if missing:
         raise ValueError(f"metric {name} needs labels {sorted(missing)}")
-    return json.dumps([name, [str(labels[n]) for n in names]])
+    return tuple(str(labels[n]) for n in names)
+
+
+# A field is the JSON text of [name, label values]. The same few label sets recur on every
+# request and delivery, so each field is encoded once (bounded: label values are hosts,
+# statuses and stream names).
+@functools.lru_cache(maxsize=4096)
+def _field_of(name, label_values):
+    return json.dumps([name, list(label_values)])
+
+
+@functools.lru_cache(maxsize=1024)
+def _histogram_fields(name, label_values):
+    """((bound, its bucket's field), ...), the sum's field, the count's field."""
+    buckets = tuple((bound, _field_of(name + ":bucket", (*label_values, _le(bound)))) for bound in BUCKETS)
+    return buckets, _field_of(name + ":sum", label_values), _field_of(name + ":count", label_values)
+
+
+def _field(name, labels):
+    return _field_of(name, _label_values(name, labels))
 
 
 def inc(name, amount=1, **labels):
@@ -136,12 +161,10 @@ def inc(name, amount=1, **labels):
 
 def observe(name, value, **labels):
     """Histogram observation: one count per bucket the value falls in, plus sum and count."""
-    base = json.loads(_field(name, labels))
-    for bound in BUCKETS:
-        if value <= bound:
-            _buffer.add(json.dumps([name + ":bucket", base[1] + [_le(bound)]]), 1)
-    _buffer.add(json.dumps([name + ":sum", base[1]]), value)
-    _buffer.add(json.dumps([name + ":count", base[1]]), 1)
+    buckets, sum_field, count_field = _histogram_fields(name, _label_values(name, labels))
+    amounts = [(field, 1) for bound, field in buckets if value <= bound]
+    amounts += ((sum_field, value), (count_field, 1))
+    _buffer.add_many(amounts)
 
 
 def flush(client=None):

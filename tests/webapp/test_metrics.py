@@ -97,3 +97,26 @@ def test_webhook_verdicts_are_counted(app, make_connection):
     assert sum(v for (name, labels), v in samples.items()
                if name == "synchub_webhook_deliveries_total" and ("connection", "hooks") in labels
                and ("verdict", "accepted") not in labels and ("verdict", "duplicate") not in labels) == 1
+
+
+def test_a_histogram_counts_each_observation_in_its_bucket_and_every_one_above(app):
+    import pytest
+
+    from webapp import metrics
+
+    client = app.test_client()
+    name = "synchub_outbox_delivery_latency_seconds"
+    before = _scrape(client)
+    for seconds in (0.07, 0.3, 0.3, 7.0):
+        metrics.observe("outbox_delivery_latency_seconds", seconds)
+    metrics.inc("outbox_events", 3, status="done")
+    after = _scrape(client)
+
+    def moved(sample, **labels):
+        return _value(after, sample, **labels) - _value(before, sample, **labels)
+
+    assert [moved(name + "_bucket", le=le) for le in ("0.05", "0.1", "0.25", "0.5", "5.0", "10.0", "+Inf")] == [
+        0, 1, 1, 3, 3, 4, 4]
+    assert moved(name + "_count") == 4
+    assert moved(name + "_sum") == pytest.approx(7.67)
+    assert moved("synchub_outbox_events_total", status="done") == 3

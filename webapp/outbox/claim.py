@@ -168,9 +168,10 @@ def mark_done_many(session, delivered):
         if not settled[-1]:
             _lost(c)
             continue
-        metrics.inc("outbox_events", status=DONE)
         if c.created_at is not None:
             metrics.observe("outbox_delivery_latency_seconds", max(0.0, (at - c.created_at).total_seconds()))
+    if done:
+        metrics.inc("outbox_events", len(done), status=DONE)
     return settled
 
 
