@@ -25,8 +25,9 @@ import collections
 import logging
 import time
 import uuid
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from queue import Empty, SimpleQueue
 
 from flask import current_app
 from sqlalchemy import update
@@ -108,6 +109,9 @@ class OutboxSender:
         # Requests in flight at once; the HTTP session keeps POOL_SIZE connections per host.
         self.concurrency = max(1, min(POOL_SIZE, int(self.config["OUTBOX_SEND_CONCURRENCY"])))
         self._pool = None  # the threads that send, made for the first concurrent batch
+        # What the sending threads finished, for this thread to record: a queue is cheaper
+        # than waiting on the futures, which builds a waiter per call for all in flight.
+        self._finished = SimpleQueue()
         self._next = []  # the next batch, claimed while this one's last requests were in flight
 
     def drain(self, first_event_id=None, budget_seconds=None, max_events=None):
@@ -264,36 +268,46 @@ class OutboxSender:
         waiting = collections.deque(side_by_side)
         later = {c.id for c in batch if c not in side_by_side}
         failed = set()  # destinations that failed during this batch
-        in_flight = set()
+        in_flight = 0
         while waiting or in_flight:
-            while waiting and len(in_flight) < width:
+            while waiting and in_flight < width:
                 claimed = waiting.popleft()
                 if claimed.connection_id in failed:
                     later.add(claimed.id)
                 elif self._may_start(claimed):
                     self._announce(refresh=True)
-                    in_flight.add(self._pool.submit(self._attempt, claimed))
+                    self._pool.submit(self._attempt, claimed)
+                    in_flight += 1
             if not in_flight:
                 break
             if claim_next is not None and not waiting and not failed and len(later) == 0:
                 self._next, claim_next = claim_next(), None
-            finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-            for future in sorted(finished, key=lambda f: f.result()[0].id):
-                claimed, connector, exc, note, accepted_at = future.result()
+            finished = [self._finished.get()]
+            while True:
+                try:
+                    finished.append(self._finished.get_nowait())
+                except Empty:
+                    break
+            in_flight -= len(finished)
+            for claimed, connector, exc, note, accepted_at in sorted(finished, key=lambda f: f[0].id):
                 if exc is not None:
                     failed.add(claimed.connection_id)
                 self._outcome(claimed, connector, exc, note, accepted_at)
         return [c for c in batch if c.id in later]
 
     def _attempt(self, claimed):
-        """One row's request, in a sending thread: (row, connector, exception or None, note,
-        acceptance time). Touches neither the database nor the breaker."""
+        """One row's request, in a sending thread; puts (row, connector, exception or None,
+        note, acceptance time) on the finished queue. Touches neither the database nor the
+        breaker."""
         connector = self._destinations[claimed.connection_id]
+        # Whatever happens, the drain's thread hears of this row (it waits for every one).
+        outcome = (claimed, connector, RuntimeError("the sending thread stopped"), None, None)
         try:
-            note = self._request(connector, claimed)
+            outcome = (claimed, connector, None, self._request(connector, claimed), utcnow())
         except Exception as exc:
-            return claimed, connector, exc, None, None
-        return claimed, connector, None, note, utcnow()
+            outcome = (claimed, connector, exc, None, None)
+        finally:
+            self._finished.put(outcome)
 
     def _concurrent(self, destination):
         """Whether rows of `destination` may be sent side by side: its connector allows it
