@@ -91,6 +91,10 @@ class RunExecution:
         # and for overall progress over every stream (a run is not at 100% after its first).
         self.stream_progress = {}
         self.last_stream = None  # the last stream this run reads (its last page's publish waits for the end's)
+        # Per stream, whether the last page this attempt wrote was all new records (a first
+        # import): the next one probably is too, which the store writes more cheaply on SQLite
+        # (worker/store.py). A stream's first page is tried as new.
+        self.importing = {}
 
     # -- the straight line -------------------------------------------------------------
     def run(self):
@@ -196,8 +200,9 @@ class RunExecution:
         """One transaction: records, record errors, checkpoint, counters. True if cancelled."""
         name = stream.name
         good, bad = prepared.good, prepared.bad
-        counts = store.write_page(db.session, connection_id=self.connection_id, stream=name,
-                                  run_id=self.run_id, rows=prepared.rows)
+        counts = store.write_page(db.session, connection_id=self.connection_id, stream=name, run_id=self.run_id,
+                                  rows=prepared.rows, expect_new=self.importing.get(name, True))
+        self.importing[name] = counts.created == len(prepared.rows)
         for error in bad:
             if error.key is None and getattr(error, "page_position", None) is not None:
                 error.key = f"record #{self.processed + error.page_position} of the run"
