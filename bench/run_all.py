@@ -207,7 +207,7 @@ BENCHES = [
     ("websocket_latency", ["--watchers", "20", "--messages", "100"], parse_websocket_latency),
     ("webhook_ingest", ["--backend", "postgresql", "--seconds", "5", "--half-seconds", "5"], parse_webhook_ingest),
     ("webhook_to_record", ["--n", "1000", "--highlevel-n", "300"], parse_webhook_to_record),
-    ("outbox_delivery", ["--events", "500", "--limited-events", "60"], parse_outbox_delivery),
+    ("outbox_delivery", ["--events", "2000", "--limited-events", "60"], parse_outbox_delivery),
     ("providers", ["--only", "s4,zoom"], parse_providers),
     ("supervisor", ["--connections", "100", "--rounds", "1", "--failovers", "2"], parse_supervisor),
     ("declared", ["--tickets", "10000", "--rounds", "2"], parse_declared),
