@@ -5,18 +5,20 @@ functions:
   - at start: what jobs use is imported and set up once, in this process, and a run is
     rehearsed in a transaction that is rolled back, so that the first job (and, forking,
     every work horse) finds the run's statements compiled (worker/rehearsal.py);
-  - with WORKER_FORK off, each job runs in this process, as RQ's SimpleWorker runs jobs: the pool's connections and SQLAlchemy's compiled statements serve job after job
+  - with WORKER_FORK off (the default), each job runs in this process, as RQ's SimpleWorker
+    runs jobs: the pool's connections and SQLAlchemy's compiled statements serve job after job
     (a forked work horse opened a connection and started cold every time: a no-op run cost
     2.4-3.2x a bare forked RQ job, docs/PERFORMANCE.md). The app context is pushed and
     popped per job, so the session of one job never leaks into the next. What a fork gave
     for free is kept otherwise: memory a job leaves behind is bounded by a ceiling
     (WORKER_MAX_MEMORY_MB) and a job count (WORKER_MAX_JOBS), after which the worker
     finishes its job, unregisters and starts afresh in the same process (restart_in_place);
-  - with WORKER_FORK on (the default until the long chaos run passes without it,
-    docs/RELIABILITY.md run 9), in a work horse (a fresh fork per job): the database pool
+  - with WORKER_FORK on, in a work horse (a fresh fork per job): the database pool
     inherited from this process is dropped, the job runs in the app context, and the
     metrics it counted are flushed when it ends (the horse ends with os._exit: atexit
     hooks never run);
+  - either way, a Redis outage while RQ records a job's end does not end the worker: it
+    waits for Redis (RQ's own loop would quit on the error);
   - at start: a dead predecessor registered under the same name is forgotten.
 """
 import logging
