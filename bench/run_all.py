@@ -201,7 +201,7 @@ def parse_supervisor_scale(out):
 
 # module, shortened arguments, parser
 BENCHES = [
-    ("sync_throughput", ["--records", "20000", "--rounds", "1"], parse_sync_throughput),
+    ("sync_throughput", ["--records", "20000", "--rounds", "3"], parse_sync_throughput),
     ("capacity", ["--runs", "50", "--scaling-runs", "4", "--records", "500", "--workers", "1,2"], parse_capacity),
     ("fork_cpu", ["--runs", "15"], parse_fork_cpu),
     ("websocket_latency", ["--watchers", "20", "--messages", "100"], parse_websocket_latency),
