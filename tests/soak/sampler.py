@@ -235,7 +235,8 @@ def slopes(samples, warmup_seconds):
                 values = [p[1] for p in points]
                 entry[metric + "_range"] = (min(values), max(values))
                 fifth = max(1, len(values) // 5)
-                entry[metric + "_rise"] = sum(values[-fifth:]) / fifth - sum(values[:fifth]) / fifth
+                entry[metric + "_last"] = sum(values[-fifth:]) / fifth
+                entry[metric + "_rise"] = entry[metric + "_last"] - sum(values[:fifth]) / fifth
         result[role] = entry
     return result
 
@@ -255,13 +256,36 @@ ROLE_THRESHOLDS = {"redis": {"rss_kb": 4096.0}}
 MIN_RISE = {"rss_kb": 10240, "fds": 5, "db_conns": 3, "redis_persistent_keys": 20}
 
 
+def _kind(role):
+    """worker-1 and worker-2 are processes of one kind; web-master is its own."""
+    name, _, number = role.rpartition("-")
+    return name if number.isdigit() else role
+
+
+def _back_to_its_kinds_level(result, role, metric):
+    """A process restarted by a fault fills its pools and connections as jobs reach it, which
+    can take longer than the warm-up (a worker that runs jobs in its own process opens a
+    connection for each thread a job uses). Climbing back to no more than what a process of
+    its kind that was not restarted holds is that refill, not growth: a leak would show in
+    that other process too."""
+    entry = result[role]
+    last = entry.get(metric + "_last")
+    if not entry.get("restarts") or last is None:
+        return False
+    steady = [other.get(metric + "_range", (None, None))[1] for name, other in result.items()
+              if name != role and _kind(name) == _kind(role) and not other.get("restarts")]
+    steady = [level for level in steady if level is not None]
+    return bool(steady) and last <= max(steady)
+
+
 def flags(result, thresholds=THRESHOLDS):
     found = []
     for role, entry in result.items():
         for metric, limit in dict(thresholds, **ROLE_THRESHOLDS.get(role, {})).items():
             value = entry.get(metric)
             rise = entry.get(metric + "_rise") or 0
-            if value is not None and value > limit and rise >= MIN_RISE[metric]:
+            if (value is not None and value > limit and rise >= MIN_RISE[metric]
+                    and not _back_to_its_kinds_level(result, role, metric)):
                 found.append(f"{role}: {metric} grows {value:.2f} {UNITS[metric]} (bound {limit} {UNITS[metric]}), "
                              f"level up {rise:.0f}")
     return found

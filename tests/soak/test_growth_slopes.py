@@ -39,3 +39,24 @@ def test_a_wobble_with_a_steep_short_slope_is_not_flagged():
     result = slopes(samples("redis", [16, 16, 17, 16, 17, 17, 18, 17, 18, 18]), warmup_seconds=0)
     assert result["redis"]["fds"] > 0.5
     assert flags(result) == []
+
+
+def test_a_restarted_worker_climbing_back_to_its_peers_level_is_a_refill_not_growth():
+    # worker-1 restarted early by a fault: its new process fills its pools as jobs reach it,
+    # 7 -> 12 descriptors after its warm-up, the level worker-2 held all along (soak seed 772020327).
+    refill = [7, 7, 8, 8, 9, 10, 10, 11, 12, 12, 12]
+
+    def worker_1(values):  # two samples of the first life, two of the second's warm-up, then `values`
+        return samples("worker-1", [12, 12, 5, 6] + values, pid_at=lambda i: 1 if i < 2 else 2)
+
+    worker_2 = samples("worker-2", [12] * 15, pid_at=lambda i: 3)
+    result = slopes(worker_1(refill) + worker_2, warmup_seconds=15)
+    entry = result["worker-1"]
+    assert entry["restarts"] == 1 and entry["fds"] > 0.5 and entry["fds_rise"] >= 5  # a climb by the numbers
+    assert flags(result) == []
+    # Past its peer's level it is growth.
+    leak = slopes(worker_1([v + 6 for v in refill]) + worker_2, warmup_seconds=15)
+    assert [f.split(":")[0] for f in flags(leak)] == ["worker-1"]
+    # So is the same climb in a process that was never restarted.
+    unrestarted = slopes(samples("worker-1", refill) + worker_2, warmup_seconds=0)
+    assert [f.split(":")[0] for f in flags(unrestarted)] == ["worker-1"]
