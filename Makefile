@@ -30,9 +30,10 @@ run: setup
 	$(VENV_PATH) $(BIN)/flask --app wsgi connections ensure-demo
 	$(VENV_PATH) $(BIN)/honcho start -f Procfile $(PROCESSES)
 
-# Two pytest workers (pytest-xdist): most tests wait on real processes, so the suite takes
-# about half the time on two cores. TEST_WORKERS=0 runs it in one process.
-TEST_WORKERS ?= 2
+# Three pytest workers (pytest-xdist): most tests wait on real processes (workers, servers,
+# a browser), so even on two cores a third worker shortens the suite (docs/RELIABILITY.md,
+# "Green the first time"). TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 3
 
 test: setup
 	$(VENV_PATH) $(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist worksteal) $(PYTEST_ARGS)
