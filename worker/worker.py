@@ -18,7 +18,8 @@ functions:
     metrics it counted are flushed when it ends (the horse ends with os._exit: atexit
     hooks never run);
   - either way, a Redis outage while RQ records a job's end does not end the worker: it
-    waits for Redis (RQ's own loop would quit on the error);
+    waits for Redis (RQ's own loop would quit on the error), and registers again if Redis
+    came back without its registration;
   - at start: a dead predecessor registered under the same name is forgotten.
 """
 import logging
@@ -75,6 +76,17 @@ class SynchubWorker(Worker):
     def register_birth(self):
         self._forget_dead_namesake()
         super().register_birth()
+
+    def heartbeat(self, timeout=None, pipeline=None):
+        super().heartbeat(timeout, pipeline)
+        if pipeline is None and not self.connection.hexists(self.key, "pid"):
+            # Redis lost this worker's registration (restarted without persistence) and the
+            # heartbeat just recreated the key with nothing but its time. Registered again, the
+            # key names this process, so a namesake started after a SIGKILL can tell it is gone
+            # (_forget_dead_namesake); and RQ lists this worker again.
+            log.warning("Worker %s registers again: Redis had lost its registration.", self.name)
+            self.connection.delete(self.key)
+            super().register_birth()
 
     def execute_job(self, job, queue):
         try:

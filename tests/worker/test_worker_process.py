@@ -134,3 +134,34 @@ def test_a_worker_outlives_a_redis_outage_at_the_end_of_a_job_and_takes_the_next
         if worker:
             worker.kill()
         private.stop()
+
+
+def test_a_worker_registers_again_when_redis_comes_back_empty_so_a_namesake_can_replace_it_after_a_sigkill(
+        app, make_connection, tmp_path):
+    from rq import Worker
+
+    quick = make_connection(name="quick", settings={"records": 5}).id
+    private = RedisServer().start()
+    first = second = None
+    try:
+        web = make_app(app.config["SQLALCHEMY_DATABASE_URI"], private.url, str(tmp_path))
+        with web.app_context():
+            from webapp.extensions import redis_ext
+
+            client = redis_ext.client
+            key = Worker.redis_worker_namespace_prefix + "host-b.1"
+            first = WorkerProcess(web, name="host-b.1").start()
+            wait_for(lambda: client.hexists(key, "pid"), timeout=30, message="the worker to register")
+            private.stop()
+            private.start()  # the same port, nothing kept: the registration is gone
+            wait_for(lambda: client.hexists(key, "pid"), timeout=60, message="the worker to register again")
+            first.kill(signal.SIGKILL)  # its registration outlives it (RQ's worker TTL)
+            second = WorkerProcess(web, name="host-b.1").start()  # what systemd's Restart=always does
+            run_id = runs.trigger(db.session.get(Connection, quick)).run.id
+        wait_for(lambda: _run(run_id).status == COMPLETED, timeout=60, message="the restarted worker to run it")
+        assert second.proc.poll() is None
+    finally:
+        for worker in (first, second):
+            if worker:
+                worker.kill()
+        private.stop()
