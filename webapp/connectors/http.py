@@ -131,23 +131,20 @@ class HttpClient:
         """Send with retries; return a response with a status below 400 or raise SyncError."""
         url = self._url(path)
         call = _Call()
-        if self.max_retries == 0:
-            # Nothing to retry (retry_policy.request_gives_up after the first failure): the
-            # attempt alone, without building a retry loop per request (the outbox sends so).
-            try:
-                return self._attempt(call, method, url, params, json, data, headers)
-            except _Retry as exc:
-                raise exc.give_up() from None
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(_Retry),
-            stop=lambda state: self._stop(call, state),
-            wait=lambda state: self._wait(call, state),
-            sleep=self._sleep,
-            before_sleep=functools.partial(_log_retry, self._host),
-            reraise=True,
-        )
+        attempt = self._attempt
+        if self.max_retries:
+            # With none allowed, retry_policy.request_gives_up stops after the first failure:
+            # the attempt alone then, without building a retry loop per request (the outbox).
+            attempt = functools.partial(tenacity.Retrying(
+                retry=tenacity.retry_if_exception_type(_Retry),
+                stop=lambda state: self._stop(call, state),
+                wait=lambda state: self._wait(call, state),
+                sleep=self._sleep,
+                before_sleep=functools.partial(_log_retry, self._host),
+                reraise=True,
+            ), self._attempt)
         try:
-            return retrying(self._attempt, call, method, url, params, json, data, headers)
+            return attempt(call, method, url, params, json, data, headers)
         except _Retry as exc:
             raise exc.give_up() from None
 
