@@ -62,7 +62,15 @@ class SynchubWorker(Worker):
         with app.app_context():
             connection = redis_ext.client
             queues = [queue.queue(queue_name, connection) for queue_name in queue_names]
-        super().__init__(queues, name=name or f"{socket.gethostname()}.{os.getpid()}", connection=connection)
+        name = name or f"{socket.gethostname()}.{os.getpid()}"
+        # RQ's worker talks to Redis as it is made: one started beside a Redis that is still
+        # starting waits for it, instead of ending.
+        try:
+            connection.ping()
+        except REDIS_UNREACHABLE as exc:
+            log.warning("Worker %s could not reach Redis (%s); it waits for Redis and starts.", name, exc)
+            wait_for_redis(connection)
+        super().__init__(queues, name=name, connection=connection)
         self.jobs_in_process = 0
         # Why this worker stopped taking jobs to start afresh (restart_in_place), or None.
         self.restart_reason = None
@@ -77,9 +85,38 @@ class SynchubWorker(Worker):
         self._forget_dead_namesake()
         super().register_birth()
 
+    def bootstrap(self, *args, **kwargs):
+        """RQ's start (register, subscribe, listen), tried again once Redis answers: a worker
+        started while Redis starts or restarts waits for it instead of ending."""
+        while True:
+            try:
+                return super().bootstrap(*args, **kwargs)
+            except REDIS_UNREACHABLE as exc:
+                log.warning("Worker %s could not register in Redis (%s); it waits for Redis and starts again.",
+                            self.name, exc)
+                if self.pubsub_thread:  # subscribed before the outage: one listener, not two
+                    self.pubsub_thread.stop()
+                    self.pubsub_thread.join(timeout=1)
+                    self.pubsub.close()
+                    self.pubsub_thread = None
+                wait_for_redis(self.connection)
+
+    def check_for_suspension(self, burst):
+        self._ride_out_outage("check in Redis whether workers are suspended", super().check_for_suspension, burst)
+
+    def run_maintenance_tasks(self):
+        # Every 10 minutes and at start; a partial pass is tried again on the next loop.
+        self._ride_out_outage("clean RQ's registries in Redis", super().run_maintenance_tasks)
+
     def heartbeat(self, timeout=None, pipeline=None):
-        super().heartbeat(timeout, pipeline)
-        if pipeline is None and not self.connection.hexists(self.key, "pid"):
+        if pipeline is not None:
+            return super().heartbeat(timeout, pipeline)
+        # RQ's dequeue loop handles an outage here itself; the heartbeat after a job is not in it.
+        return self._ride_out_outage("send its heartbeat to Redis", self._heartbeat, timeout)
+
+    def _heartbeat(self, timeout):
+        super().heartbeat(timeout)
+        if not self.connection.hexists(self.key, "pid"):
             # Redis lost this worker's registration (restarted without persistence) and the
             # heartbeat just recreated the key with nothing but its time. Registered again, the
             # key names this process, so a namesake started after a SIGKILL can tell it is gone
@@ -89,35 +126,32 @@ class SynchubWorker(Worker):
             super().register_birth()
 
     def execute_job(self, job, queue):
-        try:
-            if self.app.config["WORKER_FORK"]:
-                return super().execute_job(job, queue)
-            try:
-                return SimpleWorker.execute_job(self, job, queue)
-            finally:
-                self.jobs_in_process += 1
-                self._stop_if_worn()
-        except REDIS_UNREACHABLE as exc:
-            # RQ records a job's start and end in Redis from this process when it does not fork
-            # (and a forking worker records what its work horse left). Its work loop ends the
-            # worker on any such error, so a Redis outage at the end of a job would stop a worker
-            # that RQ's own dequeue keeps alive through the same outage. The job's run is in the
-            # database, which is what the supervisor sweeps and requeues (docs/RELIABILITY.md).
-            log.warning("Worker %s could not record the end of job %s in Redis (%s); it waits for Redis "
-                        "and goes on.", self.name, job.id, exc)
-            self._wait_for_redis()
-            return None
+        # RQ records a job's start and end in Redis from this process when it does not fork
+        # (and a forking worker records what its work horse left). The job's run is in the
+        # database, which is what the supervisor sweeps and requeues (docs/RELIABILITY.md).
+        return self._ride_out_outage(f"record the end of job {job.id} in Redis", self._execute_job, job, queue)
 
-    def _wait_for_redis(self):
-        """Until Redis answers or a stop is requested, with RQ's own backoff between tries."""
-        wait = 1.0
-        while not self._stop_requested:
-            try:
-                self.connection.ping()
-                return
-            except REDIS_UNREACHABLE:
-                time.sleep(wait)
-                wait = min(wait * self.exponential_backoff_factor, self.max_connection_wait_time)
+    def _execute_job(self, job, queue):
+        if self.app.config["WORKER_FORK"]:
+            return super().execute_job(job, queue)
+        try:
+            return SimpleWorker.execute_job(self, job, queue)
+        finally:
+            self.jobs_in_process += 1
+            self._stop_if_worn()
+
+    def _ride_out_outage(self, what, call, *args):
+        """`call(*args)`, and if Redis cannot be reached meanwhile, wait for it and go on.
+        RQ's work loop ends the worker on any error outside its blocking dequeue, so a Redis
+        outage at the wrong moment (a job's end, the registry cleaning) would stop a worker
+        that RQ's own dequeue keeps alive through the same outage."""
+        try:
+            return call(*args)
+        except REDIS_UNREACHABLE as exc:
+            log.warning("Worker %s could not %s (%s); it waits for Redis and goes on.",
+                        self.name, what, exc)
+            wait_for_redis(self.connection, lambda: self._stop_requested)
+            return None
 
     def _stop_if_worn(self):
         """After a job in this process: past the job count or the memory ceiling, stop taking
@@ -175,6 +209,18 @@ class SynchubWorker(Worker):
         except PermissionError:
             return
         old.register_death()
+
+
+def wait_for_redis(connection, stop_requested=lambda: False):
+    """Until Redis answers or a stop is requested, with RQ's own backoff between tries."""
+    wait = 1.0
+    while not stop_requested():
+        try:
+            connection.ping()
+            return
+        except REDIS_UNREACHABLE:
+            time.sleep(wait)
+            wait = min(wait * Worker.exponential_backoff_factor, Worker.max_connection_wait_time)
 
 
 def restart_in_place():

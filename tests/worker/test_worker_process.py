@@ -154,7 +154,11 @@ def test_a_worker_registers_again_when_redis_comes_back_empty_so_a_namesake_can_
             wait_for(lambda: client.hexists(key, "pid"), timeout=30, message="the worker to register")
             private.stop()
             private.start()  # the same port, nothing kept: the registration is gone
-            wait_for(lambda: client.hexists(key, "pid"), timeout=60, message="the worker to register again")
+            # The worker's blocking dequeue carries on against the new Redis (redis-py retries it),
+            # so its next heartbeat comes after its next job (or RQ's dequeue timeout, minutes).
+            between = runs.trigger(db.session.get(Connection, quick)).run.id
+            wait_for(lambda: _run(between).status == COMPLETED, timeout=60, message="a run after the restart")
+            wait_for(lambda: client.hexists(key, "pid"), timeout=30, message="the worker to register again")
             first.kill(signal.SIGKILL)  # its registration outlives it (RQ's worker TTL)
             second = WorkerProcess(web, name="host-b.1").start()  # what systemd's Restart=always does
             run_id = runs.trigger(db.session.get(Connection, quick)).run.id
