@@ -93,8 +93,13 @@ class RunExecution:
         self.last_stream = None  # the last stream this run reads (its last page's publish waits for the end's)
         # Per stream, whether the last page this attempt wrote was all new records (a first
         # import): the next one probably is too, which the store writes more cheaply on SQLite
-        # (worker/store.py). A stream's first page is tried as new.
+        # (worker/store.py). A stream's first page is tried as new if the stream was empty.
         self.importing = {}
+        # Streams (and their derived streams) this attempt began with no live records stored:
+        # every live record at the end was written during the run, so the end's sweep for
+        # records the listing did not show has nothing to find (a first import: a pass over
+        # every record saved).
+        self.started_empty = set()
 
     # -- the straight line -------------------------------------------------------------
     def run(self):
@@ -175,6 +180,11 @@ class RunExecution:
         cursor = self._stored_cursor(name) if self.mode == "incremental" else None
         request = ReadRequest(mode=self.mode, params=self.params, cursor=cursor)
         done_before = self.processed if state is None else None
+        if state is None:
+            for listed in [name] + [derived.name for derived in self._derived_of(name)]:
+                if not store.has_live_records(db.session, connection_id=self.connection_id, stream=listed):
+                    self.started_empty.add(listed)
+            self.importing[name] = name in self.started_empty
         prepare = functools.partial(self._prepare, stream)
         with PageFetcher(current_app._get_current_object(), connector, stream, request, prepare) as fetcher:
             fetcher.fetch(state)
@@ -418,6 +428,8 @@ class RunExecution:
                 if not connector.lists_all(stream, request):
                     continue  # a narrowed listing says nothing about deletions
                 for listed in [stream] + self._derived_of(name):
+                    if listed.name in self.started_empty:
+                        continue
                     gone = store.soft_delete_unseen(db.session, connection_id=self.connection_id,
                                                     stream=listed.name, run_id=self.run_id)
                     self._count_by_stream(listed.name, {"deleted": gone})

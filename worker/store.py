@@ -13,12 +13,11 @@ cost more than the database work itself. On SQLite a page expected to be all new
 import) is first inserted alone, with a small statement run per record: in process there is
 no round trip to save, and the upsert's RETURNING of a row per record was a third of its time.
 """
-import functools
-import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass
 
-from sqlalchemy import func, or_, update
+import orjson
+from sqlalchemy import func, or_, select, update
 
 from webapp.jsonutil import canonical, content_hash
 from webapp.models import Record, utcnow
@@ -63,20 +62,25 @@ SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE changed AND NOT c
 FROM written"""  # noqa: S608  constant SQL fragments of this module; every value is a bound parameter
 
 
-@functools.lru_cache(maxsize=8)
-def _upsert_sqlite(rows):
-    """The SQLite statement for `rows` records: ?1-?4 the page's constants, then three
-    placeholders a record. RETURNING says per row 2 (created), 1 (updated) or 0 (unchanged).
-    `WHERE true` is SQLite's rule for INSERT ... SELECT ... ON CONFLICT (a parsing ambiguity)."""
-    values = ",".join(f"(?{5 + 3 * i},?{6 + 3 * i},?{7 + 3 * i})" for i in range(rows))
-    return f"""{_COLUMNS}
-    SELECT ?1, ?2, column1, column2, column3, ?3, ?3, NULL, ?4, ?4 FROM (VALUES {values}) WHERE true
+# SQLite gets the whole page as one JSON object parameter, {hash + key: record, ...}, which
+# it reads with json_each: one fixed statement whatever the page size (a VALUES list of
+# 1,000 records took 13-19 ms to prepare), and the insert runs in one call with Python's
+# lock released, so the fetch thread prepares the next page meanwhile. The hash leads the
+# member's name (content_hash's 32 hex digits) so that no row needs a JSON lookup: three
+# json_extract calls a row were a third of the statement's time (docs/PERFORMANCE.md).
+# `WHERE true` is SQLite's rule for INSERT ... SELECT ... ON CONFLICT (a parsing ambiguity).
+_HASH_CHARS = 32
+_PAGE_SQLITE = f"""
+    SELECT ?1, ?2, substr(key, {_HASH_CHARS + 1}), value, substr(key, 1, {_HASH_CHARS}), ?3, ?3, NULL, ?4, ?4
+    FROM json_each(?5) WHERE true"""
+
+# RETURNING says per row 2 (created), 1 (updated) or 0 (unchanged).
+_UPSERT_SQLITE = f"""{_COLUMNS}{_PAGE_SQLITE}
     {_ON_CONFLICT}
     RETURNING {_CREATED.format(now="?3", run="?4")} + {_CHANGED.format(now="?3", run="?4")}"""  # noqa: S608  constant fragments and numbered placeholders; values are bound
 
-
-# The same insert, one record per execution, for pages expected to be all new (see _write_sqlite).
-_INSERT_NEW_SQLITE = f"{_COLUMNS} VALUES (?1, ?2, ?5, ?6, ?7, ?3, ?3, NULL, ?4, ?4) ON CONFLICT DO NOTHING"
+# The insert alone, for pages expected to be all new (see _write_sqlite).
+_INSERT_NEW_SQLITE = f"{_COLUMNS}{_PAGE_SQLITE} ON CONFLICT DO NOTHING"
 
 
 @dataclass
@@ -136,29 +140,31 @@ def _write_sqlite(session, connection_id, stream, run_id, rows, expect_new=False
     cursor = _cursor(session)
     # The text form SQLAlchemy's SQLite DateTime type writes and reads back.
     stamp = utcnow().isoformat(sep=" ", timespec="microseconds")
+    page = _page_json(rows)
     if expect_new:
-        # A first import: the insert alone, a small statement prepared once and run per record
-        # (SQLite has no round trips to save; RETURNING a row per record was a third of the
+        # A first import: the insert alone (RETURNING a row per record was a third of the
         # upsert's time). If any record was stored already, the upsert below classifies the
         # whole page, counting those just inserted as created (their first_seen_at is `stamp`).
-        cursor.executemany(_INSERT_NEW_SQLITE, [(connection_id, stream, stamp, run_id, key, text, digest)
-                                                for key, (text, digest) in rows.items()])
+        cursor.execute(_INSERT_NEW_SQLITE, (connection_id, stream, stamp, run_id, page))
         if cursor.rowcount == len(rows):
             return PageCounts(created=len(rows))
-    # One statement holds as many records as the build's limit on placeholders allows
-    # (32,766 by default: 10,921 records); a larger page takes a few statements.
-    per_statement = (cursor.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 4) // 3
-    items = list(rows.items())
     outcomes = [0, 0, 0]  # unchanged, updated, created
-    for start in range(0, len(items), per_statement):
-        chunk = items[start:start + per_statement]
-        params = [connection_id, stream, stamp, run_id]
-        for key, (text, digest) in chunk:
-            params += (key, text, digest)
-        cursor.execute(_upsert_sqlite(len(chunk)), params)
-        for (outcome,) in cursor.fetchall():
-            outcomes[outcome] += 1
+    for (outcome,) in cursor.execute(_UPSERT_SQLITE, (connection_id, stream, stamp, run_id, page)).fetchall():
+        outcomes[outcome] += 1
     return PageCounts(created=outcomes[2], updated=outcomes[1], unchanged=outcomes[0])
+
+
+def _page_json(rows):
+    """{hash + key: record, ...} as JSON text, with the canonical texts as they are (they are
+    JSON already; SQLite stores each record's text as it reads it)."""
+    return "{" + ",".join(f"{orjson.dumps(digest + key).decode()}:{text}" for key, (text, digest) in rows.items()) + "}"
+
+
+def has_live_records(session, *, connection_id, stream):
+    """Whether the stream has a record stored and not soft-deleted."""
+    query = select(_T.c.id).where(_T.c.connection_id == connection_id, _T.c.stream == stream,
+                                  _T.c.deleted_at.is_(None)).limit(1)
+    return session.execute(query).first() is not None
 
 
 def soft_delete_unseen(session, *, connection_id, stream, run_id):

@@ -63,7 +63,8 @@ def test_a_page_that_fails_mid_statement_writes_none_of_its_records(app, make_co
     _write(conn.id, 1, [{"id": 1, "v": 0}])
     db.session.commit()
     rows = store.prepare_rows([("1", {"id": 1, "v": 1}), ("2", {"id": 2})])
-    rows["3"] = (None, "0" * 32)  # a record the database refuses (data is NOT NULL), mid-page
+    # A record the database refuses (data is NOT NULL), mid-page: SQLite reads JSON null as NULL.
+    rows["3"] = ("null" if db.engine.dialect.name == "sqlite" else None, "0" * 32)
     rows.update(store.prepare_rows([("4", {"id": 4})]))
     # The driver's own error: the store talks to the driver directly on this path.
     with pytest.raises((sqlite3.IntegrityError, psycopg.IntegrityError)):
@@ -86,3 +87,28 @@ def test_a_page_larger_than_sqlites_placeholder_limit_is_written_and_counted(app
     assert (counts.created, counts.updated, counts.unchanged) == (10, 10, 10)
     db.session.commit()
     assert len(_stored(conn.id)) == 30
+
+
+@pytest.mark.parametrize("expect_new", [False, True])
+def test_records_and_keys_of_any_json_shape_are_stored_as_sent_and_found_unchanged_again(
+        app, make_connection, expect_new):
+    # SQLite reads a page as one JSON document (worker/store.py): quotes, escapes, non-ASCII,
+    # numbers beyond 64 bits and keys that look like JSON must come back as they went in.
+    conn = make_connection(name="shapes")
+    records = {
+        'a "quoted" key': {"text": 'line\nbreak \\ "quote" \u2028 é 漢字 \U0001f600', "empty": ""},
+        "{\"looks\": [\"like json\"]}": {"nested": {"list": [1, 2.5, -0.0, None, True, {"deep": []}]}},
+        "big": {"n": 123456789012345678901234567890, "f": 1.5e300, "small": 1e-300},
+        "é/键": {"unicode_key": "ok", "🙂": 1},
+        "": {"empty_key": True},
+    }
+    pairs = list(records.items())
+    counts = store.write_page(db.session, connection_id=conn.id, stream="items", run_id=1,
+                              keyed_records=pairs, expect_new=expect_new)
+    db.session.commit()
+    assert counts.created == len(records)
+    stored = _stored(conn.id)
+    assert {key: row.data for key, row in stored.items()} == records
+    again = store.write_page(db.session, connection_id=conn.id, stream="items", run_id=2, keyed_records=pairs,
+                             expect_new=expect_new)
+    assert (again.created, again.updated, again.unchanged) == (0, 0, len(records))
