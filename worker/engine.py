@@ -100,6 +100,7 @@ class RunExecution:
         # records the listing did not show has nothing to find (a first import: a pass over
         # every record saved).
         self.started_empty = set()
+        self.dialect = db.engine.dialect.name
 
     # -- the straight line -------------------------------------------------------------
     def run(self):
@@ -202,7 +203,7 @@ class RunExecution:
         JSON and hashes, the page's highest cursor): run in the fetch thread, so it overlaps
         the previous page's database work instead of adding to it."""
         good, bad = self._sort(stream, page, in_fetch_thread=True)
-        rows = store.prepare_rows(good)
+        rows = store.prepare_rows(good, for_sqlite=self.dialect == "sqlite")
         top = _highest_cursor((r for _, r in good), stream.cursor_field) if stream.cursor_field else None
         return PreparedPage(good, bad, rows, top)
 
@@ -692,7 +693,7 @@ def _highest_cursor(records, field):
 class PreparedPage:
     good: list  # [(key, record)]
     bad: list  # [BadRecord]
-    rows: dict  # store.prepare_rows(good)
+    rows: dict  # store.prepare_rows(good, ...)
     top_cursor: object  # the highest cursor value among good records, or None
 
 

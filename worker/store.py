@@ -90,14 +90,22 @@ class PageCounts:
     unchanged: int = 0
 
 
-def prepare_rows(keyed_records):
-    """{external_id: (canonical JSON text, content hash)} for [(external_id, record_dict)]:
-    the CPU half of write_page, which the engine runs in its fetch thread while the
-    previous page is being written (docs/PERFORMANCE.md)."""
-    rows = {}
+class Rows(dict):
+    """{external_id: (canonical JSON text, content hash)}; for SQLite also the page as the
+    JSON object its statement reads, when prepare_rows was asked for it."""
+
+    sqlite_page = None
+
+
+def prepare_rows(keyed_records, for_sqlite=False):
+    """Rows for [(external_id, record_dict)]: the CPU half of write_page, which the engine
+    runs in its fetch thread while the previous page is being written (docs/PERFORMANCE.md)."""
+    rows = Rows()
     for key, record in keyed_records:  # a key repeated within a page: the last copy wins
         text = canonical(record)
         rows[key] = (text, content_hash(text))
+    if for_sqlite:
+        rows.sqlite_page = _page_json(rows)
     return rows
 
 
@@ -140,7 +148,7 @@ def _write_sqlite(session, connection_id, stream, run_id, rows, expect_new=False
     cursor = _cursor(session)
     # The text form SQLAlchemy's SQLite DateTime type writes and reads back.
     stamp = utcnow().isoformat(sep=" ", timespec="microseconds")
-    page = _page_json(rows)
+    page = getattr(rows, "sqlite_page", None) or _page_json(rows)
     if expect_new:
         # A first import: the insert alone (RETURNING a row per record was a third of the
         # upsert's time). If any record was stored already, the upsert below classifies the
