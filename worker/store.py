@@ -8,10 +8,11 @@ its content, timestamps and last_run_id; only last_seen_run_id moves to this run
 sync's soft delete needs it). The statement goes straight to the driver: on PostgreSQL as
 one INSERT ... SELECT FROM unnest(three text arrays sent in binary, so nothing is escaped)
 with the counts added up in the same statement, on SQLite as one INSERT ... SELECT FROM
-(VALUES ...) with RETURNING. SQLAlchemy's per-row parameter processing would otherwise
-cost more than the database work itself. On SQLite a page expected to be all new (a first
-import) is first inserted alone, with a small statement run per record: in process there is
-no round trip to save, and the upsert's RETURNING of a row per record was a third of its time.
+json_each(the page as one JSON object) with RETURNING. SQLAlchemy's per-row parameter
+processing would otherwise cost more than the database work itself. On SQLite a page
+expected to be all new (a first import) is first inserted alone, without RETURNING: in
+process there is no round trip to save, and RETURNING a row per record was a third of the
+upsert's time.
 """
 from collections import defaultdict
 from dataclasses import dataclass
@@ -72,7 +73,7 @@ FROM written"""  # noqa: S608  constant SQL fragments of this module; every valu
 _HASH_CHARS = 32
 _PAGE_SQLITE = f"""
     SELECT ?1, ?2, substr(key, {_HASH_CHARS + 1}), value, substr(key, 1, {_HASH_CHARS}), ?3, ?3, NULL, ?4, ?4
-    FROM json_each(?5) WHERE true"""
+    FROM json_each(?5) WHERE true"""  # noqa: S608  a constant length and numbered placeholders; values are bound
 
 # RETURNING says per row 2 (created), 1 (updated) or 0 (unchanged).
 _UPSERT_SQLITE = f"""{_COLUMNS}{_PAGE_SQLITE}
