@@ -17,14 +17,26 @@ def canonical(value):
     """Sorted-key compact JSON: the same content always gives the same text (and hash),
     whatever order the provider sent the keys in. orjson, because this runs per record;
     the standard library for what orjson refuses (integers beyond 64 bits), never lossy."""
+    return canonical_with_hash(value)[0]
+
+
+def canonical_with_hash(value):
+    """(canonical(value), its content_hash), hashing the encoded bytes as they come (once per
+    record on a sync's hot path: no decode and encode again in between)."""
     try:
-        return orjson.dumps(value, option=_CANONICAL, default=str).decode()
+        encoded = orjson.dumps(value, option=_CANONICAL, default=str)
     except TypeError:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+        encoded = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                             default=str).encode("utf-8")
+    return encoded.decode(), _hash(encoded)
 
 
 def content_hash(text):
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+    return _hash(text.encode("utf-8"))
+
+
+def _hash(encoded):
+    return hashlib.blake2b(encoded, digest_size=16).hexdigest()
 
 
 def serialize(value):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import orjson
 from sqlalchemy import func, or_, select, update
 
-from webapp.jsonutil import canonical, content_hash
+from webapp.jsonutil import canonical_with_hash
 from webapp.models import Record, utcnow
 
 _T = Record.__table__  # Core, not ORM: no identity map or unit of work on the hot path
@@ -103,8 +103,7 @@ def prepare_rows(keyed_records, for_sqlite=False):
     runs in its fetch thread while the previous page is being written (docs/PERFORMANCE.md)."""
     rows = Rows()
     for key, record in keyed_records:  # a key repeated within a page: the last copy wins
-        text = canonical(record)
-        rows[key] = (text, content_hash(text))
+        rows[key] = canonical_with_hash(record)
     if for_sqlite:
         rows.sqlite_page = _page_json(rows)
     return rows

@@ -121,22 +121,18 @@ def test_range_mode_without_a_since_param_is_a_config_error(serve):
     assert len(server.log) == 0
 
 
-def test_malformed_records_land_in_bad_records(serve):
+def test_malformed_records_are_passed_to_the_engine_as_they_came(serve):
+    # Setting aside records without a usable key is the engine's work, for every connector
+    # (tests/worker/test_engine_http.py): the connector does not check them a second time.
     api = RecordsAPI(make_records(4))
     api.add_malformed(["not", "an", "object"])
-    api.add_malformed({"name": "has no id", "updated_at": "2024-01-01T00:00:00Z"})
-    api.upsert({"id": 1.5, "name": "float id"})
     server = serve(api)
     conn = connector(server, {"pagination": {"type": "page", "page_size": 3}})
 
     records, bad, _ = read_all(conn)
 
-    assert [r["id"] for r in records] == [1, 2, 3, 4]
-    reasons = sorted(str(b) for b in bad)
-    assert len(bad) == 3
-    assert any("list, not an object" in r for r in reasons)
-    assert any("missing primary key 'id'" in r for r in reasons)
-    assert sorted(b.key for b in bad if b.key) == ["1.5"]  # best-effort key when there is one
+    assert [r["id"] for r in records if isinstance(r, dict)] == [1, 2, 3, 4]
+    assert ["not", "an", "object"] in records and bad == []
 
 
 def test_record_mode_fetches_one_record(serve):

@@ -73,6 +73,30 @@ def test_successful_full_sync_soft_deletes_what_it_did_not_see(app, make_connect
     assert back.updated == 10 and len(_live_ids(conn)) == 110  # deleted records can come back
 
 
+def test_a_first_import_keeps_a_record_another_writer_stored_meanwhile(app, make_connection, redis):
+    # A stream with nothing stored when the run began: every live record at the end was written
+    # during the run, by it or by another writer (a webhook's record run); the end's sweep is skipped.
+    from sqlalchemy.orm import Session
+
+    from worker import store
+
+    conn = make_connection(settings={"records": 120, "page_size": 50})
+
+    def another_writer(snapshot):
+        if snapshot["processed"] == 50:
+            with Session(db.engine) as other:
+                store.write_page(other, connection_id=conn.id, stream="items", run_id=999,
+                                 keyed_records=[("pushed-by-webhook", {"id": "pushed-by-webhook"})])
+                other.commit()
+
+    status, run = _sync(conn, redis, on_progress=another_writer)
+    assert status == COMPLETED and run.deleted == 0 and run.created == 120
+    assert _live_ids(conn) == {f"item-{i:07d}" for i in range(120)} | {"pushed-by-webhook"}
+    # The next full sync lists the stream as it is now, and what it does not list is gone.
+    status, run = _sync(conn, redis)
+    assert status == COMPLETED and run.deleted == 1 and "pushed-by-webhook" not in _live_ids(conn)
+
+
 def test_failed_full_sync_deletes_nothing(app, make_connection, redis):
     conn = make_connection(settings={"records": 120, "page_size": 50})
     _sync(conn, redis)

@@ -138,3 +138,23 @@ def test_secrets_do_not_leak_into_run_errors_or_logs(app, make_connection, redis
     assert not any("sekrit-token" in (t or "") for t in texts)
     raw = db.session.execute(select(Connection.credentials_encrypted).where(Connection.id == conn.id)).scalar_one()
     assert "sekrit" not in raw  # encrypted at rest
+
+
+def test_malformed_records_from_an_api_are_skipped_and_logged_and_the_rest_stored(app, make_connection, redis):
+    simulator = RecordsAPI(make_records(4), auth_token="sekrit-token")
+    simulator.add_malformed(["not", "an", "object"])
+    simulator.add_malformed({"name": "has no id", "updated_at": "2024-01-01T00:00:00Z"})
+    simulator.upsert({"id": 1.5, "name": "float id"})
+    with SimulatorServer(simulator) as server:
+        simulator.server = server
+        conn = _rest_connection(make_connection, simulator, page_size=3)
+        status, run = _sync(conn, redis)
+    assert status == COMPLETED and run.created == 4 and run.failed == 3
+    assert set(_stored(conn)) == {"1", "2", "3", "4"}
+    errors = db.session.scalars(select(RunEvent).where(RunEvent.run_id == run.id,
+                                                       RunEvent.kind == "record_error")).all()
+    reasons = sorted(e.message for e in errors)
+    assert len(errors) == 3
+    assert any("list, not an object" in r for r in reasons)
+    assert any("missing primary key 'id'" in r for r in reasons)
+    assert sorted(e.record_key for e in errors if e.record_key and "record #" not in e.record_key) == ["1.5"]

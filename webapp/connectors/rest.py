@@ -18,7 +18,7 @@ from urllib.parse import quote
 from . import pagination
 from .auth import BasicAuth, BearerAuth, HeaderKeyAuth, OAuth2ClientCredentials
 from .base import Connector, Page, Stream, register
-from .errors import BadRecord, ConfigError
+from .errors import ConfigError
 from .settings_spec import SettingSpec
 
 _STREAM_KEYS = {
@@ -129,8 +129,8 @@ class RestConnector(Connector):
 
         body = self.client.get_json(cfg.path, params=params)
         records, next_state, total = cfg.paginator.parse(body, state)
-        good, bad = _split(cfg.stream, records)
-        return Page(records=good, next_state=next_state, total=total, bad_records=bad)
+        # Records without a usable key are the engine's to set aside (worker/engine.py, _sort).
+        return Page(records=records, next_state=next_state, total=total)
 
     def _range_params(self, cfg, request_params):
         params = {}
@@ -154,21 +154,4 @@ class RestConnector(Connector):
             record = pagination.dig(body, cfg.record_key)
         except KeyError:
             raise ConfigError(f"record response has nothing at {cfg.record_key!r}") from None
-        good, bad = _split(cfg.stream, [record])
-        return Page(records=good, next_state=None, total=1, bad_records=bad)
-
-
-def _split(stream, records):
-    """Records with a usable primary key, and BadRecords for the rest (engine logs them)."""
-    good, bad = [], []
-    for index, record in enumerate(records):
-        try:
-            stream.key_of(record)
-        except BadRecord as exc:
-            key = None
-            if isinstance(record, dict) and record.get(stream.primary_key) not in (None, ""):
-                key = str(record[stream.primary_key])
-            bad.append(BadRecord(f"{exc} (item {index} of the page)", key=key))
-        else:
-            good.append(record)
-    return good, bad
+        return Page(records=[record], next_state=None, total=1)
