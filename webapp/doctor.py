@@ -48,12 +48,38 @@ def check_database():
     except Exception as exc:
         return False, (f"database unreachable ({type(exc).__name__}): check DATABASE_URL "
                        f"({db.engine.url.render_as_string(hide_password=True)})")
+    if db.engine.dialect.name == "sqlite":
+        import sqlite3
+
+        missing = missing_sqlite_features(sqlite3.sqlite_version_info, _sqlite_has_json())
+        if missing:
+            return False, (f"this Python's SQLite ({sqlite3.sqlite_version}) lacks {missing}, which the record "
+                           f"store needs: use a Python built with SQLite 3.35 or later, or PostgreSQL")
     script = ScriptDirectory(current_app.extensions["migrate"].directory)
     heads = set(script.get_heads())
     if current != heads:
         return False, (f"database schema is at {', '.join(sorted(current)) or 'nothing'}, code expects "
                        f"{', '.join(sorted(heads))}: run `flask --app wsgi db upgrade`")
     return True, f"database reachable, migrations current ({', '.join(sorted(heads))})"
+
+
+def missing_sqlite_features(version_info, has_json):
+    """What of the SQLite features the record store uses (worker/store.py) a build lacks,
+    in words, or "": RETURNING (3.35) and the JSON functions (json_each)."""
+    missing = []
+    if tuple(version_info) < (3, 35, 0):
+        missing.append("RETURNING (SQLite 3.35)")
+    if not has_json:
+        missing.append("the JSON functions (json_each)")
+    return " and ".join(missing)
+
+
+def _sqlite_has_json():
+    with db.engine.connect() as conn:
+        try:
+            return conn.execute(text("SELECT count(*) FROM json_each('{\"a\": 1}')")).scalar_one() == 1
+        except Exception:  # noqa: BLE001  "no such table: json_each" on a build without them
+            return False
 
 
 def check_redis():
