@@ -67,4 +67,3 @@ def test_a_key_file_is_fine_on_one_machine_but_not_with_a_server_database(app):
         assert ok and "back it up" in message
     else:
         assert not ok and "set it in production" in message
-
