@@ -29,10 +29,16 @@ def test_three_minutes_of_mixed_load_with_faults_keep_every_invariant_and_bounde
     assert load["webhooks accepted (distinct)"] > 30 and load["outbox events accepted"] > 30, load
     assert load["API triggers"] > 5 and load["CLI triggers"]["ok"] >= 1, load
     assert result["schedule_runs_per_connection"]["min"] >= 1, result["schedule_runs_per_connection"]
-    # Every role sampled, with slopes for every metric it has.
+    # Every role sampled, with slopes for every metric it has. Each restart by a fault begins a
+    # new warm-up whose samples are left out, so in three minutes a worker that faults hit two or
+    # three times may keep only a few (seed 805703206: three, at 51, 125 and 158 s); the other
+    # worker's samples carry its kind's check then.
     roles = result["slopes"]
     for role in ("web-master", "web-workers", "worker-1", "worker-2", "supervisor-1", "supervisor-2", "redis"):
-        assert role in roles and roles[role]["n"] >= 5, (role, roles.get(role))
+        assert role in roles, (role, roles)
+        assert roles[role]["n"] >= 5 or (role.startswith("worker-") and roles[role]["restarts"] >= 2), \
+            (role, roles[role])
+    assert max(roles[worker]["n"] for worker in ("worker-1", "worker-2")) >= 5, roles
     assert all(roles["redis"].get(m) is not None for m in METRICS), roles["redis"]
     assert not all_violations(result), f"seed {seed}:\n" + "\n".join(all_violations(result))
     assert not result["growth"], f"seed {seed}: unbounded growth: {result['growth']}"
