@@ -15,20 +15,24 @@ _CANONICAL = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 
 def canonical(value):
     """Sorted-key compact JSON: the same content always gives the same text (and hash),
-    whatever order the provider sent the keys in. orjson, because this runs per record;
-    the standard library for what orjson refuses (integers beyond 64 bits), never lossy."""
-    return canonical_with_hash(value)[0]
+    whatever order the provider sent the keys in."""
+    return _canonical_bytes(value).decode()
 
 
 def canonical_with_hash(value):
     """(canonical(value), its content_hash), hashing the encoded bytes as they come (once per
     record on a sync's hot path: no decode and encode again in between)."""
-    try:
-        encoded = orjson.dumps(value, option=_CANONICAL, default=str)
-    except TypeError:
-        encoded = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                             default=str).encode("utf-8")
+    encoded = _canonical_bytes(value)
     return encoded.decode(), _hash(encoded)
+
+
+def _canonical_bytes(value):
+    """orjson, because this runs per record; the standard library for what orjson refuses
+    (integers beyond 64 bits), never lossy."""
+    try:
+        return orjson.dumps(value, option=_CANONICAL, default=str)
+    except TypeError:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
 
 def content_hash(text):

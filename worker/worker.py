@@ -17,9 +17,10 @@ functions:
     inherited from this process is dropped, the job runs in the app context, and the
     metrics it counted are flushed when it ends (the horse ends with os._exit: atexit
     hooks never run);
-  - either way, a Redis outage while RQ records a job's end does not end the worker: it
-    waits for Redis (RQ's own loop would quit on the error), and registers again if Redis
-    came back without its registration;
+  - either way, a Redis outage outside RQ's blocking dequeue (as the worker is made and
+    registers, its registry cleaning, the suspension check, the heartbeat after a job, a
+    job's end) does not end the worker: it waits for Redis (RQ's own loop would quit on the
+    error), and registers again if Redis came back without its registration;
   - at start: a dead predecessor registered under the same name is forgotten.
 """
 import logging
