@@ -8,7 +8,7 @@ Baseline: the same pages fetched with a bare `requests` loop and written with a 
 batched DBAPI `executemany` upsert (one commit per page), into a table of the same shape.
 Engine: a `rest` connection synced by worker.engine.execute_run (checkpoint, change
 detection by content hash, progress to Redis, heartbeat), in a process prepared as the
-worker is (preload, rehearsal); with `SYNCHUB_WORKER_FORK=0` after a no-op run, as the
+worker is (worker.worker.prepare: imports, rehearsal, heap frozen); with `SYNCHUB_WORKER_FORK=0` after a no-op run, as the
 worker's previous job (the default, forking: a work horse's cold start). Every measurement runs in a
 fresh child process, so the peak RSS it reports is its own (interpreter and imports
 included): with memory bounded by the page size, the engine's peak must not grow with N
@@ -81,16 +81,13 @@ def child_engine(db_url, backend, sim_url, page_size):
     from webapp.extensions import db, redis_ext
     from webapp.models import Connection, Run
     from worker.engine import execute_run
-    from worker.rehearsal import rehearse
-    from worker.worker import _preload
+    from worker.worker import prepare
 
-    # What a worker does once before it forks (imports, connectors, ORM mappers): a run in
-    # a work horse never pays for it, so neither does this measurement.
-    _preload()
     app = create_app({"SQLALCHEMY_DATABASE_URI": db_url, "REDIS_URL": os.environ.get("BENCH_REDIS_URL")})
-    # ...and its rehearsal of a run (worker/rehearsal.py), whose compiled statements every
-    # work horse inherits.
-    rehearse(app)
+    # What a worker does once before its first job (imports, connectors, ORM mappers, the
+    # rehearsal of a run, the heap frozen): a worker's job never pays for it, so neither
+    # does this measurement.
+    prepare(app)
     client = None
     with app.app_context():
         if os.environ.get("BENCH_REDIS_URL"):

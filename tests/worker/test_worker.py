@@ -2,12 +2,14 @@
 that is really stopped. RQ's work loop ends the worker on an error outside its blocking
 dequeue; these steps must wait for Redis instead (worker/worker.py)."""
 import logging
+import subprocess
+import sys
 import threading
 
 import pytest
 
 from tests.conftest import make_app
-from tests.support import RedisServer, wait_for
+from tests.support import ROOT, RedisServer, wait_for
 from worker.worker import SynchubWorker
 
 STEPS = {
@@ -89,3 +91,29 @@ def test_a_worker_started_while_redis_is_down_waits_for_it_then_registers(app, t
         worker.teardown()
     finally:
         private.stop()
+
+
+PREPARED = """
+import gc, sys
+from tests.conftest import make_app
+from worker.worker import prepare
+
+app = make_app(sys.argv[1], sys.argv[2], sys.argv[3])
+prepare(app)
+frozen = gc.get_freeze_count()
+cycle = []
+cycle.append(cycle)  # garbage made after preparing, as a job's would be
+del cycle
+print(frozen, gc.collect())
+"""
+
+
+def test_a_prepared_worker_keeps_what_it_loaded_out_of_the_collectors_passes_and_still_collects_a_jobs_garbage(
+        app, redis_url, tmp_path):
+    # In a process of its own: a frozen heap stays frozen for the rest of the process.
+    out = subprocess.run([sys.executable, "-c", PREPARED, app.config["SQLALCHEMY_DATABASE_URI"], redis_url,
+                          str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    frozen, collected = map(int, out.stdout.split()[-2:])
+    assert frozen > 100_000  # modules, connectors, mappers, the rehearsal's compiled statements
+    assert collected >= 1
