@@ -510,12 +510,14 @@ def finish(run_id, attempt, status, *, error_class=None, error_message=None, cou
     for name, delta in (counts or {}).items():  # written even with 0: see record_page
         values[getattr(Run, name)] = getattr(Run, name) + delta
     _add_waited(values, waited)
-    result = db.session.execute(
-        update(Run).where(*owned(run_id, attempt)).values(values).execution_options(synchronize_session=False)
-    )
-    ok = result.rowcount == 1
+    # RETURNING hands the roll-ups the finished row (one SELECT fewer at every run's end).
+    row = db.session.execute(
+        update(Run).where(*owned(run_id, attempt)).values(values).returning(*rollups.COLUMNS)
+        .execution_options(synchronize_session=False)
+    ).first()
+    ok = row is not None
     if ok:
-        rollups.add_finished(run_id)
+        rollups.add_finished(run_id, row)
         db.session.add(RunEvent(run_id=run_id, level="error" if status == FAILED else "info",
                                 message=f"{status}" + (f": {error_message}" if error_message else "")))
         if connection_health is not None:

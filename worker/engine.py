@@ -100,6 +100,7 @@ class RunExecution:
         # records the listing did not show has nothing to find (a first import: a pass over
         # every record saved).
         self.started_empty = set()
+        self.announced = False
         self.dialect = db.engine.dialect.name
 
     # -- the straight line -------------------------------------------------------------
@@ -116,7 +117,8 @@ class RunExecution:
                 self.stream_progress = {name: {"processed": 0, "total": None, "done": name in self.checkpoint["done"]}
                                         for name in self._read_streams(connector)}
                 self.last_stream = self._read_streams(connector)[-1]
-            self._publish("starting", f"attempt {self.attempt} started")
+            if self.mode == "record":
+                self._announce()
             if self.mode == "record" and "records" in self.params:
                 if self._sync_records(connector) == CANCELLED:
                     return CANCELLED
@@ -129,6 +131,7 @@ class RunExecution:
                         continue
                     if self._sync_stream(connector, connector.stream(stream_name)) == CANCELLED:
                         return CANCELLED
+                self._announce()  # every stream was done before this attempt
                 deleted = 0
             return self._complete(connector, deleted)
         except LostOwnership as exc:
@@ -181,14 +184,17 @@ class RunExecution:
         cursor = self._stored_cursor(name) if self.mode == "incremental" else None
         request = ReadRequest(mode=self.mode, params=self.params, cursor=cursor)
         done_before = self.processed if state is None else None
-        if state is None:
-            for listed in [name] + [derived.name for derived in self._derived_of(name)]:
-                if not store.has_live_records(db.session, connection_id=self.connection_id, stream=listed):
-                    self.started_empty.add(listed)
-            self.importing[name] = name in self.started_empty
         prepare = functools.partial(self._prepare, stream)
         with PageFetcher(current_app._get_current_object(), connector, stream, request, prepare) as fetcher:
+            # The first page downloads while the attempt is announced and the store is asked
+            # what it holds: a run's fixed costs overlap the provider's latency.
             fetcher.fetch(state)
+            self._announce()
+            if state is None:
+                for listed in [name] + [derived.name for derived in self._derived_of(name)]:
+                    if not store.has_live_records(db.session, connection_id=self.connection_id, stream=listed):
+                        self.started_empty.add(listed)
+                self.importing[name] = name in self.started_empty
             while True:
                 page, prepared = fetcher.result()
                 if page.next_state is not None:
@@ -420,21 +426,15 @@ class RunExecution:
 
     def _complete(self, connector, deleted):
         """Deletions and cursor advance commit in the same transaction as `completed`."""
-        # Only syncs have work to do here (deletions); a record run's next word is "completed".
-        self._publish("finalizing", "finalizing", last=self.mode == "record")
-        if self.mode != "record":
-            request = ReadRequest(mode=self.mode, params=self.params)
-            for name in self._read_streams(connector):
-                stream = connector.stream(name)
-                if not connector.lists_all(stream, request):
-                    continue  # a narrowed listing says nothing about deletions
-                for listed in [stream] + self._derived_of(name):
-                    if listed.name in self.started_empty:
-                        continue
-                    gone = store.soft_delete_unseen(db.session, connection_id=self.connection_id,
-                                                    stream=listed.name, run_id=self.run_id)
-                    self._count_by_stream(listed.name, {"deleted": gone})
-                    deleted += gone
+        sweeps = self._sweeps(connector)
+        # Only a sweep for deletions takes time here; otherwise the next word is "completed",
+        # which carries this one.
+        self._publish("finalizing", "finalizing", last=not sweeps)
+        for listed in sweeps:
+            gone = store.soft_delete_unseen(db.session, connection_id=self.connection_id, stream=listed.name,
+                                            run_id=self.run_id)
+            self._count_by_stream(listed.name, {"deleted": gone})
+            deleted += gone
         if self.mode in ("full", "incremental"):
             for name, cursor in self.checkpoint["cursors"].items():
                 self._store_cursor(name, cursor)
@@ -450,6 +450,27 @@ class RunExecution:
             metrics.inc("records", deleted, connection=self.connection_name, stream="*", outcome="deleted")
         self._publish("done", f"completed: {self._summary()}", status=COMPLETED)
         return COMPLETED
+
+    def _sweeps(self, connector):
+        """The streams whose stored records the listing did not show are marked deleted at the
+        end: those a sync listed in full, except those that began this attempt empty (every
+        live record in them was written by this run)."""
+        if self.mode == "record":
+            return []
+        request = ReadRequest(mode=self.mode, params=self.params)
+        sweeps = []
+        for name in self._read_streams(connector):
+            stream = connector.stream(name)
+            if not connector.lists_all(stream, request):
+                continue  # a narrowed listing says nothing about deletions
+            sweeps += [listed for listed in [stream] + self._derived_of(name) if listed.name not in self.started_empty]
+        return sweeps
+
+    def _announce(self):
+        """The attempt's first word to its watchers, once."""
+        if not self.announced:
+            self.announced = True
+            self._publish("starting", f"attempt {self.attempt} started")
 
     # -- outcomes ----------------------------------------------------------------------
     def _cancelled(self):

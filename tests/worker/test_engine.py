@@ -154,8 +154,8 @@ def test_transient_failure_requeues_and_resumes_from_checkpoint(app, make_connec
     assert len(_live_ids(conn)) == 250
 
 
-def test_progress_is_published_to_redis_and_persisted_on_the_row(app, make_connection, redis):
-    conn = make_connection(settings={"records": 400, "page_size": 100})
+def _published(redis, conn):
+    """Run a sync of `conn` and return every progress snapshot it published, in order."""
     pubsub = redis.pubsub()
     run_id = runs.trigger(conn, enqueue=False).run.id
     pubsub.subscribe(progress.channel(run_id, progress.database_of(redis)))
@@ -167,13 +167,19 @@ def test_progress_is_published_to_redis_and_persisted_on_the_row(app, make_conne
         assert m is not None, f"no progress message after {messages[-1:] or 'none'}"
         if m["type"] == "message":
             messages.append(json.loads(m["data"]))
+    pubsub.close()
+    return run_id, messages
+
+
+def test_progress_is_published_to_redis_and_persisted_on_the_row(app, make_connection, redis):
+    conn = make_connection(settings={"records": 400, "page_size": 100})
+    run_id, messages = _published(redis, conn)
     percents = [m["percent"] for m in messages if m["phase"].startswith("fetching")]
     assert percents == [25.0, 50.0, 75.0]
-    # The last page's words come with the finalizing snapshot, published at once after it:
-    # one round trip to Redis fewer per run.
-    finalizing = next(m for m in messages if m["phase"] == "finalizing")
-    assert finalizing["percent"] == 100.0 and finalizing["processed"] == 400
-    assert [m["message"] for m in finalizing["messages"][-2:]] == [
+    # A first import has nothing to sweep for deletions at its end: the last page's words and
+    # "finalizing" come with the run's last snapshot, one round trip to Redis a run fewer.
+    assert not any(m["phase"] == "finalizing" for m in messages)
+    assert [m["message"] for m in messages[-1]["messages"][-3:-1]] == [
         "items: +100 records (100 new, 0 changed, 0 unchanged)", "finalizing"]
     assert messages[-1]["status"] == COMPLETED and messages[-1]["counters"]["created"] == 400
     assert {"rate", "eta_seconds", "total", "messages", "phase"} <= set(messages[-1])
@@ -181,6 +187,18 @@ def test_progress_is_published_to_redis_and_persisted_on_the_row(app, make_conne
     assert snapshot["status"] == COMPLETED and snapshot["processed"] == 400
     row = db.session.get(Run, run_id)
     assert row.processed == 400 and row.total == 400 and row.phase == "done"
+
+
+def test_a_resync_says_it_is_finalizing_before_its_sweep_for_deletions(app, make_connection, redis):
+    conn = make_connection(settings={"records": 400, "page_size": 100})
+    _published(redis, conn)
+    _, messages = _published(redis, conn)  # records stored now: the end sweeps for deletions
+    # The last page's words come with the finalizing snapshot, published at once after it.
+    finalizing = next(m for m in messages if m["phase"] == "finalizing")
+    assert finalizing["percent"] == 100.0 and finalizing["processed"] == 400
+    assert [m["message"] for m in finalizing["messages"][-2:]] == [
+        "items: +100 records (0 new, 0 changed, 100 unchanged)", "finalizing"]
+    assert messages[-1]["status"] == COMPLETED and messages[-1]["counters"]["unchanged"] == 400
 
 
 def test_engine_runs_without_redis(app, make_connection):
