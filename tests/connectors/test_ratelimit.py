@@ -286,3 +286,90 @@ def test_a_slots_settlement_rides_on_the_next_admission_and_settle_sends_the_res
     with limiter.slot(max_in_flight=30):  # the fifth of ten places
         pass
     assert score(4) <= redis_now() and score(5) <= redis_now() and client.zcard(key) == 5
+
+
+@pytest.fixture
+def private_redis():
+    """A redis-server of this test's own, so its command counts are this test's."""
+    from tests.support import RedisServer
+
+    server = RedisServer().start()
+    try:
+        yield redis_lib.Redis.from_url(server.url)
+    finally:
+        server.stop()
+
+
+def round_trips(client):
+    """How many times a limiter's scripts ran on `client`'s server (one round trip each; not
+    counting the first call of each script, which Redis refuses until it is loaded)."""
+    stats = client.info("commandstats").get("cmdstat_evalsha", {})
+    return stats.get("calls", 0) - stats.get("failed_calls", 0)
+
+
+def test_far_from_its_limit_one_round_trip_admits_a_slot_and_seven_ahead(private_redis):
+    key = f"test:{uuid.uuid4().hex}"
+    limiter = RedisRateLimiter(private_redis, key, 1000, 1.0)
+    for _ in range(12):
+        with limiter.slot(max_in_flight=30):
+            pass
+    assert round_trips(private_redis) == 2  # slots 1 and 9 asked Redis; the rest were admitted ahead
+    assert private_redis.zcard(key) == 16  # 12 used, 4 admitted ahead and not used yet
+    limiter.settle()
+    assert private_redis.zcard(key) == 12  # those 4 given back: only requests that went out count
+
+
+def test_near_its_limit_a_limiter_admits_each_slot_on_its_own(private_redis):
+    key = f"test:{uuid.uuid4().hex}"
+    others = RedisRateLimiter(private_redis, key, 200, 30.0)
+    for _ in range(100):
+        others.acquire()  # another worker has half the window
+    ours = RedisRateLimiter(private_redis, key, 200, 30.0)
+    before = round_trips(private_redis)
+    for _ in range(3):
+        with ours.slot(max_in_flight=30):
+            pass
+    # Each admitted alone, and settled at its answer (a waiting request needs its place back).
+    assert round_trips(private_redis) - before == 3 * 2
+    assert private_redis.zcard(key) == 103
+
+
+def test_a_member_admitted_ahead_is_not_used_once_its_reservation_ran_out_and_is_removed(private_redis):
+    key = f"test:{uuid.uuid4().hex}"
+    now = [1000.0]
+    limiter = RedisRateLimiter(private_redis, key, 1000, 1.0, clock=lambda: now[0])
+    with limiter.slot(max_in_flight=30):
+        pass
+    assert private_redis.zcard(key) == 8
+    now[0] += RedisRateLimiter.AHEAD_SECONDS + 0.01  # the members ahead waited too long here
+    with limiter.slot(max_in_flight=30):  # so this one is admitted afresh...
+        pass
+    assert round_trips(private_redis) == 2
+    assert private_redis.zcard(key) == 2 + 7  # ...and the 7 that lapsed went in the same round trip
+    limiter.settle()
+    assert private_redis.zcard(key) == 2
+
+
+def test_slots_admitted_ahead_keep_the_bound_across_threads(limiter_redis_url):
+    """Four threads taking slots of one budget of 300 per 0.3 s, most of them admitted ahead:
+    no window holds more than 300 requests."""
+    import time
+
+    key, started, lock = f"test:{uuid.uuid4().hex}", [], threading.Lock()
+
+    def work():
+        limiter = RedisRateLimiter(redis_lib.Redis.from_url(limiter_redis_url), key, 300, 0.3)
+        for _ in range(200):
+            with limiter.slot(max_in_flight=5):
+                at = time.monotonic()  # the request goes out here
+            with lock:
+                started.append(at)
+        limiter.settle()
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(started) == 800
+    assert_at_most_n_per_window(started, 300, 0.3)

@@ -37,26 +37,46 @@ from .errors import ConfigError, TransientError
 from ..error_words import describe
 
 
-# KEYS[1] the log; ARGV: limit, window in microseconds, a unique member, how long (us) an
-# admitted entry counts as sent now (0, or a bound on the request's time in flight: the
-# entry is settled at the answer, see _SETTLE), then members whose answers are back, settled
-# here first (as _SETTLE would, a little later: see RedisRateLimiter.slot). Returns
-# {0, admitted_at_us, entries in the log now} when admitted, else {wait_us, now_us}.
+# KEYS[1] the log; ARGV: limit, window in microseconds, how long (us) an admitted entry
+# counts as sent now (0, or a bound on the request's time in flight: the entry is settled at
+# the answer, see _SETTLE), how many members may be admitted ahead (a), how long (us) those
+# count as sent now, how many members to settle (s); then a unique member, the a members
+# ahead, the s members whose answers are back (settled here first, as _SETTLE would, a little
+# later: see RedisRateLimiter.slot), and members admitted ahead and never used (removed).
+# Members ahead are admitted only while the log stays under half the limit. Returns
+# {0, admitted_at_us, entries in the log now, members admitted ahead} when admitted, else
+# {wait_us, now_us}.
 _SLIDING_LOG = """
 local key = KEYS[1]
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
+local hold = tonumber(ARGV[3])
+local ahead = tonumber(ARGV[4])
+local hold_ahead = tonumber(ARGV[5])
+local settled = tonumber(ARGV[6])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-for i = 5, #ARGV do
+local first_settled = 8 + ahead
+for i = first_settled, first_settled + settled - 1 do
   redis.call('ZADD', key, 'XX', now, ARGV[i])
 end
+for i = first_settled + settled, #ARGV do
+  redis.call('ZREM', key, ARGV[i])
+end
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-if redis.call('ZCARD', key) < limit then
-  local hold = tonumber(ARGV[4] or '0')
-  redis.call('ZADD', key, now + hold, ARGV[3])
+local card = redis.call('ZCARD', key)
+if card < limit then
+  redis.call('ZADD', key, now + hold, ARGV[7])
+  card = card + 1
+  local taken = 0
+  while taken < ahead and (card + 1) * 2 <= limit do
+    redis.call('ZADD', key, now + hold_ahead, ARGV[8 + taken])
+    taken = taken + 1
+    card = card + 1
+  end
+  if taken > 0 then hold = math.max(hold, hold_ahead) end
   redis.call('PEXPIRE', key, math.ceil((window + hold) / 1000) + 1000)
-  return {0, now, redis.call('ZCARD', key)}
+  return {0, now, card, taken}
 end
 local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
 local wait = tonumber(oldest[2]) + window - now
@@ -66,14 +86,20 @@ if wait < 1 then wait = 1 end
 return {wait, now}
 """
 
-# KEYS[1] the log; ARGV: window in microseconds, then members. Their answers are back: each
-# entry counts from now (Redis' clock), which is after the provider received the request.
+# KEYS[1] the log; ARGV: window in microseconds, how many members to settle (s), then those
+# members, then members admitted ahead and never used (removed). The settled ones' answers
+# are back: each entry counts from now (Redis' clock), which is after the provider received
+# the request.
 _SETTLE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local settled = tonumber(ARGV[2])
 local changed = 0
-for i = 2, #ARGV do
+for i = 3, 2 + settled do
   changed = changed + redis.call('ZADD', KEYS[1], 'XX', 'CH', now, ARGV[i])
+end
+for i = 3 + settled, #ARGV do
+  redis.call('ZREM', KEYS[1], ARGV[i])
 end
 if changed > 0 then
   redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[1]) / 1000) + 1000)
@@ -139,7 +165,19 @@ def _parse_rate(rate_limit):
 
 
 class RedisRateLimiter:
-    def __init__(self, redis_client, key, requests, per_seconds, sleep=time.sleep):
+    # Far from its limit, an admission also admits a few members ahead for this process's next
+    # slots: one Redis round trip for several requests, where it was the dearest part of an
+    # outbox delivery (docs/PERFORMANCE.md, "Slots admitted ahead"). Only with at least 100
+    # requests a window (below that a round trip a request costs nothing that matters), at most
+    # one per 100, never more than AHEAD, and only while the log stays under half the limit:
+    # near the limit every slot is admitted on its own, as before.
+    AHEAD = 7
+    # How much longer than the request's own bound a member admitted ahead counts as in flight:
+    # the time it may wait here for its request. One not used by then is never used, and is
+    # removed from the log by the next round trip.
+    AHEAD_SECONDS = 0.5
+
+    def __init__(self, redis_client, key, requests, per_seconds, sleep=time.sleep, clock=time.monotonic):
         self.key = key
         self.requests = requests
         self.per_seconds = per_seconds
@@ -148,10 +186,15 @@ class RedisRateLimiter:
         self._settle = redis_client.register_script(_SETTLE)
         self._observe = redis_client.register_script(_OBSERVE)
         self._sleep = sleep
+        self._clock = clock
         self._prefix = os.urandom(6).hex()
         self._counter = 0
         self._counter_lock = threading.Lock()
         self._unsettled = []  # members of slots whose answers are back, for the next admission
+        self._ahead_count = min(self.AHEAD, requests // 100)
+        self._ahead = collections.deque()  # (member, reserved until (our clock)): admitted ahead
+        self._ahead_in_window = 0  # entries in the log when the members ahead were admitted
+        self._unused = []  # members admitted ahead that lapsed unused, to remove from the log
 
     def acquire(self):
         """Block until a request may be sent; return its admission time (Redis clock, seconds)."""
@@ -170,9 +213,16 @@ class RedisRateLimiter:
         through. `settle()` sends what is left when no admission follows (the sender calls it
         after each batch, via the connector's `settle_rate_limit`, and at its end). Near the
         limit every slot is settled at its answer, as a waiting request (here or in another
-        process) needs the place back a window after the answer, not after our next request."""
-        member = self._member()
-        in_window = self._acquire(member, int(max_in_flight * 1_000_000))[2]
+        process) needs the place back a window after the answer, not after our next request.
+
+        A slot may also come from the members admitted ahead by an earlier admission (see
+        AHEAD): such a member counts as in flight from its admission until its answer is
+        settled, like any other, and is used only while what it reserved still covers this
+        request's whole `max_in_flight`."""
+        hold_us = int(max_in_flight * 1_000_000)
+        member, in_window = self._take_ahead(hold_us)
+        if member is None:
+            member, _, in_window = self._acquire(self._member(), hold_us, ahead=self._ahead_count)
         try:
             yield
         finally:
@@ -182,13 +232,16 @@ class RedisRateLimiter:
                 self.settle()
 
     def settle(self):
-        """Settle the slots whose answers are back and that no admission has settled yet."""
+        """Settle the slots whose answers are back and that no admission has settled yet, and
+        give back the members admitted ahead that no request used."""
         with self._counter_lock:
             members, self._unsettled = self._unsettled, []
-        if not members:
+            unused = self._unused + [member for member, _ in self._ahead]
+            self._unused, self._ahead = [], collections.deque()
+        if not members and not unused:
             return
         try:
-            self._settle(keys=[self.key], args=[self._window_us, *members])
+            self._settle(keys=[self.key], args=[self._window_us, len(members), *members, *unused])
         except redis.RedisError:
             pass  # the entries lapse max_in_flight after their admission
 
@@ -206,20 +259,46 @@ class RedisRateLimiter:
             self._counter += 1
             return f"{self._prefix}:{self._counter}"
 
-    def _acquire(self, member, hold_us):
+    def _take_ahead(self, hold_us):
+        """(a member admitted ahead that still covers a request of `hold_us`, the log's size
+        at its admission), or (None, None)."""
+        now = self._clock()
+        with self._counter_lock:
+            while self._ahead:
+                member, reserved_until = self._ahead.popleft()
+                if now + hold_us / 1_000_000 <= reserved_until:
+                    return member, self._ahead_in_window
+                self._unused.append(member)
+        return None, None
+
+    def _acquire(self, member, hold_us, ahead=0):
         """Block until admitted: (member, admission time (Redis clock, seconds), entries in
-        the log with this one)."""
+        the log with this one). `ahead`: how many more members to admit for later slots, if
+        the log has room (see AHEAD)."""
+        hold_ahead_us = hold_us + int(self.AHEAD_SECONDS * 1_000_000)
+        spare = [self._member() for _ in range(ahead)]
         while True:
             with self._counter_lock:
                 answered, self._unsettled = self._unsettled, []
+                unused, self._unused = self._unused, []
+            # Before the round trip: Redis admits no earlier than this, so a member ahead is
+            # never used past what its admission reserved.
+            asked = self._clock()
             try:
-                wait_us, now_us, *in_window = self._script(
-                    keys=[self.key], args=[self.requests, self._window_us, member, hold_us, *answered])
+                wait_us, now_us, *admitted = self._script(
+                    keys=[self.key], args=[self.requests, self._window_us, hold_us, ahead, hold_ahead_us,
+                                           len(answered), member, *spare, *answered, *unused])
             except redis.RedisError as exc:
                 # Without the shared log no worker may assume it has budget; the run retries.
                 raise TransientError(f"rate limiter unavailable: Redis error ({describe(exc)})") from None
             if wait_us == 0:
-                return member, now_us / 1_000_000, in_window[0]
+                in_window, taken = admitted
+                if taken:
+                    reserved_until = asked + hold_ahead_us / 1_000_000
+                    with self._counter_lock:
+                        self._ahead.extend((m, reserved_until) for m in spare[:taken])
+                        self._ahead_in_window = in_window
+                return member, now_us / 1_000_000, in_window
             self._sleep(wait_us / 1_000_000)
 
 

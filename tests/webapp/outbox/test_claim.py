@@ -85,3 +85,46 @@ def test_concurrent_claimers_take_disjoint_events(app, make_connection, loops):
     assert errors == []
     assert len(taken) == len(set(taken)) == 120
     assert {r.status for r in outbox_rows()} == {"done"}
+
+
+def test_a_claim_reads_the_index_of_unsent_rows_not_every_row_ever_sent(app, make_connection, loops):
+    """The claim states the partial indexes' condition word for word, so the database can
+    answer it from the rows still to send; a claim that walked the sent rows cost 12 ms per
+    50 events on SQLite and 55 on PostgreSQL with 2,000 rows sent (docs/PERFORMANCE.md)."""
+    from sqlalchemy import event
+
+    loops_connection(make_connection, loops)
+    vote("carol")
+    db.session.commit()
+    statements = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        if "outbox_events AS cand" in statement:
+            statements.append((statement, parameters))
+
+    event.listen(db.engine, "before_cursor_execute", capture)
+    try:
+        assert len(claim(db.session, "w1", limit=5)) == 1
+    finally:
+        event.remove(db.engine, "before_cursor_execute", capture)
+    [(statement, parameters)] = statements
+    cursor = db.session.connection().connection.cursor()
+    if db.engine.dialect.name == "sqlite":
+        cursor.execute("EXPLAIN QUERY PLAN " + statement, parameters)
+        plan = "\n".join(row[3] for row in cursor.fetchall())
+        db.session.rollback()
+        # Unsent rows in id order, stopping at the batch's last; no sort of every due row.
+        assert "SCAN cand USING INDEX ix_outbox_events_unsent\n" in plan + "\n", plan
+        assert "SEARCH older USING INDEX ix_outbox_events_unsent_key" in plan, plan
+        assert "TEMP B-TREE" not in plan, plan
+    else:
+        cursor.execute("SET LOCAL enable_seqscan = off")  # a table this small is read whole otherwise
+        cursor.execute("EXPLAIN " + statement, parameters)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+        db.session.rollback()
+        # Which of the two it picks is the planner's business (statistics); that it may read
+        # only the unsent rows is the claim's.
+        assert "ix_outbox_events_unsent" in plan, plan
+        for reads_every_row in ("Seq Scan on outbox_events", "pk_outbox_events", "ix_outbox_events_key_id",
+                                "ix_outbox_events_status_next"):
+            assert reads_every_row not in plan, plan
