@@ -259,7 +259,8 @@ SETTINGS = (
          "(same idempotency keys) after their lease"),
         ("OUTBOX_SEND_CONCURRENCY", "SYNCHUB_OUTBOX_SEND_CONCURRENCY", 5, int,
          "requests of a claimed batch a sender has in flight at once to a healthy destination that allows it "
-         "(Loops); never more than 10 nor than `SYNCHUB_OUTBOX_BREAKER_THRESHOLD`; 1 sends one at a time"),
+         "(Loops), while that pays: a sender held by its own CPU rather than by the provider goes one at a time; "
+         "never more than 10 nor than `SYNCHUB_OUTBOX_BREAKER_THRESHOLD`; 1 sends one at a time"),
         ("OUTBOX_PARALLEL_DRAINS", "SYNCHUB_OUTBOX_PARALLEL_DRAINS", 4, int,
          "real-time sending jobs at once; past this, new events wait for a running one"),
         ("OUTBOX_DRAIN_BUDGET_SECONDS", "SYNCHUB_OUTBOX_DRAIN_BUDGET_SECONDS", 60.0, float,

@@ -45,6 +45,8 @@ from webapp import queue
 from webapp.outbox.enqueue import active_senders_key, drain_job_marker, request_sending, send_job_marker
 from webapp.outbox.statuses import DEAD
 
+from .outbox_pace import Pace
+
 log = logging.getLogger(__name__)
 
 @dataclass
@@ -109,6 +111,8 @@ class OutboxSender:
         # Requests in flight at once; the HTTP session keeps POOL_SIZE connections per host.
         self.concurrency = max(1, min(POOL_SIZE, int(self.config["OUTBOX_SEND_CONCURRENCY"])))
         self._pool = None  # the threads that send, made for the first concurrent batch
+        # Side by side only while it pays (worker/outbox_pace.py).
+        self.pace = Pace(self.concurrency > 1)
         # What the sending threads finished, for this thread to record: a queue is cheaper
         # than waiting on the futures, which builds a waiter per call for all in flight.
         self._finished = SimpleQueue()
@@ -133,6 +137,7 @@ class OutboxSender:
             if first_event_id is not None:
                 self._run(self._claim(event_id=first_event_id), claim_next)
             while True:
+                self.pace.batch_started()
                 # A batch claimed while the last requests of the previous one were in flight
                 # is sent whatever the budget says now: it was claimed within it.
                 batch, self._next = self._next, []
@@ -153,6 +158,7 @@ class OutboxSender:
                         break
                     self._announce()
                 self._run(batch, claim_next)
+                self.pace.batch_done(len(batch))
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
@@ -210,7 +216,7 @@ class OutboxSender:
         the claim's database round trips overlap them (see _send_side_by_side)."""
         self.result.claimed += len(batch)
         try:
-            one_at_a_time = (self._send_side_by_side(batch, claim_next) if self.concurrency > 1 else batch)
+            one_at_a_time = self._send_side_by_side(batch, claim_next) if self.pace.side_by_side else batch
             for claimed in one_at_a_time:
                 if self._may_start(claimed):
                     self._announce(refresh=True)
@@ -266,7 +272,8 @@ class OutboxSender:
             self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="outbox-send")
         width = max(1, min(self.concurrency, self.breaker.threshold))
         waiting = collections.deque(side_by_side)
-        later = {c.id for c in batch if c not in side_by_side}
+        together = {c.id for c in side_by_side}  # ids: comparing the rows themselves was 49,000 __eq__ a drain
+        later = {c.id for c in batch if c.id not in together}
         failed = set()  # destinations that failed during this batch
         in_flight = 0
         while waiting or in_flight:

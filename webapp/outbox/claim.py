@@ -49,9 +49,9 @@ def claim(session, claimed_by, *, limit=1, lease_seconds=None, event_id=None, sk
     with an older pending or processing row of the same key, never one of a disabled
     destination or of `skip_connections` (breaker open).
 
-    PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED, so concurrent workers take disjoint rows
-    without waiting on each other. SQLite: one UPDATE whose subquery picks the rows; SQLite
-    runs one writer at a time, so the pick and the claim are atomic."""
+    One UPDATE whose subquery picks the rows. PostgreSQL: the subquery locks them FOR UPDATE
+    SKIP LOCKED, so concurrent workers take disjoint rows without waiting on each other.
+    SQLite runs one writer at a time, so the pick and the claim are atomic."""
     now = now or utcnow()
     lease_seconds = current_app.config["OUTBOX_LEASE_SECONDS"] if lease_seconds is None else lease_seconds
     params = {"now": now, "lease_until": now + timedelta(seconds=lease_seconds), "claimed_by": claimed_by,
@@ -61,23 +61,23 @@ def claim(session, claimed_by, *, limit=1, lease_seconds=None, event_id=None, sk
     if skip_connections:
         params["skip"] = list(skip_connections)
     postgresql = session.get_bind().dialect.name == "postgresql"
-    pick, claim_update = _claim_statements(postgresql, event_id is not None, bool(skip_connections))
+    claim_update = _claim_statement(postgresql, event_id is not None, bool(skip_connections))
     if postgresql:
         _relaxed_commit(session)
-        ids = session.execute(pick, params).scalars().all()
-        rows = session.execute(claim_update, dict(params, ids=ids)).all() if ids else []
-    else:
-        rows = session.execute(claim_update, params).all()
+    rows = session.execute(claim_update, params).all()
     session.commit()
     return sorted((Claimed(*row, claimed_by=claimed_by, lease_until=params["lease_until"]) for row in rows),
                   key=lambda c: c.id)
 
 
 @functools.lru_cache(maxsize=None)
-def _claim_statements(postgresql, one_event, skipping):
-    """The claim's statements, built once per shape with bound parameters (now, lease_until,
-    claimed_by, limit; event_id, skip, ids): building them per claim, and SQLAlchemy's cache
-    key of a new statement object, were a fifth of a delivery's CPU (docs/PERFORMANCE.md)."""
+def _claim_statement(postgresql, one_event, skipping):
+    """The claim, one UPDATE whose subquery picks the rows, built once per shape with bound
+    parameters (now, lease_until, claimed_by, limit; event_id, skip): building it per claim,
+    and SQLAlchemy's cache key of a new statement object, were a fifth of a delivery's CPU
+    (docs/PERFORMANCE.md). On PostgreSQL the pick locks its rows FOR UPDATE SKIP LOCKED, so
+    concurrent workers take disjoint rows without waiting on each other (one statement: the
+    pick and the claim were two round trips)."""
     cand, older = aliased(OutboxEvent, name="cand"), aliased(OutboxEvent, name="older")
     now = bindparam("now", type_=OutboxEvent.__table__.c.updated_at.type)
     pick = (
@@ -97,8 +97,11 @@ def _claim_statements(postgresql, one_event, skipping):
         pick = pick.where(cand.id == bindparam("event_id", type_=Integer))
     if skipping:
         pick = pick.where(cand.connection_id.not_in(bindparam("skip", expanding=True, type_=Integer)))
-    claim_update = (
+    if postgresql:
+        pick = pick.with_for_update(skip_locked=True)
+    return (
         update(OutboxEvent)
+        .where(OutboxEvent.id.in_(pick.scalar_subquery()))
         .values(status=PROCESSING, attempts=OutboxEvent.attempts + 1,
                 lease_until=bindparam("lease_until", type_=OutboxEvent.__table__.c.lease_until.type),
                 claimed_by=bindparam("claimed_by", type_=String), updated_at=now)
@@ -107,12 +110,6 @@ def _claim_statements(postgresql, one_event, skipping):
                    OutboxEvent.max_attempts, OutboxEvent.created_at)
         .execution_options(synchronize_session=False)
     )
-    if postgresql:
-        pick = pick.with_for_update(skip_locked=True)
-        claim_update = claim_update.where(OutboxEvent.id.in_(bindparam("ids", expanding=True, type_=Integer)))
-    else:
-        claim_update = claim_update.where(OutboxEvent.id.in_(pick.scalar_subquery()))
-    return pick, claim_update
 
 
 def _unsent(table):
@@ -171,11 +168,17 @@ def mark_done_many(session, delivered):
         return []
     if session.get_bind().dialect.name == "postgresql":
         _relaxed_commit(session)
-    params = {"now": utcnow(), "claims": [(c.id, c.attempts) for c, _ in delivered],
-              "claimers": sorted({c.claimed_by for c, _ in delivered})}
-    for i, (c, at) in enumerate(delivered):
-        params[f"id_{i}"], params[f"at_{i}"] = c.id, at
-    done = set(session.execute(_done_statement(len(delivered)), params).all())
+    params = {"now": utcnow(), "claimers": sorted({c.claimed_by for c, _ in delivered})}
+    if session.get_bind().dialect.name == "postgresql":
+        params.update(ids=[c.id for c, _ in delivered], attempts=[c.attempts for c, _ in delivered],
+                      accepted=[at for _, at in delivered])
+        statement = _DONE_POSTGRESQL
+    else:
+        params["claims"] = [(c.id, c.attempts) for c, _ in delivered]
+        for i, (c, at) in enumerate(delivered):
+            params[f"id_{i}"], params[f"at_{i}"] = c.id, at
+        statement = _done_statement(len(delivered))
+    done = set(session.execute(statement, params).all())
     session.commit()
     settled = []
     for c, at in delivered:
@@ -190,10 +193,24 @@ def mark_done_many(session, delivered):
     return settled
 
 
+# PostgreSQL: the batch as three arrays joined by unnest, one short statement whatever its
+# size (the CASE of _done_statement, a branch and two parameters a row, took PostgreSQL 6 ms
+# for 50 rows: docs/PERFORMANCE.md, "Outcomes on PostgreSQL").
+_DONE_POSTGRESQL = text(f"""
+UPDATE outbox_events AS e
+SET status = '{DONE}', delivered_at = v.accepted, lease_until = NULL, last_error = NULL, updated_at = :now
+FROM unnest(CAST(:ids AS integer[]), CAST(:attempts AS integer[]), CAST(:accepted AS timestamp[]))
+     AS v(id, attempts, accepted)
+WHERE e.id = v.id AND e.attempts = v.attempts AND e.status = '{PROCESSING}'
+  AND e.claimed_by = ANY(CAST(:claimers AS text[]))
+RETURNING e.id, e.claimed_by""").bindparams(  # noqa: S608  the statuses are this package's constants; values are bound
+    bindparam("now", type_=OutboxEvent.__table__.c.updated_at.type))
+
+
 @functools.lru_cache(maxsize=64)
 def _done_statement(n):
     """mark_done_many's UPDATE for n rows, built once per n with bound parameters (see
-    _claim_statements): (id, attempts) with this claimer is each row's claim, and
+    _claim_statement): (id, attempts) with this claimer is each row's claim, and
     `delivered_at` is each row's own acceptance time."""
     delivered_at = OutboxEvent.__table__.c.delivered_at.type
     accepted_at = case(*[(OutboxEvent.id == bindparam(f"id_{i}", type_=Integer), bindparam(f"at_{i}", type_=delivered_at))
