@@ -22,6 +22,7 @@ and they are sent one at a time after it; no more requests are in flight than th
 threshold (docs/OUTBOX.md, "Sending").
 """
 import collections
+import contextvars
 import logging
 import time
 import uuid
@@ -117,6 +118,14 @@ class OutboxSender:
         # than waiting on the futures, which builds a waiter per call for all in flight.
         self._finished = SimpleQueue()
         self._next = []  # the next batch, claimed while this one's last requests were in flight
+        # One at a time (see Pace), a batch's database work is done in a thread of its own while
+        # the drain sends: the next batch's claim and the last batch's successes
+        # (_claim_ahead, _record_delivered). The bookkeeper runs them in the order given, each
+        # in a session of its own.
+        self.app = current_app._get_current_object()
+        self._bookkeeper = None
+        self._ahead = None  # (the next batch's claim in the bookkeeper: a Future) or None
+        self._settling = []  # [(delivered rows, Future of their outcome write)] not yet counted
 
     def drain(self, first_event_id=None, budget_seconds=None, max_events=None):
         budget = self.config["OUTBOX_DRAIN_BUDGET_SECONDS"] if budget_seconds is None else budget_seconds
@@ -125,22 +134,27 @@ class OutboxSender:
         def budget_left():
             return time.monotonic() < deadline and (max_events is None or self.result.claimed < max_events)
 
+        def next_limit():
+            """How many rows the next claim may take; 0 once the budget is spent."""
+            if not budget_left():
+                return 0
+            full = self.pace.batch_limit(self.batch)
+            return full if max_events is None else min(full, max_events - self.result.claimed)
+
         def claim_next():
             """The next batch, if the budget allows one."""
-            if not budget_left():
-                return []
-            return self._claim(limit=self.batch if max_events is None
-                               else min(self.batch, max_events - self.result.claimed))
+            limit = next_limit()
+            return self._claim(limit=limit) if limit else []
 
         try:
             self._announce()
             if first_event_id is not None:
-                self._run(self._claim(event_id=first_event_id), claim_next)
+                self._run(self._claim(event_id=first_event_id), claim_next, next_limit)
             while True:
                 self.pace.batch_started()
                 # A batch claimed while the last requests of the previous one were in flight
                 # is sent whatever the budget says now: it was claimed within it.
-                batch, self._next = self._next, []
+                batch = self._take_next()
                 if not batch:
                     if not budget_left():
                         if max_events is None and self.redis is not None:
@@ -157,12 +171,14 @@ class OutboxSender:
                     if not batch:
                         break
                     self._announce()
-                self._run(batch, claim_next)
+                self._run(batch, claim_next, next_limit)
                 self.pace.batch_done(len(batch))
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
             self._give_back_next()
+            if self._bookkeeper is not None:
+                self._bookkeeper.shutdown(wait=True)
             self._retire()
             self.breaker.close()
             for connector in self._destinations.values():
@@ -201,7 +217,13 @@ class OutboxSender:
             log.warning("outbox: could not retire the drain (%s)", type(exc).__name__)
 
     def _give_back_next(self):
-        """A drain that ends by an error with a batch claimed ahead gives it back untried."""
+        """A drain that ends by an error with a batch claimed ahead gives it back untried, and
+        counts the outcomes its bookkeeper wrote."""
+        try:
+            self._take_next(into_next=True)
+            self._count_settled(wait=True)
+        except Exception as exc:  # what is left lapses with its lease, and is sent again
+            log.warning("outbox: the drain's last database work failed (%s)", type(exc).__name__)
         pending, self._next = self._next, []
         for claimed in pending:
             try:
@@ -210,20 +232,79 @@ class OutboxSender:
                 log.warning("outbox event %s not given back (%s)", claimed.id, type(exc).__name__)
                 self.session.rollback()
 
-    def _run(self, batch, claim_next=None):
+    def _run(self, batch, claim_next=None, next_limit=None):
         """Send a claimed batch and record the outcomes. `claim_next`: claims the batch after
         it; called (once) while the last requests of a side-by-side batch are in flight, so
-        the claim's database round trips overlap them (see _send_side_by_side)."""
+        the claim's database round trips overlap them (see _send_side_by_side). One at a
+        time, the next batch (of `next_limit()` rows) is claimed by the bookkeeper while this
+        one is sent, and this one's successes are written by it while the next is sent."""
         self.result.claimed += len(batch)
+        in_background = False
         try:
-            one_at_a_time = self._send_side_by_side(batch, claim_next) if self.pace.side_by_side else batch
+            if self.pace.side_by_side:
+                one_at_a_time = self._send_side_by_side(batch, claim_next)
+            else:
+                one_at_a_time = batch
+                in_background = next_limit is not None and self._claim_ahead(next_limit())
             for claimed in one_at_a_time:
                 if self._may_start(claimed):
                     self._announce(refresh=True)
                     self._send(claimed)
         finally:
             self._settle_rate_limits()
-            self._record_delivered()
+            self._record_delivered(in_background=in_background)
+
+    # -- the bookkeeper: a batch's database work beside the next batch's requests ----------
+
+    def _claim_ahead(self, limit):
+        """Have the bookkeeper claim the next batch while this one is sent one at a time;
+        whether it does. Not while a breaker opened since the last claim: claiming reads the
+        breakers afresh (Breaker.blocked), and this batch's rows of that destination must
+        still be held back (held_until)."""
+        if not limit or self.breaker.opened_since_claim():
+            return False
+        skip = self.breaker.blocked()
+        self._ahead = self._bookkeeping(claim, self.claimer, limit=limit, lease_seconds=self.lease_seconds,
+                                        skip_connections=skip)
+        return True
+
+    def _take_next(self, into_next=False):
+        """The batch claimed ahead, by the side-by-side pass or by the bookkeeper (waiting for
+        it); `into_next`: leave it in self._next."""
+        if self._ahead is not None:
+            future, self._ahead = self._ahead, None
+            claimed = future.result()
+            self.breaker.claimed({c.connection_id for c in claimed})
+            self._next = self._next + claimed
+        self._count_settled()
+        if into_next:
+            return self._next
+        batch, self._next = self._next, []
+        return batch
+
+    def _bookkeeping(self, work, *args, **kwargs):
+        """Run `work(session, *args, **kwargs)` in the bookkeeper's thread, in an app context
+        and session of its own; returns its Future."""
+        if self._bookkeeper is None:
+            self._bookkeeper = ThreadPoolExecutor(1, thread_name_prefix="outbox-bookkeeper")
+
+        def in_own_session():
+            with self.app.app_context():
+                try:
+                    return work(db.session, *args, **kwargs)
+                finally:
+                    db.session.remove()
+        return self._bookkeeper.submit(contextvars.copy_context().run, in_own_session)
+
+    def _count_settled(self, wait=False):
+        """Count the outcome writes the bookkeeper finished (all of them, waiting: `wait`)."""
+        still = []
+        for delivered, future in self._settling:
+            if wait or future.done():
+                self._counted(delivered, future.result())
+            else:
+                still.append((delivered, future))
+        self._settling = still
 
     def _settle_rate_limits(self):
         # A request's rate-limit slot is settled by the next admission; none follows until the
@@ -328,9 +409,17 @@ class OutboxSender:
             return False  # sent one at a time, where the error becomes the row's outcome
         return getattr(connector, "concurrent_sends", False)  # _destinations now holds it
 
-    def _record_delivered(self):
+    def _record_delivered(self, in_background=False):
+        """Write the successes not yet written: here, or by the bookkeeper (`in_background`:
+        counted once it is through, see _count_settled)."""
         delivered, self._delivered = self._delivered, []
-        for (claimed, _), settled in zip(delivered, mark_done_many(self.session, delivered)):
+        if in_background and delivered:
+            self._settling.append((delivered, self._bookkeeping(mark_done_many, delivered)))
+            return
+        self._counted(delivered, mark_done_many(self.session, delivered))
+
+    def _counted(self, delivered, outcomes):
+        for (claimed, _), settled in zip(delivered, outcomes):
             if settled:
                 self.result.done += 1
                 log.debug("outbox event %s sent", claimed.id)

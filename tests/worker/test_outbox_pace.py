@@ -21,10 +21,15 @@ def make():
     return Pace(True, clock=lambda: clocks.wall, cpu_clock=lambda: clocks.cpu), clocks
 
 
-def test_a_batch_that_kept_the_process_busy_side_by_side_is_followed_by_one_sent_one_at_a_time():
+BUSY_SIDE_BY_SIDE = dict(wall=0.060, cpu=0.058)  # held by our own CPU, not by the provider
+
+
+def test_side_by_side_that_keeps_the_process_busy_is_followed_by_one_at_a_time():
     pace, clocks = make()
     assert pace.side_by_side
-    clocks.batch(pace, 50, wall=0.060, cpu=0.058)  # held by our own CPU, not by the provider
+    clocks.batch(pace, 10, **BUSY_SIDE_BY_SIDE)  # the first batch after a start carries its costs
+    assert pace.side_by_side
+    clocks.batch(pace, 50, **BUSY_SIDE_BY_SIDE)  # judged on the second
     assert not pace.side_by_side
 
 
@@ -37,7 +42,11 @@ def test_requests_that_wait_on_the_provider_stay_side_by_side():
 
 def test_one_at_a_time_slower_than_side_by_side_goes_back_and_stays_there_a_while():
     pace, clocks = make()
+    clocks.batch(pace, 50, wall=0.050, cpu=0.048)
     clocks.batch(pace, 50, wall=0.050, cpu=0.048)  # busy: try one at a time
+    assert not pace.side_by_side
+    clocks.batch(pace, 50, wall=0.200, cpu=0.040)  # the change's own costs: not judged
+    assert not pace.side_by_side
     clocks.batch(pace, 50, wall=0.080, cpu=0.040)  # slower than the 0.050 side by side
     assert pace.side_by_side
     for _ in range(RETRY_EVERY - 1):
@@ -47,15 +56,18 @@ def test_one_at_a_time_slower_than_side_by_side_goes_back_and_stays_there_a_whil
     assert not pace.side_by_side  # time to look again
 
 
-def test_one_at_a_time_faster_stays_and_looks_at_side_by_side_again_every_so_often():
+def test_one_at_a_time_as_fast_stays_and_looks_at_side_by_side_again_every_so_often():
     pace, clocks = make()
-    clocks.batch(pace, 50, wall=0.060, cpu=0.058)
+    clocks.batch(pace, 50, wall=0.050, cpu=0.048)
+    clocks.batch(pace, 50, wall=0.050, cpu=0.048)
+    assert not pace.side_by_side
     for _ in range(RETRY_EVERY - 1):
-        clocks.batch(pace, 50, wall=0.045, cpu=0.035)  # faster than side by side was
+        clocks.batch(pace, 50, wall=0.051, cpu=0.035)  # within TIE of side by side: it stays
         assert not pace.side_by_side
-    clocks.batch(pace, 50, wall=0.045, cpu=0.035)
+    clocks.batch(pace, 50, wall=0.051, cpu=0.035)
     assert pace.side_by_side  # the provider may have slowed down since
-    clocks.batch(pace, 50, wall=0.060, cpu=0.058)  # it has not: still slower, and busy
+    clocks.batch(pace, 50, wall=0.050, cpu=0.048)
+    clocks.batch(pace, 50, wall=0.050, cpu=0.048)  # it has not: busy, and no faster
     assert not pace.side_by_side
 
 
@@ -68,3 +80,14 @@ def test_small_batches_and_a_sender_allowed_one_at_a_time_change_nothing():
     for _ in range(3 * RETRY_EVERY):
         clocks_one.batch(one, 50, wall=1.0, cpu=0.01)
         assert not one.side_by_side
+
+
+def test_a_drains_first_batch_is_small_and_the_next_are_full():
+    from worker.outbox_pace import FIRST_BATCH
+
+    pace, clocks = make()
+    assert pace.batch_limit(50) == FIRST_BATCH  # sent side by side before anything is known
+    clocks.batch(pace, FIRST_BATCH, wall=0.010, cpu=0.0095)
+    assert pace.batch_limit(50) == 50
+    one = Pace(False)
+    assert one.batch_limit(50) == 50  # one at a time anyway: nothing to find out

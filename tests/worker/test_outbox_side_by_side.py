@@ -19,6 +19,7 @@ from tests.webapp.outbox.support import (  # noqa: F401  (fixtures)
 from webapp import outbox
 from webapp.extensions import db
 from webapp.outbox.breaker import Breaker
+from worker.outbox_pace import FIRST_BATCH
 from worker.outbox_sender import drain
 
 SCORES = {"score_changed": [{"action": "upsert_contact", "email": "{email}", "properties": {"score": "{score}"}}]}
@@ -160,7 +161,9 @@ def test_a_failure_during_a_side_by_side_batch_leaves_the_rest_to_the_breaker(
     db.session.commit()
     result = drain(redis_client=redis)
     assert api.requests == 3 and gate.most <= 3
-    assert (result.retrying, result.released) == (3, 9)
+    # A drain's first batch is FIRST_BATCH (10) of the 12 rows (worker/outbox_pace.py): 3
+    # attempts, the 7 others given back; the 2 left are not claimed while the breaker is open.
+    assert (result.claimed, result.retrying, result.released) == (FIRST_BATCH, 3, FIRST_BATCH - 3)
     assert sorted(r.attempts for r in outbox_rows()) == [0] * 9 + [1] * 3
 
 
@@ -190,3 +193,34 @@ def test_the_next_batch_is_claimed_while_the_last_requests_are_in_flight_and_kee
     assert (result.claimed, result.done) == (30, 30)
     for email, keys in expected.items():
         assert api.sequence(email) == keys  # the batch claimed ahead never overtook a key
+
+
+def test_one_at_a_time_the_next_batch_is_claimed_while_this_one_is_sent_and_keeps_per_key_order(
+        app, fast, redis, make_connection, serve):
+    """One at a time (OUTBOX_SEND_CONCURRENCY 1, or a drain the pace sent that way), the
+    bookkeeper thread claims the next batch while the drain sends this one, and writes this
+    one's successes while it sends the next (worker/outbox_sender.py, _claim_ahead)."""
+    app.config.update(OUTBOX_SEND_CONCURRENCY=1, OUTBOX_CLAIM_BATCH=5, OUTBOX_LEASE_SECONDS=120)
+    engine = sqlalchemy.create_engine(app.config["SQLALCHEMY_DATABASE_URI"])
+
+    def next_batch_claimed():
+        with engine.connect() as connection:
+            return connection.scalar(sqlalchemy.text(
+                "SELECT count(*) FROM outbox_events WHERE status = 'processing'")) == 10
+
+    api = LoopsAPI(rate_limit=None)
+    # The first request is answered only once ten rows are processing: its own batch of five
+    # and the next five, claimed by the bookkeeper while this one is being sent.
+    gate = Gate(api, first_waits_for=next_batch_claimed)
+    server = serve(gate)
+    connection = loops_connection(make_connection, _Sim(server), mappings=SCORES, rate_limit=[1000, 1])
+    expected = _publish_scores(connection.id, contacts=10, per_contact=3)
+    try:
+        result = drain(redis_client=redis)
+    finally:
+        engine.dispose()
+    assert gate.condition_met is True and gate.most == 1
+    assert (result.claimed, result.done, result.lost) == (30, 30, 0)  # every success written and counted
+    assert all(row.status == "done" for row in outbox_rows())
+    for email, keys in expected.items():
+        assert api.sequence(email) == keys  # a batch claimed ahead never overtook a key

@@ -105,6 +105,11 @@ class Breaker:
             log.warning("outbox breaker unavailable (%s): treating every destination as closed", type(exc).__name__)
             return {}
 
+    def opened_since_claim(self):
+        """Whether a breaker opened on this instance's requests since the last claim (its
+        rows still to send are held back until `blocked()` is read afresh)."""
+        return bool(self._opened)
+
     def claimed(self, destinations):
         """After a claim: hand back the probe locks won for destinations the claim took no
         row of. Held, such a lock would keep every other worker off that destination until
