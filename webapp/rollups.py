@@ -76,7 +76,8 @@ def period_start(moment, seconds):
 
 def contribution(row):
     """(values to add, duration bin or None) of one terminal run's row (COLUMNS order)."""
-    (_, _, status, seen, created, updated, deleted, failed, attempt, started_at, finished_at, waited) = row
+    (_, _, status, seen, created, updated, deleted, failed, attempt, started_at, finished_at, waited) = \
+        row[:len(COLUMNS)]  # a longer row (runs.finish's RETURNING) starts with these
     values = {"runs": 1, "seen": seen or 0, "created": created or 0, "updated": updated or 0,
               "deleted": deleted or 0, "skipped": failed or 0, "retries": max((attempt or 0) - 1, 0),
               "durations": 0, "duration_sum": 0.0, "rate_limit_wait_seconds": float(waited or 0.0)}

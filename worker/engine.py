@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from flask import current_app
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import joinedload
 
 from webapp import metrics, rate_limit_waits, record_batches, retry_policy, runs
 from webapp.connectors import connector_class
@@ -50,7 +51,8 @@ def execute_run(run_id, *, redis_client=None, worker_name=None, on_progress=None
     if attempt is None:
         log.info("run %s: not claimable (already taken, finished or cancelled)", run_id)
         return None
-    run = db.session.get(Run, run_id)
+    # The run with its connection in one SELECT (the engine reads both before its first page).
+    run = db.session.get(Run, run_id, options=[joinedload(Run.connection)])
     with log_context(run_id=run_id, connection=run.connection.name, trigger=run.trigger, mode=run.mode,
                      attempt=attempt):
         log.info("run %s attempt %s started", run_id, attempt)
@@ -442,6 +444,7 @@ class RunExecution:
             runs.log_event(self.run_id, f"{deleted} records no longer at the provider: marked deleted")
         # The connection's health commits with `completed` (one commit fewer per run).
         if not runs.finish(self.run_id, self.attempt, COMPLETED, counts={"deleted": deleted},
+                           connection_name=self.connection_name,
                            stream_counters=self._stream_counters_copy(), waited=self.waits.take(),
                            connection_health=(self.connection_id, "ok", None)):
             raise LostOwnership("the run was finished by someone else")
@@ -475,7 +478,7 @@ class RunExecution:
     # -- outcomes ----------------------------------------------------------------------
     def _cancelled(self):
         if runs.finish(self.run_id, self.attempt, CANCELLED, error_message="cancelled at a page boundary",
-                       waited=self.waits.take()):
+                       waited=self.waits.take(), connection_name=self.connection_name):
             self._publish("cancelled", "cancelled; records written so far are kept", status=CANCELLED)
             return CANCELLED
         raise LostOwnership("the run changed state while cancelling")
@@ -484,7 +487,8 @@ class RunExecution:
         db.session.rollback()
         message = str(exc) or describe(exc)
         if runs.finish(self.run_id, self.attempt, FAILED, error_class=error_class, error_message=message,
-                       waited=self.waits.take(), connection_health=(self.connection_id, health, message)):
+                       waited=self.waits.take(), connection_health=(self.connection_id, health, message),
+                       connection_name=self.connection_name):
             self._publish("failed", f"failed ({run_error_words(error_class)}): {message}", status=FAILED)
             return FAILED
         return None

@@ -219,3 +219,28 @@ def test_incremental_cursor_advances_only_on_success(app, make_connection, redis
     assert status == FAILED
     db.session.expire_all()
     assert db.session.get(StreamState, (conn.id, "items")).cursor == "2026-01-01T00:01:39Z"
+
+
+def test_a_runs_end_reads_nothing_back_of_the_row_it_just_finished(app, make_connection):
+    """The roll-ups and what follows the end (metrics, issues, the next waiting sync) take the
+    finished row from the finishing UPDATE's RETURNING: no SELECT of it afterwards."""
+    from sqlalchemy import event
+
+    conn = make_connection(settings={"records": 30, "page_size": 10})
+    run_id = runs.trigger(conn, enqueue=False).run.id
+    statements = []
+
+    def capture(_conn, _cursor, statement, _parameters, _context, _many):
+        statements.append(" ".join(statement.split()))
+
+    event.listen(db.engine, "before_cursor_execute", capture)
+    try:
+        assert execute_run(run_id, worker_name="t") == COMPLETED
+    finally:
+        event.remove(db.engine, "before_cursor_execute", capture)
+    [finishing] = [i for i, s in enumerate(statements) if s.startswith("UPDATE runs SET status=")
+                   and "RETURNING runs.connection_id" in s.replace("RETURNING connection_id", "RETURNING runs.connection_id")]
+    read_back = [s for s in statements[finishing + 1:] if s.startswith("SELECT") and "runs.finished_at" in s]
+    assert read_back == []
+    run = db.session.get(Run, run_id)
+    assert (run.status, run.created) == (COMPLETED, 30)
