@@ -167,10 +167,10 @@ def test_a_failure_during_a_side_by_side_batch_leaves_the_rest_to_the_breaker(
     assert sorted(r.attempts for r in outbox_rows()) == [0] * 9 + [1] * 3
 
 
-def test_the_next_batch_is_claimed_while_the_last_requests_are_in_flight_and_keeps_per_key_order(
-        app, fast, redis, make_connection, serve):
-    app.config.update(OUTBOX_SEND_CONCURRENCY=5, OUTBOX_BREAKER_THRESHOLD=5, OUTBOX_CLAIM_BATCH=5,
-                      OUTBOX_LEASE_SECONDS=120)
+def _drain_holding_the_first_request_until_the_next_batch_is_claimed(app, redis, make_connection, serve):
+    """Drain 30 rows (10 contacts, 3 changes each) in batches of 5, the first request answered
+    only once ten rows are processing: its own batch and the next, claimed while this one is
+    sent. Returns (gate, api, result, {email: keys in publish order})."""
     engine = sqlalchemy.create_engine(app.config["SQLALCHEMY_DATABASE_URI"])
 
     def next_batch_claimed():
@@ -179,8 +179,6 @@ def test_the_next_batch_is_claimed_while_the_last_requests_are_in_flight_and_kee
                 "SELECT count(*) FROM outbox_events WHERE status = 'processing'")) == 10
 
     api = LoopsAPI(rate_limit=None)
-    # The first request is answered only once ten rows are processing: its own batch of five
-    # and the next five, claimed while this batch is in flight.
     gate = Gate(api, first_waits_for=next_batch_claimed)
     server = serve(gate)
     connection = loops_connection(make_connection, _Sim(server), mappings=SCORES, rate_limit=[1000, 1])
@@ -189,6 +187,15 @@ def test_the_next_batch_is_claimed_while_the_last_requests_are_in_flight_and_kee
         result = drain(redis_client=redis)
     finally:
         engine.dispose()
+    return gate, api, result, expected
+
+
+def test_the_next_batch_is_claimed_while_the_last_requests_are_in_flight_and_keeps_per_key_order(
+        app, fast, redis, make_connection, serve):
+    app.config.update(OUTBOX_SEND_CONCURRENCY=5, OUTBOX_BREAKER_THRESHOLD=5, OUTBOX_CLAIM_BATCH=5,
+                      OUTBOX_LEASE_SECONDS=120)
+    gate, api, result, expected = _drain_holding_the_first_request_until_the_next_batch_is_claimed(
+        app, redis, make_connection, serve)
     assert gate.condition_met is True
     assert (result.claimed, result.done) == (30, 30)
     for email, keys in expected.items():
@@ -201,24 +208,8 @@ def test_one_at_a_time_the_next_batch_is_claimed_while_this_one_is_sent_and_keep
     bookkeeper thread claims the next batch while the drain sends this one, and writes this
     one's successes while it sends the next (worker/outbox_sender.py, _claim_ahead)."""
     app.config.update(OUTBOX_SEND_CONCURRENCY=1, OUTBOX_CLAIM_BATCH=5, OUTBOX_LEASE_SECONDS=120)
-    engine = sqlalchemy.create_engine(app.config["SQLALCHEMY_DATABASE_URI"])
-
-    def next_batch_claimed():
-        with engine.connect() as connection:
-            return connection.scalar(sqlalchemy.text(
-                "SELECT count(*) FROM outbox_events WHERE status = 'processing'")) == 10
-
-    api = LoopsAPI(rate_limit=None)
-    # The first request is answered only once ten rows are processing: its own batch of five
-    # and the next five, claimed by the bookkeeper while this one is being sent.
-    gate = Gate(api, first_waits_for=next_batch_claimed)
-    server = serve(gate)
-    connection = loops_connection(make_connection, _Sim(server), mappings=SCORES, rate_limit=[1000, 1])
-    expected = _publish_scores(connection.id, contacts=10, per_contact=3)
-    try:
-        result = drain(redis_client=redis)
-    finally:
-        engine.dispose()
+    gate, api, result, expected = _drain_holding_the_first_request_until_the_next_batch_is_claimed(
+        app, redis, make_connection, serve)
     assert gate.condition_met is True and gate.most == 1
     assert (result.claimed, result.done, result.lost) == (30, 30, 0)  # every success written and counted
     assert all(row.status == "done" for row in outbox_rows())
