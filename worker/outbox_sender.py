@@ -217,8 +217,8 @@ class OutboxSender:
             log.warning("outbox: could not retire the drain (%s)", type(exc).__name__)
 
     def _give_back_next(self):
-        """A drain that ends by an error with a batch claimed ahead gives it back untried, and
-        counts the outcomes its bookkeeper wrote."""
+        """At a drain's end: count the outcomes its bookkeeper wrote, and give back untried a
+        batch claimed ahead (there is one only when the drain ends by an error)."""
         try:
             self._take_next(into_next=True)
             self._count_settled(wait=True)

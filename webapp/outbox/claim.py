@@ -166,10 +166,9 @@ def mark_done_many(session, delivered):
     been lost (its lease expired and another worker took it)."""
     if not delivered:
         return []
-    if session.get_bind().dialect.name == "postgresql":
-        _relaxed_commit(session)
     params = {"now": utcnow(), "claimers": sorted({c.claimed_by for c, _ in delivered})}
     if session.get_bind().dialect.name == "postgresql":
+        _relaxed_commit(session)
         params.update(ids=[c.id for c, _ in delivered], attempts=[c.attempts for c, _ in delivered],
                       accepted=[at for _, at in delivered])
         statement = _DONE_POSTGRESQL
